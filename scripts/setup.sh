@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 / Ubuntu machine, as root:
+# distribution packages (bcc comes from here, not PyPI), kernel headers that bcc
+# can compile against, tracefs, and a virtualenv with the pinned Python deps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=$ROOT/.venv
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: run as root (installs packages, loads BPF in tests)" >&2
+    exit 2
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+ARCH=$(dpkg --print-architecture)
+KREL=$(uname -r)
+PKGS=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools libbpfcc iproute2 nftables
+      iptables tshark graphviz plotnetcfg bpftrace bpftool iperf3 tmux ethtool iputils-ping
+      procps kmod make ca-certificates)
+
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+apt_updated=0
+apt_update() { [ "$apt_updated" = 1 ] || { say "apt-get update"; apt-get update -q >/dev/null; apt_updated=1; }; }
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_update
+    say "installing ${missing[*]}"
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Kernel headers. bcc needs *some* headers to compile; the struct layouts we use
+# come from the running kernel's BTF, so generic headers are fine as long as we
+# never pretend they match. Matching headers win when the distribution has them.
+if [ ! -e "/lib/modules/$KREL/build" ]; then
+    if ! dpkg-query -W -f='${Status}' "linux-headers-$KREL" 2>/dev/null | grep -q "ok installed"; then
+        apt_update
+        if apt-cache show "linux-headers-$KREL" >/dev/null 2>&1; then
+            say "installing matching headers linux-headers-$KREL"
+            apt-get install -y -q --no-install-recommends "linux-headers-$KREL" >/dev/null
+        fi
+    fi
+fi
+if [ ! -e "/lib/modules/$KREL/build" ]; then
+    generic=linux-headers-$ARCH
+    grep -qi ubuntu /etc/os-release && generic=linux-headers-generic
+    if ! dpkg-query -W -f='${Status}' "$generic" 2>/dev/null | grep -q "ok installed"; then
+        apt_update
+        say "no headers for $KREL in the distribution: installing generic $generic"
+        apt-get install -y -q --no-install-recommends "$generic" >/dev/null
+    fi
+    # Debian splits headers into -common (source) and -$ARCH (build); bcc's
+    # BCC_KERNEL_SOURCE takes one tree, so merge them as a symlink farm that is
+    # labelled generic (vethtrace reads this label and says so in `doctor`).
+    build=$(ls -d /usr/src/linux-headers-*-"$ARCH" 2>/dev/null | sort -V | tail -1 || true)
+    [ -n "$build" ] || build=$(ls -d /usr/src/linux-headers-*-generic 2>/dev/null | sort -V | tail -1 || true)
+    if [ -n "$build" ]; then
+        ver=$(basename "$build"); ver=${ver#linux-headers-}
+        dest=/var/lib/vethtrace/headers/$ver
+        if [ ! -e "$dest/.complete" ]; then
+            say "merging generic headers $ver into $dest"
+            rm -rf "$dest"; mkdir -p "$dest"
+            common=${build%-"$ARCH"}-common
+            [ -d "$common" ] && cp -rs "$common/." "$dest/"
+            cp -rsf "$build/." "$dest/"
+            echo "$ver" > "$dest/.complete"
+        fi
+    fi
+fi
+
+# tracefs: bcc attaches tracepoints through it.
+if [ ! -e /sys/kernel/tracing/events ]; then
+    mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+fi
+
+# The venv is made from the distribution's python3 with system site packages so
+# that Debian's bcc bindings (python3-bpfcc, not on PyPI) are importable; the
+# other dependencies come pinned from PyPI into the venv.
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import bcc' 2>/dev/null; then
+    say "creating $VENV (system site packages for bcc)"
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+stamp=$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -e "$stamp" ]; then
+    say "installing vethtrace and pinned Python dependencies"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[test]"
+    rm -f "$VENV"/.installed-*; touch "$stamp"
+fi
+ln -sf "$VENV/bin/vethtrace" /usr/local/bin/vethtrace

@@ -1,0 +1,348 @@
+"""The central dataclasses every stage passes along; no I/O lives here.
+
+Data flows one way: discover (Topology) -> collect (ProbeEvent) -> correlate
+(PacketPath) -> diagnose (Finding, Verdict) -> render. Keeping the types plain
+dataclasses lets snapshots and recordings round-trip through JSON with
+`to_dict`/`from_dict`, so offline `report` rebuilds exactly what live commands saw.
+
+The join key between netlink, BPF and sniffers is `IfaceKey(netns inode,
+ifindex)`: interface names repeat across namespaces (many hosts have a `br0`
+or `eth0` in several), ifindexes repeat too, the pair does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+Severity = Literal["error", "warning", "info"]
+VerdictKind = Literal["delivered", "diverted", "dropped", "no-reply", "unreachable"]
+
+SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
+
+
+@dataclass(frozen=True, order=True)
+class IfaceKey:
+    netns: int  # network namespace inode
+    ifindex: int
+
+    def __str__(self) -> str:
+        return f"{self.netns}:{self.ifindex}"
+
+
+@dataclass
+class Address:
+    address: str
+    prefixlen: int
+    family: int = 4  # 4 or 6
+    scope: str = "global"
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.address}/{self.prefixlen}"
+
+
+@dataclass
+class BridgePortInfo:
+    """Per-port bridge flags that decide whether frames get forwarded."""
+
+    state: str = "forwarding"  # disabled|listening|learning|forwarding|blocking
+    isolated: bool = False
+    hairpin: bool = False
+    learning: bool = True
+    flood: bool = True
+
+
+@dataclass
+class Interface:
+    key: IfaceKey
+    name: str
+    kind: str  # veth, bridge, dummy, vxlan, macvlan, ipvlan, tun, bond, loopback, device, ...
+    admin_up: bool
+    oper_state: str  # UP, DOWN, LOWERLAYERDOWN, UNKNOWN, ...
+    carrier: bool
+    mtu: int
+    mac: str | None = None
+    master: int | None = None  # ifindex of the master in the same netns
+    link: IfaceKey | None = None  # lower device (macvlan/ipvlan/vlan), may be in another netns
+    peer: IfaceKey | None = None  # veth peer, resolved to its real namespace
+    peer_state: str | None = None  # None when resolved; "missing" | "netns-gone" | "unknown"
+    addresses: list[Address] = field(default_factory=list)
+    bridge_port: BridgePortInfo | None = None  # set when the master is a bridge
+    bridge_stp: bool | None = None  # set for bridges: STP enabled?
+    sysctls: dict[str, str] = field(default_factory=dict)  # per-device ipv4 conf
+
+    @property
+    def is_up(self) -> bool:
+        return self.admin_up and self.carrier
+
+
+@dataclass
+class Route:
+    dst: str  # "default" or CIDR
+    oif: int | None = None  # ifindex in the same netns
+    gateway: str | None = None
+    prefsrc: str | None = None
+    family: int = 4
+    scope: str = "universe"
+    table: int = 254
+    kind: str = "unicast"  # unicast, local, broadcast, blackhole, unreachable, prohibit
+
+
+@dataclass
+class Neighbour:
+    ifindex: int
+    address: str
+    lladdr: str | None
+    state: str  # INCOMPLETE, REACHABLE, STALE, DELAY, PROBE, FAILED, NOARP, PERMANENT
+    family: int = 4
+
+
+@dataclass
+class FdbEntry:
+    ifindex: int  # the port
+    mac: str
+    master: int | None = None  # the bridge
+    vlan: int | None = None
+    flags: list[str] = field(default_factory=list)  # local/permanent/static/self/master
+
+
+@dataclass
+class Namespace:
+    inode: int
+    name: str  # /run/netns name, "root", or a label such as "pid:1234(sleep)"
+    named: bool = True  # False for namespaces held only by a process
+    pids: list[int] = field(default_factory=list)
+    container: str | None = None
+    interfaces: list[Interface] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    neighbours: list[Neighbour] = field(default_factory=list)
+    fdb: list[FdbEntry] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)  # namespace-wide (all/default/bridge)
+    firewall: dict[str, Any] = field(default_factory=dict)  # forward-path verdicts, see topology
+
+    def iface(self, ifindex: int | None) -> Interface | None:
+        return next((i for i in self.interfaces if i.key.ifindex == ifindex), None)
+
+    def iface_by_name(self, name: str) -> Interface | None:
+        return next((i for i in self.interfaces if i.name == name), None)
+
+
+@dataclass
+class Topology:
+    namespaces: list[Namespace] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was skipped and why
+    taken_at: float = 0.0
+    kernel: str = ""
+
+    def netns(self, inode: int) -> Namespace | None:
+        return next((n for n in self.namespaces if n.inode == inode), None)
+
+    def netns_by_name(self, name: str) -> Namespace | None:
+        return next((n for n in self.namespaces if n.name == name), None)
+
+    def iface(self, key: IfaceKey | None) -> Interface | None:
+        if key is None:
+            return None
+        ns = self.netns(key.netns)
+        return ns.iface(key.ifindex) if ns else None
+
+    def label(self, key: IfaceKey) -> str:
+        """'netns/ifname', the way people name an interface across namespaces."""
+        ns = self.netns(key.netns)
+        iface = ns.iface(key.ifindex) if ns else None
+        nsname = ns.name if ns else f"netns:{key.netns}"
+        return f"{nsname}/{iface.name if iface else f'if{key.ifindex}'}"
+
+
+# --- packets and probe events -------------------------------------------------
+
+
+@dataclass
+class PacketSummary:
+    """What the probes and sniffers decoded from a frame's headers."""
+
+    eth_src: str | None = None
+    eth_dst: str | None = None
+    ethertype: int | None = None
+    arp_op: int | None = None  # 1 request, 2 reply
+    arp_sha: str | None = None
+    arp_spa: str | None = None
+    arp_tha: str | None = None
+    arp_tpa: str | None = None
+    ip_src: str | None = None
+    ip_dst: str | None = None
+    ip_proto: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    icmp_id: int | None = None
+    icmp_seq: int | None = None
+    sport: int | None = None
+    dport: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """Short class of the packet: arp-request, arp-reply, echo, echo-reply, tcp, ..."""
+        if self.arp_op is not None:
+            return {1: "arp-request", 2: "arp-reply"}.get(self.arp_op, f"arp-op{self.arp_op}")
+        if self.icmp_type is not None:
+            return {8: "echo", 0: "echo-reply", 3: "icmp-unreach"}.get(
+                self.icmp_type, f"icmp-{self.icmp_type}"
+            )
+        if self.ip_proto is not None:
+            return {6: "tcp", 17: "udp", 1: "icmp"}.get(self.ip_proto, f"ip-proto{self.ip_proto}")
+        if self.ethertype is not None:
+            return f"ethertype-0x{self.ethertype:04x}"
+        return "unknown"
+
+    def describe(self) -> str:
+        """One line in tcpdump's spirit: 'ARP reply 192.168.122.102 is-at aa:bb:...'."""
+        if self.arp_op == 1:
+            return f"ARP who-has {self.arp_tpa} tell {self.arp_spa}"
+        if self.arp_op == 2:
+            return f"ARP reply {self.arp_spa} is-at {self.arp_sha}"
+        if self.icmp_type is not None:
+            name = {8: "echo request", 0: "echo reply", 3: "unreachable"}.get(
+                self.icmp_type, f"type {self.icmp_type}"
+            )
+            extra = f" id {self.icmp_id} seq {self.icmp_seq}" if self.icmp_seq is not None else ""
+            if self.icmp_type == 3:
+                extra = f" code {self.icmp_code}"
+            return f"ICMP {self.ip_src} > {self.ip_dst} {name}{extra}"
+        if self.ip_proto in (6, 17):
+            proto = "TCP" if self.ip_proto == 6 else "UDP"
+            return f"{proto} {self.ip_src}:{self.sport} > {self.ip_dst}:{self.dport}"
+        if self.ip_src:
+            return f"IP {self.ip_src} > {self.ip_dst} proto {self.ip_proto}"
+        if self.ethertype is not None:
+            return f"{self.eth_src} > {self.eth_dst} ethertype 0x{self.ethertype:04x}"
+        return "-"
+
+
+@dataclass
+class NeighChange:
+    """A neighbour-table event: which address on which device went old -> new."""
+
+    address: str
+    old_state: str | None
+    new_state: str | None
+    lladdr: str | None = None
+    err: int | None = None
+
+
+@dataclass
+class ProbeEvent:
+    """One kernel (or sniffer) observation. Times are kernel monotonic ns."""
+
+    ts_ns: int
+    point: str  # e.g. "net_dev_queue", "netif_receive_skb", "kfree_skb", "veth_xmit", "sniff"
+    netns: int  # inode; 0 when unknown
+    ifindex: int
+    ifname: str
+    skb: int = 0  # skb address
+    head: int = 0  # skb->head: shared by clones, tells reuse from identity
+    length: int = 0
+    packet: PacketSummary | None = None
+    drop_reason: str | None = None  # kernel's name without SKB_DROP_REASON_, from BTF
+    location: str | None = None  # symbol of the drop/consume location
+    neigh: NeighChange | None = None
+    cloned: bool = False
+    cpu: int = 0
+    source: str = "bpf"  # "bpf" or "sniff"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> IfaceKey:
+        return IfaceKey(self.netns, self.ifindex)
+
+
+@dataclass
+class Hop:
+    netns: str
+    interface: str
+    point: str
+    packet: str  # PacketSummary.describe()
+    ts_ns: int
+    ok: bool = True
+    note: str = ""  # "taken by br0's rx_handler", "dropped: QDISC_DROP", ...
+
+
+@dataclass
+class PacketPath:
+    kind: str  # arp-request, arp-reply, echo, echo-reply, ...
+    hops: list[Hop] = field(default_factory=list)
+    outcome: str = "delivered"  # delivered | diverted | dropped | consumed | in-flight
+    drop_reason: str | None = None
+
+
+@dataclass
+class Finding:
+    rule: str  # stable kebab-case id
+    severity: Severity
+    netns: str
+    interface: str | None
+    summary: str
+    explanation: str
+    fix: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Verdict:
+    kind: VerdictKind
+    summary: str
+    culprit: IfaceKey | None = None
+    culprit_netns: str | None = None
+    culprit_interface: str | None = None
+    explanation: str = ""
+    fix: list[str] = field(default_factory=list)
+
+    @property
+    def reachable(self) -> bool:
+        return self.kind == "delivered"
+
+
+# --- JSON round-trip ----------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclasses -> plain JSON-able values (field names are the stable schema)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def from_dict(cls: type[T], data: Any) -> T:
+    """Inverse of to_dict for the dataclasses above (unknown keys are ignored,
+    so newer snapshots still load into older code)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name])
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(args[0], value) if len(args) == 1 else value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return [_convert(inner, v) for v in value]
+    if origin is dict:
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)  # type: ignore[arg-type]
+    return value
