@@ -18,7 +18,8 @@ ARCH=$(dpkg --print-architecture)
 KREL=$(uname -r)
 PKGS=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools libbpfcc iproute2 nftables
       iptables tshark graphviz plotnetcfg bpftrace bpftool iperf3 tmux ethtool iputils-ping
-      procps kmod make ca-certificates)
+      procps kmod make ca-certificates tcpdump
+      qemu-system-x86 mmdebstrap cpio busybox-static e2fsprogs xz-utils zstd)  # last line: kernel matrix
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -37,7 +38,8 @@ fi
 # Kernel headers. bcc needs *some* headers to compile; the struct layouts we use
 # come from the running kernel's BTF, so generic headers are fine as long as we
 # never pretend they match. Matching headers win when the distribution has them.
-if [ ! -e "/lib/modules/$KREL/build" ]; then
+have_generic=$(ls /var/lib/vethtrace/headers/*/.complete 2>/dev/null | head -1 || true)
+if [ ! -e "/lib/modules/$KREL/build" ] && [ -z "$have_generic" ]; then
     if ! dpkg-query -W -f='${Status}' "linux-headers-$KREL" 2>/dev/null | grep -q "ok installed"; then
         apt_update
         if apt-cache show "linux-headers-$KREL" >/dev/null 2>&1; then

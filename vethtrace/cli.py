@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ip", metavar="IP", help="address to reach")
     p.add_argument("-c", "--count", type=int, default=3, help="echo requests (default 3)")
     p.add_argument("--timeout", type=float, default=5.0, help="give up after S seconds")
+    p.add_argument(
+        "-s", "--size", type=int, default=56, help="echo payload bytes, as ping -s (default 56)"
+    )
     p.add_argument("--json", action="store_true", help="verdict, path and findings as JSON")
     p.add_argument("--write", metavar="FILE", help="write a recording of this run")
     p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")

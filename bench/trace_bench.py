@@ -1,0 +1,232 @@
+"""Cost of tracing, side by side in one run: iperf3 TCP and UDP (64-byte) between
+two namespaces on a bridge (the `bridge-two` lab), under
+
+  untraced | vethtrace, filter matching none of the flow | bpftrace counting on
+  3 tracepoints | tcpdump on br0 | vethtrace, filter matching the flow
+
+Conditions alternate (ABCDE ABCDE ...) so machine noise hits all alike; the
+table reports medians and the ratio to untraced. The matching run also reports
+events decoded per second in Python (ProbeEvent objects) and events lost.
+Then start-to-attached: time from spawning each tracer to its first event for
+a sentinel ping (vethtrace, all probe areas; bpftrace, 3 tracepoints).
+
+    sudo .venv/bin/python bench/trace_bench.py [--seconds 5] [--reps 2]
+
+Writes the markdown table on stdout. Needs root, iperf3, bpftrace, tcpdump.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+PY = str(Path(sys.executable))
+VETHTRACE = str(Path(sys.executable).parent / "vethtrace")
+SERVER_IP = "10.0.0.2"
+NONMATCH = "host 203.0.113.77"
+BPFTRACE_COUNT = (
+    "tracepoint:net:net_dev_queue, tracepoint:net:netif_receive_skb, "
+    "tracepoint:skb:consume_skb { @[probe] = count(); }"
+)
+
+
+# --- the consumer: runs in its own process, like `vethtrace trace` -------------------
+
+
+def consumer(filter_expr: str, netns: list[str]) -> None:
+    """Attach, print 'attached', count decoded events until SIGTERM, print stats JSON."""
+    from vethtrace.collect.bpf import BpfCollector
+    from vethtrace.netns import inode_of
+
+    inodes = [inode_of(n) for n in netns] or None
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    with BpfCollector(filter_expr, inodes) as col:
+        col.start()
+        print("attached", flush=True)
+        n, t0 = 0, time.monotonic()
+        while not stop:
+            n += len(col.poll(100))
+        n += len(col.drain())
+        secs = time.monotonic() - t0
+        print(json.dumps({"events": n, "seconds": secs, "lost": col.lost}), flush=True)
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def sh(*cmd: str, **kw: object) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+
+
+def wait_line(proc: subprocess.Popen, word: str, stream: str = "stdout", timeout: float = 30) -> None:
+    pipe = getattr(proc, stream)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = pipe.readline()
+        if not line:
+            raise RuntimeError(f"tracer exited before '{word}': {proc.stderr.read() if proc.stderr else ''}")
+        if word in line:
+            return
+    raise RuntimeError(f"no '{word}' within {timeout}s")
+
+
+def iperf(a: str, proto: str, seconds: int) -> float:
+    """Client in a -> server in b. TCP: Gbit/s received; UDP 64 B: kpackets/s received."""
+    args = ["ip", "netns", "exec", a, "iperf3", "-c", SERVER_IP, "-t", str(seconds), "-J"]
+    if proto == "udp":
+        args += ["-u", "-l", "64", "-b", "0"]
+    res = sh(*args, timeout=seconds + 30)
+    data = json.loads(res.stdout)
+    if proto == "tcp":
+        return data["end"]["sum_received"]["bits_per_second"] / 1e9
+    s = data["end"]["sum"]
+    return (s["packets"] - s["lost_packets"]) / s["seconds"] / 1e3
+
+
+class Tracer:
+    """One traced condition: start() before the flow, stop() after; extra stats."""
+
+    def __init__(self, kind: str, lab: dict[str, str], proto: str) -> None:
+        self.kind, self.lab, self.proto = kind, lab, proto
+        self.proc: subprocess.Popen | None = None
+        self.stats: dict[str, float] = {}
+
+    def start(self) -> None:
+        if self.kind == "untraced":
+            return
+        if self.kind.startswith("vethtrace"):
+            flt = NONMATCH if self.kind == "vethtrace-nonmatch" else f"{self.proto} port 5201"
+            self.proc = subprocess.Popen([PY, __file__, "--consumer", flt],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            wait_line(self.proc, "attached")
+        elif self.kind == "bpftrace":
+            self.proc = subprocess.Popen(["bpftrace", "-e", BPFTRACE_COUNT],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            wait_line(self.proc, "Attaching")
+            time.sleep(1.0)  # bpftrace prints before its tracepoints are live
+        elif self.kind == "tcpdump":
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.lab["sw"], "tcpdump", "-i", "br0", "-n", "-s", "128",
+                 "-w", "/dev/null"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            wait_line(self.proc, "listening", stream="stderr")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM if self.kind.startswith("vethtrace") else signal.SIGINT)
+        out, _err = self.proc.communicate(timeout=60)
+        if self.kind.startswith("vethtrace"):
+            self.stats = json.loads(out.strip().splitlines()[-1])
+
+
+def attach_time(kind: str, a: str) -> float:
+    """Spawn -> first event for a sentinel ping from a (pings every 50 ms)."""
+    if kind == "vethtrace":
+        cmd = [VETHTRACE, "trace", "icmp", "-n", a, "--json"]
+    else:
+        cmd = ["bpftrace", "-e", 'tracepoint:net:net_dev_queue, tracepoint:net:netif_receive_skb, '
+               'tracepoint:skb:consume_skb /comm == "ping"/ { printf("event\\n"); exit(); }']  # fmt: skip
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", a, "ping", "-q", "-i", "0.05", "-W", "1", SERVER_IP],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        while True:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{kind} exited without an event")
+            if line.startswith("{") or "event" in line:
+                return time.monotonic() - t0
+    finally:
+        pinger.terminate()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--consumer", metavar="FILTER")
+    ap.add_argument("-n", action="append", default=[])
+    args = ap.parse_args()
+    if args.consumer is not None:
+        consumer(args.consumer, args.n)
+        return 0
+    from vethtrace.lab import down, up
+
+    prefix = f"vtbench{os.getpid() % 10000}-"
+    lab = up("bridge-two", prefix)
+    names = {n: lab.ns(n) for n in ("sw", "a", "b")}
+    server = subprocess.Popen(["ip", "netns", "exec", names["b"], "iperf3", "-s"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(0.5)
+    kinds = ["untraced", "vethtrace-nonmatch", "bpftrace", "tcpdump", "vethtrace-match"]
+    results: dict[tuple[str, str], list[float]] = {}
+    extra: dict[tuple[str, str], list[dict[str, float]]] = {}
+    try:
+        for proto in ("tcp", "udp"):
+            for _rep in range(args.reps):
+                for kind in kinds:
+                    tracer = Tracer(kind, names, proto)
+                    tracer.start()
+                    try:
+                        value = iperf(names["a"], proto, args.seconds)
+                    finally:
+                        tracer.stop()
+                    results.setdefault((proto, kind), []).append(value)
+                    if tracer.stats:
+                        extra.setdefault((proto, kind), []).append(tracer.stats)
+                    print(f"# {proto} {kind}: {value:.3f} {tracer.stats or ''}", file=sys.stderr)
+        attach = {k: [attach_time(k, names["a"]) for _ in range(3)] for k in ("vethtrace", "bpftrace")}
+    finally:
+        server.terminate()
+        server.wait()
+        down("bridge-two", prefix)
+    print(f"`sudo .venv/bin/python bench/trace_bench.py --seconds {args.seconds} --reps {args.reps}`"
+          f" — {time.strftime('%Y-%m-%d')}, kernel {os.uname().release}, {os.cpu_count()} CPUs\n")  # fmt: skip
+    print("| condition | TCP Gbit/s | TCP ratio | UDP-64B kpkt/s | UDP ratio | events/s decoded (lost) |")
+    print("|---|---|---|---|---|---|")
+    base = {p: statistics.median(results[(p, "untraced")]) for p in ("tcp", "udp")}
+    for kind in kinds:
+        cells = []
+        for p in ("tcp", "udp"):
+            med = statistics.median(results[(p, kind)])
+            cells += [f"{med:.2f}", f"{med / base[p]:.2f}"]
+        ev = []
+        for p in ("tcp", "udp"):
+            for st in extra.get((p, kind), []):
+                ev.append(f"{p} {st['events'] / st['seconds'] / 1e3:.0f} k/s ({st['lost']:.0f})")
+        print(f"| {kind} | " + " | ".join(cells) + f" | {'; '.join(ev) or '-'} |")
+    print("\n| tracer | start -> first event, 1st run | 2nd | 3rd |")
+    print("|---|---|---|---|")
+    for k, times in attach.items():
+        print(f"| {k} | " + " | ".join(f"{t:.2f} s" for t in times) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+/* Neighbour (ARP/ND) state: the neigh:* tracepoints as raw tracepoints, so
+ * each event carries the device's netns and ifindex (classic records only
+ * name the device, and names repeat across namespaces).
+ *
+ * Filtering: a neighbour event is matched as if it were an ARP packet about
+ * its address (saddr = daddr = the address): `arp`, `host A`, `net A/N` keep
+ * it, `icmp`, `tcp`, `port N` drop it. */
+#include "vethtrace.h"
+
+static __always_inline int vt_neigh_event(void *ctx, u16 point, void *n, void *dev,
+                                          void *tbl, void *pkey, u8 old_state,
+                                          u8 new_state, s32 rc, void *lladdr)
+{
+    u64 ts = bpf_ktime_get_ns();
+    if (n) {
+        dev = (void *)vt_ptr(n, VT_NEIGH_DEV);
+        tbl = (void *)vt_ptr(n, VT_NEIGH_TBL);
+        pkey = (char *)n + VT_NEIGH_KEY;
+    }
+    u32 netns = dev ? vt_dev_netns(dev) : 0;
+    if (!vt_netns_ok(netns))
+        return 0;
+    int family = 0;
+    if (tbl)
+        VT_READ(family, (char *)tbl + VT_NTBL_FAMILY);
+    struct vt_pkt p = {};
+    p.ethertype = 0x0806;
+    p.flags = VT_PKT_L3;
+    u8 key[16] = {};
+    if (pkey)
+        bpf_probe_read_kernel(key, family == 10 ? 16 : 4, pkey);
+    if (family == 2) {
+        __builtin_memcpy(&p.saddr, key, 4);
+        p.daddr = p.saddr;
+    }
+    if (!vt_match(&p))
+        return 0;
+    struct vt_event *e = vt_reserve();
+    if (!e)
+        return 0;
+    vt_fill_common(e, point, ts);
+    e->family = family;
+    __builtin_memcpy(e->key, key, 16);
+    e->old_state = old_state;
+    e->new_state = new_state;
+    e->rc = rc;
+    if (lladdr)
+        bpf_probe_read_kernel(e->lladdr, 6, lladdr);
+    else if (n)
+        bpf_probe_read_kernel(e->lladdr, 6, (char *)n + VT_NEIGH_HA);
+    vt_fill_dev(e, dev, netns);
+    vt_submit(ctx, e);
+    return 0;
+}
+
+static __always_inline u8 vt_nud(void *n)
+{
+    u8 s = 0xff;
+    VT_READ(s, (char *)n + VT_NEIGH_NUD_STATE);
+    return s;
+}
+
+RAW_TRACEPOINT_PROBE(neigh_create)
+{
+    return vt_neigh_event(ctx, VT_P_NEIGH_CREATE, 0, (void *)ctx->args[VT_ARG_NCREATE_DEV],
+                          (void *)ctx->args[VT_ARG_NCREATE_TBL],
+                          (void *)ctx->args[VT_ARG_NCREATE_PKEY], 0xff, 0, 0, 0);
+}
+
+/* fires before the change: old = current nud_state, new = the argument */
+RAW_TRACEPOINT_PROBE(neigh_update)
+{
+    void *n = (void *)ctx->args[0];
+    return vt_neigh_event(ctx, VT_P_NEIGH_UPDATE, n, 0, 0, 0, vt_nud(n),
+                          (u8)ctx->args[VT_ARG_NUPDATE_NEW], 0,
+                          (void *)ctx->args[VT_ARG_NUPDATE_LLADDR]);
+}
+
+RAW_TRACEPOINT_PROBE(neigh_update_done)
+{
+    void *n = (void *)ctx->args[0];
+    return vt_neigh_event(ctx, VT_P_NEIGH_UPDATE_DONE, n, 0, 0, 0, 0xff, vt_nud(n),
+                          (s32)ctx->args[1], 0);
+}
+
+RAW_TRACEPOINT_PROBE(neigh_timer_handler)
+{
+    void *n = (void *)ctx->args[0];
+    return vt_neigh_event(ctx, VT_P_NEIGH_TIMER_HANDLER, n, 0, 0, 0, 0xff, vt_nud(n),
+                          0, 0);
+}
+
+RAW_TRACEPOINT_PROBE(neigh_event_send_done)
+{
+    void *n = (void *)ctx->args[0];
+    return vt_neigh_event(ctx, VT_P_NEIGH_EVENT_SEND_DONE, n, 0, 0, 0, 0xff, vt_nud(n),
+                          (s32)ctx->args[1], 0);
+}

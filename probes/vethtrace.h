@@ -1,0 +1,327 @@
+/* vethtrace: the event shared by every probe program and by Python.
+ *
+ * Python never copies this struct: it reads events through bcc's table
+ * `.event()`, which builds ctypes from the compiled type. Point ids below are
+ * parsed from this file by vethtrace/collect/bpf.py (keep the
+ * `#define VT_P_<NAME> <n>` form).
+ *
+ * Kernel structures are opaque here on purpose. Every offset (VT_SKB_*,
+ * VT_DEV_*, ...) is a -D constant computed from the running kernel's BTF, so
+ * the headers bcc compiles against (possibly another kernel's) never decide a
+ * layout. Tracepoint arguments come from raw tracepoints (pointers, not the
+ * classic record), their positions (VT_ARG_*) again from BTF.
+ */
+#ifndef VETHTRACE_H
+#define VETHTRACE_H
+
+/* probe points (ids are part of the event; names live in Python) */
+#define VT_P_NET_DEV_QUEUE 1
+#define VT_P_NET_DEV_START_XMIT 2
+#define VT_P_NET_DEV_XMIT 3
+#define VT_P_NETIF_RX 4
+#define VT_P_NETIF_RECEIVE_SKB 5
+#define VT_P_KFREE_SKB 6
+#define VT_P_CONSUME_SKB 7
+#define VT_P_NEIGH_CREATE 8
+#define VT_P_NEIGH_UPDATE 9
+#define VT_P_NEIGH_UPDATE_DONE 10
+#define VT_P_NEIGH_TIMER_HANDLER 11
+#define VT_P_NEIGH_EVENT_SEND_DONE 12
+#define VT_P_BR_FDB_UPDATE 13
+#define VT_P_VETH_XMIT 14
+#define VT_P_BR_HANDLE_FRAME 15
+#define VT_P_BR_FORWARD 16
+#define VT_P_BR_PASS_FRAME_UP 17
+
+/* what a probe could decode of the frame (struct vt_pkt.flags) */
+#define VT_PKT_ETH 1  /* eth_src/eth_dst valid (from the MAC header) */
+#define VT_PKT_L3 2   /* ethertype valid; saddr/daddr for IPv4 and ARP */
+#define VT_PKT_L4 4   /* ports or ICMP fields valid */
+
+/* Decoded frame. For ARP, saddr/daddr hold the sender/target protocol
+ * addresses, so `host A` matches ARP the way tcpdump does. Addresses stay in
+ * network byte order; ports, ICMP id/seq and the ethertype are host order. */
+struct vt_pkt {
+    u8 eth_src[6];
+    u8 eth_dst[6];
+    u16 ethertype;
+    u16 arp_op;
+    u8 arp_sha[6];
+    u8 arp_tha[6];
+    u32 saddr;
+    u32 daddr;
+    u16 sport;
+    u16 dport;
+    u16 icmp_id;
+    u16 icmp_seq;
+    u8 ip_proto;
+    u8 icmp_type;
+    u8 icmp_code;
+    u8 flags;
+};
+
+struct vt_event {
+    u64 ts;           /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u64 skb;          /* skb address (0 for neighbour events) */
+    u64 head;         /* skb->head: shared by clones */
+    u64 location;     /* kfree_skb/consume_skb caller address */
+    u32 netns;        /* inode of the device's (or socket's) netns */
+    u32 ifindex;
+    u32 len;
+    u32 reason;       /* enum skb_drop_reason */
+    s32 rc;           /* net_dev_xmit rc; neigh err */
+    u32 cpu;
+    u16 point;        /* VT_P_* */
+    u8 cloned;
+    u8 family;        /* neighbour: AF_INET / AF_INET6 */
+    u8 old_state;     /* neighbour NUD_* before (0xff = unknown) */
+    u8 new_state;     /* neighbour NUD_* after (0xff = unknown) */
+    u8 lladdr[6];     /* neighbour lladdr / fdb MAC */
+    u8 key[16];       /* neighbour primary key (IPv4: first 4 bytes) */
+    u32 ifindex2;     /* br_fdb_update: port; br_forward: egress port */
+    u16 vid;
+    u16 pad;
+    char ifname[16];
+    char ifname2[16];
+    struct vt_pkt pkt;
+};
+
+/* Delivery: one ring buffer for all CPUs keeps events nearly in order and
+ * costs half a perf buffer's CPU; perf buffer where the kernel lacks it. */
+/* Python takes the event's ctypes layout from this map's leaf type (bcc's
+ * `.event()` cannot build nested structs); the map is never used here. */
+BPF_ARRAY(vt_layout, struct vt_event, 1);
+
+#ifdef VT_RINGBUF
+BPF_RINGBUF_OUTPUT(vt_events, VT_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(vt_lost, u64, 1);
+#else
+BPF_PERF_OUTPUT(vt_events);
+BPF_PERCPU_ARRAY(vt_scratch, struct vt_event, 1);
+#endif
+
+/* skbs that passed the filter at net_dev_start_xmit, so net_dev_xmit (where
+ * the skb must not be read: the peer may have freed it) can follow them. */
+#ifdef VT_FILTER_ACTIVE
+BPF_TABLE("lru_hash", u64, u8, vt_tx_pending, 4096);
+#endif
+
+#define VT_READ(dst, src) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(src))
+
+static __always_inline u64 vt_ptr(void *base, int off)
+{
+    u64 v = 0;
+    VT_READ(v, (char *)base + off);
+    return v;
+}
+
+static __always_inline u32 vt_dev_netns(void *dev)
+{
+    u64 net = vt_ptr(dev, VT_DEV_NET);
+    u32 inum = 0;
+    if (net)
+        VT_READ(inum, (char *)net + VT_NET_INUM);
+    return inum;
+}
+
+/* netns of a device, or of the skb's socket when the skb has no device */
+static __always_inline u32 vt_skb_netns(void *skb, void *dev)
+{
+    if (dev)
+        return vt_dev_netns(dev);
+    u64 sk = vt_ptr(skb, VT_SKB_SK);
+    if (!sk)
+        return 0;
+    u64 net = vt_ptr((void *)sk, VT_SK_NET);
+    u32 inum = 0;
+    if (net)
+        VT_READ(inum, (char *)net + VT_NET_INUM);
+    return inum;
+}
+
+/* The cheap first test: is this namespace one the user asked for?
+ * VT_NETNS_OK(n) is compiled in as `(n) == ino1 || ...` (no map lookup). */
+#ifndef VT_NETNS_OK
+#define VT_NETNS_OK(n) 1
+#endif
+
+static __always_inline int vt_netns_ok(u32 inum)
+{
+    return VT_NETNS_OK(inum);
+}
+
+static __always_inline u16 vt_ntohs(u16 v) { return (v >> 8) | (v << 8); }
+
+/* Decode Ethernet/ARP/IPv4/L4 from skb->head. The MAC header is used when
+ * set (TX after dev_queue_xmit, RX after eth_type_trans); otherwise (skbs
+ * dropped before getting one, e.g. from the ARP queue) the network header
+ * and skb->protocol. Returns skb->head. */
+static __always_inline u64 vt_decode(void *skb, struct vt_pkt *p)
+{
+    u64 head = vt_ptr(skb, VT_SKB_HEAD);
+    u16 mac = 0xffff, net = 0xffff, proto = 0;
+    VT_READ(mac, (char *)skb + VT_SKB_MAC_HEADER);
+    VT_READ(net, (char *)skb + VT_SKB_NETWORK_HEADER);
+    if (!head)
+        return 0;
+    char *l3;
+    if (mac != 0xffff) {
+        u8 eth[18] = {};
+        VT_READ(eth, (char *)head + mac);
+        __builtin_memcpy(p->eth_dst, eth, 6);
+        __builtin_memcpy(p->eth_src, eth + 6, 6);
+        p->ethertype = ((u16)eth[12] << 8) | eth[13];
+        l3 = (char *)head + mac + 14;
+        if (p->ethertype == 0x8100 || p->ethertype == 0x88a8) {
+            p->ethertype = ((u16)eth[16] << 8) | eth[17];
+            l3 += 4;
+        }
+        p->flags = VT_PKT_ETH | VT_PKT_L3;
+    } else if (net != 0xffff) {
+        VT_READ(proto, (char *)skb + VT_SKB_PROTOCOL);
+        p->ethertype = vt_ntohs(proto);
+        l3 = (char *)head + net;
+        p->flags = VT_PKT_L3;
+    } else {
+        return head;
+    }
+    u8 b[28] = {};
+    if (p->ethertype == 0x0806) {
+        VT_READ(b, l3);
+        p->arp_op = ((u16)b[6] << 8) | b[7];
+        __builtin_memcpy(p->arp_sha, b + 8, 6);
+        __builtin_memcpy(&p->saddr, b + 14, 4);
+        __builtin_memcpy(p->arp_tha, b + 18, 6);
+        __builtin_memcpy(&p->daddr, b + 24, 4);
+    } else if (p->ethertype == 0x0800) {
+        VT_READ(b, l3);
+        u32 ihl = (b[0] & 0x0f) * 4;
+        p->ip_proto = b[9];
+        __builtin_memcpy(&p->saddr, b + 12, 4);
+        __builtin_memcpy(&p->daddr, b + 16, 4);
+        u16 frag = ((u16)(b[6] & 0x1f) << 8) | b[7];
+        if (frag || ihl < 20)
+            return head;
+        u8 l4[8] = {};
+        if (ihl == 20)
+            __builtin_memcpy(l4, b + 20, 8);
+        else
+            VT_READ(l4, l3 + ihl);
+        if (p->ip_proto == 1) {
+            p->icmp_type = l4[0];
+            p->icmp_code = l4[1];
+            p->icmp_id = ((u16)l4[4] << 8) | l4[5];
+            p->icmp_seq = ((u16)l4[6] << 8) | l4[7];
+            p->flags |= VT_PKT_L4;
+        } else if (p->ip_proto == 6 || p->ip_proto == 17) {
+            p->sport = ((u16)l4[0] << 8) | l4[1];
+            p->dport = ((u16)l4[2] << 8) | l4[3];
+            p->flags |= VT_PKT_L4;
+        }
+    }
+    return head;
+}
+
+/* The user's pcap-filter, compiled by vethtrace/collect/filter.py into a C
+ * expression over `p` (a struct vt_pkt *). */
+#ifndef VT_FILTER
+#define VT_FILTER(p) 1
+#endif
+
+static __always_inline int vt_match(struct vt_pkt *p)
+{
+    return VT_FILTER(p);
+}
+
+/* Reserve an event (ring buffer) or take the per-CPU scratch (perf buffer). */
+static __always_inline struct vt_event *vt_reserve(void)
+{
+#ifdef VT_RINGBUF
+    struct vt_event *e = vt_events.ringbuf_reserve(sizeof(struct vt_event));
+    if (!e) {
+        int zero = 0;
+        u64 *lost = vt_lost.lookup(&zero);
+        if (lost)
+            *lost += 1;
+    }
+    return e;
+#else
+    int zero = 0;
+    return vt_scratch.lookup(&zero);
+#endif
+}
+
+static __always_inline void vt_submit(void *ctx, struct vt_event *e)
+{
+#ifdef VT_RINGBUF
+    vt_events.ringbuf_submit(e, 0);
+#else
+    vt_events.perf_submit(ctx, e, sizeof(*e));
+#endif
+}
+
+static __always_inline void vt_fill_dev(struct vt_event *e, void *dev, u32 netns)
+{
+    e->netns = netns;
+    if (dev) {
+        VT_READ(e->ifindex, (char *)dev + VT_DEV_IFINDEX);
+        bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), (char *)dev + VT_DEV_NAME);
+    }
+}
+
+static __always_inline void vt_fill_common(struct vt_event *e, u16 point, u64 ts)
+{
+    /* ring buffer memory is not zeroed; a memset this size would become a
+     * call to memset, which BPF cannot make */
+    u64 *w = (u64 *)e;
+#pragma unroll
+    for (int i = 0; i < sizeof(*e) / 8; i++)
+        w[i] = 0;
+    e->ts = ts;
+    e->point = point;
+    e->cpu = bpf_get_smp_processor_id();
+    e->old_state = 0xff;
+    e->new_state = 0xff;
+}
+
+/* One skb event: netns first (cheapest exit), then decode + filter, then
+ * reserve and fill. `dev` may be 0 (then skb->dev is read). */
+static __always_inline int vt_skb_event(void *ctx, u16 point, void *skb, void *dev,
+                                        u64 location, u32 reason)
+{
+    u64 ts = bpf_ktime_get_ns();
+    if (!dev)
+        dev = (void *)vt_ptr(skb, VT_SKB_DEV);
+    u32 netns = vt_skb_netns(skb, dev);
+    if (!vt_netns_ok(netns))
+        return 0;
+    struct vt_pkt p = {};
+    u64 head = vt_decode(skb, &p);
+    if (!vt_match(&p))
+        return 0;
+#ifdef VT_FILTER_ACTIVE
+    if (point == VT_P_NET_DEV_START_XMIT) {
+        u64 key = (u64)skb;
+        u8 one = 1;
+        vt_tx_pending.update(&key, &one);
+    }
+#endif
+    struct vt_event *e = vt_reserve();
+    if (!e)
+        return 0;
+    vt_fill_common(e, point, ts);
+    e->skb = (u64)skb;
+    e->head = head;
+    e->location = location;
+    e->reason = reason;
+    VT_READ(e->len, (char *)skb + VT_SKB_LEN);
+    u8 cl = 0;
+    VT_READ(cl, (char *)skb + VT_SKB_CLONED_BYTE);
+    e->cloned = (cl & VT_SKB_CLONED_MASK) ? 1 : 0;
+    __builtin_memcpy(&e->pkt, &p, sizeof(p));
+    vt_fill_dev(e, dev, netns);
+    vt_submit(ctx, e);
+    return 0;
+}
+
+#endif /* VETHTRACE_H */

@@ -1,0 +1,565 @@
+"""The eBPF collector: compile probes/ with bcc, attach per the plan, stream ProbeEvents.
+
+Usage (what `trace`, `ping` and `watch` build on)::
+
+    with BpfCollector("arp or icmp", netns_inodes=[ino1, ino2]) as col:
+        plan = col.start()            # compiles + attaches; plan.one_line() to show
+        while ...:
+            for ev in col.poll(100):  # ProbeEvents, ordered by ev.ts_ns
+                ...
+        rest = col.drain()            # whatever is still held back, ordered
+        print(col.lost)
+
+Contract:
+
+* `BpfCollector(filter_expr="", netns_inodes=None, areas=AREAS, functions=True)`.
+  `filter_expr` is pcap-filter text (see collect/filter.py; a bad filter raises
+  UserError in the constructor, before anything is compiled). `netns_inodes`
+  limits events to those namespaces (None = all). `areas` picks program
+  groups: "dev" (net_dev_queue/start_xmit/xmit, netif_rx, netif_receive_skb),
+  "drop" (kfree_skb, consume_skb), "neigh" (neigh_*), "bridge"
+  (br_fdb_update, plus br_* function probes where the plan has kprobe/fentry).
+  Fewer areas = faster compile. `functions=False` skips the kprobe/fentry
+  trials and programs.
+* `start() -> Plan` compiles (bcc, ~0.4-0.8 s) and attaches; raises UserError
+  when not root, bcc missing, no headers or the compile fails. Events are
+  only collected after start() returns.
+* `poll(timeout_ms) -> list[ProbeEvent]` waits up to timeout_ms for events and
+  returns those older than `hold_ms` (default 15 ms), sorted by kernel
+  CLOCK_MONOTONIC ns (`ProbeEvent.ts_ns`, comparable with
+  time.monotonic_ns()). The hold-back lets nested veth events (the peer's
+  netif_rx fires before the sender's net_dev_xmit) and cross-CPU events come
+  out in order. `drain()` returns everything still held, sorted.
+* `lost`: events the kernel could not deliver (ring buffer full, counted per
+  CPU in a BPF map; or perf buffer lost samples). Always show it.
+* `close()` detaches everything (idempotent; also via `with`, and safe after
+  Ctrl-C; the kernel drops the programs when the process exits anyway).
+* `timings`: {"btf": s, "compile_attach": s} of the last start().
+
+Event fields (model.ProbeEvent): ts_ns, point (tracepoint or function name),
+netns (inode of the device's netns, of the socket's when the skb has no
+device, 0 if unknown), ifindex/ifname, skb/head (identity: clones share head;
+skb addresses are reused, retire them at kfree_skb/consume_skb), length
+(TX includes the Ethernet header, RX not), cloned, packet (PacketSummary
+decoded from skb->head; None at net_dev_xmit, where the skb must not be
+read, and for neighbour/fdb events), drop_reason (kfree_skb only: the BTF
+`enum skb_drop_reason` name without SKB_DROP_REASON_), location (kernel
+symbol of the kfree/consume caller), neigh (NeighChange for neigh_* events:
+address, old_state -> new_state as NUD names; old_state None when the
+tracepoint does not tell it), cpu, extra: {"rc": int} at net_dev_xmit and
+neighbour events with an error code, {"port_ifindex", "port", "mac", "vid"}
+at br_fdb_update (ifindex/ifname are the bridge's), {"lladdr"} where known.
+
+Filtering happens in the kernel: namespace first (cheapest exit), then the
+packet filter over the decoded headers. Neighbour events match as if they
+were ARP packets about their address (`arp`, `host A`, `net A/N` keep them;
+`icmp`, `tcp`, `port N` drop them). br_fdb_update ignores the packet filter
+(no packet at hand; it only fires when a bridge learns a MAC).
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import heapq
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from vethtrace.collect import btf as btfmod
+from vethtrace.collect import headers as headersmod
+from vethtrace.collect import plan as planmod
+from vethtrace.collect.filter import Filter, compile_filter
+from vethtrace.errors import UserError
+from vethtrace.model import NeighChange, PacketSummary, ProbeEvent
+
+PROBES_DIR = Path(
+    os.environ.get("VETHTRACE_PROBES", Path(__file__).resolve().parents[2] / "probes")
+)
+AREAS = planmod.AREAS
+AREA_FILES = {"dev": "dev.c", "drop": "drop.c", "neigh": "neigh.c", "bridge": "bridge.c"}
+
+NUD = {
+    0x00: "NONE",
+    0x01: "INCOMPLETE",
+    0x02: "REACHABLE",
+    0x04: "STALE",
+    0x08: "DELAY",
+    0x10: "PROBE",
+    0x20: "FAILED",
+    0x40: "NOARP",
+    0x80: "PERMANENT",
+}  # (uapi/linux/neighbour.h: stable ABI values)
+
+
+def nud_name(state: int) -> str | None:
+    if state == 0xFF:
+        return None
+    if state in NUD:
+        return NUD[state]
+    return "|".join(n for bit, n in NUD.items() if bit and state & bit) or f"0x{state:x}"
+
+
+def point_names(header: Path | None = None) -> dict[int, str]:
+    """VT_P_* ids from probes/vethtrace.h -> point names (lower case)."""
+    text = (header or PROBES_DIR / "vethtrace.h").read_text()
+    return {int(n): name.lower() for name, n in re.findall(r"#define VT_P_(\w+) (\d+)", text)}
+
+
+# --- kernel facts from BTF -------------------------------------------------------
+
+
+def _arg_index(b: btfmod.Btf, tp: str, pred: Any, what: str, nth: int = 0) -> int:
+    """Index (in ctx->args) of the nth parameter of raw tracepoint `tp` matching pred."""
+    hits = [i for i, (_n, t) in enumerate(b.tracepoint_params(tp)) if pred(b.describe(t))]
+    if len(hits) <= nth:
+        raise btfmod.BtfError(f"tracepoint {tp} has no {what} argument in this kernel")
+    return hits[nth]
+
+
+def _func_param(b: btfmod.Btf, func: str, name: str) -> int:
+    params = b.func_params(b.find(func, btfmod.FUNC))
+    for i, (n, _t) in enumerate(params):
+        if n == name:
+            return i
+    raise btfmod.BtfError(f"{func}() has no parameter {name!r} in this kernel")
+
+
+def kernel_constants(b: btfmod.Btf | None = None, functions: bool = False) -> dict[str, int]:
+    """Every offset and argument position the probes use, from BTF (-D constants)."""
+    b = b or btfmod.vmlinux()
+    cloned = b.member("sk_buff", "cloned")
+    c = {
+        "VT_SKB_HEAD": b.offset("sk_buff", "head"),
+        "VT_SKB_LEN": b.offset("sk_buff", "len"),
+        "VT_SKB_DEV": b.offset("sk_buff", "dev"),
+        "VT_SKB_SK": b.offset("sk_buff", "sk"),
+        "VT_SKB_PROTOCOL": b.offset("sk_buff", "protocol"),
+        "VT_SKB_MAC_HEADER": b.offset("sk_buff", "mac_header"),
+        "VT_SKB_NETWORK_HEADER": b.offset("sk_buff", "network_header"),
+        "VT_SKB_CLONED_BYTE": cloned.bit_offset // 8,
+        "VT_SKB_CLONED_MASK": 1 << (cloned.bit_offset % 8),
+        "VT_DEV_IFINDEX": b.offset("net_device", "ifindex"),
+        "VT_DEV_NAME": b.offset("net_device", "name"),
+        "VT_DEV_NET": b.offset("net_device", "nd_net.net"),
+        "VT_NET_INUM": b.offset("net", "ns.inum"),
+        "VT_SK_NET": b.offset("sock", "__sk_common.skc_net.net"),
+        "VT_NEIGH_DEV": b.offset("neighbour", "dev"),
+        "VT_NEIGH_TBL": b.offset("neighbour", "tbl"),
+        "VT_NEIGH_KEY": b.offset("neighbour", "primary_key"),
+        "VT_NEIGH_HA": b.offset("neighbour", "ha"),
+        "VT_NEIGH_NUD_STATE": b.offset("neighbour", "nud_state"),
+        "VT_NTBL_FAMILY": b.offset("neigh_table", "family"),
+        "VT_BR_DEV": b.offset("net_bridge", "dev"),
+        "VT_BRPORT_DEV": b.offset("net_bridge_port", "dev"),
+        "VT_ARG_START_XMIT_DEV": _arg_index(b, "net_dev_start_xmit", _is("net_device *"), "dev"),
+        "VT_ARG_XMIT_DEV": _arg_index(b, "net_dev_xmit", _is("net_device *"), "dev"),
+        "VT_ARG_XMIT_RC": _arg_index(b, "net_dev_xmit", lambda t: t == "int", "rc"),
+        "VT_ARG_XMIT_LEN": _arg_index(b, "net_dev_xmit", lambda t: t == "unsigned int", "len"),
+        "VT_ARG_KFREE_LOCATION": _arg_index(b, "kfree_skb", lambda t: t == "void *", "location"),
+        "VT_ARG_KFREE_REASON": _arg_index(b, "kfree_skb", _is("skb_drop_reason"), "reason"),
+        "VT_ARG_CONSUME_LOCATION": _arg_index(
+            b, "consume_skb", lambda t: t == "void *", "location"
+        ),
+        "VT_ARG_NCREATE_TBL": _arg_index(b, "neigh_create", _is("neigh_table *"), "tbl"),
+        "VT_ARG_NCREATE_DEV": _arg_index(b, "neigh_create", _is("net_device *"), "dev"),
+        "VT_ARG_NCREATE_PKEY": _arg_index(b, "neigh_create", lambda t: t == "void *", "pkey"),
+        "VT_ARG_NUPDATE_LLADDR": _arg_index(b, "neigh_update", lambda t: t == "u8 *", "lladdr"),
+        "VT_ARG_NUPDATE_NEW": _arg_index(b, "neigh_update", lambda t: t == "u8", "new"),
+        "VT_ARG_FDB_BR": _arg_index(b, "br_fdb_update", _is("net_bridge *"), "br"),
+        "VT_ARG_FDB_PORT": _arg_index(b, "br_fdb_update", _is("net_bridge_port *"), "port"),
+        "VT_ARG_FDB_ADDR": _arg_index(b, "br_fdb_update", _is("char *"), "addr"),
+        "VT_ARG_FDB_VID": _arg_index(b, "br_fdb_update", lambda t: t == "u16", "vid"),
+    }
+    if functions:
+        c.update(
+            VT_KARG_VETH_XMIT_SKB=_func_param(b, "veth_xmit", "skb"),
+            VT_KARG_VETH_XMIT_DEV=_func_param(b, "veth_xmit", "dev"),
+            VT_KARG_BR_HANDLE_FRAME_PSKB=_func_param(b, "br_handle_frame", "pskb"),
+            VT_KARG_BR_FORWARD_SKB=_func_param(b, "br_forward", "skb"),
+            VT_KARG_BR_FORWARD_TO=_func_param(b, "br_forward", "to"),
+            VT_KARG_BR_PASS_FRAME_UP_SKB=_func_param(b, "br_pass_frame_up", "skb"),
+        )
+        c.update(_ptregs_args(b))
+    return c
+
+
+def _ptregs_args(b: btfmod.Btf) -> dict[str, int]:
+    """Offsets in struct pt_regs of the first four argument registers (kprobes)."""
+    machine = os.uname().machine
+    if machine == "x86_64":
+        names = ("di", "si", "dx", "cx")
+        return {f"VT_PTREGS_ARG{i}": b.offset("pt_regs", r) for i, r in enumerate(names)}
+    base = b.offset("pt_regs", "regs") if machine == "aarch64" else 0
+    return {f"VT_PTREGS_ARG{i}": base + 8 * i for i in range(4)}
+
+
+def _is(suffix: str) -> Any:
+    return lambda t: t.endswith(suffix)
+
+
+def drop_reasons(b: btfmod.Btf | None = None) -> dict[int, str]:
+    """enum skb_drop_reason value -> name without SKB_DROP_REASON_ (from BTF)."""
+    b = b or btfmod.vmlinux()
+    out: dict[int, str] = {}
+    for name, val in b.enum("skb_drop_reason").items():
+        short = name.removeprefix("SKB_DROP_REASON_").removeprefix("SKB_")
+        out.setdefault(val, short)
+    return out
+
+
+SUBSYS_MASK = 0xFFFF0000
+
+
+def drop_reason_name(reason: int, names: dict[int, str], subsys: dict[int, str]) -> str:
+    """Name of a drop reason; subsystem codes (upper 16 bits) as 'SUBSYS:code'."""
+    if reason & SUBSYS_MASK:
+        sub = reason >> 16
+        return f"{subsys.get(sub, f'subsys{sub}')}:{reason & 0xFFFF}"
+    return names.get(reason, f"reason{reason}")
+
+
+def _subsystems(b: btfmod.Btf) -> dict[int, str]:
+    try:
+        enum = b.enum("skb_drop_reason_subsys")
+    except btfmod.BtfError:
+        return {}
+    return {v: n.removeprefix("SKB_DROP_REASON_SUBSYS_") for n, v in enum.items()}
+
+
+class Kallsyms:
+    """Kernel text symbols from /proc/kallsyms, loaded on first use, lookups cached."""
+
+    def __init__(self, path: str = "/proc/kallsyms") -> None:
+        self.path = path
+        self._addrs: list[int] = []
+        self._names: list[str] = []
+        self._cache: dict[int, str | None] = {}
+
+    def _load(self) -> None:
+        pairs = []
+        with open(self.path) as f:
+            for line in f:
+                parts = line.split(None, 3)
+                if len(parts) >= 3 and parts[1] in ("t", "T"):
+                    pairs.append((int(parts[0], 16), parts[2]))
+        pairs.sort()
+        self._addrs = [a for a, _ in pairs]
+        self._names = [n for _, n in pairs]
+
+    def name(self, addr: int) -> str | None:
+        if not addr:
+            return None
+        if addr in self._cache:
+            return self._cache[addr]
+        if not self._addrs:
+            self._load()
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        sym = self._names[i] if i >= 0 and self._addrs[i] else None
+        self._cache[addr] = sym
+        return sym
+
+
+# --- source assembly ---------------------------------------------------------------
+
+
+def build_source(areas: tuple[str, ...] | list[str], function_mech: str | None) -> str:
+    """One source text: vethtrace.h inlined, then the programs for `areas` (and
+    kprobe.c for function probes). Inlined, not #included, because bcc rewrites
+    map calls (`vt_events.ringbuf_reserve(...)`) only in its main file."""
+    files = [AREA_FILES[a] for a in AREAS if a in areas]
+    if function_mech in ("kprobe", "fentry"):
+        files.append("kprobe.c")
+    parts = [(PROBES_DIR / "vethtrace.h").read_text()]
+    for name in files:
+        text = (PROBES_DIR / name).read_text()
+        parts.append(f"/* ---- {name} ---- */\n" + text.replace('#include "vethtrace.h"', ""))
+    return "\n".join(parts)
+
+
+def cflags(
+    constants: dict[str, int],
+    flt: Filter,
+    netns_inodes: list[int] | None,
+    ringbuf: bool,
+    function_mech: str | None = None,
+    ringbuf_pages: int = 512,
+) -> list[str]:
+    flags = ["-Wno-macro-redefined"]
+    flags += [f"-D{k}={v}" for k, v in constants.items()]
+    if ringbuf:
+        flags += ["-DVT_RINGBUF", f"-DVT_RINGBUF_PAGES={ringbuf_pages}"]
+    if flt.active:
+        flags += ["-DVT_FILTER_ACTIVE", f"-DVT_FILTER(p)={flt.to_c()}"]
+    if netns_inodes is not None:
+        test = " || ".join(f"(n) == {int(i)}u" for i in sorted(set(netns_inodes))) or "0"
+        flags.append(f"-DVT_NETNS_OK(n)=({test})")
+    if function_mech == "kprobe":
+        flags.append("-DVT_KPROBE")
+    elif function_mech == "fentry":
+        flags.append("-DVT_FENTRY")
+    return flags
+
+
+def compile_only(
+    areas: tuple[str, ...] | list[str] = AREAS, function_mech: str | None = None
+) -> float:
+    """Compile (and load nothing beyond what bcc autoloads) for tests/doctor; seconds.
+
+    With function_mech="kprobe" the kprobe programs are compiled and loaded into
+    the kernel as BPF_PROG_TYPE_KPROBE (they attach nowhere)."""
+    headersmod.prepare()
+    from bcc import BPF
+
+    consts = kernel_constants(functions=function_mech is not None)
+    src = build_source(areas, function_mech)
+    t0 = time.monotonic()
+    b = BPF(text=src.encode(), cflags=cflags(consts, compile_filter(""), None, True, function_mech))
+    try:
+        if function_mech == "kprobe":
+            for fn in ("vt_kp_veth_xmit", "vt_kp_br_handle_frame", "vt_kp_br_forward",
+                       "vt_kp_br_pass_frame_up"):  # fmt: skip
+                b.load_func(fn.encode(), BPF.KPROBE)
+        return time.monotonic() - t0
+    finally:
+        b.cleanup()
+
+
+# --- the collector -----------------------------------------------------------------
+
+
+class BpfCollector:
+    """Compile, attach and read the probes (see the module docstring for the contract)."""
+
+    def __init__(
+        self,
+        filter_expr: str | list[str] = "",
+        netns_inodes: list[int] | None = None,
+        areas: tuple[str, ...] | list[str] = AREAS,
+        functions: bool = True,
+        hold_ms: float = 15.0,
+        ringbuf_pages: int = 512,
+    ) -> None:
+        self.filter = compile_filter(filter_expr)
+        self.netns_inodes = list(netns_inodes) if netns_inodes is not None else None
+        unknown = [a for a in areas if a not in AREAS]
+        if unknown:
+            raise UserError(f"unknown probe area(s) {unknown}; choose from {list(AREAS)}")
+        self.areas = tuple(areas)
+        self.functions = functions
+        self.hold_ns = int(hold_ms * 1e6)
+        self.ringbuf_pages = ringbuf_pages
+        self.plan: planmod.Plan | None = None
+        self.timings: dict[str, float] = {}
+        self._bpf: Any = None
+        self._heap: list[tuple[int, int, ProbeEvent]] = []
+        self._seq = 0
+        self._perf_lost = 0
+        self._points = point_names()
+        self._kallsyms = Kallsyms()
+        self._reasons: dict[int, str] = {}
+        self._subsys: dict[int, str] = {}
+        self._event_cls: Any = None
+        self._closed = False
+
+    # context manager
+    def __enter__(self) -> BpfCollector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def plan_line(self) -> str:
+        return self.plan.one_line() if self.plan else "not started"
+
+    def start(self) -> planmod.Plan:
+        if os.geteuid() != 0:
+            raise UserError("tracing needs root (CAP_BPF/CAP_PERFMON); run it with sudo")
+        t0 = time.monotonic()
+        try:
+            b = btfmod.vmlinux()
+        except btfmod.BtfError as exc:
+            raise UserError(
+                f"no kernel BTF ({exc}); vethtrace needs CONFIG_DEBUG_INFO_BTF"
+            ) from None
+        plan = planmod.decide(allow_functions=self.functions)
+        hdr = headersmod.prepare()
+        plan.headers = hdr.label
+        if hdr.kind == "missing":
+            raise UserError("no kernel headers for bcc; run `./run setup` (see README)")
+        fmech = plan.mechanism_for_functions() if self.functions else None
+        fmech = fmech if fmech in ("kprobe", "fentry") and "bridge" in self.areas else None
+        try:
+            consts = kernel_constants(b, functions=fmech is not None)
+        except btfmod.BtfError as exc:
+            raise UserError(f"kernel layout not understood: {exc}") from None
+        self._reasons = drop_reasons(b)
+        self._subsys = _subsystems(b)
+        ringbuf = plan.delivery == "ring buffer"
+        self.timings["btf"] = time.monotonic() - t0
+        try:
+            from bcc import BPF
+        except ImportError:
+            raise UserError(
+                "bcc's Python bindings are missing (Debian: apt install python3-bpfcc; "
+                "use the venv made from /usr/bin/python3)"
+            ) from None
+        src = build_source(self.areas, fmech)
+        flags = cflags(consts, self.filter, self.netns_inodes, ringbuf, fmech, self.ringbuf_pages)
+        t1 = time.monotonic()
+        try:
+            self._bpf = BPF(text=src.encode(), cflags=flags)  # autoloads + attaches raw tracepoints
+            if fmech == "kprobe":
+                funcs = planmod.POINTS["veth transmit"][1] + planmod.POINTS["bridge receive"][1]
+                for func in funcs:
+                    self._bpf.attach_kprobe(event=func.encode(), fn_name=f"vt_kp_{func}".encode())
+        except Exception as exc:
+            self.close()
+            raise UserError(f"BPF compile/attach failed: {str(exc).splitlines()[0]}") from None
+        table = self._bpf[b"vt_events"]
+        if ringbuf:
+            table.open_ring_buffer(self._on_event)
+        else:
+            table.open_perf_buffer(self._on_event, page_cnt=256, lost_cb=self._on_lost)
+        self.timings["compile_attach"] = time.monotonic() - t1
+        self.plan = plan
+        return plan
+
+    @property
+    def lost(self) -> int:
+        """Events the kernel could not deliver so far (ring buffer full / perf lost)."""
+        return self._lost_from(self._bpf) if self._bpf is not None else self._perf_lost
+
+    def _on_lost(self, count: int) -> None:
+        self._perf_lost += count
+
+    def _on_event(self, *args: Any) -> None:
+        # ring buffer: (ctx, data, size); perf buffer: (cpu, data, size)
+        data = args[1]
+        if self._event_cls is None:
+            self._event_cls = self._bpf[b"vt_layout"].Leaf  # compiled layout, no hand copy
+        raw = ctypes.cast(data, ctypes.POINTER(self._event_cls)).contents
+        ev = self._convert(raw)
+        heapq.heappush(self._heap, (ev.ts_ns, self._seq, ev))
+        self._seq += 1
+
+    def poll(self, timeout_ms: int = 100) -> list[ProbeEvent]:
+        if self._bpf is None:
+            raise RuntimeError("BpfCollector.poll() before start()")
+        if self.plan and self.plan.delivery == "ring buffer":
+            self._bpf.ring_buffer_poll(timeout_ms)
+        else:
+            self._bpf.perf_buffer_poll(timeout_ms)
+        return self._release(time.monotonic_ns() - self.hold_ns)
+
+    def drain(self) -> list[ProbeEvent]:
+        """Read what the kernel still holds and return every buffered event, sorted."""
+        if self._bpf is not None:
+            if self.plan and self.plan.delivery == "ring buffer":
+                self._bpf.ring_buffer_consume()
+            else:
+                self._bpf.perf_buffer_poll(0)
+        return self._release(None)
+
+    def _release(self, upto: int | None) -> list[ProbeEvent]:
+        out = []
+        heap = self._heap
+        while heap and (upto is None or heap[0][0] <= upto):
+            out.append(heapq.heappop(heap)[2])
+        return out
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            bpf, self._bpf = self._bpf, None
+            try:
+                self._perf_lost = self._lost_from(bpf)
+            finally:
+                bpf.cleanup()
+        self._closed = True
+
+    def _lost_from(self, bpf: Any) -> int:
+        if self.plan and self.plan.delivery == "ring buffer":
+            try:
+                return self._perf_lost + int(bpf[b"vt_lost"].sum(0).value)
+            except Exception:  # the map is gone or unreadable: report what we know
+                return self._perf_lost
+        return self._perf_lost
+
+    # --- decoding ------------------------------------------------------------------
+
+    def _convert(self, r: Any) -> ProbeEvent:
+        point = self._points.get(r.point, f"point{r.point}")
+        ev = ProbeEvent(
+            ts_ns=r.ts,
+            point=point,
+            netns=r.netns,
+            ifindex=r.ifindex,
+            ifname=r.ifname.decode(errors="replace"),
+            skb=r.skb,
+            head=r.head,
+            length=r.len,
+            cloned=bool(r.cloned),
+            cpu=r.cpu,
+        )
+        p = r.pkt
+        if p.flags:
+            ev.packet = _packet(p)
+        if r.point == 6:  # kfree_skb
+            ev.drop_reason = drop_reason_name(r.reason, self._reasons, self._subsys)
+        if r.location:
+            ev.location = self._kallsyms.name(r.location)
+        if point.startswith("neigh_"):
+            fam = r.family
+            key = bytes(r.key)
+            addr = (
+                socket.inet_ntop(socket.AF_INET6, key)
+                if fam == socket.AF_INET6
+                else socket.inet_ntoa(key[:4])
+            )
+            lladdr = bytes(r.lladdr).hex(":")
+            ev.neigh = NeighChange(
+                address=addr,
+                old_state=nud_name(r.old_state),
+                new_state=nud_name(r.new_state),
+                lladdr=None if lladdr == "00:00:00:00:00:00" else lladdr,
+                err=r.rc if point in ("neigh_update_done", "neigh_event_send_done") else None,
+            )
+        elif point == "net_dev_xmit":
+            ev.extra["rc"] = r.rc
+        elif point == "br_fdb_update":
+            ev.extra.update(
+                port_ifindex=r.ifindex2,
+                port=r.ifname2.decode(errors="replace"),
+                mac=bytes(r.lladdr).hex(":"),
+                vid=r.vid,
+            )
+        return ev
+
+
+def _packet(p: Any) -> PacketSummary:
+    s = PacketSummary()
+    if p.flags & 1:
+        s.eth_src = bytes(p.eth_src).hex(":")
+        s.eth_dst = bytes(p.eth_dst).hex(":")
+    s.ethertype = p.ethertype
+    src = socket.inet_ntoa(p.saddr.to_bytes(4, "little"))
+    dst = socket.inet_ntoa(p.daddr.to_bytes(4, "little"))
+    if p.ethertype == 0x0806:
+        s.arp_op = p.arp_op
+        s.arp_sha = bytes(p.arp_sha).hex(":")
+        s.arp_spa = src
+        s.arp_tha = bytes(p.arp_tha).hex(":")
+        s.arp_tpa = dst
+    elif p.ethertype == 0x0800:
+        s.ip_src, s.ip_dst, s.ip_proto = src, dst, p.ip_proto
+        if p.flags & 4:
+            if p.ip_proto == 1:
+                s.icmp_type, s.icmp_code = p.icmp_type, p.icmp_code
+                s.icmp_id, s.icmp_seq = p.icmp_id, p.icmp_seq
+            else:
+                s.sport, s.dport = p.sport, p.dport
+    return s

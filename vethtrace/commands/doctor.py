@@ -1,0 +1,165 @@
+"""`vethtrace doctor [--json]`: what this machine lets vethtrace see, and why.
+
+Every answer comes from trying (a no-op BPF load, a perf kprobe event, a real
+bcc compile), not from config files: configs lie about lockdown, missing
+capabilities and refused fentry. Exit 0 when tracing is possible at all,
+1 when it is not.
+"""
+
+from __future__ import annotations
+
+import json as jsonmod
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rich.table import Table
+
+from vethtrace.collect import btf as btfmod
+from vethtrace.collect import headers as headersmod
+from vethtrace.collect import plan as planmod
+from vethtrace.console import make_console
+from vethtrace.errors import ExitStatus
+
+CAPS = {12: "CAP_NET_ADMIN", 21: "CAP_SYS_ADMIN", 38: "CAP_PERFMON", 39: "CAP_BPF"}
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _caps() -> tuple[bool, str]:
+    eff = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                eff = int(line.split()[1], 16)
+    have = [n for bit, n in CAPS.items() if eff >> bit & 1]
+    missing = [n for bit, n in CAPS.items() if not eff >> bit & 1]
+    bpf_ok = ("CAP_BPF" in have and "CAP_PERFMON" in have) or "CAP_SYS_ADMIN" in have
+    detail = "has " + (", ".join(have) or "none")
+    if missing:
+        detail += "; lacks " + ", ".join(missing)
+    return bpf_ok and "CAP_NET_ADMIN" in have, detail
+
+
+def _bcc_compile() -> tuple[bool, str, float | None]:
+    try:
+        import bcc  # noqa: F401
+    except ImportError as exc:
+        return False, f"import failed: {exc} (apt install python3-bpfcc)", None
+    if os.geteuid() != 0:
+        return False, "imported; trial compile needs root", None
+    from vethtrace.collect.bpf import compile_only
+
+    try:
+        seconds = compile_only()
+    except Exception as exc:
+        return False, f"trial compile failed: {str(exc).splitlines()[0]}", None
+    return True, f"imported; all probe programs compiled and loaded in {seconds:.2f} s", seconds
+
+
+def gather() -> dict[str, Any]:
+    checks: list[Check] = []
+    root = os.geteuid() == 0
+    checks.append(Check("root", root, "running as root" if root else "not root: run with sudo"))
+    ok, detail = _caps()
+    checks.append(Check("capabilities", ok, detail))
+    try:
+        b = btfmod.vmlinux()
+        checks.append(Check("btf", True, f"{btfmod.VMLINUX} ({b.count} types)"))
+        btf_ok = True
+    except btfmod.BtfError as exc:
+        checks.append(Check("btf", False, f"{exc}: struct offsets cannot be known"))
+        btf_ok = False
+    kp = planmod.try_kprobe()
+    checks.append(Check("kprobes", kp.ok, kp.reason))
+    fe = planmod.try_fentry() if btf_ok else planmod.Trial(False, "needs BTF")
+    checks.append(Check("fentry", fe.ok, fe.reason))
+    rt = planmod.try_raw_tracepoint()
+    checks.append(Check("tracepoints", rt.ok, rt.reason))
+    tfs = planmod.tracefs()
+    checks.append(
+        Check(
+            "tracefs",
+            tfs is not None,
+            f"mounted at {tfs}"
+            if tfs
+            else "not mounted (raw tracepoints do not need it; "
+            "mount -t tracefs nodev /sys/kernel/tracing for classic tools)",
+        )
+    )
+    rb = planmod.ringbuf_supported()
+    checks.append(Check("ring buffer", rb.ok, rb.reason if rb.ok else rb.reason + "; perf buffer"))
+    hdr = headersmod.find()
+    hdr_detail = {
+        "matching": f"{hdr.path} (matches the running kernel)",
+        "generic": f"{hdr.path}: another kernel's headers, used only to compile; "
+        "layouts come from BTF",
+        "missing": "none found: bcc cannot compile (run ./run setup)",
+    }[hdr.kind]
+    checks.append(Check("headers", hdr.kind != "missing", f"{hdr.label}: {hdr_detail}"))
+    headersmod.prepare(hdr)
+    bcc_ok, bcc_detail, compile_s = _bcc_compile()
+    checks.append(Check("bcc", bcc_ok, bcc_detail))
+    try:
+        import scapy
+
+        checks.append(Check("scapy", True, f"scapy {scapy.VERSION} (sniffers)"))
+    except ImportError:
+        checks.append(Check("scapy", False, "missing: no per-interface sniffers"))
+    plan = planmod.decide() if btf_ok else None
+    if plan:
+        plan.headers = hdr.label
+    tracing = root and btf_ok and rt.ok and bcc_ok and hdr.kind != "missing"
+    return {
+        "tracing_possible": tracing,
+        "kernel": os.uname().release,
+        "checks": {c.name: asdict(c) for c in checks},
+        "compile_seconds": compile_s,
+        "plan": plan.describe() if plan else None,
+        "plan_line": plan.one_line() if plan else None,
+    }
+
+
+def run(json: bool = False, **_: object) -> int:
+    started = time.monotonic()
+    report = gather()
+    status = ExitStatus.OK if report["tracing_possible"] else ExitStatus.FINDINGS
+    if json:
+        print(jsonmod.dumps(report, indent=2))
+        return int(status)
+    console = make_console()
+    table = Table(title=f"vethtrace doctor — kernel {report['kernel']}", title_justify="left")
+    table.add_column("check", style="bold", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    for c in report["checks"].values():
+        table.add_row(c["name"], "[green]ok[/]" if c["ok"] else "[red]no[/]", c["detail"])
+    console.print(table)
+    plan = report["plan"]
+    if plan:
+        ptable = Table(title="probe plan", title_justify="left", show_lines=True)
+        ptable.add_column("probe point", style="bold", no_wrap=True)
+        ptable.add_column("via", no_wrap=True)
+        ptable.add_column("hooks; what this choice cannot see", overflow="fold")
+        for p in plan["points"]:
+            text = ", ".join(p["hooks"]) or "-"
+            if p["blind_spot"]:
+                text += f"\n[yellow]cannot see:[/] {p['blind_spot']}"
+            if p["tried"]:
+                text += "\n[dim]" + "; ".join(p["tried"]) + "[/]"
+            ptable.add_row(p["point"], p["mechanism"], text)
+        console.print(ptable)
+        console.print(f"delivery: {plan['delivery']}", highlight=False)
+    verdict = (
+        "[green]tracing possible[/]"
+        if report["tracing_possible"]
+        else "[red]no tracing possible here[/] (see the checks marked no)"
+    )
+    console.print(f"{verdict}  ({time.monotonic() - started:.1f} s)")
+    return int(status)

@@ -1,0 +1,126 @@
+"""`vethtrace trace [FILTER] [-n NETNS ...] [--duration S] [--json] [--write FILE]`.
+
+Streams kernel packet events (see collect/bpf.py for what each carries).
+Status (spinner, the "tracing…" line with the plan, the summary) goes to
+stderr when --json is given, so stdout stays one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from vethtrace import netns as netnsmod
+from vethtrace.collect.bpf import BpfCollector
+from vethtrace.console import make_console
+from vethtrace.errors import ExitStatus, UserError, require_root
+from vethtrace.render import trace as render
+
+
+def _inodes(names: list[str]) -> list[int] | None:
+    if not names:
+        return None
+    return [netnsmod.inode_of(n) for n in names]
+
+
+def _recorder(path: str, plan: Any, netns: list[str]) -> Any:
+    try:
+        from vethtrace.record import Recorder
+    except ImportError:
+        raise UserError("--write needs vethtrace.record, which is not installed") from None
+    rec = Recorder(path, command=sys.argv, plan=plan.describe())
+    try:
+        from vethtrace.topology import discover
+
+        rec.topology(discover(netns or None))
+    except UserError:
+        raise
+    except Exception as exc:  # a recording without topology is still useful
+        print(f"vethtrace trace: topology not recorded: {exc}", file=sys.stderr)
+    return rec
+
+
+def run(
+    filter: list[str] | str | None = None,
+    netns: list[str] | None = None,
+    duration: float | None = None,
+    json: bool = False,
+    write: str | None = None,
+    pcap: str | None = None,
+    **_: object,
+) -> int:
+    netns = netns or []
+    if pcap:
+        raise UserError("trace --pcap is not supported (frames come from `ping --pcap`)")
+    if duration is not None and duration <= 0:
+        raise UserError("--duration must be positive")
+    require_root("vethtrace trace")
+    out = make_console()
+    status = make_console(stderr=True) if json or not out.is_terminal else out
+    collector = BpfCollector(filter or "", _inodes(netns))  # bad filter fails here
+    names = render.NetnsNames()
+    summary = render.Summary()
+    rec = None
+    started = time.monotonic()
+    with collector:
+        with status.status("compiling and attaching probes…", spinner="dots"):
+            plan = collector.start()
+        t = collector.timings
+        status.print(
+            f"tracing… ({plan.one_line()}; headers {plan.headers}; "
+            f"ready in {t.get('btf', 0) + t.get('compile_attach', 0):.2f} s)"
+            + (f" filter: {collector.filter.text}" if collector.filter.text else "")
+            + ("  Ctrl-C to stop" if duration is None else ""),
+            style="dim",
+            highlight=False,
+        )
+        if write:
+            rec = _recorder(write, plan, netns)
+        if not json:
+            out.print(render.HEADER, style="bold", highlight=False)
+        t0: int | None = None
+        started = time.monotonic()
+        deadline = started + duration if duration else None
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                wait = 100 if remaining is None else max(1, min(100, int(remaining * 1000)))
+                events = collector.poll(wait)
+                t0 = _emit(events, t0, out, json, names, summary, rec)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            t0 = _emit(collector.drain(), t0, out, json, names, summary, rec)
+            lost = collector.lost
+            collector.close()
+            if rec is not None:
+                rec.close(lost=lost)
+    summary.render(status, lost, time.monotonic() - started)
+    return int(ExitStatus.OK)
+
+
+def _emit(
+    events: list[Any],
+    t0: int | None,
+    out: Any,
+    as_json: bool,
+    names: render.NetnsNames,
+    summary: render.Summary,
+    rec: Any,
+) -> int | None:
+    for ev in events:
+        if t0 is None:
+            t0 = ev.ts_ns
+        summary.add(ev)
+        if rec is not None:
+            rec.event(ev)
+        if as_json:
+            print(render.json_line(ev, names), flush=False)
+        else:
+            out.print(render.line(ev, t0, names), soft_wrap=True)
+    if events and as_json:
+        sys.stdout.flush()
+    return t0

@@ -1,0 +1,231 @@
+"""`vethtrace watch [FILTER] [-n NETNS ...]`: packet paths over the topology, live.
+
+Four threads, one state (render/live_state.WatchState):
+- events: drains the BPF collector into the state (counters, drops, window);
+- discovery: re-discovers the topology every ~2 s and re-runs check, so
+  namespaces and interfaces that appear or vanish show up while it runs;
+- keys: reads `q` from the terminal in cbreak mode;
+- main: rebuilds packet paths and redraws the screen a few times a second.
+Drawing is a pure function of the state (render/live.render), so what the
+screen shows can be tested without a terminal.
+
+When stdout is not a terminal there is no screen to draw: watch streams the
+same lines as `vethtrace trace` instead.
+
+The terminal is always given back: rich's Live restores the screen and
+cursor, and the termios attributes saved before cbreak are restored in a
+finally (also on Ctrl-C and errors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import sys
+import termios
+import threading
+import time
+import tty
+from collections.abc import Iterator
+from typing import Any
+
+from vethtrace import netns as netns_mod
+from vethtrace.console import make_console
+from vethtrace.errors import ExitStatus, UserError, require_root
+from vethtrace.model import Finding, Topology
+from vethtrace.render.live import render
+from vethtrace.render.live_state import WatchState
+
+REFRESH_S = 0.2  # 5 frames/s: smooth enough for counters, cheap under floods
+DISCOVER_EVERY_S = 2.0
+# Set to a file path to have watch write its frame times (s) there at exit (bench/).
+FRAMES_ENV = "VETHTRACE_WATCH_FRAMES"
+
+
+def run(
+    filter: list[str] | None = None,
+    netns: list[str] | None = None,
+    duration: float | None = None,
+) -> int:
+    filter_words = list(filter or [])
+    names = list(netns or [])
+    if not sys.stdout.isatty():
+        from vethtrace.commands.trace import run as trace_run
+
+        return int(
+            trace_run(
+                filter=filter_words,
+                netns=names,
+                duration=duration,
+                json=False,
+                write=None,
+                pcap=None,
+            )
+        )
+    require_root("watch")
+    for name in names:
+        if not netns_mod.exists(name):
+            raise UserError(f"no network namespace named {name!r} (see `ip netns list`)")
+    return Watch(" ".join(filter_words), names, duration).run()
+
+
+def _discover(names: list[str]) -> tuple[Topology, list[Finding]]:
+    from vethtrace.diagnose.check import run_rules
+    from vethtrace.topology import discover
+
+    topo = discover(names or None)
+    return topo, run_rules(topo, names or None)
+
+
+class Watch:
+    def __init__(self, filter_text: str, names: list[str], duration: float | None) -> None:
+        from vethtrace.correlate import correlate
+
+        self.names = names
+        self.duration = duration
+        self.state = WatchState(filter_text=filter_text, netns=names, correlate=correlate)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.frames: list[float] = []
+
+    # --- threads -----------------------------------------------------------------
+
+    def _events(self, collector: Any) -> None:
+        """The only thread that touches the collector after start(): bcc's
+        buffers are not meant to be polled and closed from two threads."""
+        try:
+            while not self.stop.is_set():
+                self.state.add_events(collector.poll(100))
+                self.state.set_lost(collector.lost)
+        except BaseException as exc:  # shown by the main thread
+            self.error = exc
+            self.stop.set()
+
+    def _rediscover(self) -> None:
+        while not self.stop.wait(DISCOVER_EVERY_S):
+            try:
+                topo, findings = _discover(self.names)
+            except UserError as exc:  # e.g. a watched namespace was deleted
+                with self.state.lock:
+                    self.state.status = f"discovery: {exc}"
+                continue
+            except Exception as exc:  # keep watching with the last topology
+                with self.state.lock:
+                    self.state.status = f"discovery failed: {exc}"
+                continue
+            self.state.set_topology(topo, findings)
+
+    def _keys(self, fd: int) -> None:
+        while not self.stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                key = os.read(fd, 32)
+            except OSError:
+                return
+            if not key or key.lower().startswith(b"q") or b"\x03" in key:
+                self.stop.set()
+
+    # --- main loop -----------------------------------------------------------------
+
+    def run(self) -> int:
+        from rich.live import Live
+
+        from vethtrace.collect.bpf import BpfCollector
+
+        console = make_console()
+        topo, findings = _discover(self.names)
+        self.state.set_topology(topo, findings)
+        inodes = [ns.inode for ns in topo.namespaces] if self.names else None
+        # Built before the screen opens: a bad filter is a one-line error, not a flash.
+        collector = BpfCollector(self.state.filter_text, netns_inodes=inodes)
+        deadline = None if self.duration is None else time.monotonic() + self.duration
+        events = threading.Thread(target=self._events, args=(collector,), name="events")
+        try:
+            with (
+                collector,
+                _cbreak() as fd,
+                Live(
+                    render(self.state),
+                    console=console,
+                    screen=True,
+                    auto_refresh=False,
+                    redirect_stdout=False,
+                    redirect_stderr=False,
+                ) as live,
+            ):
+                if fd is not None:
+                    keys = threading.Thread(target=self._keys, args=(fd,), name="keys")
+                    keys.daemon = True
+                    keys.start()
+                self.state.status = "compiling probes…"
+                live.update(render(self.state), refresh=True)
+                collector.start()
+                self.state.plan = collector.plan_line
+                self.state.status = "tracing"
+                events.start()
+                threading.Thread(target=self._rediscover, name="discover", daemon=True).start()
+                try:
+                    self._loop(live, deadline)
+                finally:
+                    self.stop.set()
+                    while events.is_alive():  # before the collector closes under it
+                        with contextlib.suppress(KeyboardInterrupt):
+                            events.join()
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how people leave watch: not an error
+        finally:
+            self.stop.set()
+        self._write_frames()
+        if self.error is not None:
+            if isinstance(self.error, UserError):
+                raise self.error
+            raise UserError(f"tracing stopped: {self.error}")
+        console.print(
+            f"vethtrace watch: {self.state.events_total:,} events, "
+            f"{self.state.lost:,} lost, {sum(self.state.drops.values()):,} drops"
+        )
+        return int(ExitStatus.OK)
+
+    def _loop(self, live: Any, deadline: float | None) -> None:
+        while not self.stop.is_set():
+            t0 = time.perf_counter()
+            self.state.tick()
+            self.state.refresh_paths()
+            with self.state.lock:
+                live.update(render(self.state), refresh=True)
+            self.frames.append(time.perf_counter() - t0)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            self.stop.wait(max(0.0, REFRESH_S - (time.perf_counter() - t0)))
+
+    def _write_frames(self) -> None:
+        path = os.environ.get(FRAMES_ENV)
+        if path:
+            with open(path, "w") as f:
+                json.dump(
+                    {
+                        "frames": self.frames,
+                        "events": self.state.events_total,
+                        "lost": self.state.lost,
+                    },
+                    f,
+                )
+
+
+@contextlib.contextmanager
+def _cbreak() -> Iterator[int | None]:
+    """Keys without Enter and without echo; the old attributes always come back."""
+    fd = sys.stdin.fileno() if sys.stdin and sys.stdin.isatty() else None
+    if fd is None:
+        yield None
+        return
+    old = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield fd
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)

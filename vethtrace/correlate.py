@@ -1,0 +1,340 @@
+"""Kernel events and sniffed frames -> one PacketPath per packet, hop by hop.
+
+Why this is not a simple group-by:
+
+* skb addresses recycle within microseconds (a clone freed at one point is
+  reused 40 µs later for a different packet in another namespace). A packet is
+  therefore tracked by the key (skb address, skb->head), and the key is retired
+  when the kernel frees or consumes that skb (kfree_skb / consume_skb).
+* Clones (bridge floods, the neighbour probe's copy of a queued packet, raw
+  socket delivery) get a new address but share `head`: an unknown address with
+  a live head is the same packet, seen as a copy.
+* veth transmission is synchronous: the peer's netif_rx happens *inside* the
+  sender's transmit call, so the sender's net_dev_xmit (the "done" of the send)
+  is stamped after the peer already received the frame. Events are sorted by
+  their kernel timestamp, and each hop is placed at the time of its *first*
+  event (net_dev_queue for a send), which puts a veth send before the peer's
+  receive again; the completion only adds its return code to the send hop.
+* Sniffers (and events that carry no skb, such as kernel events without a
+  decoded packet) are matched by what the packet *is* — ARP op/sender/target,
+  ICMP type/id/seq, addresses — within a short time window, because a socket
+  tap never sees the skb address.
+
+Pure logic over model objects (no root, no bcc, no scapy): `report` runs it on
+recordings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from vethtrace.model import Hop, PacketPath, PacketSummary, ProbeEvent, Topology
+
+TX_POINTS = {"net_dev_queue", "net_dev_start_xmit", "veth_xmit", "br_dev_xmit", "dev_queue_xmit"}
+TX_DONE = {"net_dev_xmit"}
+RX_POINTS = {
+    "netif_rx",
+    "netif_rx_entry",
+    "netif_receive_skb",
+    "netif_receive_skb_entry",
+    "napi_gro_receive_entry",
+    "netif_receive_skb_list_entry",
+    "br_handle_frame",
+    "__netif_receive_skb_core",
+}
+FREE_POINTS = {"kfree_skb", "consume_skb", "skb_drop", "skb_consume"}
+SNIFF = "sniff"
+# Signature matches further apart than this are different packets (ARP and ping
+# retransmit after >= 1 s, so 200 ms cannot join two transmissions).
+MATCH_WINDOW_NS = 200_000_000
+
+BENIGN_DROPS = {("NO_SOCKET", "ping_rcv")}
+
+
+def signature(p: PacketSummary | None) -> tuple | None:
+    """What makes two observations the same packet, when no skb identity links them."""
+    if p is None:
+        return None
+    if p.arp_op is not None:
+        return ("arp", p.arp_op, p.arp_spa, p.arp_tpa)
+    if p.icmp_type is not None:
+        return ("icmp", p.icmp_type, p.ip_src, p.ip_dst, p.icmp_id, p.icmp_seq, p.icmp_code)
+    if p.ip_src is not None:
+        return ("ip", p.ip_proto, p.ip_src, p.ip_dst, p.sport, p.dport)
+    return None
+
+
+def phase(ev: ProbeEvent) -> str:
+    """tx | tx-done | rx | drop | consume | sniff-out | sniff-in | other."""
+    if ev.source == SNIFF or ev.point == SNIFF:
+        return "sniff-out" if ev.extra.get("direction") == "outgoing" else "sniff-in"
+    if ev.point in TX_POINTS:
+        return "tx"
+    if ev.point in TX_DONE:
+        return "tx-done"
+    if ev.point in RX_POINTS:
+        return "rx"
+    if ev.point in FREE_POINTS or ev.point.startswith("kfree_skb"):
+        if ev.point.startswith("consume") or ev.drop_reason in (None, "", "CONSUMED"):
+            return "consume"
+        return "drop"
+    return "other"
+
+
+def is_benign_drop(ev: ProbeEvent) -> bool:
+    loc = (ev.location or "").split("+")[0]
+    return (ev.drop_reason or "", loc) in BENIGN_DROPS
+
+
+@dataclass
+class Packet:
+    """One logical packet while correlating: all its events, copies included."""
+
+    pid: int
+    summary: PacketSummary | None = None
+    events: list[ProbeEvent] = field(default_factory=list)
+    keys: set[tuple[int, int]] = field(default_factory=set)  # live (skb, head)
+    heads: set[int] = field(default_factory=set)
+    first_ns: int = 0
+    last_ns: int = 0
+
+    @property
+    def kind(self) -> str:
+        return self.summary.kind if self.summary else "unknown"
+
+    @property
+    def sig(self) -> tuple | None:
+        return signature(self.summary)
+
+    def add(self, ev: ProbeEvent) -> None:
+        if not self.events:
+            self.first_ns = ev.ts_ns
+        self.events.append(ev)
+        self.last_ns = max(self.last_ns, ev.ts_ns)
+        if self.summary is None and ev.packet is not None and signature(ev.packet):
+            self.summary = ev.packet
+
+
+def group(events: Iterable[ProbeEvent]) -> list[Packet]:
+    """Assign every packet event to a logical packet (see module docstring)."""
+    packets: list[Packet] = []
+    by_key: dict[tuple[int, int], Packet] = {}
+    by_head: dict[int, Packet] = {}
+    by_sig: dict[tuple, Packet] = {}
+
+    def new(ev: ProbeEvent) -> Packet:
+        p = Packet(pid=len(packets) + 1)
+        packets.append(p)
+        return p
+
+    for ev in sorted(events, key=lambda e: e.ts_ns):
+        ph = phase(ev)
+        if ph == "other":
+            continue  # neighbour, fdb, fib... events are not packet hops
+        sig = signature(ev.packet)
+        pkt: Packet | None = None
+        key = (ev.skb, ev.head) if ev.skb else None
+        if key is not None:
+            pkt = by_key.get(key)
+            if pkt is None and ev.head and ev.head in by_head:
+                pkt = by_head[ev.head]  # a clone: new address, same data buffer
+        if pkt is None and sig is not None:
+            cand = by_sig.get(sig)
+            if cand is not None and ev.ts_ns - cand.last_ns <= MATCH_WINDOW_NS:
+                pkt = cand
+        if pkt is None:
+            if key is None and sig is None:
+                continue  # nothing links it to anything: skip
+            if ph in ("consume", "drop", "tx-done") and sig is None:
+                continue  # the end of a packet we never saw begin (not ours)
+            pkt = new(ev)
+        pkt.add(ev)
+        if sig is not None and pkt.sig is not None:
+            by_sig[pkt.sig] = pkt
+        if key is not None:
+            if ph in ("consume", "drop"):
+                pkt.keys.discard(key)
+                by_key.pop(key, None)
+                if ev.head and not any(k[1] == ev.head for k in pkt.keys):
+                    by_head.pop(ev.head, None)
+            else:
+                pkt.keys.add(key)
+                by_key[key] = pkt
+                if ev.head:
+                    pkt.heads.add(ev.head)
+                    by_head[ev.head] = pkt
+    return [p for p in packets if p.summary is not None]
+
+
+def netns_name(topo: Topology | None, inode: int) -> str:
+    ns = topo.netns(inode) if topo else None
+    return ns.name if ns else (f"netns:{inode}" if inode else "?")
+
+
+def _iface_name(topo: Topology | None, ev: ProbeEvent) -> str:
+    if ev.ifname:
+        return ev.ifname
+    it = topo.iface(ev.key) if topo else None
+    return it.name if it else f"if{ev.ifindex}"
+
+
+def master_of(topo: Topology | None, netns: int, ifindex: int) -> int | None:
+    if topo is None:
+        return None
+    ns = topo.netns(netns)
+    it = ns.iface(ifindex) if ns else None
+    return it.master if it else None
+
+
+_PHASE_TEXT = {
+    "tx": "sent",
+    "rx": "received",
+    "drop": "dropped",
+    "consume": "consumed",
+    "sniff-out": "sniffed leaving",
+    "sniff-in": "sniffed arriving",
+}
+
+
+# Where a frame crossed an interface: kernel tx/rx and the sniffer's outgoing/incoming
+# are the same crossing seen by two observers, so they share one hop.
+_CROSSING = {"tx": "tx", "sniff-out": "tx", "rx": "rx", "sniff-in": "rx"}
+# Copies freed by packet sockets (our own sniffers, tcpdump) are not hops of the packet.
+TAP_LOCATIONS = {"packet_recvmsg", "packet_rcv", "tpacket_rcv", "skb_free_datagram"}
+QUEUE_LOCATIONS = {"__neigh_event_send", "neigh_timer_handler", "neigh_probe"}
+
+
+def _location(ev: ProbeEvent) -> str:
+    return (ev.location or "").split("+")[0]
+
+
+def hops_of(pkt: Packet, topo: Topology | None) -> list[Hop]:
+    """Collapse a packet's events into hops: one per interface crossing (tx or rx)
+    and one per drop/consume point, in time order.
+
+    Kernel events come first and set each hop's time; a sniffer observation
+    then joins the kernel hop of the same interface and direction (the same
+    crossing, seen by tcpdump's eyes) or, where no probe saw the crossing,
+    makes its own hop. Sniffed times come from the socket's clock, converted,
+    and several taps of one skb share its stamp, so they never order hops
+    that the kernel saw. Last, an rx on a master (bridge, bond) is marked as
+    handed up by its port's rx_handler when the port received it too."""
+    hops: list[Hop] = []
+    index: dict[tuple[int, int, str], Hop] = {}
+    describe = pkt.summary.describe() if pkt.summary else "-"
+    events = sorted(pkt.events, key=lambda e: (phase(e).startswith("sniff"), e.ts_ns))
+    for ev in events:
+        ph = phase(ev)
+        iface = (ev.netns, ev.ifindex)
+        if ph == "tx-done":
+            hop = index.get((*iface, "tx"))
+            rc = ev.extra.get("rc")
+            if hop is not None and rc not in (None, 0):
+                hop.ok = False
+                hop.note = _join(hop.note, f"transmit failed (rc={rc})")
+            continue
+        socket_copy = not ev.ifindex or _location(ev) in TAP_LOCATIONS
+        if ph in ("drop", "consume") and socket_copy and (ph == "consume" or is_benign_drop(ev)):
+            continue  # a socket's copy (sniffer, raw socket), not the packet's path
+        kind = _CROSSING.get(ph, ph)
+        key = (*iface, kind)
+        sniffer = ph.startswith("sniff")
+        if key in index:
+            hop = index[key]
+            if sniffer:
+                hop.sniffed = True
+            elif kind in ("drop", "consume") and ev.location and ev.location not in hop.note:
+                hop.note = _join(hop.note, f"also at {ev.location}")
+            continue
+        hop = Hop(
+            netns=netns_name(topo, ev.netns),
+            interface=_iface_name(topo, ev),
+            point=ev.point,
+            packet=describe,
+            ts_ns=ev.ts_ns,
+            ok=True,
+            note=_PHASE_TEXT.get(ph, ph),
+            sniffed=sniffer,
+        )
+        if ph == "drop":
+            benign = is_benign_drop(ev)
+            hop.ok = benign
+            where = f" at {ev.location}" if ev.location else ""
+            hop.note = f"{'freed (benign)' if benign else 'dropped'}: {ev.drop_reason}{where}"
+        elif ph == "consume":
+            if _location(ev) in QUEUE_LOCATIONS:
+                hop.note = "waits in the ARP queue (a probe copy is freed)"
+            else:
+                hop.note = f"consumed{' at ' + ev.location if ev.location else ''}"
+        hops.append(hop)
+        index[key] = hop
+    _mark_handed_up(index, topo)
+    hops.sort(key=lambda h: h.ts_ns)
+    return hops
+
+
+def _mark_handed_up(index: dict[tuple[int, int, str], Hop], topo: Topology | None) -> None:
+    """rx on a master right after rx on one of its ports: the port's rx_handler
+    (bridge, bond, macvlan...) passed the frame up to the master's stack."""
+    if topo is None:
+        return
+    for (netns, ifindex, kind), hop in index.items():
+        if kind != "rx":
+            continue
+        for (pns, pidx, pkind), phop in index.items():
+            if pkind != "rx" or pns != netns or pidx == ifindex:
+                continue
+            if master_of(topo, pns, pidx) == ifindex:
+                hop.note = f"handed up from port {phop.interface} by its rx_handler"
+                hop.ts_ns = max(hop.ts_ns, phop.ts_ns + 1)  # after the port, even if sniffed
+
+
+def _key(netns: int, ifindex: int):  # -> IfaceKey, kept local to avoid a cycle in typing
+    from vethtrace.model import IfaceKey
+
+    return IfaceKey(netns, ifindex)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
+
+
+def outcome_of(pkt: Packet, hops: list[Hop]) -> tuple[str, str | None]:
+    """delivered | diverted | dropped | consumed | in-flight, and the drop reason."""
+    reason = None
+    for ev in pkt.events:
+        if phase(ev) == "drop" and not is_benign_drop(ev):
+            reason = ev.drop_reason
+    if reason:
+        return "dropped", reason
+    if any(phase(e) == "consume" for e in pkt.events):
+        return "consumed", None
+    if any(phase(e) in ("rx", "sniff-in") for e in pkt.events):
+        return "delivered", None
+    return "in-flight", None
+
+
+def correlate_packets(
+    events: Iterable[ProbeEvent], topo: Topology | None = None
+) -> list[tuple[Packet, PacketPath]]:
+    """Like correlate(), keeping each path's raw events (the verdict needs drop details)."""
+    out = []
+    for pkt in group(events):
+        hops = hops_of(pkt, topo)
+        outcome, reason = outcome_of(pkt, hops)
+        path = PacketPath(
+            kind=pkt.kind,
+            hops=hops,
+            outcome=outcome,
+            drop_reason=reason,
+            summary=pkt.summary,
+            first_ns=pkt.first_ns,
+        )
+        out.append((pkt, path))
+    return out
+
+
+def correlate(events: Iterable[ProbeEvent], topo: Topology | None = None) -> list[PacketPath]:
+    """Events (kernel and sniffer, any order) -> packet paths in time order."""
+    return [path for _pkt, path in correlate_packets(events, topo)]

@@ -1,0 +1,212 @@
+"""Rules about links themselves: ends that are down, peers that are gone,
+carriers that are off, MTUs that disagree, loopback down."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from vethtrace.diagnose.rules.base import Context, Where, finding, ip, join_names, rule
+from vethtrace.model import Finding
+
+# Kinds whose MTU we may raise freely (software devices); a physical NIC's
+# smaller MTU is usually the network's and the others must come down to it.
+SOFT_KINDS = {"veth", "bridge", "dummy", "bond", "team", "macvlan", "ipvlan", "vlan", "tap", "tun"}
+
+
+def _expects_traffic(ctx: Context, w: Where) -> bool:
+    """Traffic is expected where there are addresses or an up master to feed."""
+    if ctx.routable(w.iface):
+        return True
+    m = ctx.master(w.ns, w.iface)
+    return m is not None and m.admin_up
+
+
+def _veth_pair(ctx: Context, w: Where) -> Where | None:
+    return ctx.where(w.iface.peer) if w.iface.kind == "veth" else None
+
+
+@rule("veth-peer-down", "one end of a veth pair is down, so the other has no carrier")
+def veth_peer_down(ctx: Context) -> Iterator[Finding]:
+    for w in ctx.interfaces():
+        peer = _veth_pair(ctx, w)
+        if peer is None or w.iface.admin_up or not peer.iface.admin_up:
+            continue
+        if not (_expects_traffic(ctx, w) or _expects_traffic(ctx, peer)):
+            continue
+        yield finding(
+            "veth-peer-down", "error", w,
+            f"{w.label} is down, so its veth peer {peer.label} has no carrier",
+            f"A veth pair is one cable: while {w.iface.name} is down, {peer.iface.name} reports "
+            f"NO-CARRIER and the kernel drops everything queued to it (QDISC_DROP), ARP "
+            f"included, so nothing crosses the pair in either direction.",
+            [ip(w.ns, "link", "set", w.iface.name, "up")],
+        )
+
+
+@rule("orphan-veth", "a veth whose peer, or the peer's namespace, is gone or out of sight")
+def orphan_veth(ctx: Context) -> Iterator[Finding]:
+    for w in ctx.interfaces():
+        i = w.iface
+        if i.kind != "veth" or i.peer_state is None:
+            continue
+        if i.peer_state == "unknown":
+            # Alive in a namespace we cannot open (a container we may not
+            # enter) is normal; dead air on top of that is not.
+            if i.carrier or not _expects_traffic(ctx, w):
+                continue
+            gone = ("its peer is in a namespace no name or process holds (a leaked namespace "
+                    "kept alive by a bind mount or an open fd), and it is down")
+        elif i.peer_state == "netns-gone":
+            gone = "its peer's namespace is gone"
+        else:
+            gone = "its peer no longer exists"
+        yield finding(
+            "orphan-veth", "warning", w,
+            f"{w.label} is a veth whose other end is unreachable: {gone}",
+            f"Nothing {i.name} sends can arrive anywhere and it has no carrier. Deleting a "
+            f"namespace normally destroys both ends of its veths; a leftover end means the "
+            f"peer's namespace is still held open somewhere vethtrace cannot see, or the pair "
+            f"was half set up. Deleting {i.name} removes both ends; then re-create the pair.",
+            [ip(w.ns, "link", "del", i.name)],
+        )
+
+
+@rule("interface-down", "an interface with addresses, or a bridge port, is administratively down")
+def interface_down(ctx: Context) -> Iterator[Finding]:
+    for w in ctx.interfaces():
+        i = w.iface
+        if i.admin_up or i.kind in ("loopback", "bridge") or i.name == "lo":
+            continue
+        peer = _veth_pair(ctx, w)
+        if peer is not None and peer.iface.admin_up:
+            continue  # veth-peer-down says it better
+        if not _expects_traffic(ctx, w):
+            continue
+        m = ctx.master(w.ns, i)
+        role = f"a port of {m.name}" if m is not None else "holds " + join_names(
+            a.cidr for a in ctx.routable(i))
+        fix = [ip(w.ns, "link", "set", i.name, "up")]
+        if peer is not None:
+            fix.append(ip(peer.ns, "link", "set", peer.iface.name, "up"))
+        effect = ("the bridge treats the port as disabled" if m is not None
+                  else "its addresses are unreachable")
+        yield finding(
+            "interface-down", "error", w,
+            f"{w.label} is down but {role}",
+            f"An administratively down interface neither sends nor receives; its connected "
+            f"routes are gone and {effect}.",
+            fix,
+        )
+
+
+@rule("no-carrier", "an up interface that should carry traffic has no carrier")
+def no_carrier(ctx: Context) -> Iterator[Finding]:
+    for w in ctx.interfaces():
+        i = w.iface
+        if not i.admin_up or i.carrier or i.kind in ("loopback", "bridge") or i.name == "lo":
+            continue
+        peer = _veth_pair(ctx, w)
+        if peer is not None and not peer.iface.admin_up:
+            continue  # veth-peer-down names the end to bring up
+        if i.kind == "veth" and i.peer_state is not None:
+            continue  # orphan-veth
+        if not _expects_traffic(ctx, w):
+            continue
+        fix: list[str] = []
+        lower = ctx.where(i.link)
+        if i.kind in ("bond", "team"):
+            why = f"{i.name} has no active slave (none enslaved, or all without carrier)"
+        elif lower is not None:
+            why = f"its lower device {lower.label} is down or without carrier"
+            if not lower.iface.admin_up:
+                fix = [ip(lower.ns, "link", "set", lower.iface.name, "up")]
+        else:
+            why = "the link is unplugged or the device or process behind it is gone"
+        yield finding(
+            "no-carrier", "warning", w,
+            f"{w.label} is up but has no carrier",
+            f"Without carrier the kernel marks {i.name}'s routes linkdown and drops what is "
+            f"queued to it; {why}.",
+            fix,
+        )
+
+
+@rule("bridge-down", "a bridge with ports or addresses is administratively down")
+def bridge_down(ctx: Context) -> Iterator[Finding]:
+    for w in ctx.interfaces():
+        if w.iface.kind != "bridge" or w.iface.admin_up:
+            continue
+        ports = ctx.ports(w.ns, w.iface)
+        if not ports and not ctx.routable(w.iface):
+            continue
+        b = w.iface.name
+        yield finding(
+            "bridge-down", "error", w,
+            f"bridge {b} in {w.ns.name} is down"
+            + (f" with ports {join_names(p.name for p in ports)}" if ports else ""),
+            f"While {b} is down every port sits in the disabled state: the bridge's rx_handler "
+            f"drops whatever the ports receive, nothing is forwarded between them and {b}'s own "
+            f"addresses are unreachable.",
+            [ip(w.ns, "link", "set", b, "up")],
+        )
+
+
+@rule("loopback-down", "lo is down: the namespace cannot talk to itself")
+def loopback_down(ctx: Context) -> Iterator[Finding]:
+    for ns in ctx.topo.namespaces:
+        lo = ns.iface_by_name("lo")
+        if lo is None or lo.admin_up:
+            continue
+        if not any(ctx.routable(i) for i in ns.interfaces if i is not lo):
+            continue  # an empty namespace: nothing to talk to anyway
+        yield finding(
+            "loopback-down", "info", Where(ns, lo),
+            f"lo is down in {ns.name}",
+            f"Every packet a namespace sends to one of its own addresses (127.0.0.1 and the "
+            f"interfaces' addresses alike) is delivered through lo, so with lo down anything in "
+            f"{ns.name} that talks to itself fails; traffic from outside is not affected.",
+            [ip(ns, "link", "set", "lo", "up")],
+        )
+
+
+@rule("mtu-mismatch", "MTUs differ across a veth pair or among a bridge's ports")
+def mtu_mismatch(ctx: Context) -> Iterator[Finding]:
+    seen: set[tuple[int, int]] = set()
+    groups: list[tuple[str, list[Where]]] = []
+    for w in ctx.interfaces():
+        peer = _veth_pair(ctx, w)
+        if peer is not None and w.iface.key < peer.iface.key:
+            groups.append(("veth pair", [w, peer]))
+        if w.iface.kind in ("bridge", "openvswitch"):
+            ports = [Where(w.ns, p) for p in ctx.ports(w.ns, w.iface)]
+            if len(ports) >= 2:
+                groups.append((f"bridge {w.iface.name}", ports))
+    for what, members in groups:
+        mtus = {m.iface.mtu for m in members}
+        if len(mtus) < 2:
+            continue
+        smallest = [m for m in members if m.iface.mtu == min(mtus)]
+        hard = any(m.iface.kind not in SOFT_KINDS for m in smallest)
+        target = min(mtus) if hard else max(mtus)
+        for m in members:
+            if m.iface.mtu == target or (m.ns.inode, m.iface.key.ifindex) in seen:
+                continue
+            seen.add((m.ns.inode, m.iface.key.ifindex))
+            others = [o for o in members if o is not m]
+            fix = [ip(m.ns, "link", "set", m.iface.name, "mtu", target)]
+            peer = _veth_pair(ctx, m)
+            if peer is not None and peer not in members and peer.iface.mtu != target:
+                fix.append(ip(peer.ns, "link", "set", peer.iface.name, "mtu", target))
+            big = max(members, key=lambda x: x.iface.mtu)
+            yield finding(
+                "mtu-mismatch", "warning", m,
+                f"{m.label} has MTU {m.iface.mtu} but "
+                + join_names(f"{o.label} has {o.iface.mtu}" for o in others)
+                + f" ({what})",
+                f"Small packets pass, so ping works, but a frame up to {big.iface.mtu} bytes "
+                f"from {big.iface.name} that is larger than {min(mtus)} is dropped silently where "
+                f"it crosses to the smaller side (the veth/bridge transmit checks the receiving "
+                f"device's MTU; no ICMP 'fragmentation needed' is sent): large transfers stall. "
+                f"Make the MTUs equal.",
+                fix,
+            )

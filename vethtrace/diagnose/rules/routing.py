@@ -1,0 +1,193 @@
+"""Rules about the IP layer between namespaces: a missing route to what sits
+behind an on-link router, a router that does not forward, and strict
+reverse-path filtering against asymmetric routes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from vethtrace.diagnose.rules.base import Context, Where, finding, ip, join_names, rule, sysctl_w
+from vethtrace.model import Finding, Namespace
+
+
+@dataclass
+class Router:
+    """A namespace on `where`'s link that forwards, and what lies behind it."""
+
+    iface: Where  # the router's interface on the link
+    gateway: IPv4Address  # its address in the link's subnet
+    behind: dict[IPv4Address, IPv4Network]  # hosts of other namespaces -> subnet they are in
+
+
+def up_interfaces(ctx: Context, ns: Namespace) -> list[Where]:
+    """Interfaces with an IP stack of their own that can carry traffic now."""
+    return [
+        Where(ns, i)
+        for i in ns.interfaces
+        if i.admin_up and i.kind != "loopback" and i.name != "lo"
+        and not ctx.is_enslaved(Where(ns, i))
+    ]
+
+
+def hosts_behind(ctx: Context, router: Where, exclude: set[int]) -> dict[IPv4Address, IPv4Network]:
+    """Addresses of other namespaces in the router's connected subnets on its
+    *other* links: the peers only reachable through it."""
+    found: dict[IPv4Address, IPv4Network] = {}
+    link_domain = ctx.domain_id(router.iface.key)
+    for w in up_interfaces(ctx, router.ns):
+        if ctx.domain_id(w.iface.key) == link_domain:
+            continue
+        for net in {a.network for a in ctx.v4(w.iface) if a.network.prefixlen < 32}:
+            for other in ctx.interfaces():
+                if other.ns.inode in exclude | {router.ns.inode}:
+                    continue
+                for a in ctx.v4(other.iface):
+                    if a.ip in net:
+                        found[a.ip] = net
+    return found
+
+
+def routers_on(ctx: Context, w: Where) -> list[Router]:
+    mine = ctx.v4(w.iface)
+    out = []
+    for k in ctx.neighbours(w):
+        if ctx.forwarding(k.ns) is not True:
+            continue
+        gw = next((a.ip for a in ctx.v4(k.iface) if any(a.ip in m.network for m in mine)), None)
+        if gw is None:
+            continue
+        behind = hosts_behind(ctx, k, {w.ns.inode})
+        if behind:
+            out.append(Router(k, gw, behind))
+    return out
+
+
+@rule("missing-route", "no route to peers that are only reachable through an on-link router")
+def missing_route(ctx: Context) -> Iterator[Finding]:
+    for ns in ctx.topo.namespaces:
+        if ctx.has_default(ns):
+            continue
+        for w in up_interfaces(ctx, ns):
+            if not ctx.v4(w.iface):
+                continue
+            for router in routers_on(ctx, w):
+                lost = {h: n for h, n in router.behind.items() if ctx.lookup(ns, h) is None}
+                if not lost:
+                    continue
+                nets = join_names(sorted({str(n) for n in lost.values()}))
+                r = router.iface
+                yield finding(
+                    "missing-route", "error", w,
+                    f"{ns.name} has no route to {nets}, reachable only through "
+                    f"{r.ns.name} ({router.gateway} on {w.iface.name})",
+                    f"Without a matching route (and no default route) the kernel refuses to "
+                    f"send: 'Network is unreachable' for {ns.name}'s own traffic, and replies to "
+                    f"anyone in {nets} are never sent, so pings from there time out. "
+                    f"{r.ns.name} forwards and is on {w.iface.name}'s link: route through it.",
+                    [ip(ns, "route", "add", "default", "via", router.gateway, "dev", w.iface.name)],
+                )
+                break
+            else:
+                continue
+            break
+
+
+@rule("forwarding-disabled", "a namespace other namespaces route through does not forward")
+def forwarding_disabled(ctx: Context) -> Iterator[Finding]:
+    reported: set[tuple[int, int]] = set()
+    for ns in ctx.topo.namespaces:
+        for route in ns.routes:
+            if route.family != 4 or not route.gateway or route.oif is None:
+                continue
+            oif = ns.iface(route.oif)
+            if oif is None:
+                continue
+            gw = IPv4Address(route.gateway)
+            router = ctx.owner_of(gw, ctx.neighbours(Where(ns, oif)))
+            if router is None or len([w for w in up_interfaces(ctx, router.ns)
+                                      if ctx.v4(w.iface)]) < 2:
+                continue
+            key = (router.ns.inode, router.iface.key.ifindex)
+            if key in reported:
+                continue
+            users = f"{ns.name}'s route {route.dst} via {gw}"
+            on = ctx.forwarding(router.ns)
+            if on is False:
+                reported.add(key)
+                yield finding(
+                    "forwarding-disabled", "error", router,
+                    f"{router.ns.name} is the gateway in {users} but IPv4 forwarding is off",
+                    f"With net.ipv4.ip_forward=0 the kernel delivers packets addressed to "
+                    f"{router.ns.name} itself but drops every packet it would have to route on "
+                    f"to another interface, so everything {ns.name} sends through {gw} to "
+                    f"other subnets dies there (silently: no ICMP error).",
+                    [sysctl_w(router.ns, "net.ipv4.ip_forward", 1)],
+                )
+                continue
+            _all, dev = ctx.conf(router.ns, router.iface, "forwarding")
+            if on and dev == 0:
+                reported.add(key)
+                r = router.iface.name
+                yield finding(
+                    "forwarding-disabled", "error", router,
+                    f"{r} in {router.ns.name} has forwarding=0, yet it is the gateway in {users}",
+                    f"ip_forward is on in {router.ns.name}, but forwarding is decided per "
+                    f"receiving interface: with net.ipv4.conf.{r}.forwarding=0, packets that "
+                    f"arrive on {r} are never routed on.",
+                    [sysctl_w(router.ns, f"net.ipv4.conf.{r}.forwarding", 1)],
+                )
+
+
+@rule("rp-filter-strict", "strict rp_filter drops traffic whose route back leaves another way")
+def rp_filter_strict(ctx: Context) -> Iterator[Finding]:
+    for ns in ctx.topo.namespaces:
+        for w in up_interfaces(ctx, ns):
+            all_v, dev_v = ctx.conf(ns, w.iface, "rp_filter")
+            if max(all_v or 0, dev_v or 0) != 1:
+                continue
+            bad = list(_asymmetric_sources(ctx, w))
+            if not bad:
+                continue
+            i = w.iface.name
+            fix = []
+            for net, via in dict.fromkeys((n, g) for _, n, g, _ in bad):
+                fix.append(ip(ns, "route", "add", net, *(("via", via) if via else ()), "dev", i))
+            shown = join_names(
+                f"{s} (route back via {back})" for s, _, _, back in bad[:3])
+            yield finding(
+                "rp-filter-strict", "warning", w,
+                f"strict rp_filter on {i} in {ns.name} drops packets from {shown}",
+                f"With rp_filter=1 the kernel accepts a packet on {i} only if its route back to "
+                f"the source leaves through {i} too; otherwise it drops it (drop reason "
+                f"IP_RPFILTER; ARP requests from such sources go unanswered too). Make the route "
+                f"symmetric as below, or, if the asymmetry is intended, use loose mode "
+                f"(rp_filter=2 on conf.all and conf.{i}).",
+                fix,
+            )
+
+
+def _asymmetric_sources(
+    ctx: Context, w: Where
+) -> Iterator[tuple[IPv4Address, IPv4Network, IPv4Address | None, str]]:
+    """(source, subnet to route, gateway on w's link, where the route back goes)."""
+    mine = ctx.v4(w.iface)
+    seen: set[IPv4Address] = set()
+    for k in ctx.neighbours(w):
+        gw = next((a.ip for a in ctx.v4(k.iface) if any(a.ip in m.network for m in mine)), None)
+        sources: dict[IPv4Address, IPv4Network] = {
+            a.ip: (a.network if gw is None else IPv4Network(f"{a.ip}/32"))
+            for a in ctx.v4(k.iface)
+        }
+        if ctx.forwarding(k.ns):
+            sources.update(hosts_behind(ctx, k, {w.ns.inode}))
+        for src, net in sources.items():
+            if src in seen:
+                continue
+            seen.add(src)
+            back = ctx.lookup(w.ns, src)
+            if back is not None and back.oif == w.iface.key.ifindex:
+                continue
+            via = w.ns.iface(back.oif) if back is not None else None
+            yield src, net, gw, (via.name if via else "nowhere: no route")

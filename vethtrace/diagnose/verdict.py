@@ -1,0 +1,623 @@
+"""One verdict for a ping: delivered, diverted, dropped, no-reply or unreachable.
+
+Input is only data — the plan (what ping expected: source, route, egress,
+next hop, target), the topology snapshot, and the events (kernel probes,
+sniffed frames, and ping's own observations: `ping-send`, `ping-reply`,
+`ping-error`, `neigh-state` from netlink). Nothing here touches the live
+system, so `report` reaches the same verdict from a recording, and ping can
+call `decide(..., final=False)` while traffic flows to stop as soon as the
+answer is certain.
+
+Order of the questions, and why:
+1. unreachable — no route at the source: nothing was sent, nothing else matters.
+2. delivered   — an echo reply came back to the sender's socket: the only proof.
+3. diverted    — an ARP reply for the next hop arrived on the egress interface,
+   but that interface is enslaved (bridge/bond port): its rx_handler hands
+   every frame to the master's stack, so the entry that asked never resolves.
+   Checked before drops because the consequence (NEIGH_FAILED drops, ICMP
+   host-unreachable) looks like a drop but is not the cause.
+4. dropped     — the kernel freed one of our packets with a reason; reasons are
+   translated into what they mean on veth/bridge setups (a QDISC_DROP on a
+   carrier-less veth means the peer is down; NOT_SPECIFIED in
+   __dev_forward_skb2 with a frame longer than the peer's MTU is an MTU
+   mismatch). NO_SOCKET at ping_rcv is benign (every root ping reply).
+5. no-reply    — a request reached the target interface and nothing came back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vethtrace.correlate import Packet, correlate_packets, is_benign_drop, phase
+from vethtrace.model import (
+    Finding,
+    IfaceKey,
+    Interface,
+    PacketPath,
+    ProbeEvent,
+    Topology,
+    Verdict,
+)
+
+# Plain words for kernel drop reasons we meet on veth/bridge/netns paths.
+REASON_TEXT = {
+    "QDISC_DROP": "the transmit queue refused it (on a veth: no carrier, the peer is down)",
+    "NOT_SPECIFIED": "dropped without a specific reason",
+    "NETFILTER_DROP": "a firewall rule (nftables/iptables) dropped it",
+    "IP_RPFILTER": "the reverse-path filter dropped it (its source is routed via another device)",
+    "NEIGH_FAILED": "the neighbour (ARP) entry failed: nobody answered the ARP request in time",
+    "NEIGH_QUEUEFULL": "too many packets waited for ARP resolution",
+    "IP_INNOROUTES": "no route for it on the receiving side",
+    "IP_OUTNOROUTES": "no route to send it",
+    "OTHERHOST": "it was addressed to another host's MAC",
+    "PKT_TOO_BIG": "it was larger than the MTU",
+    "DEV_READY": "the device was not ready (down)",
+    "TC_INGRESS": "a tc ingress filter dropped it",
+    "TC_EGRESS": "a tc egress filter dropped it",
+    "XDP": "an XDP program dropped it",
+    "BRIDGE_INGRESS_STP_STATE": "the bridge port is not forwarding (STP state)",
+    "NO_SOCKET": "no socket wanted it",
+    "IP_INADDRERRORS": "the destination address is invalid here",
+    "UNHANDLED_PROTO": "no handler for the protocol",
+    "CPU_BACKLOG": "the CPU backlog queue was full",
+}
+# Consequences rather than causes: ignored when looking for the drop that matters.
+CONSEQUENCE_DROPS = {"NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD"}
+RESOLVED_STATES = {"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP"}
+NO_REPLY_GRACE_NS = 1_200_000_000  # ARP/ping retransmit after 1 s: wait a little longer
+SETTLE_NS = 30_000_000
+
+
+@dataclass
+class PingPlan:
+    """What ping expects, worked out from the route lookup and the topology."""
+
+    source: str  # netns name ("root" by default)
+    source_inode: int
+    target_netns: str
+    target_inode: int
+    ip: str
+    src_addr: str | None = None  # the source address the kernel picked
+    egress: IfaceKey | None = None
+    egress_name: str | None = None
+    gateway: str | None = None
+    route_error: str | None = None
+    owners: list[str] = field(default_factory=list)  # "netns/ifname" holding ip
+    target_iface: IfaceKey | None = None
+    path: list[IfaceKey] = field(default_factory=list)  # interfaces sniffed
+    count: int = 1
+    timeout: float = 5.0
+    size: int = 56  # echo payload bytes
+    started_ns: int = 0  # monotonic ns when sending began
+
+    @property
+    def nexthop(self) -> str:
+        return self.gateway or self.ip
+
+
+def _ns_name(topo: Topology, inode: int) -> str:
+    ns = topo.netns(inode)
+    return ns.name if ns else f"netns:{inode}"
+
+
+def _iface(topo: Topology, key: IfaceKey | None) -> Interface | None:
+    return topo.iface(key) if key else None
+
+
+def _label(topo: Topology, key: IfaceKey | None) -> str:
+    return topo.label(key) if key else "?"
+
+
+def _ns_flag(topo: Topology, ns_inode: int) -> str:
+    name = _ns_name(topo, ns_inode)
+    return "" if name == "root" else f"-n {name} "
+
+
+def ours(path: PacketPath, plan: PingPlan) -> bool:
+    """Does this packet belong to our ping (its ARP or its ICMP)?"""
+    s = path.summary
+    if s is None:
+        return False
+    addrs = {plan.ip, plan.nexthop} | ({plan.src_addr} if plan.src_addr else set())
+    if s.arp_op is not None:
+        return s.arp_tpa in addrs and s.arp_spa in addrs
+    if s.icmp_type is not None:
+        return s.ip_src in addrs and s.ip_dst in addrs
+    return False
+
+
+@dataclass
+class Analysis:
+    """Everything decide() worked out; render uses it for the table and timeline."""
+
+    paths: list[PacketPath]
+    packets: list[Packet]  # aligned with paths: the raw events of each
+    timeline: list[dict[str, Any]]
+    replies: list[ProbeEvent]
+    sent: list[ProbeEvent]
+    errors: list[ProbeEvent]
+    last_ns: int
+
+
+def analyse(plan: PingPlan, events: list[ProbeEvent], topo: Topology) -> Analysis:
+    pairs = [(k, p) for k, p in correlate_packets(events, topo) if ours(p, plan)]
+    paths = [p for _k, p in pairs]
+    timeline = neighbour_timeline(plan, events, topo)
+    sent = [e for e in events if e.point == "ping-send"]
+    replies = [e for e in events if e.point == "ping-reply"]
+    errors = [e for e in events if e.point == "ping-error"]
+    last = max((e.ts_ns for e in events), default=plan.started_ns)
+    return Analysis(paths, [k for k, _p in pairs], timeline, replies, sent, errors, last)
+
+
+def neighbour_timeline(
+    plan: PingPlan, events: list[ProbeEvent], topo: Topology
+) -> list[dict[str, Any]]:
+    """State changes of the next hop's neighbour entries, from kernel neigh_* events
+    and ping's netlink polling; repeats of the same state on the same device are folded."""
+    out: list[dict[str, Any]] = []
+    last: dict[tuple[int, int], str] = {}
+    for ev in sorted(events, key=lambda e: e.ts_ns):
+        n = ev.neigh
+        if n is None or n.address != plan.nexthop:
+            continue
+        state = n.new_state or n.old_state
+        if not state or (state == "NONE" and ev.source != "netlink"):
+            continue  # neigh_create's NONE: the INCOMPLETE that follows says more
+        where = (ev.netns, ev.ifindex)
+        if last.get(where) == state:
+            continue
+        last[where] = state
+        out.append(
+            {
+                "time_ns": ev.ts_ns,
+                "netns": _ns_name(topo, ev.netns),
+                "interface": ev.ifname or f"if{ev.ifindex}",
+                "address": n.address,
+                "state": state,
+                "lladdr": n.lladdr,
+                "source": ev.source,
+            }
+        )
+    return out
+
+
+def decide(
+    plan: PingPlan,
+    events: list[ProbeEvent],
+    topo: Topology,
+    findings: list[Finding] | None = None,
+    final: bool = True,
+    now_ns: int | None = None,
+) -> Verdict | None:
+    """The verdict, or None when final is False and the evidence is not yet certain."""
+    findings = findings or []
+    if plan.route_error:
+        return _unreachable(plan, topo, findings)
+    a = analyse(plan, events, topo)
+    now = now_ns if now_ns is not None else a.last_ns
+    if a.replies:
+        return _delivered(plan, topo, a)
+    for fn in (_diverted, _dropped, _no_reply):
+        v = fn(plan, topo, a, findings, final, now)
+        if v is not None:
+            _attach(v, a)
+            return v
+    if not final:
+        return None
+    v = _lost(plan, topo, a, findings)
+    _attach(v, a)
+    return v
+
+
+def _attach(v: Verdict, a: Analysis) -> None:
+    v.timeline = a.timeline
+
+
+def annotated_paths(
+    plan: PingPlan, events: list[ProbeEvent], topo: Topology, verdict: Verdict | None
+) -> list[PacketPath]:
+    """Our packets' paths with the hops that explain the verdict marked ✗ (for display)."""
+    a = analyse(plan, events, topo)
+    if verdict is None or verdict.kind != "diverted" or verdict.culprit is None:
+        return a.paths
+    port = topo.iface(verdict.culprit)
+    ns = topo.netns(verdict.culprit.netns)
+    master = ns.iface(port.master) if ns and port and port.master is not None else None
+    if port is None or master is None:
+        return a.paths
+    for p in _arp_replies(a, plan):
+        for h in p.hops:
+            if h.netns != plan.source or h.interface != master.name:
+                pass
+            elif h.note.startswith(("handed up", "received", "sniffed arriving")):
+                h.ok = False
+                h.note = (
+                    f"taken from {port.name} by {master.name}'s rx_handler ({master.kind} port)"
+                )
+            else:
+                h.ok = False
+                h.note += f": the reply ends in {master.name}'s stack, not {port.name}'s"
+            if (
+                h.netns == plan.source
+                and h.interface == port.name
+                and h.note in ("received", "sniffed arriving")
+            ):
+                h.note = f"received on {port.name}: tcpdump shows it here"
+    return a.paths
+
+
+def _fixes_from(findings: list[Finding], netns: str | None, iface: str | None) -> list[str]:
+    out: list[str] = []
+    for f in findings:
+        if (
+            f.severity == "error"
+            and f.netns == netns
+            and (iface is None or f.interface in (iface, None))
+        ):
+            out.extend(c for c in f.fix if c not in out)
+    return out
+
+
+def _unreachable(plan: PingPlan, topo: Topology, findings: list[Finding]) -> Verdict:
+    ns = plan.source
+    flag = "" if ns == "root" else f"-n {ns} "
+    return Verdict(
+        kind="unreachable",
+        summary=f"{ns} has no route to {plan.ip}: {plan.route_error}",
+        culprit=None,
+        culprit_netns=ns,
+        culprit_interface=None,
+        explanation=(
+            f"The kernel's route lookup in {ns} for {plan.ip} failed ({plan.route_error}), "
+            "so no ARP request and no echo request was ever sent."
+        ),
+        fix=_fixes_from(findings, ns, None)
+        or [f"ip {flag}route add {plan.ip}/32 dev <interface toward {plan.target_netns}>"],
+    )
+
+
+def _delivered(plan: PingPlan, topo: Topology, a: Analysis) -> Verdict:
+    r = a.replies[0]
+    first = a.sent[0].ts_ns if a.sent else plan.started_ns
+    rtt = (r.ts_ns - first) / 1e6 if first else 0.0
+    via = f" via {plan.egress_name}" if plan.egress_name else ""
+    return Verdict(
+        kind="delivered",
+        summary=(
+            f"{plan.ip} in {plan.target_netns} answered {plan.source}'s echo request{via} "
+            f"({rtt:.2f} ms after the first send, ARP included)"
+        ),
+        explanation=f"{len(a.replies)} echo repl{'y' if len(a.replies) == 1 else 'ies'} "
+        f"received for {len(a.sent)} sent.",
+        timeline=a.timeline,
+    )
+
+
+def _arp_replies(a: Analysis, plan: PingPlan) -> list[PacketPath]:
+    return [
+        p
+        for p in a.paths
+        if p.summary and p.summary.arp_op == 2 and p.summary.arp_spa == plan.nexthop
+    ]
+
+
+def _diverted(
+    plan: PingPlan, topo: Topology, a: Analysis, findings: list[Finding], final: bool, now: int
+) -> Verdict | None:
+    egress = _iface(topo, plan.egress)
+    if egress is None or egress.master is None or plan.egress is None:
+        return None
+    ns = topo.netns(plan.egress.netns)
+    master = ns.iface(egress.master) if ns else None
+    mname = master.name if master else f"if{egress.master}"
+    mkind = master.kind if master else "master"
+    for p in _arp_replies(a, plan):
+        at_port = [
+            h
+            for h in p.hops
+            if h.netns == plan.source
+            and h.interface == egress.name
+            and h.note.startswith(("received", "sniffed arriving"))
+        ]
+        if not at_port:
+            continue
+        seen_at = at_port[0]
+        # the entry must not have resolved on the port after the reply arrived
+        states = [
+            t for t in a.timeline if t["interface"] == egress.name and t["netns"] == plan.source
+        ]
+        after = [t for t in states if t["time_ns"] >= seen_at.ts_ns]
+        if any(t["state"] in RESOLVED_STATES for t in after):
+            return None
+        # Live: certain once the reply is SETTLE_NS old and the entry (watched every
+        # 10 ms) is still unresolved; the kernel updates it within microseconds.
+        waited = now - seen_at.ts_ns >= SETTLE_NS
+        unresolved = bool(states) and states[-1]["state"] not in RESOLVED_STATES
+        if not final and not (waited and unresolved):
+            return None
+        taken = [h for h in p.hops if h.interface == mname and h.netns == plan.source]
+        where = plan.source
+        flag = "" if where == "root" else f"-n {where} "
+        addr = next((x for x in egress.addresses if x.family == 4), None)
+        fix = _fixes_from(findings, where, egress.name)
+        if not fix and addr is not None:
+            fix = [
+                f"ip {flag}addr del {addr.cidr} dev {egress.name}",
+                f"ip {flag}addr add {addr.cidr} dev {mname}",
+                f"ip {flag}link set {mname} up",
+            ]
+        sniffed = seen_at.sniffed
+        tcpdump = (
+            f"tcpdump on {egress.name} shows the ARP reply (our sniffer saw it arrive there), "
+            if sniffed
+            else f"The ARP reply did arrive on {egress.name}, "
+        )
+        stuck = " → ".join(t["state"] for t in states) or "INCOMPLETE"
+        explanation = (
+            f"{tcpdump}but {egress.name} is a port of {mname} ({mkind}): its rx_handler takes "
+            f"every frame arriving on {egress.name} and hands it to {mname}'s stack"
+            + (" (the kernel saw it received on " + mname + ")" if taken else "")
+            + f". The ARP request for {plan.nexthop} went out of {egress.name} because "
+            f"{egress.name} holds {plan.src_addr or 'the source address'} and the route, so the "
+            f"neighbour entry lives on {egress.name} — and the answer never reaches it: "
+            f"{plan.nexthop} on {egress.name} stays {stuck}"
+            f"{'' if 'FAILED' in stuck else ' (it turns FAILED after ~3 s)'}, and ping fails. "
+            f"An address on a bridge port is unreachable this way; it belongs on {mname}."
+        )
+        return Verdict(
+            kind="diverted",
+            summary=(
+                f"the ARP reply from {plan.nexthop} reached {where}/{egress.name}, but "
+                f"{mname} took it: {egress.name} is a {mkind} port, so its neighbour entry "
+                "never resolves"
+            ),
+            culprit=plan.egress,
+            culprit_netns=where,
+            culprit_interface=egress.name,
+            explanation=explanation,
+            fix=fix,
+        )
+    return None
+
+
+def _master(topo: Topology, key: IfaceKey) -> Interface | None:
+    it = topo.iface(key)
+    if it is None or it.master is None:
+        return None
+    return topo.iface(IfaceKey(key.netns, it.master))
+
+
+def _peer_down_culprit(topo: Topology, dev: IfaceKey) -> tuple[IfaceKey, str] | None:
+    """For a QDISC_DROP at dev: the carrier-less veth behind it and which end is down."""
+    it = topo.iface(dev)
+    if it is None:
+        return None
+    candidates = [it]
+    if it.kind == "bridge":
+        ns = topo.netns(dev.netns)
+        candidates = [p for p in (ns.interfaces if ns else []) if p.master == it.key.ifindex]
+    for c in candidates:
+        if c.kind == "veth" and not c.carrier and c.peer is not None:
+            peer = topo.iface(c.peer)
+            if peer is not None and not peer.admin_up:
+                return c.peer, f"{topo.label(c.peer)} (the peer of {topo.label(c.key)}) is down"
+        if c.kind == "veth" and not c.carrier and not c.admin_up:
+            return c.key, f"{topo.label(c.key)} is down"
+    return None
+
+
+def _dropped(
+    plan: PingPlan, topo: Topology, a: Analysis, findings: list[Finding], final: bool, now: int
+) -> Verdict | None:
+    for p in a.paths:
+        drops = [
+            e
+            for e in _events_of(p, a)
+            if phase(e) == "drop"
+            and not is_benign_drop(e)
+            and e.drop_reason not in CONSEQUENCE_DROPS
+        ]
+        if not drops:
+            continue
+        ev = drops[0]
+        if not final and now - ev.ts_ns < SETTLE_NS:
+            return None
+        return _explain_drop(plan, topo, p, ev, findings)
+    return None
+
+
+def _events_of(p: PacketPath, a: Analysis) -> list[ProbeEvent]:
+    for k, path in zip(a.packets, a.paths, strict=True):
+        if path is p:
+            return k.events
+    return []
+
+
+def _explain_drop(
+    plan: PingPlan, topo: Topology, p: PacketPath, ev: ProbeEvent, findings: list[Finding]
+) -> Verdict:
+    reason = ev.drop_reason or "NOT_SPECIFIED"
+    loc = (ev.location or "").split("+")[0]
+    dev = ev.key
+    it = topo.iface(dev)
+    where = _label(topo, dev) if it else f"{_ns_name(topo, ev.netns)}/{ev.ifname}"
+    culprit: IfaceKey | None = dev
+    words = REASON_TEXT.get(reason, reason.replace("_", " ").lower())
+    fix: list[str] = []
+    what = p.summary.describe() if p.summary else p.kind
+    bridge = _master(topo, dev)
+    if bridge is not None and bridge.kind == "bridge" and not bridge.admin_up:
+        # a bridge that is down disables every port: frames die on ingress
+        culprit = bridge.key
+        words = (
+            f"{bridge.name} is down, so all its ports are disabled and it drops every frame "
+            f"arriving on {it.name if it else ev.ifname} instead of forwarding it"
+        )
+        fix = [f"ip {_ns_flag(topo, bridge.key.netns)}link set {bridge.name} up"]
+    elif reason == "QDISC_DROP":
+        found = _peer_down_culprit(topo, dev)
+        if found:
+            culprit, words = found[0], f"no carrier: {found[1]}"
+            c = topo.iface(culprit)
+            if c is not None:
+                fix = [f"ip {_ns_flag(topo, culprit.netns)}link set {c.name} up"]
+    elif loc in ("__dev_forward_skb2", "__dev_forward_skb", "veth_xmit") or (
+        reason == "NOT_SPECIFIED" and it is not None and it.kind == "veth"
+    ):
+        peer = topo.iface(it.peer) if it and it.peer else None
+        if peer is not None and it is not None:
+            culprit = peer.key
+            words = (
+                f"the frame ({ev.length} bytes) does not fit the MTU of the veth peer "
+                f"{topo.label(peer.key)} (mtu {peer.mtu}, sender {it.name} has mtu {it.mtu}): "
+                "veth drops oversized frames silently"
+            )
+            fix = [f"ip {_ns_flag(topo, peer.key.netns)}link set {peer.name} mtu {it.mtu}"]
+    elif reason == "NETFILTER_DROP":
+        ns = _ns_name(topo, ev.netns)
+        bridged = bridge is not None and bridge.kind == "bridge"
+        words = f"a firewall rule in {ns} dropped it"
+        if bridged and bridge is not None:
+            # skb->dev is the egress port it never left through: the bridge is the place
+            culprit = bridge.key
+            words = (
+                f"a firewall rule in {ns} dropped it while {bridge.name} bridged it "
+                f"(net.bridge.bridge-nf-call-iptables=1 sends bridged frames through the "
+                f"IP forward hook; {it.name if it else ev.ifname} is the port it was headed for)"
+            )
+        fix = [f"ip netns exec {ns} nft list ruleset   # find the rule that drops it"]
+        if bridged:
+            fix.append(f"ip netns exec {ns} sysctl -w net.bridge.bridge-nf-call-iptables=0")
+    elif reason == "IP_RPFILTER":
+        ns = _ns_name(topo, ev.netns)
+        name = it.name if it else ev.ifname
+        fix = [
+            f"ip netns exec {ns} sysctl -w net.ipv4.conf.{name}.rp_filter=2",
+            f"ip netns exec {ns} sysctl -w net.ipv4.conf.all.rp_filter=2",
+        ]
+    static = _fixes_from(findings, _ns_name(topo, culprit.netns) if culprit else None, None)
+    c_it = topo.iface(culprit) if culprit else None
+    return Verdict(
+        kind="dropped",
+        summary=f"{what} was dropped at {where}: {words}",
+        culprit=culprit,
+        culprit_netns=_ns_name(topo, culprit.netns) if culprit else None,
+        culprit_interface=c_it.name if c_it else (ev.ifname if culprit == dev else None),
+        explanation=(
+            f"The kernel freed the {p.kind} at {where} with reason {reason}"
+            f"{' in ' + loc if loc else ''}: {words}."
+        ),
+        fix=static + [f for f in fix if f not in static],
+    )
+
+
+def _no_reply(
+    plan: PingPlan, topo: Topology, a: Analysis, findings: list[Finding], final: bool, now: int
+) -> Verdict | None:
+    want = {"arp-request": "arp-reply", "echo": "echo-reply"}
+    for kind in ("echo", "arp-request"):
+        reqs = [p for p in a.paths if p.kind == kind]
+        answers = [p for p in a.paths if p.kind == want[kind]]
+        for p in reqs:
+            at_target = [
+                h
+                for h in p.hops
+                if h.netns == plan.target_netns
+                and h.note.startswith(("received", "sniffed arriving", "consumed"))
+            ]
+            if not at_target or answers:
+                continue
+            arrived = at_target[0]
+            if not final and now - arrived.ts_ns < NO_REPLY_GRACE_NS:
+                return None
+            return _explain_no_reply(plan, topo, p, arrived, findings)
+    return None
+
+
+def _explain_no_reply(
+    plan: PingPlan, topo: Topology, p: PacketPath, arrived: Any, findings: list[Finding]
+) -> Verdict:
+    ns = topo.netns_by_name(arrived.netns)
+    it = ns.iface_by_name(arrived.interface) if ns else None
+    checks: list[str] = []
+    reasons: list[str] = []
+    if it is not None and ns is not None:
+        has_ip = any(x.address == plan.nexthop for x in it.addresses)
+        if p.kind == "arp-request":
+            ai = it.sysctls.get("arp_ignore") or ns.sysctls.get("ipv4.conf.all.arp_ignore")
+            if not has_ip:
+                owner = next(
+                    (
+                        i.name
+                        for i in ns.interfaces
+                        if any(x.address == plan.nexthop for x in i.addresses)
+                    ),
+                    None,
+                )
+                reasons.append(
+                    f"{plan.nexthop} is not on {it.name}"
+                    + (f" but on {owner}" if owner else " nor anywhere in " + ns.name)
+                )
+            else:
+                checks.append(f"{plan.nexthop} is on {it.name}")
+            if ai and ai not in ("0",):
+                reasons.append(f"arp_ignore={ai} on {it.name}")
+            if not it.is_up:
+                reasons.append(f"{it.name} is down")
+        else:
+            lo = ns.iface_by_name("lo")
+            if lo is not None and not lo.admin_up:
+                checks.append("lo is down (harmless for replies to other hosts)")
+            ign = ns.sysctls.get("ipv4.icmp_echo_ignore_all")
+            if ign and ign != "0":
+                reasons.append("net.ipv4.icmp_echo_ignore_all=1")
+            if not any(r.dst == "default" or r.kind == "unicast" for r in ns.routes):
+                reasons.append(f"{ns.name} has no route back")
+    checks.append("no kernel drop of the request or of an answer was recorded")
+    static = _fixes_from(findings, arrived.netns, None)
+    what = "ARP request" if p.kind == "arp-request" else "echo request"
+    return Verdict(
+        kind="no-reply",
+        summary=f"the {what} reached {arrived.netns}/{arrived.interface}, and nothing came back",
+        culprit=it.key if it else None,
+        culprit_netns=arrived.netns,
+        culprit_interface=arrived.interface,
+        explanation=(
+            f"The {what} arrived on {arrived.netns}/{arrived.interface}; no answer left it. "
+            + ("Likely: " + "; ".join(reasons) + ". " if reasons else "")
+            + "Ruled out: "
+            + "; ".join(checks)
+            + "."
+        ),
+        fix=static,
+    )
+
+
+def _lost(plan: PingPlan, topo: Topology, a: Analysis, findings: list[Finding]) -> Verdict:
+    """Nothing conclusive: say where our frames were last seen."""
+    hops = sorted((h for p in a.paths for h in p.hops), key=lambda h: h.ts_ns)
+    if hops:
+        last = hops[-1]
+        ns = topo.netns_by_name(last.netns)
+        it = ns.iface_by_name(last.interface) if ns else None
+        return Verdict(
+            kind="no-reply",
+            summary=f"no answer; our frames were last seen at {last.netns}/{last.interface}",
+            culprit=it.key if it else None,
+            culprit_netns=last.netns,
+            culprit_interface=last.interface,
+            explanation="No drop with a reason and no answer was recorded; the last hop seen "
+            f"was {last.note} at {last.netns}/{last.interface}.",
+            fix=_fixes_from(findings, last.netns, None),
+        )
+    return Verdict(
+        kind="no-reply",
+        summary=f"nothing answered {plan.ip} and no frame of ours was seen on the path",
+        culprit=plan.egress,
+        culprit_netns=plan.source,
+        culprit_interface=plan.egress_name,
+        explanation="Neither the probes nor the sniffers saw our frames leave the source.",
+        fix=_fixes_from(findings, plan.source, None),
+    )

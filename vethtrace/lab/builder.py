@@ -1,0 +1,376 @@
+"""Turning a Scenario into namespaces, links, addresses and routes with pyroute2.
+
+Every netlink call runs in a thread that entered the lab's own namespace
+(vethtrace.netns.run_in), and veth pairs are created inside a lab namespace
+with the peer placed straight into the other one, so no interface ever
+appears in the root namespace, even for an instant. Sysctls are written to
+/proc/sys/net from such a thread (that view follows the writing thread's
+namespace) and nft rulesets are loaded by an `nft -f -` forked from it.
+
+The order matters: links exist before masters, MTUs and sysctls naming them;
+everything is enslaved while still down (bonds insist); bridge-port options
+come last, after carrier is up, or the bridge would reset a forced port state
+when the link comes up.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import ipaddress
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from vethtrace import netns
+from vethtrace.errors import UserError
+from vethtrace.lab import namespaces
+from vethtrace.lab.scenario import (
+    BOND_MODES,
+    IPVLAN_MODES,
+    MACVLAN_MODES,
+    PORT_STATES,
+    Link,
+    Scenario,
+)
+from vethtrace.lab.state import LabState
+
+T = TypeVar("T")
+NUD_PERMANENT = 0x80
+# netlink constants for _set_port_state (linux/rtnetlink.h, if_link.h, netlink.h)
+NETLINK_ROUTE, RTM_SETLINK, IFLA_PROTINFO, IFLA_BRPORT_STATE = 0, 19, 12, 1
+NLM_F_REQUEST, NLM_F_ACK, NLA_F_NESTED = 1, 4, 1 << 15
+CARRIER_WAIT = 3.0  # seconds to wait for a port's carrier before forcing its state
+
+
+class BuildError(UserError):
+    pass
+
+
+def build(scn: Scenario, prefix: str, st: LabState) -> None:
+    """Create everything in `scn`; `st` gets each namespace name before it exists."""
+    real = {n.name: prefix + n.name for n in scn.netns}
+    for ns in scn.netns:
+        st.namespaces.append(real[ns.name])
+        st.save()
+        try:
+            namespaces.create(real[ns.name])
+        except FileExistsError:
+            st.namespaces.pop()
+            st.save()
+            raise BuildError(f"namespace {real[ns.name]} already exists") from None
+
+    def each_ns(step: str, fn: Callable[[IPRoute, str], None]) -> None:
+        for ns in scn.netns:
+            _in(real[ns.name], step, functools.partial(_swap, fn, ns.name))
+
+    # 1. links that stand alone: bridges, bonds, dummies
+    def masters(ipr: IPRoute, ns: str) -> None:
+        for link in scn.links_in(ns):
+            if link.kind == "bridge":
+                opts = {"IFLA_BR_STP_STATE": int(link.stp)}
+                if link.vlan_filtering:  # only when asked: some kernels lack the option
+                    opts["IFLA_BR_VLAN_FILTERING"] = 1
+                _add(ipr, link, kind="bridge", **opts)
+            elif link.kind == "bond":
+                _add(ipr, link, kind="bond", IFLA_BOND_MODE=BOND_MODES[link.mode or "balance-rr"])
+            elif link.kind == "dummy":
+                _add(ipr, link, kind="dummy")
+
+    each_ns("creating bridges, bonds and dummies", masters)
+
+    # 2. veth pairs, from the a side, the peer put straight into b's namespace
+    def veths_from(ipr: IPRoute, ns: str) -> None:
+        for link in _a_sides(scn):
+            if link.netns != ns or link.peer is None:
+                continue
+            peer_ns, peer_name = link.peer
+            peer: dict[str, Any] = {"ifname": peer_name}
+            if peer_ns != ns:
+                peer["net_ns_fd"] = netns.path_of(real[peer_ns])
+            _add(ipr, link, kind="veth", peer=peer)
+
+    each_ns("creating veth pairs", veths_from)
+
+    # 3. links on top of others
+    def stacked(ipr: IPRoute, ns: str) -> None:
+        for link in scn.links_in(ns):
+            if link.kind == "macvlan":
+                _add(
+                    ipr,
+                    link,
+                    kind="macvlan",
+                    link=_index(ipr, link.lower or ""),
+                    IFLA_MACVLAN_MODE=MACVLAN_MODES[link.mode or "bridge"],
+                )
+            elif link.kind == "ipvlan":
+                _add(
+                    ipr,
+                    link,
+                    kind="ipvlan",
+                    link=_index(ipr, link.lower or ""),
+                    IFLA_IPVLAN_MODE=IPVLAN_MODES[link.mode or "l2"],
+                )
+
+    each_ns("creating macvlan/ipvlan links", stacked)
+
+    # 4. per link settings while everything is down, sysctls, addresses, nft
+    def configure(ipr: IPRoute, ns: str) -> None:
+        links = scn.links_in(ns)
+        for link in links:
+            if link.mac:
+                _do(
+                    f"setting mac of {link.name}",
+                    ipr.link,
+                    "set",
+                    index=_index(ipr, link.name),
+                    address=link.mac,
+                )
+            if link.master:
+                _do(
+                    f"enslaving {link.name} to {link.master}",
+                    ipr.link,
+                    "set",
+                    index=_index(ipr, link.name),
+                    master=_index(ipr, link.master),
+                )
+        for link in links:  # after enslaving: a bridge adopts its ports' MTU
+            if link.mtu:
+                _do(
+                    f"setting mtu of {link.name}",
+                    ipr.link,
+                    "set",
+                    index=_index(ipr, link.name),
+                    mtu=link.mtu,
+                )
+        _sysctls(scn, ns)
+        for link in links:
+            for cidr in link.addresses:
+                iface = ipaddress.ip_interface(cidr)
+                _do(
+                    f"adding {cidr} to {link.name}",
+                    ipr.addr,
+                    "add",
+                    index=_index(ipr, link.name),
+                    address=str(iface.ip),
+                    prefixlen=iface.network.prefixlen,
+                )
+        nft = next(n.nft for n in scn.netns if n.name == ns)
+        if nft:
+            _nft(nft, ns)
+
+    each_ns("configuring links", configure)
+
+    # 5. up: lo, then masters, then the rest
+    def bring_up(ipr: IPRoute, ns: str) -> None:
+        if next(n.lo for n in scn.netns if n.name == ns):
+            _do("bringing lo up", ipr.link, "set", index=_index(ipr, "lo"), state="up")
+        order = sorted(scn.links_in(ns), key=lambda lk: lk.kind not in ("bridge", "bond"))
+        for link in order:
+            if link.up:
+                _do(
+                    f"bringing {link.name} up",
+                    ipr.link,
+                    "set",
+                    index=_index(ipr, link.name),
+                    state="up",
+                )
+
+    each_ns("bringing links up", bring_up)
+
+    # 6. bridge-port options, once carrier is there
+    def ports(ipr: IPRoute, ns: str) -> None:
+        for link in scn.links_in(ns):
+            if link.port is None:
+                continue
+            idx = _index(ipr, link.name)
+            if link.port.state is not None:
+                _wait_carrier(ipr, idx, link, scn)
+                _set_port_state(idx, PORT_STATES[link.port.state], link.name)
+            opts: dict[str, int] = {}
+            for key, nla in (
+                ("isolated", "IFLA_BRPORT_ISOLATED"),
+                ("hairpin", "IFLA_BRPORT_MODE"),
+                ("learning", "IFLA_BRPORT_LEARNING"),
+            ):
+                value = getattr(link.port, key)
+                if value is not None:
+                    opts[nla] = int(value)
+            if opts:
+                _do(
+                    f"setting bridge-port options of {link.name}",
+                    ipr.link,
+                    "set",
+                    index=idx,
+                    kind="bridge_slave",
+                    **opts,
+                )
+
+    each_ns("setting bridge-port options", ports)
+
+    # 7. routes and static neighbours
+    def routes(ipr: IPRoute, ns: str) -> None:
+        for r in (r for r in scn.routes if r.netns == ns):
+            spec: dict[str, Any] = {}
+            if r.dst == "default":
+                family = socket.AF_INET6 if r.via and ":" in r.via else socket.AF_INET
+                spec["dst"] = "::/0" if family == socket.AF_INET6 else "0.0.0.0/0"
+            else:
+                net = ipaddress.ip_network(r.dst)
+                family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+                spec["dst"] = str(net)
+            spec["family"] = family
+            if r.via:
+                spec["gateway"] = r.via
+            if r.dev:
+                spec["oif"] = _index(ipr, r.dev)
+            if r.metric is not None:
+                spec["priority"] = r.metric
+            _do(
+                f"adding route {r.dst}" + (f" via {r.via}" if r.via else ""),
+                ipr.route,
+                "add",
+                **spec,
+            )
+        for n in (n for n in scn.neighs if n.netns == ns):
+            _do(
+                f"adding neighbour {n.ip} on {n.dev}",
+                ipr.neigh,
+                "add",
+                dst=n.ip,
+                lladdr=n.mac,
+                ifindex=_index(ipr, n.dev),
+                state=NUD_PERMANENT,
+            )
+
+    each_ns("adding routes and neighbours", routes)
+
+
+def _swap(fn: Callable[[IPRoute, str], None], ns: str, ipr: IPRoute) -> None:
+    fn(ipr, ns)
+
+
+def _a_sides(scn: Scenario) -> list[Link]:
+    """The first-declared end of each veth pair (the one the pair is created from)."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for link in scn.links:
+        if link.kind != "veth" or link.peer is None or (link.netns, link.name) in seen:
+            continue
+        seen |= {(link.netns, link.name), link.peer}
+        out.append(link)
+    return out
+
+
+def _in(real_ns: str, step: str, fn: Callable[[IPRoute], T]) -> T:
+    def job() -> T:
+        if netns.current_inode() == netns.ROOT_INODE:  # never build in the root namespace
+            raise RuntimeError(f"refusing to build in the root namespace ({real_ns})")
+        with IPRoute() as ipr:
+            return fn(ipr)
+
+    try:
+        return netns.run_in(real_ns, job)
+    except BuildError as exc:
+        raise BuildError(f"{real_ns}: {exc}") from None
+    except NetlinkError as exc:
+        raise BuildError(f"{real_ns}: {step}: {exc.args[-1]}") from None
+
+
+def _do(what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    try:
+        return fn(*args, **kw)
+    except NetlinkError as exc:
+        raise BuildError(f"{what}: {_msg(exc)}") from None
+
+
+def _msg(exc: NetlinkError) -> str:
+    return str(exc.args[1]) if len(exc.args) > 1 else os.strerror(exc.code)
+
+
+def _add(ipr: IPRoute, spec: Link, **kw: Any) -> None:
+    try:
+        ipr.link("add", ifname=spec.name, **kw)
+    except NetlinkError as exc:
+        if exc.code == errno.EOPNOTSUPP:
+            raise BuildError(
+                f"creating {spec.kind} {spec.name}: this kernel does not support "
+                f"{spec.kind} links (or an option of them)"
+            ) from None
+        raise BuildError(f"creating {spec.kind} {spec.name}: {_msg(exc)}") from None
+
+
+def _index(ipr: IPRoute, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise BuildError(f"no link {name}")
+    return int(found[0])
+
+
+def _wait_carrier(ipr: IPRoute, idx: int, link: Link, scn: Scenario) -> None:
+    """Wait (briefly) until the bridge has seen the port's carrier, when it will."""
+    peer = scn.link(*link.peer) if link.peer else None
+    if not link.up or (peer is not None and not peer.up):
+        return
+    deadline = time.monotonic() + CARRIER_WAIT
+    while time.monotonic() < deadline:
+        msg = ipr.link("get", index=idx)[0]
+        if msg.get("IFLA_OPERSTATE") == "UP":
+            return
+        time.sleep(0.02)
+
+
+def _set_port_state(index: int, state: int, name: str) -> None:
+    """Force a bridge port's STP state, as `bridge link set dev X state N` does.
+
+    pyroute2 cannot send this one: the kernel wants AF_BRIDGE RTM_SETLINK with a
+    NESTED IFLA_PROTINFO (un-nested, it reads the nest's header as the state), so
+    the few bytes are packed here and sent on a netlink socket made in this thread.
+    """
+    inner = struct.pack("=HHB3x", 5, IFLA_BRPORT_STATE, state)
+    protinfo = struct.pack("=HH", 4 + len(inner), IFLA_PROTINFO | NLA_F_NESTED) + inner
+    body = struct.pack("=BxHiII", socket.AF_BRIDGE, 0, index, 0, 0) + protinfo
+    header = struct.pack("=IHHII", 16 + len(body), RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(header + body)
+        reply = sock.recv(4096)
+    (err,) = struct.unpack_from("=i", reply, 16)  # struct nlmsgerr after the header
+    if err:
+        raise BuildError(f"setting port state of {name}: {os.strerror(-err)}")
+
+
+def _sysctls(scn: Scenario, ns: str) -> None:
+    """Write /proc/sys/net/... from this thread (inside the lab namespace)."""
+    if netns.current_inode() == netns.ROOT_INODE:
+        raise RuntimeError("refusing to write sysctls in the root namespace")
+    for key, value in next(n.sysctl for n in scn.netns if n.name == ns).items():
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except FileNotFoundError:
+            raise BuildError(f"sysctl {key}: no such setting in this namespace") from None
+        except OSError as exc:
+            raise BuildError(f"sysctl {key}={value}: {exc.strerror}") from None
+
+
+def _nft(ruleset: str, ns: str) -> None:
+    """Load an nft ruleset; `nft` forked from this thread lands in its namespace."""
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    if not os.path.exists(nft):
+        raise BuildError("nft not found (install nftables) to load this scenario's ruleset")
+    res = subprocess.run(
+        [nft, "-f", "-"], input=ruleset, capture_output=True, text=True, check=False
+    )
+    if res.returncode != 0:
+        first = (res.stderr.strip().splitlines() or ["failed"])[0]
+        raise BuildError(f"nft ruleset of {ns}: {first}")

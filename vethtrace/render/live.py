@@ -1,0 +1,367 @@
+"""The `watch` screen as a pure function of a WatchState.
+
+One screen answers "where are my packets going right now": the topology with
+live per-interface counters (so a port that receives but never transmits
+stands out), the most recent packet paths as hop chains coloured by outcome (a
+diverted ARP reply reads `song/veth1 → host/veth0 → br0  diverted`), and what
+is wrong (findings, drops by kernel reason, lost events). No I/O here: the
+command feeds the state and hands the result to rich's Live; tests print it on
+a recording console of fixed size.
+
+Call with `state.lock` held (the feeding threads mutate deques and dicts).
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.layout import Layout
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from vethtrace.model import Interface, Namespace, PacketPath, Topology
+from vethtrace.render.live_state import WatchState
+
+MAX_FINDINGS = 4
+SPARKS = "▁▂▃▄▅▆▇█"
+OUTCOME_STYLE = {
+    "delivered": "green",
+    "diverted": "bold yellow",
+    "dropped": "bold red",
+    "consumed": "green",
+    "in-flight": "cyan",
+}
+OUTCOME_MARK = {
+    "delivered": "✓",
+    "diverted": "↪",
+    "dropped": "✗",
+    "consumed": "✓",
+    "in-flight": "…",
+}
+
+
+def render(state: WatchState, now_wall: float | None = None) -> RenderableType:
+    """The whole screen; fills whatever size the console has."""
+    return _Screen(state, time.time() if now_wall is None else now_wall)
+
+
+class _Screen:
+    """Defers building the layout until rich says how wide the screen is."""
+
+    def __init__(self, state: WatchState, now_wall: float) -> None:
+        self.state = state
+        self.now_wall = now_wall
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        height = options.height or console.height
+        yield _layout(self.state, self.now_wall, options.max_width, height)
+
+
+def _layout(state: WatchState, now_wall: float, width: int, height: int) -> Layout:
+    """header / topology / findings | drops / packet paths / footer. The paths
+    panel gets what is left: it is the part that changes the most."""
+    short = NameShortener(state.topology)
+    topo_height = min(_topology_rows(state.topology) + 3, max(5, int(height * 0.4)))
+    drops = _drops(state, short, now_wall)
+    findings_rows = min(len(state.findings), MAX_FINDINGS) + (len(state.findings) > MAX_FINDINGS)
+    status_height = max(findings_rows, len(drops.renderables)) + 2
+    status = Layout(name="status", size=status_height)
+    status.split_row(
+        Layout(_findings(state, short), name="findings", ratio=1),
+        Layout(Panel(drops, title="drops by reason", title_align="left", border_style="blue"),
+               name="drops", size=40 if width >= 110 else 34),
+    )
+    layout = Layout(name="screen")
+    layout.split_column(
+        Layout(_header(state, short, now_wall), name="header", size=1),
+        Layout(_topology(state, short), name="topology", size=topo_height),
+        status,
+        Layout(_paths(state, short, width), name="paths", ratio=1),
+        Layout(_footer(state), name="footer", size=1),
+    )
+    return layout
+
+
+class NameShortener:
+    """Lab and test namespaces share a long prefix ("vtt3f2a7-host",
+    "vtt3f2a7-song"); repeating it on every hop hides the part that differs.
+    The header names the prefix once and the body shows "host", "song"."""
+
+    def __init__(self, topo: Topology | None) -> None:
+        names = [ns.name for ns in (topo.namespaces if topo else []) if ns.name != "root"]
+        self.prefix = _common_prefix(names) if len(names) >= 2 else ""
+
+    def ns(self, name: str) -> str:
+        if self.prefix and name.startswith(self.prefix) and len(name) > len(self.prefix):
+            return name[len(self.prefix) :]
+        return name
+
+    def label(self, text: str) -> str:
+        """'vtt-host/veth0' -> 'host/veth0'."""
+        return self.ns(text)
+
+
+def _common_prefix(names: list[str]) -> str:
+    prefix = names[0]
+    for name in names[1:]:
+        while not name.startswith(prefix):
+            prefix = prefix[:-1]
+    cut = prefix.rfind("-")
+    return prefix[: cut + 1] if cut >= 0 else ""
+
+
+# --- header and footer -------------------------------------------------------------
+
+
+def _header(state: WatchState, short: NameShortener, now_wall: float) -> Text:
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append(" vethtrace watch ", style="bold reverse")
+    t.append("  ")
+    t.append(state.filter_text or "all packets", style="bold")
+    nns = len(state.topology.namespaces) if state.topology else 0
+    t.append(f"  {nns} netns")
+    if short.prefix:
+        t.append(f" ({short.prefix}*)", style="dim")
+    t.append(f"  events {state.events_total:,}")
+    t.append(f" ({state.rate():,.0f}/s)", style="dim")
+    t.append("  lost ")
+    t.append(f"{state.lost:,}", style="bold red" if state.lost else "green")
+    t.append(f"  {state.status}", style="cyan")
+    t.append("  " + time.strftime("%H:%M:%S", time.localtime(now_wall)), style="dim")
+    return t
+
+
+def _footer(state: WatchState) -> Text:
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append(" q", style="bold")
+    t.append(" quit   ")
+    t.append("colours:", style="dim")
+    for kind in ("delivered", "diverted", "dropped", "in-flight"):
+        t.append(f" {OUTCOME_MARK[kind]} {kind}", style=OUTCOME_STYLE[kind])
+    if state.plan:
+        t.append(f"   probes: {state.plan}", style="dim")
+    return t
+
+
+# --- topology --------------------------------------------------------------------
+
+
+def _ordered(ns: Namespace) -> list[tuple[int, Interface, str]]:
+    """Rows for one namespace: bridges with their ports under them, then the
+    rest; loopback left out (it carries nothing across namespaces)."""
+    rows: list[tuple[int, Interface, str]] = []
+    shown: set[int] = set()
+    for br in (i for i in ns.interfaces if i.kind == "bridge"):
+        rows.append((1, br, ""))
+        shown.add(br.key.ifindex)
+        ports = [i for i in ns.interfaces if i.master == br.key.ifindex]
+        for n, port in enumerate(ports):
+            rows.append((2, port, "└ " if n == len(ports) - 1 else "├ "))
+            shown.add(port.key.ifindex)
+    for iface in ns.interfaces:
+        if iface.key.ifindex in shown or iface.kind == "loopback" or iface.name == "lo":
+            continue
+        rows.append((1, iface, ""))
+    return rows
+
+
+def _topology_rows(topo: Topology | None) -> int:
+    if topo is None:
+        return 1
+    return sum(1 + len(_ordered(ns)) for ns in topo.namespaces)
+
+
+def _num(n: int) -> str:
+    """Counts in at most 6 columns: 9,999 / 123k / 12.3M."""
+    if n < 10_000:
+        return f"{n:,}"
+    if n < 1_000_000:
+        return f"{n // 1000}k"
+    return f"{n / 1e6:.1f}M" if n < 100_000_000 else f"{n // 1_000_000}M"
+
+
+def _spark(history: list[int]) -> Text:
+    top = max(history) if history else 0
+    t = Text(no_wrap=True)
+    for n in history:
+        if n == 0:
+            t.append("▁", style="bright_black")
+        else:
+            t.append(SPARKS[min(len(SPARKS) - 1, 1 + (n * (len(SPARKS) - 2)) // top)], style="cyan")
+    return t
+
+
+def _topology(state: WatchState, short: NameShortener) -> Panel:
+    table = Table(box=None, padding=(0, 1, 0, 0), expand=True, header_style="dim")
+    table.add_column("interface", no_wrap=True, overflow="ellipsis", min_width=10)
+    table.add_column("address", no_wrap=True, overflow="ellipsis", min_width=7)
+    table.add_column("link", no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
+    table.add_column("rx", justify="right", no_wrap=True, width=6)
+    table.add_column("tx", justify="right", no_wrap=True, width=6)
+    table.add_column("drop", justify="right", no_wrap=True, width=6)
+    table.add_column("frames/s", no_wrap=True, width=10)
+    topo = state.topology
+    if topo is None:
+        table.add_row(Text("discovering…", style="dim"))
+        return Panel(table, title="topology", title_align="left", border_style="blue")
+    second = state.now_ns // 1_000_000_000
+    for ns in topo.namespaces:
+        table.add_row(Text(short.ns(ns.name), style="bold magenta"))
+        for depth, iface, branch in _ordered(ns):
+            c = state.counters.get(iface.key)
+            name = Text("  " * (depth - 1) + "  " + branch)
+            up = iface.admin_up and iface.carrier
+            name.append(iface.name, style="bold" if up else "bold red")
+            if not up:
+                name.append(" down" if not iface.admin_up else " no-carrier", style="red")
+            addr = ", ".join(a.cidr for a in iface.addresses if a.family == 4)
+            table.add_row(
+                name,
+                Text(addr, style="yellow" if addr and depth == 2 else ""),
+                _link(iface, ns, topo, short),
+                _num(c.rx) if c else "",
+                _num(c.tx) if c else "",
+                Text(_num(c.dropped), style="bold red") if c and c.dropped else "",
+                _spark(c.history(second)[-10:]) if c else "",
+            )
+    return Panel(table, title="topology", title_align="left", border_style="blue")
+
+
+def _link(iface: Interface, ns: Namespace, topo: Topology, short: NameShortener) -> Text:
+    if iface.kind == "veth":
+        if iface.peer is not None:
+            peer = topo.label(iface.peer)
+            same = iface.peer.netns == ns.inode
+            return Text("⇄ " + (peer.split("/", 1)[1] if same else short.label(peer)))
+        return Text(f"⇄ peer {iface.peer_state or 'unknown'}", style="red")
+    if iface.kind == "bridge":
+        ports = sum(1 for i in ns.interfaces if i.master == iface.key.ifindex)
+        return Text(f"bridge, {ports} port{'s' if ports != 1 else ''}", style="dim")
+    return Text(iface.kind, style="dim")
+
+
+# --- findings, drops, notices ------------------------------------------------------
+
+
+def _findings(state: WatchState, short: NameShortener) -> Panel:
+    lines = []
+    for f in state.findings[:MAX_FINDINGS]:
+        t = Text(no_wrap=True, overflow="ellipsis")
+        style = {"error": "bold red", "warning": "yellow"}.get(f.severity, "cyan")
+        t.append({"error": "✗ ", "warning": "! "}.get(f.severity, "i "), style=style)
+        where = short.ns(f.netns) + (f"/{f.interface}" if f.interface else "")
+        t.append(f"{where}: ", style="bold")
+        t.append(f.summary)
+        t.append(f"  [{f.rule}]", style="dim")
+        lines.append(t)
+    more = len(state.findings) - MAX_FINDINGS
+    if more > 0:
+        lines.append(Text(f"… {more} more: run `vethtrace check`", style="dim"))
+    if not lines:
+        lines.append(Text("no findings", style="green"))
+    style = "red" if any(f.severity == "error" for f in state.findings) else "blue"
+    title = f"findings ({len(state.findings)})"
+    return Panel(Group(*lines), title=title, title_align="left", border_style=style)
+
+
+def _drops(state: WatchState, short: NameShortener, now_wall: float) -> Group:
+    lines: list[Text] = []
+    if not state.drops:
+        lines.append(Text("no drops", style="green"))
+    for reason, n in state.drops.most_common(5):
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(f"{n:>6,} ", style="bold red")
+        t.append(reason)
+        where = state.drop_where.get(reason)
+        if where:
+            label, _ = where.most_common(1)[0]
+            t.append(f" {short.label(label)}", style="dim")
+        lines.append(t)
+    lost = Text("lost events ", style="dim")
+    lost.append(f"{state.lost:,}", style="bold red" if state.lost else "green")
+    lines.append(lost)
+    for notice in list(state.current_notices(now_wall))[-3:]:
+        style = "green" if notice.text.startswith("+") else "yellow"
+        lines.append(Text(short.label(notice.text), style=style, no_wrap=True, overflow="ellipsis"))
+    return Group(*lines)
+
+
+# --- packet paths ----------------------------------------------------------------
+
+
+def hop_chain(path: PacketPath, short: NameShortener) -> Text:
+    """'song/veth1 → host/veth0 → br0': devices in order, the namespace named
+    when it changes, the hop where it went wrong in red."""
+    t = Text(no_wrap=True, overflow="ellipsis")
+    last: tuple[str, str] | None = None
+    last_ns = None
+    for hop in path.hops:
+        here = (hop.netns, hop.interface)
+        if here == last:
+            if not hop.ok:
+                t.append(" ✗", style="bold red")
+            continue
+        if last is not None:
+            t.append(" → ", style="dim")
+        name = hop.interface if hop.netns == last_ns else f"{short.ns(hop.netns)}/{hop.interface}"
+        t.append(name, style="bold red" if not hop.ok else "")
+        if not hop.ok:
+            t.append(" ✗", style="bold red")
+        last, last_ns = here, hop.netns
+    return t
+
+
+def short_packet(path: PacketPath) -> str:
+    """What the packet is, in few columns: the path next to it matters more."""
+    s = path.summary
+    if s is None:
+        return path.hops[0].packet if path.hops else path.kind
+    if s.arp_op == 1:
+        return f"ARP who-has {s.arp_tpa}"
+    if s.arp_op == 2:
+        return f"ARP reply {s.arp_spa}"
+    if s.icmp_type is not None:
+        name = {8: "echo", 0: "echo reply", 3: "unreach"}.get(s.icmp_type, f"type {s.icmp_type}")
+        seq = f" #{s.icmp_seq}" if s.icmp_seq is not None and s.icmp_type in (0, 8) else ""
+        return f"ICMP {name} {s.ip_src} > {s.ip_dst}{seq}"
+    return s.describe()
+
+
+def _outcome(path: PacketPath) -> Text:
+    style = OUTCOME_STYLE.get(path.outcome, "")
+    t = Text(f"{OUTCOME_MARK.get(path.outcome, '?')} {path.outcome}", style=style, no_wrap=True)
+    if path.outcome == "diverted" and path.hops:
+        t.append(f" to {path.hops[-1].interface}", style=style)
+    if path.drop_reason:
+        t.append(f" {path.drop_reason}", style=style)
+    return t
+
+
+def _paths(state: WatchState, short: NameShortener, width: int) -> Panel:
+    table = Table(box=None, padding=(0, 1, 0, 0), expand=True, header_style="dim")
+    table.add_column("time", no_wrap=True, width=12)
+    # The path is what this panel is for: the packet column gets what is left
+    # after ~34 columns of path, between 16 and 42.
+    packet_width = max(16, min(42, width - 4 - 12 - 22 - 3 - 34))
+    table.add_column("packet", no_wrap=True, overflow="ellipsis", width=packet_width)
+    table.add_column("path", no_wrap=True, overflow="ellipsis", ratio=1, min_width=30)
+    table.add_column("outcome", no_wrap=True, overflow="ellipsis", min_width=12, max_width=28)
+    paths = state.paths
+    if not paths:
+        table.add_row("", Text("waiting for packets…", style="dim"))
+    for path in reversed(paths[-60:]):  # newest first; the panel clips the rest
+        ts = path.hops[0].ts_ns if path.hops else 0
+        clock = time.strftime("%H:%M:%S", time.localtime(state.wall(ts)))
+        millis = int((state.wall(ts) % 1) * 1000)
+        packet = short_packet(path)
+        style = OUTCOME_STYLE.get(path.outcome, "")
+        table.add_row(
+            Text(f"{clock}.{millis:03d}", style="dim"),
+            Text(packet, style="" if path.outcome == "delivered" else style),
+            hop_chain(path, short),
+            _outcome(path),
+        )
+    title = f"packet paths (newest first, {len(paths)} recent)"
+    return Panel(table, title=title, title_align="left", border_style="blue")

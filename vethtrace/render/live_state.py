@@ -1,0 +1,298 @@
+"""What the live view knows, kept apart from how it is drawn.
+
+`watch` feeds this object from three threads (kernel events, periodic
+re-discovery, the clock) and draws it several times a second with
+`render.live.render(state)`, a pure function of it. Keeping the two apart is
+what lets the screen be tested at a fixed size from a recording, with no
+terminal and no kernel.
+
+Everything is bounded so memory stays flat under a flood: a window of the
+most recent events (what packet paths are rebuilt from), per-interface
+counters with a short per-second history, and the most recent paths.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vethtrace.model import Finding, Hop, IfaceKey, PacketPath, ProbeEvent, Topology
+
+if TYPE_CHECKING:
+    from vethtrace.record import Recording
+
+# Which probe points count a frame as transmitted / received on the device:
+# one point per direction, so a frame that fires several tracepoints on its way
+# (queue, start_xmit, xmit) is counted once. netif_receive_skb fires for veths
+# and bridges alike (see notes/kernel-signatures.md); sniffed frames are not
+# counted, they duplicate what the kernel probes saw.
+TX_POINTS = frozenset({"net_dev_start_xmit"})
+RX_POINTS = frozenset({"netif_receive_skb"})
+DROP_POINTS = frozenset({"kfree_skb"})
+# Receive points a packet path's hops can carry (see correlate.RX_POINTS).
+RX_HOP_POINTS = frozenset(
+    {"netif_rx", "netif_rx_entry", "netif_receive_skb", "netif_receive_skb_entry", "sniff"}
+)
+# The kernel reports every answered root ping as NO_SOCKET at ping_rcv (the raw
+# socket took it, the ping socket layer did not): not a drop anyone should see.
+BENIGN_DROPS = frozenset({("NO_SOCKET", "ping_rcv")})
+
+SPARK_SECONDS = 16  # per-second history kept for the rate sparkline
+NOTICE_SECONDS = 30.0  # how long "veth3 appeared" stays on screen
+
+Correlate = Callable[[list[ProbeEvent], Topology | None], list[PacketPath]]
+
+
+@dataclass
+class IfaceCounters:
+    rx: int = 0
+    tx: int = 0
+    dropped: int = 0
+    per_second: dict[int, int] = field(default_factory=dict)  # second -> frames
+
+    def count(self, second: int) -> None:
+        self.per_second[second] = self.per_second.get(second, 0) + 1
+        if len(self.per_second) > SPARK_SECONDS + 4:
+            for old in sorted(self.per_second)[: -SPARK_SECONDS - 1]:
+                del self.per_second[old]
+
+    def history(self, now_second: int) -> list[int]:
+        """Frames per second for the last SPARK_SECONDS seconds, oldest first."""
+        start = now_second - SPARK_SECONDS + 1
+        return [self.per_second.get(s, 0) for s in range(start, now_second + 1)]
+
+
+@dataclass
+class Notice:
+    wall: float
+    text: str
+
+
+class WatchState:
+    """The live view's model. Mutators take the lock; `render` must be called
+    with `state.lock` held (see `snapshot_render` in commands/watch)."""
+
+    def __init__(
+        self,
+        filter_text: str = "",
+        netns: Iterable[str] = (),
+        correlate: Correlate | None = None,
+        window: int = 3000,
+        max_paths: int = 100,
+    ) -> None:
+        self.lock = threading.RLock()
+        self.filter_text = filter_text
+        self.netns = list(netns)
+        self.correlate = correlate
+        self.topology: Topology | None = None
+        self.findings: list[Finding] = []
+        self.counters: dict[IfaceKey, IfaceCounters] = {}
+        self.drops: Counter[str] = Counter()
+        self.drop_where: dict[str, Counter[str]] = {}  # reason -> "netns/if" -> n
+        self.events_total = 0
+        self.lost = 0
+        self.window: deque[ProbeEvent] = deque(maxlen=window)
+        self.paths: list[PacketPath] = []
+        self.max_paths = max_paths
+        self.notices: deque[Notice] = deque(maxlen=20)
+        self.plan = ""
+        self.status = "starting"  # shown in the header: starting / tracing / ended
+        # Kernel times are CLOCK_MONOTONIC; this maps them to wall time for display.
+        self.wall_offset = time.time() - time.monotonic()
+        self.now_ns = time.monotonic_ns()
+        self._dirty = False
+        self._rate_events: deque[tuple[int, int]] = deque(maxlen=SPARK_SECONDS + 2)
+
+    # --- feeding -----------------------------------------------------------------
+
+    def add_events(self, events: list[ProbeEvent]) -> None:
+        if events:
+            with self.lock:  # one lock round per batch, not per event
+                for ev in events:
+                    self.add_event(ev)
+
+    def add_event(self, ev: ProbeEvent) -> None:
+        with self.lock:
+            self.events_total += 1
+            self.window.append(ev)
+            self._dirty = True
+            if ev.ts_ns > self.now_ns:
+                self.now_ns = ev.ts_ns
+            if ev.source != "bpf":
+                return
+            second = ev.ts_ns // 1_000_000_000
+            if ev.point in DROP_POINTS:
+                reason = ev.drop_reason or "UNKNOWN"
+                if (reason, (ev.location or "")) in BENIGN_DROPS:
+                    return
+                self.drops[reason] += 1
+                where = self.drop_where.setdefault(reason, Counter())
+                where[self.iface_label(ev.key, ev.ifname)] += 1
+                if ev.ifindex:
+                    self._counters(ev.key).dropped += 1
+                return
+            if ev.point in TX_POINTS:
+                c = self._counters(ev.key)
+                c.tx += 1
+                c.count(second)
+            elif ev.point in RX_POINTS:
+                c = self._counters(ev.key)
+                c.rx += 1
+                c.count(second)
+
+    def _counters(self, key: IfaceKey) -> IfaceCounters:
+        c = self.counters.get(key)
+        if c is None:
+            c = self.counters[key] = IfaceCounters()
+        return c
+
+    def set_topology(
+        self, topo: Topology, findings: list[Finding] | None = None, wall: float | None = None
+    ) -> list[str]:
+        """Install a fresh discovery; returns (and shows) what appeared/vanished."""
+        with self.lock:
+            changes = diff_topology(self.topology, topo) if self.topology else []
+            now = time.time() if wall is None else wall
+            for text in changes:
+                self.notices.append(Notice(now, text))
+            self.topology = topo
+            if findings is not None:
+                self.findings = findings
+            gone = {i.key for ns in topo.namespaces for i in ns.interfaces}
+            for key in [k for k in self.counters if k not in gone]:
+                del self.counters[key]  # vanished interfaces; their ifindex may be reused
+            return changes
+
+    def set_lost(self, lost: int) -> None:
+        with self.lock:
+            self.lost = lost
+
+    def refresh_paths(self) -> None:
+        """Rebuild packet paths from the event window when new events came in.
+        The window re-correlates as a whole: paths are only known once their
+        later events (the drop, the peer's receive) have arrived."""
+        with self.lock:
+            if not self._dirty or self.correlate is None:
+                return
+            self._dirty = False
+            paths = self.correlate(list(self.window), self.topology)[-self.max_paths :]
+            for path in paths:
+                mark_diversion(path, self.topology)
+            self.paths = paths
+
+    def tick(self, now_ns: int | None = None) -> None:
+        with self.lock:
+            self.now_ns = max(self.now_ns, now_ns if now_ns is not None else time.monotonic_ns())
+
+    # --- reading (for render) ------------------------------------------------------
+
+    def iface_label(self, key: IfaceKey, fallback: str = "") -> str:
+        if self.topology is not None:
+            ns = self.topology.netns(key.netns)
+            iface = ns.iface(key.ifindex) if ns else None
+            if ns and iface:
+                return f"{ns.name}/{iface.name}"
+            if ns:
+                return f"{ns.name}/{fallback or f'if{key.ifindex}'}"
+        return fallback or str(key)
+
+    def wall(self, ts_ns: int) -> float:
+        return ts_ns / 1e9 + self.wall_offset
+
+    def rate(self) -> float:
+        """Events per second over the last few seconds (for the header)."""
+        with self.lock:
+            second = self.now_ns // 1_000_000_000
+            if not self._rate_events or self._rate_events[-1][0] != second:
+                self._rate_events.append((second, self.events_total))
+            first_s, first_n = self._rate_events[0]
+            span = second - first_s
+            return (self.events_total - first_n) / span if span > 0 else 0.0
+
+    def current_notices(self, now: float | None = None) -> list[Notice]:
+        now = time.time() if now is None else now
+        return [n for n in self.notices if now - n.wall <= NOTICE_SECONDS]
+
+
+def mark_diversion(path: PacketPath, topo: Topology | None) -> None:
+    """Mark a path `diverted` when a bridge port received a packet addressed to
+    the port's own address and the bridge's rx_handler handed it up to the
+    bridge's stack: the seed bug, where the port (which asked) never hears the
+    answer. A packet for the bridge's own address taking the same way is
+    normal, and so is a broadcast the bridge also floods."""
+    if topo is None or path.summary is None:
+        return
+    s = path.summary
+    dst = s.arp_tpa if s.arp_op is not None else s.ip_dst
+    if not dst:
+        return
+    prev: Hop | None = None
+    for hop in path.hops:
+        if hop.point not in RX_HOP_POINTS:
+            continue
+        if prev is not None and prev.netns == hop.netns:
+            ns = topo.netns_by_name(hop.netns)
+            port = ns.iface_by_name(prev.interface) if ns else None
+            bridge = ns.iface_by_name(hop.interface) if ns else None
+            if (
+                port is not None
+                and bridge is not None
+                and port.master == bridge.key.ifindex
+                and any(a.address == dst for a in port.addresses)
+            ):
+                path.outcome = "diverted"
+                hop.ok = False
+                hop.note = f"taken by {bridge.name}'s rx_handler: {port.name} never gets it"
+                return
+        prev = hop
+
+
+def diff_topology(old: Topology, new: Topology) -> list[str]:
+    """Human lines for namespaces and interfaces that appeared or vanished."""
+    out: list[str] = []
+    old_ns = {ns.inode: ns for ns in old.namespaces}
+    new_ns = {ns.inode: ns for ns in new.namespaces}
+    for inode, ns in new_ns.items():
+        if inode not in old_ns:
+            out.append(f"+ netns {ns.name} appeared")
+    for inode, ns in old_ns.items():
+        if inode not in new_ns:
+            out.append(f"- netns {ns.name} vanished")
+    for inode, ns in new_ns.items():
+        before = old_ns.get(inode)
+        if before is None:
+            continue
+        had = {i.key: i for i in before.interfaces}
+        has = {i.key: i for i in ns.interfaces}
+        for key, iface in has.items():
+            if key not in had:
+                out.append(f"+ {ns.name}/{iface.name} appeared")
+        for key, iface in had.items():
+            if key not in has:
+                out.append(f"- {ns.name}/{iface.name} vanished")
+    return out
+
+
+def replay(
+    recording: Recording, correlate: Correlate | None, findings: list[Finding] | None = None
+) -> WatchState:
+    """A WatchState as `watch` would have had it at the end of a recorded run:
+    the screen of an incident, reproducible (tests draw it at a fixed size)."""
+    state = WatchState(correlate=correlate)
+    clock = recording.header.get("clock") or {}
+    if "monotonic_ns" in clock and "realtime" in clock:
+        state.wall_offset = float(clock["realtime"]) - clock["monotonic_ns"] / 1e9
+    if recording.topology is not None:
+        chosen = findings if findings is not None else recording.findings
+        state.set_topology(recording.topology, chosen)
+    for ev in recording.events:
+        state.add_event(ev)
+    state.set_lost(recording.lost)
+    state.now_ns = max((e.ts_ns for e in recording.events), default=state.now_ns)
+    state.status = "recorded"
+    state.refresh_paths()
+    return state

@@ -1,0 +1,207 @@
+"""How `vethtrace ping` shows its result: the path table, the verdict, the why, the fix.
+
+Both the terminal view and the --json object are built from data only
+(plan, events, topology, verdict, findings), so `report` prints exactly the
+same thing from a recording. Times are milliseconds since the first echo
+request left (kernel monotonic clock), so hops line up with `ping`'s own RTTs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from vethtrace.diagnose.verdict import PingPlan, annotated_paths
+from vethtrace.model import Finding, Hop, ProbeEvent, Topology, Verdict, to_dict
+
+VERDICT_STYLE = {
+    "delivered": "bold green",
+    "diverted": "bold red",
+    "dropped": "bold red",
+    "no-reply": "bold yellow",
+    "unreachable": "bold red",
+}
+
+
+def _t0(plan: PingPlan, events: Sequence[ProbeEvent]) -> int:
+    sends = [e.ts_ns for e in events if e.point == "ping-send"]
+    return min(sends) if sends else plan.started_ns
+
+
+def socket_hops(plan: PingPlan, events: Sequence[ProbeEvent]) -> list[Hop]:
+    """ping's own view (what the socket sent and got back) as rows of the table."""
+    out = []
+    for e in events:
+        if e.point == "ping-send":
+            text, ok = f"echo request seq {e.extra.get('seq')} sent to {plan.ip}", True
+        elif e.point == "ping-reply":
+            text, ok = f"echo reply seq {e.extra.get('seq')} received", True
+        elif e.point == "ping-error":
+            if e.extra.get("icmp_type") == 3:
+                code, sender = e.extra.get("icmp_code"), e.extra.get("sender")
+                text = f"ICMP unreachable (code {code}) from {sender}"
+            else:
+                text = f"send failed: {e.extra.get('error')}"
+            ok = False
+        else:
+            continue
+        out.append(
+            Hop(
+                netns=plan.source,
+                interface="(socket)",
+                point=e.point,
+                packet="",
+                ts_ns=e.ts_ns,
+                ok=ok,
+                note=text,
+            )
+        )
+    return out
+
+
+def hop_rows(
+    plan: PingPlan, events: Sequence[ProbeEvent], topo: Topology, verdict: Verdict | None
+) -> list[Hop]:
+    paths = annotated_paths(plan, list(events), topo, verdict)
+    hops = [h for p in paths for h in p.hops] + socket_hops(plan, events)
+    return sorted(hops, key=lambda h: h.ts_ns)
+
+
+def to_json(
+    plan: PingPlan,
+    verdict: Verdict | None,
+    events: Sequence[ProbeEvent],
+    topo: Topology,
+    findings: list[Finding],
+    warnings: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The --json object (DESIGN.md): reachable, verdict, summary, culprit, path, findings."""
+    t0 = _t0(plan, events)
+    culprit = None
+    if verdict is not None and verdict.culprit_netns:
+        culprit = {"netns": verdict.culprit_netns, "interface": verdict.culprit_interface}
+    path = [
+        {
+            "netns": h.netns,
+            "interface": h.interface,
+            "point": h.point,
+            "packet": h.packet,
+            "time": round((h.ts_ns - t0) / 1e9, 6),
+            "ok": h.ok,
+            "note": h.note,
+            "sniffed": h.sniffed,
+        }
+        for h in hop_rows(plan, events, topo, verdict)
+    ]
+    return {
+        "reachable": bool(verdict and verdict.reachable),
+        "verdict": verdict.kind if verdict else None,
+        "summary": verdict.summary if verdict else "",
+        "culprit": culprit,
+        "explanation": verdict.explanation if verdict else "",
+        "fix": list(verdict.fix) if verdict else [],
+        "source": plan.source,
+        "target": {"netns": plan.target_netns, "ip": plan.ip, "owners": plan.owners},
+        "route": {
+            "egress": plan.egress_name,
+            "gateway": plan.gateway,
+            "src": plan.src_addr,
+            "error": plan.route_error,
+        },
+        "path": path,
+        "neighbour_timeline": [
+            {**t, "time": round((t["time_ns"] - t0) / 1e9, 6)}
+            for t in (verdict.timeline if verdict else [])
+        ],
+        "findings": [to_dict(f) for f in findings],
+        "warnings": list(warnings),
+        "notes": list(notes),
+        "timings": {k: round(v, 3) for k, v in (timings or {}).items()},
+    }
+
+
+def _ms(ns: int, t0: int) -> str:
+    return f"{(ns - t0) / 1e6:+.2f}"
+
+
+def show(
+    console: Console,
+    plan: PingPlan,
+    verdict: Verdict | None,
+    events: Sequence[ProbeEvent],
+    topo: Topology,
+    findings: list[Finding],
+    warnings: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    timings: dict[str, float] | None = None,
+) -> None:
+    t0 = _t0(plan, events)
+    route = (
+        f"via {plan.egress_name}" + (f", gateway {plan.gateway}" if plan.gateway else "")
+        if plan.egress_name
+        else f"no route ({plan.route_error})"
+    )
+    console.print(
+        Text.assemble(
+            ("ping ", "bold"),
+            (f"{plan.ip}", "bold"),
+            f" in {plan.target_netns} from {plan.source} ({route})",
+        )
+    )
+    rows = hop_rows(plan, events, topo, verdict)
+    if rows:
+        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+        table.add_column("ms", justify="right", no_wrap=True)
+        table.add_column("netns", no_wrap=True, max_width=18)
+        table.add_column("iface", no_wrap=True, max_width=12)
+        table.add_column("", no_wrap=True)
+        table.add_column("packet", max_width=38)
+        table.add_column("what happened", ratio=1)
+        for h in rows:
+            mark = Text("✓", "green") if h.ok else Text("✗", "bold red")
+            note = h.note + (" [sniffed]" if h.sniffed and "tcpdump" not in h.note else "")
+            table.add_row(_ms(h.ts_ns, t0), h.netns, h.interface, mark, h.packet, note)
+        console.print(table)
+    else:
+        console.print("  (no frame of ours was seen)")
+    if verdict is not None and verdict.timeline:
+        states = " → ".join(f"{t['state']} ({_ms(t['time_ns'], t0)} ms)" for t in verdict.timeline)
+        devs = sorted({f"{t['netns']}/{t['interface']}" for t in verdict.timeline})
+        console.print(f"neighbour {plan.nexthop} on {', '.join(devs)}: {states}")
+    console.print()
+    if verdict is None:
+        return
+    console.print(
+        Text.assemble(
+            (f"{verdict.kind.upper()}", VERDICT_STYLE.get(verdict.kind, "bold")),
+            f": {verdict.summary}",
+        )
+    )
+    if verdict.culprit_netns:
+        iface = f"/{verdict.culprit_interface}" if verdict.culprit_interface else ""
+        console.print(Text.assemble(("culprit: ", "bold"), f"{verdict.culprit_netns}{iface}"))
+    if verdict.explanation:
+        console.print()
+        console.print(verdict.explanation)
+    if verdict.fix:
+        console.print()
+        console.print(Text("fix:", "bold"))
+        for cmd in verdict.fix:
+            console.print(f"  {cmd}", highlight=False, markup=False)
+    relevant = [f for f in findings if f.severity != "info"]
+    if relevant:
+        console.print()
+        console.print(Text("static checks on this path:", "bold"))
+        for f in relevant:
+            where = f"{f.netns}/{f.interface}" if f.interface else f.netns
+            console.print(f"  [{f.severity}] {where}: {f.summary} ({f.rule})", markup=False)
+    for n in [*warnings, *notes]:
+        console.print(Text(f"note: {n}", "dim"))
+    if timings and "verdict" in timings:
+        console.print(Text(f"verdict after {timings['verdict']:.2f} s", "dim"))

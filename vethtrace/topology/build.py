@@ -1,0 +1,149 @@
+"""Raw capture -> Topology: decode every namespace, then resolve veth peers.
+
+Peer resolution is the subtle part. A veth reports its peer's ifindex
+(IFLA_LINK, omitted when it equals its own) and, when the peer is in another
+namespace, that namespace's *nsid as seen from here* (IFLA_LINK_NETNSID).
+nsids are local numbers, so we first pair ends structurally (B has a veth at
+the peer ifindex whose own link points back at us), then confirm each
+candidate namespace with the kernel's nsid for it (RTM_GETNSID by fd, asked
+during capture). What stays unmatched is explained: the nsid is no longer
+assigned (namespace gone), or it is but no namespace we can see carries it
+(unknown: e.g. held by a process we may not inspect).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from vethtrace.model import IfaceKey, Namespace, Topology
+from vethtrace.topology import parse
+from vethtrace.topology.capture import RawCapture, RawNamespace
+
+Parsed = dict[int, list[parse.Link]]  # namespace inode -> its links
+
+
+def parse_links(cap: RawCapture) -> Parsed:
+    return {raw.inode: parse.links(raw.links, raw.inode) for raw in cap.namespaces}
+
+
+def _peer_ifindex(link: parse.Link) -> int:
+    # The kernel omits IFLA_LINK when the peer's ifindex equals our own.
+    return link.link if link.link is not None else link.iface.key.ifindex
+
+
+def _veth_index(parsed: Parsed) -> dict[tuple[int, int], list[int]]:
+    """(ifindex, peer ifindex) -> namespaces holding such a cross-namespace veth end."""
+    index: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for inode, links in parsed.items():
+        for link in links:
+            if link.iface.kind == "veth" and link.link_nsid is not None:
+                index[(link.iface.key.ifindex, _peer_ifindex(link))].append(inode)
+    return index
+
+
+def candidates(parsed: Parsed) -> dict[tuple[int, int], list[int]]:
+    """(namespace inode, veth ifindex) -> other namespaces whose veth pairs with it
+    (has our peer's ifindex and points back at ours)."""
+    index = _veth_index(parsed)
+    out: dict[tuple[int, int], list[int]] = {}
+    for inode, links in parsed.items():
+        for link in links:
+            if link.iface.kind != "veth" or link.link_nsid is None:
+                continue
+            me = link.iface.key.ifindex
+            found = index.get((_peer_ifindex(link), me), [])
+            out[(inode, me)] = [other for other in found if other != inode]
+    return out
+
+
+def nsid_queries(parsed: Parsed) -> dict[int, set[int]]:
+    """namespace -> namespaces whose nsid (as seen from it) peer resolution needs."""
+    out: dict[int, set[int]] = defaultdict(set)
+    for (inode, _ifindex), others in candidates(parsed).items():
+        out[inode].update(others)
+    return dict(out)
+
+
+def namespace(raw: RawNamespace, links: list[parse.Link]) -> Namespace:
+    ns = Namespace(
+        inode=raw.inode,
+        name=raw.name,
+        named=raw.named,
+        pids=list(raw.pids),
+        container=raw.container,
+        interfaces=[link.iface for link in links],
+        partial=raw.partial,
+    )
+    if raw.partial:
+        return ns
+    addrs = parse.addresses(raw.addrs)
+    for iface in ns.interfaces:
+        iface.addresses = addrs.get(iface.key.ifindex, [])
+    ns.routes = parse.routes(raw.routes)
+    ns.neighbours = parse.neighbours(raw.neigh)
+    ns.fdb = parse.fdb(raw.fdb)
+    ns.sysctls = parse.netconf(raw.netconf)
+    ns.sysctls.update(raw.sysctls)
+    ns.sysctls = dict(sorted(ns.sysctls.items()))
+    ns.firewall = parse.firewall(raw.nft_chains, raw.nft_rules, raw.iptables_legacy)
+    return ns
+
+
+def build(cap: RawCapture, parsed: Parsed | None = None) -> Topology:
+    parsed = parsed if parsed is not None else parse_links(cap)
+    topo = Topology(notes=list(cap.notes), taken_at=cap.taken_at, kernel=cap.kernel)
+    topo.namespaces = [namespace(raw, parsed[raw.inode]) for raw in cap.namespaces]
+    assigned = {raw.inode: parse.nsid_list(raw.nsids) for raw in cap.namespaces}
+    resolve_peers(topo, parsed, cap.nsids, assigned)
+    return topo
+
+
+def resolve_peers(
+    topo: Topology,
+    parsed: Parsed,
+    nsids: dict[tuple[int, int], int],
+    assigned: dict[int, set[int]],
+) -> None:
+    """Set Interface.peer / peer_state for veths and Interface.link for stacked devices."""
+    cands = candidates(parsed)
+    # (namespace, nsid) -> the namespace it names, from the kernel's answers
+    by_nsid = {(a, nsid): b for (a, b), nsid in nsids.items() if nsid >= 0}
+    present = {ns.inode: {i.key.ifindex for i in ns.interfaces} for ns in topo.namespaces}
+    for inode, links in parsed.items():
+        for link in links:
+            iface = link.iface
+            if iface.kind != "veth":
+                if link.link is not None and link.link != iface.key.ifindex:
+                    nsid = link.link_nsid
+                    where = inode if nsid is None else by_nsid.get((inode, nsid))
+                    if where is not None:
+                        iface.link = IfaceKey(where, link.link)
+                continue
+            if link.link_nsid is None:  # both ends in this namespace
+                if link.link is not None and link.link in present[inode]:
+                    iface.peer = IfaceKey(inode, link.link)
+                else:
+                    iface.peer_state = "missing"
+                continue
+            peer_ifindex = _peer_ifindex(link)
+            options = cands.get((inode, iface.key.ifindex), [])
+            confirmed = [b for b in options if nsids.get((inode, b)) == link.link_nsid]
+            if not confirmed and len(options) == 1 and (inode, options[0]) not in nsids:
+                confirmed = options  # no answer from the kernel (old capture): trust the pairing
+            if len(confirmed) == 1:
+                iface.peer = IfaceKey(confirmed[0], peer_ifindex)
+                continue
+            if len(confirmed) > 1:
+                iface.peer_state = "unknown"
+                topo.notes.append(
+                    f"{topo.label(iface.key)}: peer ambiguous between namespaces {confirmed}"
+                )
+                continue
+            target = by_nsid.get((inode, link.link_nsid))
+            if target is not None and target in present:
+                # We see the namespace but not the interface: it went away meanwhile.
+                iface.peer_state = "missing"
+            elif inode in assigned and assigned[inode] and link.link_nsid not in assigned[inode]:
+                iface.peer_state = "netns-gone"
+            else:
+                iface.peer_state = "unknown"

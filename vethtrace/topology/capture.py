@@ -1,0 +1,362 @@
+"""Socket I/O of discovery: enter each namespace, dump it, leave.
+
+A netlink socket stays bound to the namespace it was created in, so one
+worker thread setns()'s into a namespace (microseconds, via vethtrace.netns),
+opens its sockets, reads the per-namespace sysctl files (they follow the
+*thread's* namespace), issues the dumps and moves on. The result is raw
+bytes (`RawNamespace`) that `parse`/`build` turn into the model without any
+privilege: recorded captures (samples/netlink/) replay the same code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from vethtrace import netns
+from vethtrace.topology import nlmsg as nl
+from vethtrace.topology.namespaces import NsRef
+
+T = TypeVar("T")
+
+NETLINK_ROUTE = 0
+NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_GET_STRICT_CHK = 12
+RECV_SIZE = 65536
+
+# Namespace-wide sysctls that change how frames are forwarded or answered.
+# ip_forward, rp_filter and IPv6 forwarding come from netlink (RTM_GETNETCONF);
+# the rest only exist as files, read relative to one directory fd each.
+# Why so frugal: every namespace has its own /proc/sys/net/ipv4 (and bridge)
+# dentry under the same parent and name, so each lookup of that component
+# scans the dentries of *all* namespaces (~0.3 us each, under a spinlock):
+# one lookup per directory per namespace, and net/bridge only where it can
+# matter (br_netfilter loaded and the namespace has a bridge).
+CONF_ALL = (
+    "net/ipv4/conf/all",
+    ["arp_ignore", "arp_filter", "arp_accept", "arp_announce", "proxy_arp"],
+)
+BRIDGE_NF = (
+    "net/bridge",
+    ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"],
+)
+
+
+@dataclass
+class RawNamespace:
+    """Everything read from one namespace, still as netlink bytes."""
+
+    inode: int
+    name: str
+    named: bool = True
+    pids: list[int] = field(default_factory=list)
+    container: str | None = None
+    links: bytes = b""
+    addrs: bytes = b""
+    routes: bytes = b""
+    neigh: bytes = b""
+    fdb: bytes = b""
+    nsids: bytes = b""  # RTM_GETNSID dump: which nsids are assigned here
+    netconf: bytes = b""  # RTM_GETNETCONF answers for "all", IPv4 then IPv6
+    nft_chains: bytes | None = None  # None: nf_tables not loaded (no rules can exist)
+    nft_rules: bytes | None = None
+    iptables_legacy: list[str] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    partial: bool = False  # only links were dumped (outside a -n selection)
+
+
+@dataclass
+class RawCapture:
+    namespaces: list[RawNamespace] = field(default_factory=list)
+    # (namespace inode, other namespace inode) -> nsid of `other` as seen from `namespace`
+    nsids: dict[tuple[int, int], int] = field(default_factory=dict)
+    gone: list[int] = field(default_factory=list)  # inodes found but vanished before dumping
+    notes: list[str] = field(default_factory=list)
+    taken_at: float = 0.0
+    kernel: str = ""
+
+
+class Vanished(Exception):
+    """The namespace went away (or its holder's inode was recycled) before we got in."""
+
+
+def in_worker(fn: Callable[[], T]) -> T:
+    """Run fn in a fresh thread: it may setns freely; the caller's namespace never moves."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            netns._setns(back)
+            os.close(back)
+
+    t = threading.Thread(target=target, name="vethtrace-discover", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
+
+
+def open_ns(ref: NsRef) -> int:
+    """An fd for the namespace, checked to still be the one we enumerated."""
+    try:
+        fd = os.open(ref.path, os.O_RDONLY)
+    except OSError as exc:
+        raise Vanished(exc.strerror or str(exc)) from None
+    if os.fstat(fd).st_ino != ref.inode:
+        os.close(fd)
+        raise Vanished("its holder now has another namespace")
+    return fd
+
+
+def rtnl_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    # Strict checking lets the kernel filter route dumps by table for us.
+    sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+    return sock
+
+
+def dump(sock: socket.socket, request: bytes, retries: int = 3) -> bytes:
+    """Issue one dump request and return all its messages' bytes (DONE excluded).
+    A dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is retried."""
+    for _ in range(retries):
+        sock.sendto(request, (0, 0))
+        chunks: list[bytes] = []
+        interrupted = False
+        done = False
+        while not done:
+            data = sock.recv(RECV_SIZE)
+            for mtype, flags, off, _end in nl.messages(data):
+                if flags & nl.NLM_F_DUMP_INTR:
+                    interrupted = True
+                if mtype == nl.NLMSG_DONE:
+                    done = True
+                elif mtype == nl.NLMSG_ERROR:
+                    code = nl.error_code(data, off)
+                    if code:
+                        raise OSError(code, os.strerror(code))
+                    done = True
+            chunks.append(data)
+        if not interrupted:
+            return b"".join(chunks)
+    return b"".join(chunks)
+
+
+# Without per-link statistics: smaller dumps, nothing we use lost.
+RTEXT_FILTER_SKIP_STATS = 1 << 3
+IFLA_EXT_MASK = 29
+LINK_REQ = nl.request(
+    nl.RTM_GETLINK,
+    nl.IFINFOMSG.pack(nl.AF_UNSPEC, 0, 0, 0, 0)
+    + nl.nla(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS.to_bytes(4, "little")),
+)
+ADDR_REQ = nl.request(nl.RTM_GETADDR, nl.IFADDRMSG.pack(nl.AF_UNSPEC, 0, 0, 0, 0))
+ROUTE_REQ = nl.request(
+    nl.RTM_GETROUTE,
+    nl.RTMSG.pack(nl.AF_UNSPEC, 0, 0, 0, nl.RT_TABLE_MAIN, 0, 0, 0, 0)
+    + nl.nla(nl.RTA_TABLE, nl.RT_TABLE_MAIN.to_bytes(4, "little")),
+)
+NEIGH_REQ = nl.request(nl.RTM_GETNEIGH, nl.NDMSG.pack(nl.AF_UNSPEC, 0, 0, 0, 0))
+FDB_REQ = nl.request(nl.RTM_GETNEIGH, nl.NDMSG.pack(nl.AF_BRIDGE, 0, 0, 0, 0))
+NSID_REQ = nl.request(nl.RTM_GETNSID, nl.RTGENMSG.pack(nl.AF_UNSPEC))
+NFT_GETCHAIN = (10 << 8) | 4
+NFT_GETRULE = (10 << 8) | 7
+NFT_CHAIN_REQ = nl.request(NFT_GETCHAIN, nl.NFGENMSG.pack(0, 0, 0))
+NFT_RULE_REQ = nl.request(NFT_GETRULE, nl.NFGENMSG.pack(0, 0, 0))
+
+
+def module_present(name: str) -> bool:
+    """Whether kernel code `name` is there without loading anything: asking
+    nfnetlink for nf_tables while it is an unloaded module would make the kernel
+    load it, a state change we must not cause (and then no rules exist anyway)."""
+    if os.path.exists(f"/sys/module/{name}"):
+        return True  # loaded (or built in with parameters)
+    if not os.path.exists("/proc/modules"):
+        return True  # no loadable modules: built in or absent, asking loads nothing
+    try:
+        with open(f"/lib/modules/{platform.release()}/modules.builtin") as f:
+            return f"/{name}.ko" in f.read()
+    except OSError:
+        return False
+
+
+def read_iptables_legacy() -> list[str]:
+    """x_tables (iptables-legacy) tables of the calling thread's namespace."""
+    try:
+        with open("/proc/thread-self/net/ip_tables_names") as f:
+            return sorted(f.read().split())
+    except OSError:
+        return []
+
+
+def read_sysctls(bridges: bool) -> dict[str, str]:
+    """Sysctl files of the calling *thread's* namespace (/proc/sys/net follows
+    current->nsproxy, unlike /proc/net which follows the thread group leader).
+    Missing files are left out (net/bridge exists only with br_netfilter)."""
+    out: dict[str, str] = {}
+    for rel, names in (CONF_ALL, BRIDGE_NF) if bridges else (CONF_ALL,):
+        try:
+            dfd = os.open(f"/proc/sys/{rel}", os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            for name in names:
+                try:
+                    fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
+                except OSError:
+                    continue
+                try:
+                    out[f"{rel}/{name}".replace("/", ".")] = os.read(fd, 64).decode().strip()
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(dfd)
+    return out
+
+
+# The IFLA_INFO_KIND attribute of a bridge, as it appears in a link dump.
+_BRIDGE_KIND = nl.nla(nl.IFLA_INFO_KIND, b"bridge\0")
+
+
+def br_netfilter_loaded() -> bool:
+    # br_netfilter may be built in (no /sys/module entry): ask where it shows.
+    return os.path.exists("/proc/sys/net/bridge")
+
+
+def netconf_request(family: int) -> bytes:
+    body = nl.RTGENMSG.pack(family) + nl.nla(
+        nl.NETCONFA_IFINDEX, nl.NETCONFA_IFINDEX_ALL.to_bytes(4, "little", signed=True)
+    )
+    return nl.request(nl.RTM_GETNETCONF, body, flags=nl.NLM_F_REQUEST)
+
+
+NETCONF_REQS = (netconf_request(nl.AF_INET), netconf_request(nl.AF_INET6))
+
+
+def ask(sock: socket.socket, request: bytes) -> bytes:
+    """One request, one answer (not a dump); errors become OSError."""
+    sock.sendto(request, (0, 0))
+    data = sock.recv(RECV_SIZE)
+    for mtype, _flags, off, _end in nl.messages(data):
+        if mtype == nl.NLMSG_ERROR and nl.error_code(data, off):
+            code = nl.error_code(data, off)
+            raise OSError(code, os.strerror(code))
+    return data
+
+
+def dump_here(
+    raw: RawNamespace, full: bool, with_nft: bool, bridges: bool = True, legacy: bool = True
+) -> None:
+    """Fill raw from the namespace the calling thread is in (only links and nsids
+    unless `full`); `bridges`/`legacy`: br_netfilter / ip_tables exist at all."""
+    with rtnl_socket() as sock:
+        raw.links = dump(sock, LINK_REQ)
+        raw.nsids = dump(sock, NSID_REQ)
+        if not full:
+            raw.partial = True
+            return
+        raw.addrs = dump(sock, ADDR_REQ)
+        raw.routes = dump(sock, ROUTE_REQ)
+        raw.neigh = dump(sock, NEIGH_REQ)
+        for req in NETCONF_REQS:
+            with contextlib.suppress(OSError):  # e.g. IPv6 disabled
+                raw.netconf += ask(sock, req)
+        try:
+            raw.fdb = dump(sock, FDB_REQ)
+        except OSError:
+            raw.fdb = b""  # no bridge support in this kernel
+    # A byte search, not a parse: only to decide whether net/bridge is worth a lookup.
+    raw.sysctls = read_sysctls(bridges and _BRIDGE_KIND in raw.links)
+    if legacy:
+        raw.iptables_legacy = read_iptables_legacy()
+    if with_nft:
+        try:
+            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as nf:
+                raw.nft_chains = dump(nf, NFT_CHAIN_REQ)
+                raw.nft_rules = dump(nf, NFT_RULE_REQ)
+        except OSError:
+            raw.nft_chains = raw.nft_rules = None
+
+
+def nsid_request(fd: int, seq: int) -> bytes:
+    body = nl.RTGENMSG.pack(nl.AF_UNSPEC) + nl.nla(nl.NETNSA_FD, fd.to_bytes(4, "little"))
+    return nl.request(nl.RTM_GETNSID, body, flags=nl.NLM_F_REQUEST, seq=seq)
+
+
+def query_nsid(sock: socket.socket, fd: int) -> int:
+    """nsid the socket's namespace has for the namespace behind fd (-1: none).
+    RTM_GETNSID only looks up; it never assigns an id."""
+    sock.sendto(nsid_request(fd, 7), (0, 0))
+    data = sock.recv(RECV_SIZE)
+    for mtype, _flags, off, end in nl.messages(data):
+        if mtype == nl.RTM_NEWNSID:
+            a = nl.attrs(data, off + nl.RTGENMSG.size, end)
+            if nl.NETNSA_NSID in a:
+                return nl.s32(data, a[nl.NETNSA_NSID])
+        elif mtype == nl.NLMSG_ERROR:
+            code = nl.error_code(data, off)
+            if code:
+                raise OSError(code, os.strerror(code))
+    return -1
+
+
+def capture(
+    refs: list[NsRef],
+    full: set[int] | None = None,
+    with_nft: bool = True,
+    nsid_pairs: Callable[[RawCapture], dict[int, set[int]]] | None = None,
+) -> RawCapture:
+    """Dump every namespace in refs (only links for those not in `full`, when given),
+    then ask the kernel the nsids that `nsid_pairs(capture)` says peer resolution needs."""
+    cap = RawCapture(taken_at=time.time(), kernel=platform.release())
+    nft = with_nft and module_present("nf_tables")
+    br_nf = br_netfilter_loaded()
+    legacy = module_present("ip_tables")
+    fds: dict[int, int] = {}
+
+    def work() -> None:
+        for ref in refs:
+            raw = RawNamespace(ref.inode, ref.name, ref.named, list(ref.pids), ref.container)
+            try:
+                fd = open_ns(ref)
+            except Vanished as exc:
+                cap.notes.append(f"netns {ref.name}: vanished before discovery ({exc})")
+                cap.gone.append(ref.inode)
+                continue
+            fds[ref.inode] = fd
+            try:
+                netns._setns(fd)
+                dump_here(raw, full is None or ref.inode in full, nft, br_nf, legacy)
+            except OSError as exc:
+                cap.notes.append(f"netns {ref.name}: skipped ({exc.strerror or exc})")
+                continue
+            cap.namespaces.append(raw)
+        if nsid_pairs is None:
+            return
+        for inode, others in nsid_pairs(cap).items():
+            netns._setns(fds[inode])
+            with rtnl_socket() as sock:
+                for other in sorted(others):
+                    if other in fds:
+                        with contextlib.suppress(OSError):
+                            cap.nsids[(inode, other)] = query_nsid(sock, fds[other])
+
+    try:
+        in_worker(work)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return cap
