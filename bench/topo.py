@@ -100,16 +100,23 @@ def cleanup(prefix: str) -> None:
         )
 
 
-def measure(cmd: list[str] | str, shell: bool = False) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds (user+sys, children included) and peak RSS (KiB)."""
-    with open(os.devnull, "wb") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, shell=shell)
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd} failed with {os.waitstatus_to_exitcode(status)}")
-    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+FAILURES: dict[str, int] = {}
+
+
+def measure(cmd: list[str] | str, shell: bool = False, tries: int = 3) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user+sys, children included) and peak RSS (KiB).
+    A failed run is retried (and counted): on a shared machine other people's
+    namespaces vanish mid-run, which plotnetcfg does not survive."""
+    for _ in range(tries):
+        with open(os.devnull, "wb") as out:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, shell=shell)
+            _pid, status, usage = os.wait4(proc.pid, 0)
+            elapsed = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) == 0:
+            return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+        FAILURES[str(cmd)] = FAILURES.get(str(cmd), 0) + 1
+    raise RuntimeError(f"{cmd} failed {tries} times")
 
 
 def settle(prefix: str, seconds: float = 3.0) -> None:
@@ -171,17 +178,25 @@ def main() -> int:
         f"\n{os.uname().release}, {os.cpu_count()} CPUs; median of {args.repeat} runs; "
         f"+1 hub namespace; {others} other namespaces present\n"
     )
-    print("| namespaces | tool | wall | CPU | wall per namespace | peak RSS |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print("| namespaces | tool | wall | CPU | wall per ns | added per ns | peak RSS |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    prev: dict[str, tuple[int, float]] = {}
     for size, tool, wall, cpu, rss in rows:
+        added = "–"
+        if tool in prev:  # (wall now - wall at the previous size) / namespaces added
+            psize, pwall = prev[tool]
+            added = f"{(wall - pwall) / (size - psize) * 1000:.2f} ms"
+        prev[tool] = (size, wall)
         print(
             f"| {size} | {tool} | {wall * 1000:.0f} ms | {cpu * 1000:.0f} ms "
-            f"| {wall / size * 1000:.2f} ms | {rss / 1024:.1f} MiB |"
+            f"| {wall / size * 1000:.2f} ms | {added} | {rss / 1024:.1f} MiB |"
         )
     by = {(s, t): w for s, t, w, _c, _r in rows}
     last = sizes[-1]
     ratio = by[(last, "plotnetcfg")] / by[(last, "vethtrace topo --json")]
     print(f"\nat {last}: vethtrace topo --json is {ratio:.1f}x faster than plotnetcfg")
+    for cmd, n in FAILURES.items():
+        print(f"(retried {n} failed run(s) of {cmd})")
     load = os.getloadavg()[0]
     print(f"load average during the run: {load:.1f}")
     return 0

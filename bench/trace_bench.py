@@ -73,29 +73,35 @@ def sh(*cmd: str, **kw: object) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
 
 
-def wait_line(proc: subprocess.Popen, word: str, stream: str = "stdout", timeout: float = 30) -> None:
+def wait_line(
+    proc: subprocess.Popen, word: str, stream: str = "stdout", timeout: float = 30
+) -> None:
     pipe = getattr(proc, stream)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = pipe.readline()
         if not line:
-            raise RuntimeError(f"tracer exited before '{word}': {proc.stderr.read() if proc.stderr else ''}")
+            raise RuntimeError(
+                f"tracer exited before '{word}': {proc.stderr.read() if proc.stderr else ''}"
+            )
         if word in line:
             return
     raise RuntimeError(f"no '{word}' within {timeout}s")
 
 
-def iperf(a: str, proto: str, seconds: int) -> float:
-    """Client in a -> server in b. TCP: Gbit/s received; UDP 64 B: kpackets/s received."""
+def iperf(a: str, proto: str, seconds: int, pps: int | None = None) -> float:
+    """Client in a -> server in b. TCP: Gbit/s received. UDP, 64-byte payloads
+    unthrottled: kpackets/s *sent* (the receiver's socket drops most of them,
+    so its count measures the socket buffer, not the path's cost)."""
     args = ["ip", "netns", "exec", a, "iperf3", "-c", SERVER_IP, "-t", str(seconds), "-J"]
     if proto == "udp":
-        args += ["-u", "-l", "64", "-b", "0"]
+        args += ["-u", "-l", "64", "-b", str(pps * 64 * 8) if pps else "0"]
     res = sh(*args, timeout=seconds + 30)
     data = json.loads(res.stdout)
     if proto == "tcp":
         return data["end"]["sum_received"]["bits_per_second"] / 1e9
     s = data["end"]["sum"]
-    return (s["packets"] - s["lost_packets"]) / s["seconds"] / 1e3
+    return s["packets"] / s["seconds"] / 1e3
 
 
 class Tracer:
@@ -111,26 +117,50 @@ class Tracer:
             return
         if self.kind.startswith("vethtrace"):
             flt = NONMATCH if self.kind == "vethtrace-nonmatch" else f"{self.proto} port 5201"
-            self.proc = subprocess.Popen([PY, __file__, "--consumer", flt],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                [PY, __file__, "--consumer", flt],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             wait_line(self.proc, "attached")
         elif self.kind == "bpftrace":
-            self.proc = subprocess.Popen(["bpftrace", "-e", BPFTRACE_COUNT],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                ["bpftrace", "-e", BPFTRACE_COUNT],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             wait_line(self.proc, "Attaching")
             time.sleep(1.0)  # bpftrace prints before its tracepoints are live
         elif self.kind == "tcpdump":
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.lab["sw"], "tcpdump", "-i", "br0", "-n", "-s", "128",
-                 "-w", "/dev/null"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.lab["sw"],
+                    "tcpdump",
+                    "-i",
+                    "br0",
+                    "-n",
+                    "-s",
+                    "128",
+                    "-w",
+                    "/dev/null",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             wait_line(self.proc, "listening", stream="stderr")
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM if self.kind.startswith("vethtrace") else signal.SIGINT)
+        self.proc.send_signal(
+            signal.SIGTERM if self.kind.startswith("vethtrace") else signal.SIGINT
+        )
         out, _err = self.proc.communicate(timeout=60)
         if self.kind.startswith("vethtrace"):
             self.stats = json.loads(out.strip().splitlines()[-1])
@@ -141,14 +171,19 @@ def attach_time(kind: str, a: str) -> float:
     if kind == "vethtrace":
         cmd = [VETHTRACE, "trace", "icmp", "-n", a, "--json"]
     else:
-        cmd = ["bpftrace", "-e", 'tracepoint:net:net_dev_queue, tracepoint:net:netif_receive_skb, '
-               'tracepoint:skb:consume_skb /comm == "ping"/ { printf("event\\n"); exit(); }']  # fmt: skip
+        cmd = [
+            "bpftrace",
+            "-e",
+            "tracepoint:net:net_dev_queue, tracepoint:net:netif_receive_skb, "
+            'tracepoint:skb:consume_skb /comm == "ping"/ { printf("event\\n"); exit(); }',
+        ]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     pinger = subprocess.Popen(
         ["ip", "netns", "exec", a, "ping", "-q", "-i", "0.05", "-W", "1", SERVER_IP],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert proc.stdout is not None
         while True:
@@ -171,6 +206,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--consumer", metavar="FILTER")
+    ap.add_argument(
+        "--rates",
+        type=int,
+        nargs="*",
+        default=[5000, 10000, 15000, 20000, 30000],
+        help="UDP packets/s for the lossless-capacity runs",
+    )
     ap.add_argument("-n", action="append", default=[])
     args = ap.parse_args()
     if args.consumer is not None:
@@ -181,8 +223,11 @@ def main() -> int:
     prefix = f"vtbench{os.getpid() % 10000}-"
     lab = up("bridge-two", prefix)
     names = {n: lab.ns(n) for n in ("sw", "a", "b")}
-    server = subprocess.Popen(["ip", "netns", "exec", names["b"], "iperf3", "-s"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", names["b"], "iperf3", "-s"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(0.5)
     kinds = ["untraced", "vethtrace-nonmatch", "bpftrace", "tcpdump", "vethtrace-match"]
     results: dict[tuple[str, str], list[float]] = {}
@@ -201,14 +246,32 @@ def main() -> int:
                     if tracer.stats:
                         extra.setdefault((proto, kind), []).append(tracer.stats)
                     print(f"# {proto} {kind}: {value:.3f} {tracer.stats or ''}", file=sys.stderr)
-        attach = {k: [attach_time(k, names["a"]) for _ in range(3)] for k in ("vethtrace", "bpftrace")}
+        capacity = []
+        for pps in args.rates:
+            tracer = Tracer("vethtrace-match", names, "udp")
+            tracer.start()
+            try:
+                sent = iperf(names["a"], "udp", args.seconds, pps)
+            finally:
+                tracer.stop()
+            st = tracer.stats
+            capacity.append((pps, sent, st["events"] / st["seconds"] / 1e3, st["lost"]))
+            print(f"# capacity {pps} pps: {capacity[-1]}", file=sys.stderr)
+        attach = {
+            k: [attach_time(k, names["a"]) for _ in range(3)] for k in ("vethtrace", "bpftrace")
+        }
     finally:
         server.terminate()
         server.wait()
         down("bridge-two", prefix)
-    print(f"`sudo .venv/bin/python bench/trace_bench.py --seconds {args.seconds} --reps {args.reps}`"
-          f" — {time.strftime('%Y-%m-%d')}, kernel {os.uname().release}, {os.cpu_count()} CPUs\n")  # fmt: skip
-    print("| condition | TCP Gbit/s | TCP ratio | UDP-64B kpkt/s | UDP ratio | events/s decoded (lost) |")
+    print(
+        f"`sudo .venv/bin/python bench/trace_bench.py --seconds {args.seconds} --reps {args.reps}`"
+        f" — {time.strftime('%Y-%m-%d')}, kernel {os.uname().release}, {os.cpu_count()} CPUs\n"
+    )
+    print(
+        "| condition | TCP Gbit/s | TCP ratio | UDP-64B kpkt/s sent | UDP ratio "
+        "| events/s decoded (lost) |"
+    )
     print("|---|---|---|---|---|---|")
     base = {p: statistics.median(results[(p, "untraced")]) for p in ("tcp", "udp")}
     for kind in kinds:
@@ -218,9 +281,17 @@ def main() -> int:
             cells += [f"{med:.2f}", f"{med / base[p]:.2f}"]
         ev = []
         for p in ("tcp", "udp"):
-            for st in extra.get((p, kind), []):
-                ev.append(f"{p} {st['events'] / st['seconds'] / 1e3:.0f} k/s ({st['lost']:.0f})")
+            runs = extra.get((p, kind), [])
+            if runs:
+                rate = statistics.median(r["events"] / r["seconds"] / 1e3 for r in runs)
+                got = sum(r["events"] for r in runs)
+                lost = sum(r["lost"] for r in runs)
+                ev.append(f"{p} {rate:.0f} k/s, {lost / max(1, got + lost):.0%} lost")
         print(f"| {kind} | " + " | ".join(cells) + f" | {'; '.join(ev) or '-'} |")
+    print("\n| UDP 64 B flow, kpkt/s sent | events/s decoded in Python | events lost |")
+    print("|---|---|---|")
+    for _pps, sent, evs, lost in capacity:
+        print(f"| {sent:.1f} | {evs:.0f} k/s | {lost:.0f} |")
     print("\n| tracer | start -> first event, 1st run | 2nd | 3rd |")
     print("|---|---|---|---|")
     for k, times in attach.items():

@@ -152,56 +152,28 @@ static __always_inline int vt_netns_ok(u32 inum)
 
 static __always_inline u16 vt_ntohs(u16 v) { return (v >> 8) | (v << 8); }
 
-/* Decode Ethernet/ARP/IPv4/L4 from skb->head. The MAC header is used when
- * set (TX after dev_queue_xmit, RX after eth_type_trans); otherwise (skbs
- * dropped before getting one, e.g. from the ARP queue) the network header
- * and skb->protocol. Returns skb->head. */
-static __always_inline u64 vt_decode(void *skb, struct vt_pkt *p)
+/* skb->head, mac_header, network_header and protocol sit within a few bytes
+ * of each other: one read of the block [VT_SKB_BLOCK_OFF, +VT_SKB_BLOCK_LEN)
+ * (both from BTF) instead of four. */
+#define VT_AT(blk, off, type) (*(type *)((blk) + (off) - VT_SKB_BLOCK_OFF))
+
+/* IPv4/ARP (+ first 8 bytes of L4) from `b`, which holds the L3 header. */
+static __always_inline void vt_decode_l3(u8 *b, struct vt_pkt *p, char *l3)
 {
-    u64 head = vt_ptr(skb, VT_SKB_HEAD);
-    u16 mac = 0xffff, net = 0xffff, proto = 0;
-    VT_READ(mac, (char *)skb + VT_SKB_MAC_HEADER);
-    VT_READ(net, (char *)skb + VT_SKB_NETWORK_HEADER);
-    if (!head)
-        return 0;
-    char *l3;
-    if (mac != 0xffff) {
-        u8 eth[18] = {};
-        VT_READ(eth, (char *)head + mac);
-        __builtin_memcpy(p->eth_dst, eth, 6);
-        __builtin_memcpy(p->eth_src, eth + 6, 6);
-        p->ethertype = ((u16)eth[12] << 8) | eth[13];
-        l3 = (char *)head + mac + 14;
-        if (p->ethertype == 0x8100 || p->ethertype == 0x88a8) {
-            p->ethertype = ((u16)eth[16] << 8) | eth[17];
-            l3 += 4;
-        }
-        p->flags = VT_PKT_ETH | VT_PKT_L3;
-    } else if (net != 0xffff) {
-        VT_READ(proto, (char *)skb + VT_SKB_PROTOCOL);
-        p->ethertype = vt_ntohs(proto);
-        l3 = (char *)head + net;
-        p->flags = VT_PKT_L3;
-    } else {
-        return head;
-    }
-    u8 b[28] = {};
     if (p->ethertype == 0x0806) {
-        VT_READ(b, l3);
         p->arp_op = ((u16)b[6] << 8) | b[7];
         __builtin_memcpy(p->arp_sha, b + 8, 6);
         __builtin_memcpy(&p->saddr, b + 14, 4);
         __builtin_memcpy(p->arp_tha, b + 18, 6);
         __builtin_memcpy(&p->daddr, b + 24, 4);
     } else if (p->ethertype == 0x0800) {
-        VT_READ(b, l3);
         u32 ihl = (b[0] & 0x0f) * 4;
         p->ip_proto = b[9];
         __builtin_memcpy(&p->saddr, b + 12, 4);
         __builtin_memcpy(&p->daddr, b + 16, 4);
         u16 frag = ((u16)(b[6] & 0x1f) << 8) | b[7];
         if (frag || ihl < 20)
-            return head;
+            return;
         u8 l4[8] = {};
         if (ihl == 20)
             __builtin_memcpy(l4, b + 20, 8);
@@ -218,6 +190,42 @@ static __always_inline u64 vt_decode(void *skb, struct vt_pkt *p)
             p->dport = ((u16)l4[2] << 8) | l4[3];
             p->flags |= VT_PKT_L4;
         }
+    }
+}
+
+/* Decode Ethernet/ARP/IPv4/L4 from skb->head with two reads (the skb block,
+ * then 46 bytes of frame). The MAC header is used when set (TX after
+ * dev_queue_xmit, RX after eth_type_trans); otherwise (skbs dropped before
+ * getting one, e.g. from the ARP queue) the network header and skb->protocol.
+ * Returns skb->head. */
+static __always_inline u64 vt_decode(void *skb, struct vt_pkt *p)
+{
+    u8 blk[VT_SKB_BLOCK_LEN];
+    if (bpf_probe_read_kernel(blk, sizeof(blk), (char *)skb + VT_SKB_BLOCK_OFF) < 0)
+        return 0;
+    u64 head = VT_AT(blk, VT_SKB_HEAD, u64);
+    u16 mac = VT_AT(blk, VT_SKB_MAC_HEADER, u16);
+    u16 net = VT_AT(blk, VT_SKB_NETWORK_HEADER, u16);
+    if (!head)
+        return 0;
+    u8 f[46] = {};
+    if (mac != 0xffff) {
+        VT_READ(f, (char *)head + mac);
+        __builtin_memcpy(p->eth_dst, f, 6);
+        __builtin_memcpy(p->eth_src, f + 6, 6);
+        p->ethertype = ((u16)f[12] << 8) | f[13];
+        p->flags = VT_PKT_ETH | VT_PKT_L3;
+        if (p->ethertype == 0x8100 || p->ethertype == 0x88a8) {
+            p->ethertype = ((u16)f[16] << 8) | f[17];
+            vt_decode_l3(f + 18, p, (char *)head + mac + 18);
+        } else {
+            vt_decode_l3(f + 14, p, (char *)head + mac + 14);
+        }
+    } else if (net != 0xffff) {
+        p->ethertype = vt_ntohs(VT_AT(blk, VT_SKB_PROTOCOL, u16));
+        p->flags = VT_PKT_L3;
+        VT_READ(f, (char *)head + net);
+        vt_decode_l3(f, p, (char *)head + net);
     }
     return head;
 }
@@ -284,21 +292,31 @@ static __always_inline void vt_fill_common(struct vt_event *e, u16 point, u64 ts
     e->new_state = 0xff;
 }
 
-/* One skb event: netns first (cheapest exit), then decode + filter, then
- * reserve and fill. `dev` may be 0 (then skb->dev is read). */
+/* One skb event: the namespace test first when there is one (-n), then
+ * decode + filter, then reserve and fill. `dev` may be 0 (then skb->dev is
+ * read). */
 static __always_inline int vt_skb_event(void *ctx, u16 point, void *skb, void *dev,
                                         u64 location, u32 reason)
 {
-    u64 ts = bpf_ktime_get_ns();
+    u32 netns = 0;
+#ifdef VT_NETNS_FILTER
     if (!dev)
         dev = (void *)vt_ptr(skb, VT_SKB_DEV);
-    u32 netns = vt_skb_netns(skb, dev);
+    netns = vt_skb_netns(skb, dev);
     if (!vt_netns_ok(netns))
         return 0;
+#endif
     struct vt_pkt p = {};
     u64 head = vt_decode(skb, &p);
     if (!vt_match(&p))
         return 0;
+    /* taken after the cheap exits; still before anything nested can run */
+    u64 ts = bpf_ktime_get_ns();
+#ifndef VT_NETNS_FILTER
+    if (!dev)
+        dev = (void *)vt_ptr(skb, VT_SKB_DEV);
+    netns = vt_skb_netns(skb, dev);
+#endif
 #ifdef VT_FILTER_ACTIVE
     if (point == VT_P_NET_DEV_START_XMIT) {
         u64 key = (u64)skb;

@@ -48,6 +48,12 @@ SNIFF = "sniff"
 # Signature matches further apart than this are different packets (ARP and ping
 # retransmit after >= 1 s, so 200 ms cannot join two transmissions).
 MATCH_WINDOW_NS = 200_000_000
+# An echo's id/seq names one send: its copies (the ARP-queue probe clones freed
+# every second while ARP retries) are the same packet however far apart.
+ECHO_WINDOW_NS = 10_000_000_000
+
+# A transmit completes within this long after its last inner event (nested veth xmit).
+NEST_WINDOW_NS = 5_000_000
 
 BENIGN_DROPS = {("NO_SOCKET", "ping_rcv")}
 
@@ -122,6 +128,7 @@ def group(events: Iterable[ProbeEvent]) -> list[Packet]:
     by_key: dict[tuple[int, int], Packet] = {}
     by_head: dict[int, Packet] = {}
     by_sig: dict[tuple, Packet] = {}
+    by_addr: dict[int, Packet] = {}  # last packet seen at each skb address
 
     def new(ev: ProbeEvent) -> Packet:
         p = Packet(pid=len(packets) + 1)
@@ -135,13 +142,21 @@ def group(events: Iterable[ProbeEvent]) -> list[Packet]:
         sig = signature(ev.packet)
         pkt: Packet | None = None
         key = (ev.skb, ev.head) if ev.skb else None
+        if ph == "tx-done" and ev.skb:
+            # net_dev_xmit must not read the skb (no head) and, nested, it fires
+            # after the peer may have freed it: the last packet at that address
+            last = by_addr.get(ev.skb)
+            if last is not None and ev.ts_ns - last.last_ns <= NEST_WINDOW_NS:
+                last.add(ev)
+            continue
         if key is not None:
             pkt = by_key.get(key)
             if pkt is None and ev.head and ev.head in by_head:
                 pkt = by_head[ev.head]  # a clone: new address, same data buffer
         if pkt is None and sig is not None:
             cand = by_sig.get(sig)
-            if cand is not None and ev.ts_ns - cand.last_ns <= MATCH_WINDOW_NS:
+            window = ECHO_WINDOW_NS if sig[0] == "icmp" and sig[5] is not None else MATCH_WINDOW_NS
+            if cand is not None and ev.ts_ns - cand.last_ns <= window:
                 pkt = cand
         if pkt is None:
             if key is None and sig is None:
@@ -153,6 +168,7 @@ def group(events: Iterable[ProbeEvent]) -> list[Packet]:
         if sig is not None and pkt.sig is not None:
             by_sig[pkt.sig] = pkt
         if key is not None:
+            by_addr[ev.skb] = pkt
             if ph in ("consume", "drop"):
                 pkt.keys.discard(key)
                 by_key.pop(key, None)
@@ -244,7 +260,12 @@ def hops_of(pkt: Packet, topo: Topology | None) -> list[Hop]:
             hop = index[key]
             if sniffer:
                 hop.sniffed = True
-            elif kind in ("drop", "consume") and ev.location and ev.location not in hop.note:
+            elif (
+                kind in ("drop", "consume")
+                and ev.location
+                and ev.location not in hop.note
+                and not hop.note.startswith("waits")
+            ):
                 hop.note = _join(hop.note, f"also at {ev.location}")
             continue
         hop = Hop(

@@ -67,7 +67,7 @@ def make(name: str) -> None:
     pings = scenario.expect.pings
     if not pings:
         raise SystemExit(f"{name}: the scenario states no ping to record")
-    chosen = next((p for p in pings if not p.ok and p.size is None), None)
+    chosen = next((p for p in pings if not p.ok), None)
     chosen = chosen or next((p for p in pings if p.size is None), pings[0])
     lab = up(scenario.name, PREFIX)
     if not lab.fresh:

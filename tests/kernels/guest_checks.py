@@ -2,8 +2,9 @@
 
 Each check prints one line on the serial console that the host runner parses:
     VK_TEST <name> PASS|FAIL <detail>
-plus `VK_PLAN <probe plan>` and `VK_TIME <step> <seconds>`. Full command output
-goes to files in the current directory (the results share, kept for failures).
+plus `VK_PLAN <doctor's probe plan>`, `VK_TRACE_PLAN <trace's>` and
+`VK_TIME <step> <seconds>`. Full command output goes to files in the current
+directory (the results share, kept for failures).
 
 What is checked is what only a kernel with kprobes can show: `doctor` reports
 kprobes available; on the seed lab, `ping` finds the verdict `diverted` at
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -155,6 +157,7 @@ def check_trace() -> None:
     """Trace ARP in both namespaces while the host pings song; stop as soon as the
     reply was seen at veth_xmit (veth1) and at br_handle_frame (veth0), or time out."""
     started = time.monotonic()
+    inode = {ns: os.stat(f"/run/netns/{ns}").st_ino for ns in (HOST, SONG)}
     out = open("trace.out", "w")  # noqa: SIM115 - closed below
     err = open("trace.err", "w")  # noqa: SIM115
     tracer = subprocess.Popen(["vethtrace", "trace", "arp", "-n", HOST, "-n", SONG, "--json"],
@@ -183,12 +186,14 @@ def check_trace() -> None:
             continue
         if not isinstance(ev, dict) or not is_arp_reply(ev):
             continue
-        point, dev = ev.get("point"), ev.get("ifname")
-        if point == "veth_xmit" and xmit is None:
+        # interface name and netns inode come from BTF offsets (net_device, net):
+        # matching them with what we know proves the offsets right on this kernel
+        where = (ev.get("point"), ev.get("ifname"), ev.get("netns"))
+        if where == ("veth_xmit", "veth1", inode[SONG]) and xmit is None:
             xmit = ev
-        elif point == "br_handle_frame" and dev == "veth0" and taken is None:
+        elif where == ("br_handle_frame", "veth0", inode[HOST]) and taken is None:
             taken = ev
-        elif dev == "br0" and into_br0 is None:
+        elif where[1:] == ("br0", inode[HOST]) and into_br0 is None:
             into_br0 = ev
         if xmit and taken and into_br0:
             break
@@ -202,13 +207,19 @@ def check_trace() -> None:
     out.close()
     err.close()
     timed("trace", started)
+    status = Path("trace.err").read_text()
+    m = re.search(r"tracing\W+\((.*?); headers", status)
+    if m:
+        print(f"VK_TRACE_PLAN {m.group(1)}", flush=True)
     report("trace-arp-reply-veth_xmit", xmit is not None,
-           f"kprobe veth_xmit on {xmit.get('ifname')}" if xmit else
-           f"no ARP reply at veth_xmit (exit {tracer.returncode})")
+           f"{SONG}/veth1 veth_xmit" if xmit else
+           f"no ARP reply at veth_xmit on {SONG}/veth1 (trace exit {tracer.returncode})")
     report("trace-arp-reply-br_handle_frame", taken is not None,
-           "kprobe br_handle_frame on veth0" if taken else "no ARP reply at br_handle_frame veth0")
+           f"{HOST}/veth0 br_handle_frame" if taken else
+           f"no ARP reply at br_handle_frame on {HOST}/veth0")
     report("trace-arp-reply-taken-by-br0", into_br0 is not None,
-           f"{into_br0.get('point')} on br0" if into_br0 else "no ARP reply event on br0")
+           f"{HOST}/br0 {into_br0.get('point')}" if into_br0 else
+           f"no ARP reply event on {HOST}/br0")
 
 
 def facts() -> None:

@@ -21,11 +21,13 @@ every run stay in tests/kernels/work/runs/<time>/<kernel>/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -80,7 +82,8 @@ class LaneResult:
     release: str = "?"
     userspace: str = "?"
     tests: dict[str, tuple[bool, str]] = field(default_factory=dict)  # name -> (ok, detail)
-    plan: str = ""
+    plan: str = ""  # doctor's probe plan
+    trace_plan: str = ""  # the plan trace attached with (after the lab loaded veth/bridge)
     error: str = ""  # infrastructure failure (fetch, build, boot)
     times: dict[str, float] = field(default_factory=dict)
     log_dir: str = ""
@@ -159,6 +162,7 @@ def fetch_kernel(spec: KernelSpec) -> Path:
     kdir = WORK / "kernels" / release
     if (kdir / ".complete").exists():
         return kdir
+    say(f"{spec.name}: downloading and unpacking {release} ({spec.suite})")
     headers = f"linux-headers-{release}"
     common = depends_on(headers, "linux-headers-", env)  # ...-common
     debs = WORK / "debs"
@@ -179,7 +183,6 @@ def fetch_kernel(spec: KernelSpec) -> Path:
     if not source.is_symlink() and not source.exists():
         source.symlink_to(f"/usr/src/{common}")
     shutil.copy(next((tree / "boot").glob("vmlinuz-*")), kdir / "vmlinuz")
-    make_initrd(tree, release, kdir / "initrd.gz")
     (kdir / ".complete").write_text(release + "\n")
     return kdir
 
@@ -202,6 +205,18 @@ def prune_modules(mods: Path) -> None:
         sh("xz", "-d", *xz[i:i + 200])
     for p in zst:
         sh("zstd", "-q", "-d", "--rm", p)
+
+
+def initrd(kdir: Path) -> Path:
+    """The kernel's initramfs, rebuilt whenever initrd_init.sh or the module list change."""
+    key = hashlib.sha1((HERE / "initrd_init.sh").read_bytes()
+                       + " ".join(INITRD_MODULES).encode()).hexdigest()[:10]
+    out = kdir / f"initrd-{key}.gz"
+    if not out.exists():
+        for old in kdir.glob("initrd-*.gz"):
+            old.unlink()
+        make_initrd(kdir / "tree", kdir.name, out)
+    return out
 
 
 def make_initrd(tree: Path, release: str, out: Path) -> None:
@@ -228,7 +243,8 @@ def make_initrd(tree: Path, release: str, out: Path) -> None:
     (root / "init").chmod(0o755)
     cpio = subprocess.run("find . | cpio -o -H newc --quiet | gzip -1", shell=True, cwd=root,
                           stdout=subprocess.PIPE, check=True)
-    out.write_bytes(cpio.stdout)
+    out.with_suffix(".tmp").write_bytes(cpio.stdout)
+    out.with_suffix(".tmp").rename(out)
     shutil.rmtree(root)
 
 
@@ -313,7 +329,7 @@ def boot(kdir: Path, image: Path, project: Path, libs: Path, out: Path,
     log = out / "serial.log"
     share = "security_model=none,readonly=on"
     cmd = ["timeout", "-k", "5", str(GUEST_TIMEOUT), *QEMU,
-           "-kernel", str(kdir / "vmlinuz"), "-initrd", str(kdir / "initrd.gz"),
+           "-kernel", str(kdir / "vmlinuz"), "-initrd", str(initrd(kdir)),
            "-drive", f"file={image},if=virtio,format=raw,snapshot=on",
            "-virtfs", f"local,path={project},mount_tag=project,{share}",
            "-virtfs", f"local,path={libs},mount_tag=pylib,{share}",
@@ -322,20 +338,36 @@ def boot(kdir: Path, image: Path, project: Path, libs: Path, out: Path,
            "-append", "console=ttyS0 panic=-1 quiet"]
     (out / "qemu.cmd").write_text(" ".join(cmd) + "\n")
     with open(log, "wb") as fh:
+        # own process group: the watchdog and an interrupted run kill timeout *and* qemu
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh,
-                                stderr=subprocess.STDOUT, env=tmp_env())
-        started = time.monotonic()
-        while proc.poll() is None:
-            time.sleep(1)
-            if time.monotonic() - started > BOOT_TIMEOUT and b"VK_BOOTED" not in log.read_bytes():
-                proc.kill()
-                proc.wait()
-                return 125, f"no VK_BOOTED within {BOOT_TIMEOUT}s (boot watchdog)"
+                                stderr=subprocess.STDOUT, env=tmp_env(), start_new_session=True)
+        _guests.add(proc)
+        try:
+            started = time.monotonic()
+            while proc.poll() is None:
+                time.sleep(1)
+                if (time.monotonic() - started > BOOT_TIMEOUT
+                        and b"VK_BOOTED" not in log.read_bytes()):
+                    kill_guest(proc)
+                    return 125, f"no VK_BOOTED within {BOOT_TIMEOUT}s (boot watchdog)"
+        finally:
+            kill_guest(proc)
+            _guests.discard(proc)
     text = clean(log.read_bytes())
     (out / "serial.txt").write_text(text)
     if proc.returncode == 124:
         return 124, f"guest timed out after {GUEST_TIMEOUT}s"
     return proc.returncode, ""
+
+
+_guests: set[subprocess.Popen] = set()
+
+
+def kill_guest(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def clean(raw: bytes) -> str:
@@ -353,6 +385,9 @@ def parse_results(text: str, res: LaneResult) -> None:
         m = re.match(r"VK_PLAN (.*)", line.strip())
         if m:
             res.plan = m.group(1)
+        m = re.match(r"VK_TRACE_PLAN (.*)", line.strip())
+        if m:
+            res.trace_plan = m.group(1)
         m = re.match(r"VK_BOOTED (\S+) ([\d.]+)", line.strip())
         if m:
             res.release = m.group(1)
@@ -380,6 +415,7 @@ def run_lane(name: str, run_dir: Path, project: Path, tests: list[str]) -> LaneR
         say(f"{name}: fetching the kernel and headers ({spec.suite})")
         kdir = fetch_kernel(spec)
         res.release = kdir.name
+        initrd(kdir)
         lap("fetch kernel")
         image = base_image(spec.userspace)
         lap("guest rootfs")
@@ -402,20 +438,45 @@ def run_lane(name: str, run_dir: Path, project: Path, tests: list[str]) -> LaneR
 # --- results --------------------------------------------------------------------------
 
 
+def short_plan(plan: str) -> str:
+    """'veth transmit: kprobe; bridge receive: kprobe; ...' -> 'kprobe/kprobe' (veth/bridge)."""
+    veth = re.search(r"veth transmit: (\w+)", plan)
+    bridge = re.search(r"bridge receive: (\w+)", plan)
+    return f"{veth.group(1)}/{bridge.group(1)}" if veth and bridge else "?"
+
+
 def table(results: list[LaneResult]) -> str:
-    rows = [("kernel", "userspace", "test", "result", "detail")]
+    """kernel x check x pass/fail, with the plan (veth/bridge points) the command used."""
+    rows = [("kernel", "userspace", "veth/bridge", "check", "result", "detail")]
     for r in results:
-        label = f"{r.kernel} ({r.release})"
+        label = r.release.removesuffix("-amd64") if r.release != "?" else r.kernel
         if r.error:
-            rows.append((label, r.userspace, "(infrastructure)", "FAIL", r.error[:200]))
+            rows.append((label, r.userspace, "", "(infrastructure)", "FAIL", r.error[:300]))
         for test, (ok, detail) in r.tests.items():
-            rows.append((label, r.userspace, test, "pass" if ok else "FAIL", detail))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+            plan = {"doctor": r.plan, "trace": r.trace_plan}.get(test.split("-")[0])
+            rows.append((label, r.userspace, short_plan(plan) if plan is not None else "", test,
+                         "pass" if ok else "FAIL", detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5]
              for row in rows]
     lines.insert(1, "-" * min(100, max(len(x) for x in lines)))
-    plans = [f"probe plan on {r.kernel}: {r.plan}" for r in results if r.plan]
+    plans = [f"{cmd} plan on {r.release}: {plan}" for r in results
+             for cmd, plan in (("doctor", r.plan), ("trace", r.trace_plan)) if plan]
     return "\n".join([*lines, "", *plans])
+
+
+def lane_order(kernels: list[str]) -> list[str]:
+    """Start one kernel of each userspace first, so that the root images are built
+    side by side in the first lanes instead of one lane waiting for the other."""
+    firsts, rest, seen = [], [], set()
+    for k in kernels:
+        (rest if KERNELS[k].userspace in seen else firsts).append(k)
+        seen.add(KERNELS[k].userspace)
+    return firsts + rest
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,11 +497,25 @@ def main(argv: list[str] | None = None) -> int:
         if not shutil.which(tool) and not Path(f"/bin/{tool}").exists():
             print(f"test-kernels: {tool} missing: run ./run setup", file=sys.stderr)
             return 2
+    # SIGTERM (pytest's timeout, CI cancelling) ends the run like Ctrl-C: guests killed
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     run_dir = WORK / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    for old in sorted((WORK / "runs").glob("*"))[:-10] if (WORK / "runs").exists() else []:
+        shutil.rmtree(old, ignore_errors=True)  # keep the logs of the last ten runs
     project = project_snapshot(run_dir / "project")
-    with ThreadPoolExecutor(max_workers=max(1, args.lanes)) as pool:
-        results = list(pool.map(lambda k: run_lane(k, run_dir, project, args.tests), args.kernels))
+    pool = ThreadPoolExecutor(max_workers=max(1, args.lanes))
+    try:
+        futures = {k: pool.submit(run_lane, k, run_dir, project, args.tests)
+                   for k in lane_order(args.kernels)}
+        results = [futures[k].result() for k in args.kernels]
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(_guests):
+            kill_guest(proc)
+        print("test-kernels: interrupted; guests killed", file=sys.stderr)
+        return 130
+    pool.shutdown()
     shutil.rmtree(run_dir / "project", ignore_errors=True)
     for r in results:
         if r.ok and os.environ.get("VK_KEEP_LOGS") != "1":

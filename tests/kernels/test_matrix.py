@@ -50,5 +50,6 @@ def test_kernel_6_1_lane(tmp_path):
     assert [t for t in EXPECTED if t not in tests] == [], f"checks missing: {tests}"
     failed = {name: detail for name, (ok, detail) in tests.items() if not ok}
     assert failed == {}, f"failed in the 6.1 guest (logs in {lane['log_dir']})"
-    assert "veth transmit: kprobe" in lane["plan"] and "bridge receive: kprobe" in lane["plan"]
+    for plan in (lane["plan"], lane["trace_plan"]):  # doctor's, and the one trace attached
+        assert "veth transmit: kprobe" in plan and "bridge receive: kprobe" in plan, plan
     assert proc.returncode == 0

@@ -163,10 +163,10 @@ def test_drop_reasons_on_broken_labs(prefix: str) -> None:
         assert xmit and xmit[0].extra["rc"] != 0
 
 
-def test_filter_excludes_unrelated_traffic(prefix: str) -> None:
+@pytest.mark.parametrize("perf_buffer", [False, True], ids=["ringbuf", "perfbuf"])
+def test_filter_excludes_unrelated_traffic(prefix: str, perf_buffer: bool) -> None:
     with built_lab("bridge-two", prefix) as lab:
         a, b = lab.ns("a"), lab.ns("b")
-        flt = "icmp and dst host 10.0.3.2"
         # bridge-two's addresses: read them rather than assume
         addrs = json.loads(
             subprocess.run(["ip", "-j", "-n", b, "-4", "addr", "show", "dev", "eth0"],
@@ -174,8 +174,10 @@ def test_filter_excludes_unrelated_traffic(prefix: str) -> None:
         )  # fmt: skip
         b_ip = addrs[0]["addr_info"][0]["local"]
         flt = f"icmp and dst host {b_ip}"
-        with BpfCollector(flt, netns_inodes=[inode_of(a), inode_of(b)]) as col:
-            col.start()
+        inodes = [inode_of(a), inode_of(b)]
+        with BpfCollector(flt, netns_inodes=inodes, perf_buffer=perf_buffer) as col:
+            plan = col.start()
+            assert plan.delivery == ("perf buffer" if perf_buffer else "ring buffer")
             assert col.filter.active
             # unrelated: ARP, the echo replies (dst a), a ping inside b to itself
             for proc in (_ping(a, b_ip), _ping(b, "127.0.0.1")):
@@ -241,10 +243,13 @@ def test_nothing_stays_attached(cli: Callable, stop: str) -> None:
             break
         time.sleep(0.1)
     assert len(ours) >= 10, "the tracer's programs were never seen loaded"
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # "tracing… (plan)" once attached
+    assert "tracing" in first
     if stop == "sigint":
         proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=20)
+    out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
-    assert "lost" in err or "lost" in _out
+    assert "lost" in err + out
     time.sleep(0.2)  # the kernel frees programs once their last fd/link is gone
     assert not (ours & _all_prog_ids()), "programs still loaded after the process ended"

@@ -76,11 +76,13 @@ def test_doctor_human_table(cli: Callable) -> None:
     assert max(len(line) for line in res.stdout.splitlines()) <= 100
 
 
-def test_trace_json_lines_with_names(prefix: str) -> None:
+def test_trace_json_lines_with_names(prefix: str, tmp_path: Path) -> None:
+    rec_path = tmp_path / "run.vtrec"
     with built_lab("bridge-two", prefix) as lab:
         a, b = lab.ns("a"), lab.ns("b")
         proc = subprocess.Popen(
-            [str(VENV_BIN / "vethtrace"), "trace", "icmp", "-n", a, "--json", "--duration", "4"],
+            [str(VENV_BIN / "vethtrace"), "trace", "icmp", "-n", a, "--json", "--duration", "4",
+             "--write", str(rec_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         # wait for the "tracing…" line, then ping
@@ -111,6 +113,11 @@ def test_trace_json_lines_with_names(prefix: str) -> None:
         assert eth0 and all(e["ifindex"] == ifindex for e in eth0)
         assert "lost" in err and "drops by reason" in err
         del b
+    from vethtrace.record import read
+
+    rec = read(rec_path)
+    assert [e.ts_ns for e in rec.events] == [e["ts_ns"] for e in events]
+    assert rec.lost == 0
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, new_prefix
-from tests.labs import built_lab, check_pings, lab_fixture
+from tests.labs import built_lab, check_pings, lab_fixture, ping
 from vethtrace.lab import state
 from vethtrace.lab.scenario import SAMPLES, load
 
@@ -233,17 +233,17 @@ def test_builder_features(tmp_path: Path, prefix: str) -> None:
 # ---------------------------------------------------------------- the CLI
 
 
-def lab_cli(cli, prefix: str, *args: str):  # type: ignore[no-untyped-def]
+def lab_cli(cli, prefix: str, *args: str):
     return cli("lab", *args, env={**os.environ, "VETHTRACE_LAB_PREFIX": prefix})
 
 
-def one_line_error(res, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def one_line_error(res, fragment: str) -> None:
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert res.stderr.count("\n") == 1 and fragment in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
 
 
-def test_cli_up_twice_down_twice(cli, prefix: str) -> None:  # type: ignore[no-untyped-def]
+def test_cli_up_twice_down_twice(cli, prefix: str) -> None:
     res = lab_cli(cli, prefix, "up", "seed")
     try:
         assert res.returncode == 0, res.stderr
@@ -265,7 +265,7 @@ def test_cli_up_twice_down_twice(cli, prefix: str) -> None:  # type: ignore[no-u
     one_line_error(lab_cli(cli, prefix, "down"), "no labs are up")
 
 
-def test_cli_down_all_with_prefix(cli, prefix: str) -> None:  # type: ignore[no-untyped-def]
+def test_cli_down_all_with_prefix(cli, prefix: str) -> None:
     other = new_prefix()
     with built_lab("bridge-two", other):
         for name in ("seed", "bridge-two"):
@@ -277,7 +277,7 @@ def test_cli_down_all_with_prefix(cli, prefix: str) -> None:  # type: ignore[no-
         assert len(ours(other)) == 3, "another prefix's lab is left alone"
 
 
-def test_cli_clash_with_foreign_namespace(cli, prefix: str) -> None:  # type: ignore[no-untyped-def]
+def test_cli_clash_with_foreign_namespace(cli, prefix: str) -> None:
     subprocess.run(["ip", "netns", "add", f"{prefix}song"], check=True)
     try:
         one_line_error(lab_cli(cli, prefix, "up", "seed"), "was not built by vethtrace lab")
@@ -288,7 +288,7 @@ def test_cli_clash_with_foreign_namespace(cli, prefix: str) -> None:  # type: ig
         subprocess.run(["ip", "netns", "del", f"{prefix}song"], check=True)
 
 
-def test_cli_malformed_and_failing_scenarios(cli, prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_malformed_and_failing_scenarios(cli, prefix, tmp_path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(
         'name = "bad"\nsummary = "x"\n[[netns]]\nname = "a"\n[[veth]]\n'
@@ -321,7 +321,7 @@ CRASH = textwrap.dedent("""
 """)
 
 
-def test_down_after_crashed_up(cli, prefix: str) -> None:  # type: ignore[no-untyped-def]
+def test_down_after_crashed_up(cli, prefix: str) -> None:
     res = subprocess.run(
         [sys.executable, "-c", CRASH, "seed-uplink", prefix],
         cwd=REPO,
@@ -336,15 +336,23 @@ def test_down_after_crashed_up(cli, prefix: str) -> None:  # type: ignore[no-unt
     assert st is not None and not st.complete
     # `up` again notices the half-built lab and rebuilds it; `down` then removes all
     again = subprocess.run(
-        [sys.executable, "-c", CRASH.replace("os._exit(9)", "pass"), "seed-uplink", prefix],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from vethtrace.lab import up; up(*sys.argv[1:])",
+            "seed-uplink",
+            prefix,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=False,
     )
     assert again.returncode == 0, again.stderr
-    assert state.find("seed-uplink", prefix).complete  # type: ignore[union-attr]
-    # and a second crash, then `lab down`, removes exactly what was recorded
+    rebuilt = state.find("seed-uplink", prefix)
+    assert rebuilt is not None and rebuilt.complete
+    assert any(ping(f"{prefix}host", "192.168.122.102") for _ in range(3)), "rebuilt lab works"
+    # then `lab down`, removes exactly what was recorded
     subprocess.run(["ip", "netns", "del", f"{prefix}gw"], check=True)  # partly torn down
     res = lab_cli(cli, prefix, "down", "seed-uplink")
     assert res.returncode == 0, res.stderr
@@ -354,7 +362,7 @@ def test_down_after_crashed_up(cli, prefix: str) -> None:  # type: ignore[no-unt
 seed_lab = lab_fixture("seed")
 
 
-def test_module_fixture_gives_a_built_lab(seed_lab) -> None:  # type: ignore[no-untyped-def]
+def test_module_fixture_gives_a_built_lab(seed_lab) -> None:
     assert seed_lab.ns("song").endswith("-song") and os.path.exists(
         f"/run/netns/{seed_lab.ns('song')}"
     )

@@ -8,7 +8,7 @@ no BPF program held by it."""
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -78,12 +78,26 @@ def watch_in_tmux(lab: BuiltLab) -> Iterator[Tmux]:
         t.kill()
 
 
-def _bpf_pids() -> set[int]:
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
-    pids = set()
-    for prog in json.loads(out.stdout or "[]"):
-        pids |= {p["pid"] for p in prog.get("pids", [])}
-    return pids
+def _prog_ids(pid: int) -> set[int]:
+    """IDs of the BPF programs a process holds (fdinfo of its bpf-prog fds)."""
+    ids = set()
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(f"{fd_dir}/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
+
+
+def _loaded(prog_id: int) -> bool:
+    out = subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)], capture_output=True)
+    return out.returncode == 0
 
 
 def _watch_pid(t: Tmux) -> int:
@@ -92,13 +106,14 @@ def _watch_pid(t: Tmux) -> int:
     return rows[0]
 
 
-def _assert_gone(t: Tmux, pid: int) -> None:
+def _assert_gone(t: Tmux, pid: int, progs: set[int]) -> None:
     screen = t.wait_for(lambda s: "EXIT=" in s, 15, "watch to exit")
     assert "EXIT=0" in screen, screen
     lines = [line.strip() for line in screen.splitlines()]
     assert "icanon" in lines and "-icanon" not in lines, "terminal left in cbreak mode"
     assert not [p for p, args in t.children() if "vethtrace" in args]
-    assert pid not in _bpf_pids()
+    assert not os.path.exists(f"/proc/{pid}")
+    assert not [i for i in progs if _loaded(i)], "BPF programs outlived watch"
 
 
 def test_watch_shows_the_diverted_arp_reply_and_quits_on_q(seed_lab: BuiltLab) -> None:
@@ -106,7 +121,8 @@ def test_watch_shows_the_diverted_arp_reply_and_quits_on_q(seed_lab: BuiltLab) -
     with watch_in_tmux(seed_lab) as t:
         t.wait_for(lambda s: " tracing " in s, 40, "probes to attach")
         pid = _watch_pid(t)
-        assert pid in _bpf_pids()  # its probes are attached while it runs
+        progs = _prog_ids(pid)
+        assert progs and all(_loaded(i) for i in progs)  # attached while it runs
         subprocess.run(
             ["ip", "netns", "exec", host, "ping", "-c", "2", "-W", "1", "192.168.122.102"],
             capture_output=True,
@@ -124,15 +140,17 @@ def test_watch_shows_the_diverted_arp_reply_and_quits_on_q(seed_lab: BuiltLab) -
         assert "lost 0" in screen.splitlines()[0]
         assert "address-on-bridge-port" in screen or "is a port of br" in screen
         t.tmux("send-keys", "-t", "w", "q")
-        _assert_gone(t, pid)
+        _assert_gone(t, pid, progs)
 
 
 def test_ctrl_c_also_quits_cleanly(seed_lab: BuiltLab) -> None:
     with watch_in_tmux(seed_lab) as t:
         t.wait_for(lambda s: " tracing " in s, 40, "probes to attach")
         pid = _watch_pid(t)
+        progs = _prog_ids(pid)
+        assert progs
         t.tmux("send-keys", "-t", "w", "C-c")
-        _assert_gone(t, pid)
+        _assert_gone(t, pid, progs)
 
 
 def test_without_a_terminal_watch_streams_trace_lines(seed_lab: BuiltLab) -> None:

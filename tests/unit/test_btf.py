@@ -184,3 +184,23 @@ def test_blob_members_bitfields_typedefs_enums() -> None:
 def test_bad_blob_is_an_error() -> None:
     with pytest.raises(btfmod.BtfError):
         btfmod.Btf(b"\0" * 40)
+
+
+@needs_kernel_btf
+def test_kernel_facts_cache_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the cache hands back after a JSON round trip equals a fresh BTF read."""
+    from vethtrace.collect import kcache
+    from vethtrace.collect.bpf import drop_reason_tables
+
+    monkeypatch.setattr(kcache, "CACHE_DIR", tmp_path)
+    kcache.forget()
+    try:
+        fresh = kernel_constants()
+        reasons = drop_reason_tables()
+        assert list(tmp_path.glob("kernel-*.json"))
+        kcache.forget()  # next reads come from the file
+        assert kernel_constants() == fresh == kernel_constants(btfmod.vmlinux())
+        assert drop_reason_tables() == reasons
+        assert reasons[0] == drop_reasons(btfmod.vmlinux())
+    finally:
+        kcache.forget()

@@ -61,7 +61,8 @@ def test_seed_is_the_seed_story() -> None:
     assert veth0.addresses == ["192.168.122.101/24"]
     br0 = scn.link("host", "br0")
     assert br0 is not None and br0.kind == "bridge" and br0.up and not br0.addresses
-    assert scn.link("song", "veth1").addresses == ["192.168.122.102/24"]  # type: ignore[union-attr]
+    veth1 = scn.link("song", "veth1")
+    assert veth1 is not None and veth1.addresses == ["192.168.122.102/24"]
     assert not next(n for n in scn.netns if n.name == "song").lo
     assert [(p.source, p.to, p.ok) for p in scn.expect.pings] == [
         ("host", "192.168.122.102", False)
@@ -69,8 +70,9 @@ def test_seed_is_the_seed_story() -> None:
     assert scn.expect.verdict == "diverted" and scn.expect.culprit is not None
     assert (scn.expect.culprit.netns, scn.expect.culprit.interface) == ("host", "veth0")
     fixed = load("seed-fixed")
-    assert fixed.link("host", "br0").addresses == ["192.168.122.101/24"]  # type: ignore[union-attr]
-    assert not fixed.link("host", "veth0").addresses  # type: ignore[union-attr]
+    fixed_br0, fixed_veth0 = fixed.link("host", "br0"), fixed.link("host", "veth0")
+    assert fixed_br0 is not None and fixed_br0.addresses == ["192.168.122.101/24"]
+    assert fixed_veth0 is not None and not fixed_veth0.addresses
 
 
 def test_subnets_of_working_pings_match() -> None:
@@ -253,7 +255,7 @@ def test_unknown_scenario_lists_known() -> None:
         load("nope")
 
 
-def test_cli_list_and_show(cli) -> None:  # type: ignore[no-untyped-def]
+def test_cli_list_and_show(cli) -> None:
     res = cli("lab", "list")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
@@ -293,7 +295,7 @@ def test_cli_list_and_show(cli) -> None:  # type: ignore[no-untyped-def]
         (("lab", "up", "nope"), "unknown lab scenario 'nope'"),
     ],
 )
-def test_cli_bad_input(cli, args, message) -> None:  # type: ignore[no-untyped-def]
+def test_cli_bad_input(cli, args, message) -> None:
     res = cli(*args)
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and message in res.stderr

@@ -206,3 +206,18 @@ def test_narrow_and_short_terminals_still_draw() -> None:
     for width, height in ((80, 24), (100, 30), (200, 60)):
         lines = draw(state, width, height).splitlines()
         assert len(lines) == height and all(len(line) == width for line in lines)
+
+
+def test_events_of_a_recycled_inode_are_not_shown_under_n() -> None:
+    """With -n, only the watched namespaces count: once one is deleted, the
+    kernel may hand its inode to a stranger's new namespace."""
+    state = WatchState(netns=["vtx-host", "vtx-song"], correlate=correlate)
+    state.set_topology(_topo(ip_on_bridge=False), [])
+    smaller = _topo(ip_on_bridge=False)
+    smaller.namespaces.pop()  # vtx-song deleted; its inode S may come back as another netns
+    state.set_topology(smaller, [])
+    for ev in _reply_events(5_000_000_000):
+        state.add_event(ev)
+    assert state.foreign == 2  # veth1's two events in the recycled inode
+    assert IfaceKey(S, 2) not in state.counters
+    assert state.counters[IfaceKey(H, 3)].rx == 1

@@ -19,6 +19,7 @@ from functools import cache
 from pathlib import Path
 
 from vethtrace.collect import btf as btfmod
+from vethtrace.collect import kcache
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -87,7 +88,7 @@ def try_raw_tracepoint(name: str = "net_dev_queue") -> Trial:
 def try_fentry(func: str = "veth_xmit") -> Trial:
     """Load a no-op fentry program on `func` (BTF id from vmlinux) and attach it."""
     try:
-        btf_id = btfmod.vmlinux().find(func, btfmod.FUNC)
+        btf_id = kcache.cached(f"btf_id:{func}", lambda: btfmod.vmlinux().find(func, btfmod.FUNC))
     except btfmod.BtfError as exc:
         return Trial(False, str(exc))
     fd, e = _load_noop(PROG_TRACING, TRACE_FENTRY, btf_id)
@@ -230,11 +231,14 @@ AREAS = ("dev", "drop", "neigh", "bridge")
 
 
 def _tracepoint_exists(name: str) -> bool:
-    try:
-        btfmod.vmlinux().find(f"btf_trace_{name}", btfmod.TYPEDEF)
-        return True
-    except btfmod.BtfError:
-        return False
+    def compute() -> bool:
+        try:
+            btfmod.vmlinux().find(f"btf_trace_{name}", btfmod.TYPEDEF)
+            return True
+        except btfmod.BtfError:
+            return False
+
+    return kcache.cached(f"tracepoint:{name}", compute)
 
 
 def decide(allow_functions: bool = True) -> Plan:

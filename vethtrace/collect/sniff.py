@@ -87,15 +87,20 @@ def load_scapy() -> Any:
 
 def summarize(frame: bytes) -> PacketSummary:
     """Decode an Ethernet frame with scapy into the fields the verdict needs."""
-    from scapy.layers.inet import ICMP, IP, TCP, UDP
-    from scapy.layers.l2 import ARP, Ether
+    from scapy.layers.l2 import Ether
 
     s = PacketSummary()
-    try:
-        pkt = Ether(frame)
-    except Exception:  # a truncated or odd frame must not kill the sniffer
-        return s
-    s.eth_src, s.eth_dst, s.ethertype = pkt.src, pkt.dst, pkt.type
+    with contextlib.suppress(Exception):  # a truncated or odd frame (STP BPDU, 802.3)
+        _decode(Ether(frame), s)
+    return s
+
+
+def _decode(pkt: Any, s: PacketSummary) -> None:
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.l2 import ARP
+
+    s.eth_src, s.eth_dst = pkt.src, pkt.dst
+    s.ethertype = getattr(pkt, "type", None)
     if ARP in pkt:
         arp = pkt[ARP]
         s.arp_op, s.arp_sha, s.arp_spa = int(arp.op), arp.hwsrc, arp.psrc
@@ -111,7 +116,6 @@ def summarize(frame: bytes) -> PacketSummary:
         elif TCP in pkt or UDP in pkt:
             l4 = pkt[TCP] if TCP in pkt else pkt[UDP]
             s.sport, s.dport = int(l4.sport), int(l4.dport)
-    return s
 
 
 @dataclass

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json as jsonlib
 import sys
 
+from rich.text import Text
+
 from vethtrace.console import make_console
 from vethtrace.diagnose.check import run_rules
 from vethtrace.errors import ExitStatus, UserError, require_root
@@ -45,7 +47,10 @@ def run(json: bool = False, netns: list[str] | None = None) -> int:
     else:
         scope = (", ".join(names) if names
                  else f"{len(topo.namespaces)} namespace{'s' * (len(topo.namespaces) != 1)}")
-        render_findings(make_console(), findings, scope)
+        console = make_console()
+        render_findings(console, findings, scope)
+        for note in topo.notes:  # what discovery skipped, so silence is not overread
+            console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
     if any(f.severity in ("error", "warning") for f in findings):
         return int(ExitStatus.FINDINGS)
     return int(ExitStatus.OK)

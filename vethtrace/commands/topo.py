@@ -13,10 +13,9 @@ def run(
     dot: bool = False,
     svg: str | None = None,
     netns: list[str] | None = None,
-    no_firewall: bool = False,
 ) -> int:
-    require_root("vethtrace topo")
-    topo = discover(netns or None, firewall=not no_firewall)
+    require_root("reading every namespace")
+    topo = discover(netns or None)
     if json:
         # Indented for a person at a terminal; compact (5x faster) for scripts.
         sys.stdout.write(snapshot.dumps(topo, indent=2 if sys.stdout.isatty() else None) + "\n")

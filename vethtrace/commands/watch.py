@@ -31,6 +31,8 @@ import tty
 from collections.abc import Iterator
 from typing import Any
 
+from rich.console import Console
+
 from vethtrace import netns as netns_mod
 from vethtrace.console import make_console
 from vethtrace.errors import ExitStatus, UserError, require_root
@@ -40,7 +42,8 @@ from vethtrace.render.live_state import WatchState
 
 REFRESH_S = 0.2  # 5 frames/s: smooth enough for counters, cheap under floods
 DISCOVER_EVERY_S = 2.0
-# Set to a file path to have watch write its frame times (s) there at exit (bench/).
+# Set to a file path to have watch write its frame (start, duration) times there at
+# exit, for bench/watch_bench.py.
 FRAMES_ENV = "VETHTRACE_WATCH_FRAMES"
 
 
@@ -88,7 +91,8 @@ class Watch:
         self.state = WatchState(filter_text=filter_text, netns=names, correlate=correlate)
         self.stop = threading.Event()
         self.error: BaseException | None = None
-        self.frames: list[float] = []
+        self.frames: list[tuple[float, float, float]] = []  # (start, total, paths) s
+        self.inodes: dict[str, int] = {}  # namespace name -> inode when tracing started
 
     # --- threads -----------------------------------------------------------------
 
@@ -104,9 +108,21 @@ class Watch:
             self.stop.set()
 
     def _rediscover(self) -> None:
-        while not self.stop.wait(DISCOVER_EVERY_S):
+        """Every ~2 s; slower on hosts where discovery itself is slow (hundreds
+        of namespaces), so watching never spends more than ~1/5 of a core on it."""
+        pause = DISCOVER_EVERY_S
+        while not self.stop.wait(pause):
+            # Watched namespaces can be deleted under us: keep watching the rest.
+            alive = [n for n in self.names if netns_mod.exists(n)]
+            if self.names and not alive:
+                with self.state.lock:
+                    self.state.status = "every watched namespace is gone"
+                    self.state.set_topology(Topology(), [])
+                continue
             try:
-                topo, findings = _discover(self.names)
+                t0 = time.monotonic()
+                topo, findings = _discover(alive)
+                pause = max(DISCOVER_EVERY_S, 4 * (time.monotonic() - t0))
             except UserError as exc:  # e.g. a watched namespace was deleted
                 with self.state.lock:
                     self.state.status = f"discovery: {exc}"
@@ -116,6 +132,19 @@ class Watch:
                     self.state.status = f"discovery failed: {exc}"
                 continue
             self.state.set_topology(topo, findings)
+            # The kernel filter holds the inodes of the start: a namespace deleted
+            # and re-created under the same name is a new one it does not trace.
+            recreated = [
+                ns.name
+                for ns in topo.namespaces
+                if self.names and self.inodes.get(ns.name, ns.inode) != ns.inode
+            ]
+            with self.state.lock:
+                self.state.status = (
+                    f"{', '.join(recreated)} re-created: restart watch to trace it"
+                    if recreated
+                    else "tracing"
+                )
 
     def _keys(self, fd: int) -> None:
         while not self.stop.is_set():
@@ -136,9 +165,10 @@ class Watch:
 
         from vethtrace.collect.bpf import BpfCollector
 
-        console = make_console()
+        console = _screen_console()
         topo, findings = _discover(self.names)
         self.state.set_topology(topo, findings)
+        self.inodes = {ns.name: ns.inode for ns in topo.namespaces}
         inodes = [ns.inode for ns in topo.namespaces] if self.names else None
         # Built before the screen opens: a bad filter is a one-line error, not a flash.
         collector = BpfCollector(self.state.filter_text, netns_inodes=inodes)
@@ -195,9 +225,11 @@ class Watch:
             t0 = time.perf_counter()
             self.state.tick()
             self.state.refresh_paths()
+            t1 = time.perf_counter()
             with self.state.lock:
                 live.update(render(self.state), refresh=True)
-            self.frames.append(time.perf_counter() - t0)
+            t2 = time.perf_counter()
+            self.frames.append((t0, t2 - t0, t1 - t0))
             if deadline is not None and time.monotonic() >= deadline:
                 break
             self.stop.wait(max(0.0, REFRESH_S - (time.perf_counter() - t0)))
@@ -214,6 +246,20 @@ class Watch:
                     },
                     f,
                 )
+
+
+def _screen_console() -> Console:
+    """make_console's terminal settings, minus COLUMNS/LINES from the environment:
+    shells export those at start-up, and a full-screen view must follow the real
+    (and resizable) terminal, not a size frozen when the shell started."""
+    base = make_console()
+    environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    return Console(
+        highlight=False,
+        emoji=False,
+        no_color=base.no_color,
+        _environ=environ,
+    )
 
 
 @contextlib.contextmanager

@@ -1,8 +1,10 @@
 """Run every registered rule over a Topology and return the findings, worst first.
 
-Rules always see the whole topology (a veth's peer, the router on the link,
-the bridge in another namespace matter to a verdict about one namespace);
-`netns` only narrows which namespaces' findings are reported.
+Rules always see the whole topology they are given (a veth's peer, the
+router on the link, the bridge in another namespace matter to a verdict about
+one namespace); `netns` only narrows which namespaces' findings are reported.
+Give it a full discovery where you can: namespaces read partially (peers
+outside a selection) are used as context but never judged.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ def run_rules(
     for r in RULES:
         if only is not None and r.id not in only:
             continue
-        findings.extend(r.fn(ctx))
+        try:
+            findings.extend(r.fn(ctx))
+        except Exception as exc:  # one rule tripping over odd data must not hide the rest
+            topo.notes.append(f"check rule {r.id} skipped: {type(exc).__name__}: {exc}")
+    # Namespaces read only partially (outside a discover(-n) selection) lack
+    # addresses, routes and sysctls: judging them would be guessing.
+    partial = {ns.name for ns in topo.namespaces if ns.partial}
+    findings = [f for f in findings if f.netns not in partial]
     if netns:
         wanted = set(netns)
         findings = [f for f in findings if f.netns in wanted]

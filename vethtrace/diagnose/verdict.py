@@ -39,6 +39,7 @@ from vethtrace.model import (
     Topology,
     Verdict,
 )
+from vethtrace.topology.query import route_lookup
 
 # Plain words for kernel drop reasons we meet on veth/bridge/netns paths.
 REASON_TEXT = {
@@ -64,6 +65,7 @@ REASON_TEXT = {
 }
 # Consequences rather than causes: ignored when looking for the drop that matters.
 CONSEQUENCE_DROPS = {"NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD"}
+FORWARD_KINDS = {"arp-request", "arp-reply", "echo", "echo-reply"}
 RESOLVED_STATES = {"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP"}
 NO_REPLY_GRACE_NS = 1_200_000_000  # ARP/ping retransmit after 1 s: wait a little longer
 SETTLE_NS = 30_000_000
@@ -199,7 +201,7 @@ def decide(
     now = now_ns if now_ns is not None else a.last_ns
     if a.replies:
         return _delivered(plan, topo, a)
-    for fn in (_diverted, _dropped, _no_reply):
+    for fn in (_diverted, _dropped, _no_reply, _stalled):
         v = fn(plan, topo, a, findings, final, now)
         if v is not None:
             _attach(v, a)
@@ -382,6 +384,11 @@ def _diverted(
     return None
 
 
+def _forwarding_off(topo: Topology, inode: int) -> bool:
+    ns = topo.netns(inode)
+    return ns is not None and ns.sysctls.get("net.ipv4.ip_forward") == "0"
+
+
 def _master(topo: Topology, key: IfaceKey) -> Interface | None:
     it = topo.iface(key)
     if it is None or it.master is None:
@@ -412,6 +419,8 @@ def _dropped(
     plan: PingPlan, topo: Topology, a: Analysis, findings: list[Finding], final: bool, now: int
 ) -> Verdict | None:
     for p in a.paths:
+        if p.kind not in FORWARD_KINDS:
+            continue  # an ICMP error looped back is a consequence, not the cause
         drops = [
             e
             for e in _events_of(p, a)
@@ -456,6 +465,44 @@ def _explain_drop(
             f"arriving on {it.name if it else ev.ifname} instead of forwarding it"
         )
         fix = [f"ip {_ns_flag(topo, bridge.key.netns)}link set {bridge.name} up"]
+    elif it is not None and it.kind == "loopback" and not it.admin_up:
+        ns = _ns_name(topo, ev.netns)
+        words = (
+            f"lo is down in {ns}, and traffic to the namespace's own addresses is looped "
+            "back through lo"
+        )
+        fix = [f"ip {_ns_flag(topo, dev.netns)}link set lo up"]
+    elif it is not None and it.link is not None and not it.carrier:
+        lower = topo.iface(it.link)
+        if lower is not None and not lower.is_up:
+            words = (
+                f"{it.name} ({it.kind}) has no carrier because its lower device "
+                f"{topo.label(lower.key)} is {'down' if not lower.admin_up else 'without carrier'}"
+                f", so it drops what is sent through it"
+            )
+            fix = [f"ip {_ns_flag(topo, lower.key.netns)}link set {lower.name} up"]
+    elif (
+        it is not None
+        and it.bridge_port is not None
+        and it.bridge_port.state not in ("forwarding", "")
+    ):
+        words = (
+            f"{it.name} is in STP state {it.bridge_port.state}: "
+            f"{bridge.name if bridge else 'the bridge'} drops what it receives there until the "
+            "port forwards (forward delay)"
+        )
+        if bridge is not None:
+            fix = [
+                f"ip {_ns_flag(topo, bridge.key.netns)}link set {bridge.name} type bridge "
+                "stp_state 0   # if nothing can loop"
+            ]
+    elif reason == "IP_INADDRERRORS" and _forwarding_off(topo, ev.netns):
+        ns = _ns_name(topo, ev.netns)
+        words = (
+            f"{ns} would have to route it, but net.ipv4.ip_forward=0 there: the kernel drops "
+            "every packet it is not the destination of"
+        )
+        fix = [f"ip netns exec {ns} sysctl -w net.ipv4.ip_forward=1"]
     elif reason == "QDISC_DROP":
         found = _peer_down_culprit(topo, dev)
         if found:
@@ -532,12 +579,22 @@ def _no_reply(
             arrived = at_target[0]
             if not final and now - arrived.ts_ns < NO_REPLY_GRACE_NS:
                 return None
-            return _explain_no_reply(plan, topo, p, arrived, findings)
+            at = [e for e in _events_of(p, a) if _ns_name(topo, e.netns) == plan.target_netns]
+            return _explain_no_reply(plan, topo, p, arrived, findings, at)
     return None
 
 
+def _location(ev: ProbeEvent) -> str:
+    return (ev.location or "").split("+")[0]
+
+
 def _explain_no_reply(
-    plan: PingPlan, topo: Topology, p: PacketPath, arrived: Any, findings: list[Finding]
+    plan: PingPlan,
+    topo: Topology,
+    p: PacketPath,
+    arrived: Any,
+    findings: list[Finding],
+    events_at_target: list[ProbeEvent],
 ) -> Verdict:
     ns = topo.netns_by_name(arrived.netns)
     it = ns.iface_by_name(arrived.interface) if ns else None
@@ -570,11 +627,28 @@ def _explain_no_reply(
             lo = ns.iface_by_name("lo")
             if lo is not None and not lo.admin_up:
                 checks.append("lo is down (harmless for replies to other hosts)")
-            ign = ns.sysctls.get("ipv4.icmp_echo_ignore_all")
+            ign = ns.sysctls.get("net.ipv4.icmp_echo_ignore_all")
             if ign and ign != "0":
                 reasons.append("net.ipv4.icmp_echo_ignore_all=1")
-            if not any(r.dst == "default" or r.kind == "unicast" for r in ns.routes):
-                reasons.append(f"{ns.name} has no route back")
+            back = plan.src_addr
+            if back:
+                hit = route_lookup(topo, ns, back)
+                if hit is None:
+                    reasons.append(
+                        f"{ns.name} has no route back to {back} (its kernel accepted the echo "
+                        "but cannot send the reply anywhere: 'Network is unreachable')"
+                    )
+                elif hit.kind != "unicast" and not hit.local:
+                    reasons.append(f"the route back to {back} in {ns.name} is {hit.kind}")
+                else:
+                    via = topo.iface(hit.oif) if hit.oif else None
+                    checks.append(
+                        f"{ns.name} routes replies to {back}"
+                        + (f" via {via.name}" if via else "")
+                        + (f" through {hit.gateway}" if hit.gateway else "")
+                    )
+            if any(_location(e) == "icmp_rcv" for e in events_at_target):
+                checks.append(f"{ns.name}'s kernel accepted the echo request (icmp_rcv)")
     checks.append("no kernel drop of the request or of an answer was recorded")
     static = _fixes_from(findings, arrived.netns, None)
     what = "ARP request" if p.kind == "arp-request" else "echo request"
@@ -595,9 +669,151 @@ def _explain_no_reply(
     )
 
 
+def _forward_hops(a: Analysis) -> list[Any]:
+    """Hops of our requests (ARP request, echo) that crossed an interface, in time order."""
+    return sorted(
+        (
+            h
+            for p in a.paths
+            if p.kind in ("arp-request", "echo")
+            for h in p.hops
+            if h.interface != "lo" and not h.note.startswith("waits")
+        ),
+        key=lambda h: h.ts_ns,
+    )
+
+
+def _furthest(a: Analysis) -> list[Any]:
+    """Hops of the request that got furthest (most interfaces crossed), in time order:
+    retransmissions repeat the same walk, and the latest one may still be in flight."""
+    best: list[Any] = []
+    for p in a.paths:
+        if p.kind not in ("arp-request", "echo"):
+            continue
+        hops = [h for h in p.hops if h.interface != "lo" and not h.note.startswith("waits")]
+        if len({(h.netns, h.interface) for h in hops}) > len(
+            {(h.netns, h.interface) for h in best}
+        ):
+            best = hops
+    return sorted(best, key=lambda h: h.ts_ns)
+
+
+def _stalled(
+    plan: PingPlan, topo: Topology, a: Analysis, findings: list[Finding], final: bool, now: int
+) -> Verdict | None:
+    """The request never reached the target and the kernel reported no drop: find
+    in the topology why the frame could not go on from the last place it was seen."""
+    hops = _furthest(a)
+    if not hops:
+        return None
+    last = hops[-1]
+    if not final and now - last.ts_ns < NO_REPLY_GRACE_NS:
+        return None
+    found = _why_stalled(plan, topo, last, hops)
+    if found is None:
+        return None
+    culprit, summary, explanation, fix = found
+    c = topo.iface(culprit)
+    return Verdict(
+        kind="no-reply",
+        summary=summary,
+        culprit=culprit,
+        culprit_netns=_ns_name(topo, culprit.netns),
+        culprit_interface=c.name if c else None,
+        explanation=explanation
+        + f" Our frames were last seen at {last.netns}/{last.interface} ({last.note}).",
+        fix=_fixes_from(findings, _ns_name(topo, culprit.netns), None) or fix,
+    )
+
+
+def _why_stalled(
+    plan: PingPlan, topo: Topology, last: Any, hops: list[Any]
+) -> tuple[IfaceKey, str, str, list[str]] | None:
+    tgt = topo.iface(plan.target_iface)
+    # 1. the target's own interface is down
+    if tgt is not None and plan.target_iface is not None and not tgt.admin_up:
+        label = topo.label(tgt.key)
+        peer = topo.iface(tgt.peer) if tgt.peer else None
+        also = (
+            f" (and its peer {topo.label(peer.key)} is down too)"
+            if peer is not None and not peer.admin_up
+            else ""
+        )
+        fix = [f"ip {_ns_flag(topo, tgt.key.netns)}link set {tgt.name} up"]
+        if peer is not None and not peer.admin_up:
+            fix.append(f"ip {_ns_flag(topo, peer.key.netns)}link set {peer.name} up")
+        return (
+            tgt.key,
+            f"{label}, which holds {plan.ip}, is down{also}: nothing crosses its link",
+            f"A down interface neither sends nor receives, so {plan.ip} cannot answer.",
+            fix,
+        )
+    # 2. the target lives behind another interface of the source than the route picked
+    if plan.target_iface is not None and plan.egress is not None:
+        from vethtrace.topology.query import l2_domain
+
+        domain = set(l2_domain(topo, plan.target_iface).members)
+        if plan.egress not in domain:
+            side = [k for k in domain if k.netns == plan.source_inode]
+            if side:
+                other = topo.iface(side[0])
+                name = other.name if other else "?"
+                return (
+                    side[0],
+                    f"{plan.ip} lives behind {plan.source}/{name}, but the kernel sends to it "
+                    f"out of {plan.egress_name}: the ARP request goes to the wrong link",
+                    f"{plan.source} routes {plan.ip} through {plan.egress_name} (the same subnet "
+                    f"is configured on more than one interface and the kernel uses one route for "
+                    f"the whole subnet), so nobody on that link answers for {plan.ip}.",
+                    [],
+                )
+    ns = topo.netns_by_name(last.netns)
+    it = ns.iface_by_name(last.interface) if ns else None
+    if ns is None or it is None:
+        return None
+    # 3. a namespace on the way would have to route, with forwarding off
+    if (
+        last.packet.startswith("ICMP")  # only IP is routed; ARP ends at each link
+        and last.note.startswith(("received", "handed up", "consumed"))
+        and ns.inode not in (plan.target_inode, plan.source_inode)
+        and ns.sysctls.get("net.ipv4.ip_forward") == "0"
+        and not any(x.address == plan.ip for i in ns.interfaces for x in i.addresses)
+    ):
+        return (
+            it.key,
+            f"{ns.name} would have to route it (it arrived on {it.name}), but "
+            "net.ipv4.ip_forward=0 there",
+            f"{ns.name} is on the way to {plan.ip} but does not forward: it drops every packet "
+            "it would have to route, silently.",
+            [f"ip netns exec {ns.name} sysctl -w net.ipv4.ip_forward=1"],
+        )
+    # 4. it entered a bridge on a port and the bridge did not pass it on
+    for h in reversed(hops):
+        if not h.note.startswith(("received", "sniffed arriving")):
+            continue
+        hns = topo.netns_by_name(h.netns)
+        port = hns.iface_by_name(h.interface) if hns else None
+        bridge = _master(topo, port.key) if port else None
+        if hns is None or port is None or bridge is None or bridge.kind != "bridge":
+            continue
+        others = [p for p in hns.interfaces if p.master == bridge.key.ifindex and p != port]
+        iso = [p for p in others if p.bridge_port and p.bridge_port.isolated]
+        if port.bridge_port is not None and port.bridge_port.isolated and iso:
+            names = ", ".join(p.name for p in iso)
+            return (
+                port.key,
+                f"{port.name} and {names} are isolated ports of {bridge.name}: the bridge "
+                "never forwards between two isolated ports",
+                f"The frame entered {bridge.name} on {port.name} and was not flooded to {names}.",
+                [f"bridge -n {hns.name} link set dev {port.name} isolated off"],
+            )
+        break
+    return None
+
+
 def _lost(plan: PingPlan, topo: Topology, a: Analysis, findings: list[Finding]) -> Verdict:
     """Nothing conclusive: say where our frames were last seen."""
-    hops = sorted((h for p in a.paths for h in p.hops), key=lambda h: h.ts_ns)
+    hops = _forward_hops(a)
     if hops:
         last = hops[-1]
         ns = topo.netns_by_name(last.netns)

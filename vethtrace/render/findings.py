@@ -23,7 +23,9 @@ def findings_json(findings: list[Finding]) -> dict[str, Any]:
     return {"findings": [to_dict(f) for f in findings]}
 
 
-def finding_lines(f: Finding, width: int = 100, indent: int = 0) -> list[Text]:
+def finding_lines(
+    f: Finding, width: int = 100, indent: int = 0, verbose: bool = False
+) -> list[Text]:
     """One finding as lines no wider than `width` (fix commands excepted: they
     stay whole so they paste): headline, what, why, fix."""
     pad = " " * indent
@@ -32,7 +34,8 @@ def finding_lines(f: Finding, width: int = 100, indent: int = 0) -> list[Text]:
                            "  ", (f.rule, "dim"))]
     body = width - indent - 2
     lines += [Text(pad + "  " + line) for line in textwrap.wrap(f.summary, body)]
-    why = textwrap.wrap(f.explanation, body - 5)
+    # Notes stay short (what and the fix); the lesson is for what breaks traffic.
+    why = textwrap.wrap(f.explanation, body - 5) if f.severity != "info" or verbose else []
     for i, line in enumerate(why):
         lines.append(Text.assemble(pad + "  ", ("why  " if i == 0 else "     ", "dim"), line))
     if f.fix:

@@ -13,6 +13,7 @@ Call with `state.lock` held (the feeding threads mutate deques and dicts).
 
 from __future__ import annotations
 
+import re
 import time
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -63,7 +64,7 @@ def _layout(state: WatchState, now_wall: float, width: int, height: int) -> Layo
     """header / topology / findings | drops / packet paths / footer. The paths
     panel gets what is left: it is the part that changes the most."""
     short = NameShortener(state.topology)
-    topo_height = min(_topology_rows(state.topology) + 3, max(5, int(height * 0.4)))
+    topo_height = min(_topology_rows(state.topology) + 3, max(6, int(height * 0.4)))
     drops = _drops(state, short, now_wall)
     findings_rows = min(len(state.findings), MAX_FINDINGS) + (len(state.findings) > MAX_FINDINGS)
     status_height = max(findings_rows, len(drops.renderables)) + 2
@@ -76,7 +77,7 @@ def _layout(state: WatchState, now_wall: float, width: int, height: int) -> Layo
     layout = Layout(name="screen")
     layout.split_column(
         Layout(_header(state, short, now_wall), name="header", size=1),
-        Layout(_topology(state, short), name="topology", size=topo_height),
+        Layout(_topology(state, short, topo_height - 3), name="topology", size=topo_height),
         status,
         Layout(_paths(state, short, width), name="paths", ratio=1),
         Layout(_footer(state), name="footer", size=1),
@@ -99,8 +100,10 @@ class NameShortener:
         return name
 
     def label(self, text: str) -> str:
-        """'vtt-host/veth0' -> 'host/veth0'."""
-        return self.ns(text)
+        """Every namespace name in a text shortened: 'vtt-host/veth0' -> 'host/veth0'."""
+        if not self.prefix:
+            return text
+        return re.sub(rf"(?<![\w-]){re.escape(self.prefix)}(?=\w)", "", text)
 
 
 def _common_prefix(names: list[str]) -> str:
@@ -193,7 +196,26 @@ def _spark(history: list[int]) -> Text:
     return t
 
 
-def _topology(state: WatchState, short: NameShortener) -> Panel:
+def _busiest_first(state: WatchState, topo: Topology) -> list[Namespace]:
+    """Namespaces with traffic first (most frames first), then the rest in
+    discovery order: on a host with hundreds of namespaces the panel can only
+    show a few, and those should be the ones the packets go through."""
+
+    def frames(ns: Namespace) -> int:
+        total = 0
+        for iface in ns.interfaces:
+            c = state.counters.get(iface.key)
+            if c is not None:
+                total += c.rx + c.tx + c.dropped
+        return total
+
+    activity = {ns.inode: frames(ns) for ns in topo.namespaces}
+    if not any(activity.values()):
+        return list(topo.namespaces)
+    return sorted(topo.namespaces, key=lambda ns: -activity[ns.inode])
+
+
+def _topology(state: WatchState, short: NameShortener, rows: int) -> Panel:
     table = Table(box=None, padding=(0, 1, 0, 0), expand=True, header_style="dim")
     table.add_column("interface", no_wrap=True, overflow="ellipsis", min_width=10)
     table.add_column("address", no_wrap=True, overflow="ellipsis", min_width=7)
@@ -207,9 +229,23 @@ def _topology(state: WatchState, short: NameShortener) -> Panel:
         table.add_row(Text("discovering…", style="dim"))
         return Panel(table, title="topology", title_align="left", border_style="blue")
     second = state.now_ns // 1_000_000_000
-    for ns in topo.namespaces:
+    namespaces = _busiest_first(state, topo)
+    used = 0
+    subtitle = None
+    for n, ns in enumerate(namespaces):
+        ordered = _ordered(ns)
+        if used + 1 + len(ordered) > rows:
+            left = len(namespaces) - n
+            hidden = sum(len(x.interfaces) for x in namespaces[n:])
+            subtitle = Text(
+                f"{left} more namespace{'s' if left > 1 else ''} ({hidden} interfaces) "
+                "not shown: pick with -n NETNS",
+                style="dim",
+            )
+            break
+        used += 1 + len(ordered)
         table.add_row(Text(short.ns(ns.name), style="bold magenta"))
-        for depth, iface, branch in _ordered(ns):
+        for depth, iface, branch in ordered:
             c = state.counters.get(iface.key)
             name = Text("  " * (depth - 1) + "  " + branch)
             up = iface.admin_up and iface.carrier
@@ -226,7 +262,14 @@ def _topology(state: WatchState, short: NameShortener) -> Panel:
                 Text(_num(c.dropped), style="bold red") if c and c.dropped else "",
                 _spark(c.history(second)[-10:]) if c else "",
             )
-    return Panel(table, title="topology", title_align="left", border_style="blue")
+    return Panel(
+        table,
+        title="topology",
+        title_align="left",
+        subtitle=subtitle,
+        subtitle_align="right",
+        border_style="blue",
+    )
 
 
 def _link(iface: Interface, ns: Namespace, topo: Topology, short: NameShortener) -> Text:
@@ -252,9 +295,9 @@ def _findings(state: WatchState, short: NameShortener) -> Panel:
         style = {"error": "bold red", "warning": "yellow"}.get(f.severity, "cyan")
         t.append({"error": "✗ ", "warning": "! "}.get(f.severity, "i "), style=style)
         where = short.ns(f.netns) + (f"/{f.interface}" if f.interface else "")
-        t.append(f"{where}: ", style="bold")
-        t.append(f.summary)
-        t.append(f"  [{f.rule}]", style="dim")
+        t.append(f.rule, style=style)
+        t.append(f"  {where}  ", style="bold")
+        t.append(short.label(f.summary))
         lines.append(t)
     more = len(state.findings) - MAX_FINDINGS
     if more > 0:

@@ -41,6 +41,7 @@ RX_HOP_POINTS = frozenset(
 # socket took it, the ping socket layer did not): not a drop anyone should see.
 BENIGN_DROPS = frozenset({("NO_SOCKET", "ping_rcv")})
 
+ADD_CHUNK = 2000  # events added per lock hold
 SPARK_SECONDS = 16  # per-second history kept for the rate sparkline
 NOTICE_SECONDS = 30.0  # how long "veth3 appeared" stays on screen
 
@@ -99,6 +100,9 @@ class WatchState:
         self.paths: list[PacketPath] = []
         self.max_paths = max_paths
         self.notices: deque[Notice] = deque(maxlen=20)
+        # With -n, the inodes of the watched namespaces still alive; None = all.
+        self.allowed: set[int] | None = None
+        self.foreign = 0  # events dropped because their namespace is not watched
         self.plan = ""
         self.status = "starting"  # shown in the header: starting / tracing / ended
         # Kernel times are CLOCK_MONOTONIC; this maps them to wall time for display.
@@ -110,13 +114,21 @@ class WatchState:
     # --- feeding -----------------------------------------------------------------
 
     def add_events(self, events: list[ProbeEvent]) -> None:
-        if events:
-            with self.lock:  # one lock round per batch, not per event
-                for ev in events:
+        """A batch from the collector. Under a flood one poll can return
+        hundreds of thousands of events: the lock is taken per chunk, so the
+        screen (which needs the lock to draw) is never held up for long."""
+        for start in range(0, len(events), ADD_CHUNK):
+            with self.lock:
+                for ev in events[start : start + ADD_CHUNK]:
                     self.add_event(ev)
 
     def add_event(self, ev: ProbeEvent) -> None:
         with self.lock:
+            if self.allowed is not None and ev.netns not in self.allowed:
+                # A watched namespace was deleted and the kernel gave its inode
+                # to a new one (inodes recycle within seconds): not ours.
+                self.foreign += 1
+                return
             self.events_total += 1
             self.window.append(ev)
             self._dirty = True
@@ -160,6 +172,8 @@ class WatchState:
             for text in changes:
                 self.notices.append(Notice(now, text))
             self.topology = topo
+            if self.netns:
+                self.allowed = {ns.inode for ns in topo.namespaces if ns.name in self.netns}
             if findings is not None:
                 self.findings = findings
             gone = {i.key for ns in topo.namespaces for i in ns.interfaces}
@@ -191,6 +205,8 @@ class WatchState:
     # --- reading (for render) ------------------------------------------------------
 
     def iface_label(self, key: IfaceKey, fallback: str = "") -> str:
+        if key.netns == 0 and key.ifindex == 0:
+            return fallback or "?"  # e.g. a socket's skb freed with no device
         if self.topology is not None:
             ns = self.topology.netns(key.netns)
             iface = ns.iface(key.ifindex) if ns else None

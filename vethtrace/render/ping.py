@@ -8,11 +8,11 @@ request left (kernel monotonic clock), so hops line up with `ping`'s own RTTs.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from vethtrace.diagnose.verdict import PingPlan, annotated_paths
@@ -71,6 +71,22 @@ def hop_rows(
     return sorted(hops, key=lambda h: h.ts_ns)
 
 
+def packet_groups(
+    plan: PingPlan, events: Sequence[ProbeEvent], topo: Topology, verdict: Verdict | None
+) -> list[tuple[str, list[Hop]]]:
+    """(packet description, its hops) in order of first appearance; ping's socket
+    view first. Grouping by packet reads better than one interleaved time line."""
+    groups: list[tuple[str, list[Hop]]] = []
+    sock = socket_hops(plan, events)
+    if sock:
+        groups.append((f"ping's socket in {plan.source}", sock))
+    paths = annotated_paths(plan, list(events), topo, verdict)
+    for p in sorted(paths, key=lambda p: min((h.ts_ns for h in p.hops), default=p.first_ns)):
+        if p.hops:
+            groups.append((p.summary.describe() if p.summary else p.kind, p.hops))
+    return groups
+
+
 def to_json(
     plan: PingPlan,
     verdict: Verdict | None,
@@ -126,6 +142,30 @@ def to_json(
     }
 
 
+def _where(h: Hop) -> str:
+    return h.netns if h.interface == "(socket)" else f"{h.netns}/{h.interface}"
+
+
+def _print_groups(console: Console, groups: list[tuple[str, list[Hop]]], t0: int) -> None:
+    """Packet title, then one aligned line per hop: time, ✓/✗, netns/interface, what
+    happened (wrapped under itself, so the table stays readable at 100 columns)."""
+    wide = min(30, max(len(_where(h)) for _t, hops in groups for h in hops))
+    indent = 11 + 2 + 2 + wide + 2
+    room = max(30, console.width - indent)
+    for title, hops in groups:
+        console.print(Text(f"  {title}", "bold"), soft_wrap=False, overflow="ellipsis")
+        for h in hops:
+            mark = Text("✓", "green") if h.ok else Text("✗", "bold red")
+            note = h.note + (" (sniffed)" if h.sniffed and "tcpdump" not in h.note else "")
+            lines = textwrap.wrap(note, room) or [""]
+            head = Text(f"{_ms(h.ts_ns, t0) + ' ms':>11}  ")
+            head.append_text(mark)
+            head.append(f" {_where(h)[:wide]:<{wide}}  {lines[0]}")
+            console.print(head, soft_wrap=True)
+            for more in lines[1:]:
+                console.print(" " * indent + more, soft_wrap=True, markup=False)
+
+
 def _ms(ns: int, t0: int) -> str:
     return f"{(ns - t0) / 1e6:+.2f}"
 
@@ -152,28 +192,18 @@ def show(
             ("ping ", "bold"),
             (f"{plan.ip}", "bold"),
             f" in {plan.target_netns} from {plan.source} ({route})",
-        )
+        ),
+        soft_wrap=False,
     )
-    rows = hop_rows(plan, events, topo, verdict)
-    if rows:
-        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-        table.add_column("ms", justify="right", no_wrap=True)
-        table.add_column("netns", no_wrap=True, max_width=18)
-        table.add_column("iface", no_wrap=True, max_width=12)
-        table.add_column("", no_wrap=True)
-        table.add_column("packet", max_width=38)
-        table.add_column("what happened", ratio=1)
-        for h in rows:
-            mark = Text("✓", "green") if h.ok else Text("✗", "bold red")
-            note = h.note + (" [sniffed]" if h.sniffed and "tcpdump" not in h.note else "")
-            table.add_row(_ms(h.ts_ns, t0), h.netns, h.interface, mark, h.packet, note)
-        console.print(table)
+    groups = packet_groups(plan, events, topo, verdict)
+    if groups:
+        _print_groups(console, groups, t0)
     else:
         console.print("  (no frame of ours was seen)")
     if verdict is not None and verdict.timeline:
         states = " → ".join(f"{t['state']} ({_ms(t['time_ns'], t0)} ms)" for t in verdict.timeline)
         devs = sorted({f"{t['netns']}/{t['interface']}" for t in verdict.timeline})
-        console.print(f"neighbour {plan.nexthop} on {', '.join(devs)}: {states}")
+        console.print(f"neighbour {plan.nexthop} on {', '.join(devs)}: {states}", soft_wrap=False)
     console.print()
     if verdict is None:
         return
@@ -181,14 +211,15 @@ def show(
         Text.assemble(
             (f"{verdict.kind.upper()}", VERDICT_STYLE.get(verdict.kind, "bold")),
             f": {verdict.summary}",
-        )
+        ),
+        soft_wrap=False,
     )
     if verdict.culprit_netns:
         iface = f"/{verdict.culprit_interface}" if verdict.culprit_interface else ""
         console.print(Text.assemble(("culprit: ", "bold"), f"{verdict.culprit_netns}{iface}"))
     if verdict.explanation:
         console.print()
-        console.print(verdict.explanation)
+        console.print(verdict.explanation, soft_wrap=False)
     if verdict.fix:
         console.print()
         console.print(Text("fix:", "bold"))
@@ -200,8 +231,10 @@ def show(
         console.print(Text("static checks on this path:", "bold"))
         for f in relevant:
             where = f"{f.netns}/{f.interface}" if f.interface else f.netns
-            console.print(f"  [{f.severity}] {where}: {f.summary} ({f.rule})", markup=False)
+            console.print(
+                f"  [{f.severity}] {where}: {f.summary} ({f.rule})", markup=False, soft_wrap=False
+            )
     for n in [*warnings, *notes]:
-        console.print(Text(f"note: {n}", "dim"))
+        console.print(Text(f"note: {n}", "dim"), soft_wrap=False)
     if timings and "verdict" in timings:
         console.print(Text(f"verdict after {timings['verdict']:.2f} s", "dim"))

@@ -73,9 +73,18 @@ def dot(topo: Topology) -> str:
         for iface in shown:
             if iface.master is not None and iface.master in by_index:
                 master = IfaceKey(ns.inode, iface.master)
+                # master first: dot ranks left to right along edges, so bridges come
+                # first, then their ports, then (across clusters) the veth peers.
                 out.append(
-                    f'    {_id(iface.key)} -- {_id(master)} [color="#7f8c8d", label="port",'
+                    f'    {_id(master)} -- {_id(iface.key)} [color="#7f8c8d", label="port",'
                     ' fontcolor="#7f8c8d"];'
+                )
+        for iface in shown:
+            link = iface.link
+            if link is not None and link.netns == ns.inode and link.ifindex in by_index:
+                out.append(
+                    f"    {_id(link)} -- {_id(iface.key)}"
+                    ' [style=dashed, color="#7f8c8d", label="lower", fontcolor="#7f8c8d"];'
                 )
         out.append("  }")
     present = {
@@ -104,6 +113,14 @@ def dot(topo: Topology) -> str:
                     ' color="#c0392b", fontcolor="#c0392b"];'
                 )
                 out.append(f'  {_id(iface.key)} -- {ghost} [style=dashed, color="#c0392b"];')
+    for ns in topo.namespaces:  # lower devices in another namespace (moved macvlans...)
+        for iface in ns.interfaces:
+            link = iface.link
+            if link is not None and link.netns != ns.inode and {iface.key, link} <= present:
+                out.append(
+                    f"  {_id(link)} -- {_id(iface.key)}"
+                    ' [style=dashed, color="#7f8c8d", label="lower", fontcolor="#7f8c8d"];'
+                )
     out.append("}")
     return "\n".join(out) + "\n"
 

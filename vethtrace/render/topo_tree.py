@@ -65,8 +65,10 @@ def iface_line(topo: Topology, iface: Interface, port_of: Interface | None = Non
     addrs = _addresses(iface)
     if addrs:
         # An address on a bridge port is the classic mistake: show it, loudly.
-        style = "bold magenta" if port_of is not None and port_of.kind == "bridge" else "cyan"
-        line.append(f"  {addrs}", style=style)
+        on_port = port_of is not None and port_of.kind == "bridge"
+        line.append(f"  {addrs}", style="bold magenta" if on_port else "cyan")
+        if on_port:
+            line.append(" (address on a bridge port)", style="magenta")
     if iface.kind == "veth" or iface.peer is not None:
         line.append("  ⇄ ", style="blue")
         if iface.peer is not None:

@@ -76,4 +76,7 @@ def _keep_selection(topo: Topology, full: set[int]) -> None:
     for ns in topo.namespaces:
         if ns.inode in full:
             keep.update(i.peer.netns for i in ns.interfaces if i.peer is not None)
-    topo.namespaces = [ns for ns in topo.namespaces if ns.inode in keep]
+    # The selection first (in discovery order), then where its cables lead.
+    topo.namespaces = [ns for ns in topo.namespaces if ns.inode in full] + [
+        ns for ns in topo.namespaces if ns.inode in keep and ns.inode not in full
+    ]

@@ -128,8 +128,8 @@ def resolve_peers(
             peer_ifindex = _peer_ifindex(link)
             options = cands.get((inode, iface.key.ifindex), [])
             confirmed = [b for b in options if nsids.get((inode, b)) == link.link_nsid]
-            if not confirmed and len(options) == 1 and (inode, options[0]) not in nsids:
-                confirmed = options  # no answer from the kernel (old capture): trust the pairing
+            if not confirmed:  # the kernel was not asked (e.g. an old capture): trust pairing
+                confirmed = [b for b in options if (inode, b) not in nsids]
             if len(confirmed) == 1:
                 iface.peer = IfaceKey(confirmed[0], peer_ifindex)
                 continue

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import resource
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 from vethtrace import netns
@@ -88,26 +90,31 @@ class Vanished(Exception):
     """The namespace went away (or its holder's inode was recycled) before we got in."""
 
 
-def in_worker(fn: Callable[[], T]) -> T:
-    """Run fn in a fresh thread: it may setns freely; the caller's namespace never moves."""
-    box: dict[str, object] = {}
+def in_workers(jobs: list[Callable[[], None]]) -> None:
+    """Run each job in its own fresh thread: jobs may setns freely, the caller's
+    namespace never moves. The first exception is re-raised in the caller."""
+    errors: list[BaseException] = []
 
-    def target() -> None:
+    def target(job: Callable[[], None]) -> None:
         back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:
-            box["value"] = fn()
+            job()
         except BaseException as exc:
-            box["error"] = exc
+            errors.append(exc)
         finally:
             netns._setns(back)
             os.close(back)
 
-    t = threading.Thread(target=target, name="vethtrace-discover", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
+    threads = [
+        threading.Thread(target=target, args=(job,), name="vethtrace-discover", daemon=True)
+        for job in jobs
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def open_ns(ref: NsRef) -> int:
@@ -258,26 +265,31 @@ def ask(sock: socket.socket, request: bytes) -> bytes:
 
 
 def dump_here(
-    raw: RawNamespace, full: bool, with_nft: bool, bridges: bool = True, legacy: bool = True
+    sock: socket.socket,
+    raw: RawNamespace,
+    full: bool,
+    with_nft: bool,
+    bridges: bool = True,
+    legacy: bool = True,
 ) -> None:
-    """Fill raw from the namespace the calling thread is in (only links and nsids
-    unless `full`); `bridges`/`legacy`: br_netfilter / ip_tables exist at all."""
-    with rtnl_socket() as sock:
-        raw.links = dump(sock, LINK_REQ)
-        raw.nsids = dump(sock, NSID_REQ)
-        if not full:
-            raw.partial = True
-            return
-        raw.addrs = dump(sock, ADDR_REQ)
-        raw.routes = dump(sock, ROUTE_REQ)
-        raw.neigh = dump(sock, NEIGH_REQ)
-        for req in NETCONF_REQS:
-            with contextlib.suppress(OSError):  # e.g. IPv6 disabled
-                raw.netconf += ask(sock, req)
-        try:
-            raw.fdb = dump(sock, FDB_REQ)
-        except OSError:
-            raw.fdb = b""  # no bridge support in this kernel
+    """Fill raw through `sock`, a NETLINK_ROUTE socket of the namespace the calling
+    thread is in (only links and nsids unless `full`); `bridges`/`legacy`:
+    br_netfilter / ip_tables exist at all."""
+    raw.links = dump(sock, LINK_REQ)
+    raw.nsids = dump(sock, NSID_REQ)
+    if not full:
+        raw.partial = True
+        return
+    raw.addrs = dump(sock, ADDR_REQ)
+    raw.routes = dump(sock, ROUTE_REQ)
+    raw.neigh = dump(sock, NEIGH_REQ)
+    for req in NETCONF_REQS:
+        with contextlib.suppress(OSError):  # e.g. IPv6 disabled
+            raw.netconf += ask(sock, req)
+    try:
+        raw.fdb = dump(sock, FDB_REQ)
+    except OSError:
+        raw.fdb = b""  # no bridge support in this kernel
     # A byte search, not a parse: only to decide whether net/bridge is worth a lookup.
     raw.sysctls = read_sysctls(bridges and _BRIDGE_KIND in raw.links)
     if legacy:
@@ -313,50 +325,81 @@ def query_nsid(sock: socket.socket, fd: int) -> int:
     return -1
 
 
+def _enough_fds(needed: int) -> None:
+    """One namespace fd and one socket per namespace stay open until the nsid
+    questions are answered: raise our own soft RLIMIT_NOFILE when that is short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
 def capture(
     refs: list[NsRef],
     full: set[int] | None = None,
     with_nft: bool = True,
     nsid_pairs: Callable[[RawCapture], dict[int, set[int]]] | None = None,
+    workers: int | None = None,
 ) -> RawCapture:
     """Dump every namespace in refs (only links for those not in `full`, when given),
-    then ask the kernel the nsids that `nsid_pairs(capture)` says peer resolution needs."""
+    then ask the kernel the nsids that `nsid_pairs(capture)` says peer resolution needs.
+
+    Several worker threads share the namespaces: the kernel builds dumps while
+    the GIL is released, so on more than one CPU one thread's dumps overlap
+    another's Python work.
+    """
     cap = RawCapture(taken_at=time.time(), kernel=platform.release())
     nft = with_nft and module_present("nf_tables")
     br_nf = br_netfilter_loaded()
     legacy = module_present("ip_tables")
+    n = max(1, min(workers or os.cpu_count() or 1, 4, len(refs)))
+    _enough_fds(2 * len(refs) + 64)
     fds: dict[int, int] = {}
+    socks: dict[int, socket.socket] = {}  # kept open for the nsid questions
+    results: dict[int, RawNamespace | str] = {}  # position in refs -> dump or note
 
-    def work() -> None:
-        for ref in refs:
+    def dump_some(positions: range) -> None:
+        for i in positions:
+            ref = refs[i]
             raw = RawNamespace(ref.inode, ref.name, ref.named, list(ref.pids), ref.container)
             try:
                 fd = open_ns(ref)
             except Vanished as exc:
-                cap.notes.append(f"netns {ref.name}: vanished before discovery ({exc})")
-                cap.gone.append(ref.inode)
+                results[i] = f"netns {ref.name}: vanished before discovery ({exc})"
                 continue
             fds[ref.inode] = fd
             try:
                 netns._setns(fd)
-                dump_here(raw, full is None or ref.inode in full, nft, br_nf, legacy)
+                socks[ref.inode] = sock = rtnl_socket()
+                dump_here(sock, raw, full is None or ref.inode in full, nft, br_nf, legacy)
             except OSError as exc:
-                cap.notes.append(f"netns {ref.name}: skipped ({exc.strerror or exc})")
+                results[i] = f"netns {ref.name}: skipped ({exc.strerror or exc})"
                 continue
-            cap.namespaces.append(raw)
-        if nsid_pairs is None:
-            return
-        for inode, others in nsid_pairs(cap).items():
-            netns._setns(fds[inode])
-            with rtnl_socket() as sock:
-                for other in sorted(others):
-                    if other in fds:
-                        with contextlib.suppress(OSError):
-                            cap.nsids[(inode, other)] = query_nsid(sock, fds[other])
+            results[i] = raw
+
+    def ask_nsids(pairs: list[tuple[int, set[int]]]) -> None:
+        for inode, others in pairs:
+            sock = socks[inode]
+            for other in sorted(others):
+                if other in fds:
+                    with contextlib.suppress(OSError):
+                        cap.nsids[(inode, other)] = query_nsid(sock, fds[other])
 
     try:
-        in_worker(work)
+        in_workers([partial(dump_some, range(k, len(refs), n)) for k in range(n)])
+        for i in range(len(refs)):
+            result = results[i]
+            if isinstance(result, str):
+                cap.notes.append(result)
+                cap.gone.append(refs[i].inode)
+            else:
+                cap.namespaces.append(result)
+        if nsid_pairs is not None:
+            pairs = sorted(nsid_pairs(cap).items())
+            in_workers([partial(ask_nsids, pairs[k::n]) for k in range(n)])
     finally:
+        for sock in socks.values():
+            sock.close()
         for fd in fds.values():
             os.close(fd)
     return cap

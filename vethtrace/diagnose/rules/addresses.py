@@ -36,12 +36,13 @@ def address_on_bridge_port(ctx: Context) -> Iterator[Finding]:
     for port, br in _addresses_on_enslaved(ctx, "bridge"):
         p, b = port.iface.name, br.iface.name
         cidrs = join_names(a.cidr for a in ctx.routable(port.iface))
+        addrs = join_names(a.address for a in ctx.routable(port.iface))
         yield finding(
             "address-on-bridge-port", "error", port,
             f"{p} in {port.ns.name} holds {cidrs} but is a port of bridge {b}",
             f"Once {p} is enslaved to {b}, the bridge's rx_handler takes every frame {p} receives "
             f"and hands it to {b}'s stack, so {p}'s own IP stack never sees the ARP replies: its "
-            f"neighbour entries stay INCOMPLETE and traffic from {cidrs} fails. tcpdump on {p} "
+            f"neighbour entries stay INCOMPLETE and traffic from {addrs} fails. tcpdump on {p} "
             "still shows the replies, because packet taps run before the rx_handler. The address "
             f"belongs on {b}.",
             move_addresses(ctx, port.ns, port.iface, br.iface.name, br.iface),
@@ -95,11 +96,12 @@ def macvlan_lower_address(ctx: Context) -> Iterator[Finding]:
             "macvlan-lower-address", "warning", lower,
             f"{low} in {lower.ns.name} holds {cidrs} while {kind} {names} sit on it "
             "in the same subnet",
-            f"Frames a {kind} sends to its lower device's own address leave through {low} to "
-            f"the wire instead of coming back up {low}'s stack, and {low}'s rx_handler only "
-            f"passes frames for the {kind}s' addresses to them: {low} and its {kind}s cannot "
-            f"reach each other, although both reach everything else. Give the host its own "
-            f"{kind} on {low} and put its address there.",
+            f"A lower device and its own {kind}s never meet: what a {kind} sends to {low}'s "
+            f"address leaves through {low} onto the wire, and what {low} sends to a {kind} goes "
+            f"straight out to the wire too; neither comes back in (a switch never returns a "
+            f"frame out of the port it arrived on). So {low} and its {kind}s cannot reach each "
+            f"other, although both reach everything else. Give the host its own {kind} on "
+            f"{low} and put its address there.",
             fix,
         )
 
@@ -162,16 +164,33 @@ def _same_subnet_finding(
         culprit = b
     first = ctx.lookup(ns, a_net.network.network_address + 1)
     via = ns.iface(first.oif) if first is not None else None
-    winner = via.name if via is not None else a.iface.name
-    loser = b.iface.name if winner == a.iface.name else a.iface.name
+    winner = a if via is None or via.key == a.iface.key else b
+    loser = b if winner is a else a
+    net = a_net.network if a_net.network.prefixlen <= b_net.network.prefixlen else b_net.network
+    gateways = {r.gateway: r.dst for r in ns.routes if r.gateway}
+    victims = []
+    for k in ctx.neighbours(loser):
+        for addr in ctx.v4(k.iface):
+            if addr.ip in net:
+                dst = gateways.get(str(addr.ip))
+                role = ("the default gateway" if dst == "default" else
+                        f"gateway for {dst}" if dst else k.ns.name)
+                victims.append(f"{addr.ip} ({role})")
+    same_l2 = ctx.domain_id(a.iface.key) == ctx.domain_id(b.iface.key)
+    if victims and not same_l2:
+        effect = (f"so {join_names(victims[:3])}, behind {loser.iface.name}, "
+                  f"{'is' if len(victims) == 1 else 'are'} ARPed for on {winner.iface.name} "
+                  f"and unreachable")
+    else:
+        effect = (f"so hosts behind {loser.iface.name} are ARPed for on "
+                  f"{winner.iface.name}")
     return finding(
-        "same-subnet", "warning", culprit,
-        f"{ns.name} has {a_net.network} on both {a.iface.name} ({a_net.with_prefixlen}) and "
+        "same-subnet", "error" if victims and not same_l2 else "warning", culprit,
+        f"{ns.name} has {net} on both {a.iface.name} ({a_net.with_prefixlen}) and "
         f"{b.iface.name} ({b_net.with_prefixlen})",
-        f"The kernel keeps one connected route per subnet in use: it sends to every address "
-        f"in {a_net.network} through {winner}, so hosts behind {loser} (a gateway, a peer) "
-        f"are ARPed for on the wrong link and stay unreachable, and because ARP answers for "
-        f"any local address on any interface, neighbours' caches can flap between two MACs. "
+        f"The kernel uses one connected route for the whole subnet: every address in {net} "
+        f"is sent through {winner.iface.name}, {effect}; and since Linux answers ARP for any "
+        f"local address on any interface, neighbours' caches can flap between two MACs. "
         f"{remedy}",
         fix,
     )

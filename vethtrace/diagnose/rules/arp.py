@@ -44,9 +44,11 @@ def arp_ignore(ctx: Context) -> Iterator[Finding]:
                 if (o.iface is not w.iface or level >= 8)
                 for a in ctx.v4(o.iface) if a.network.prefixlen < 32
             ]
+            # An asker on the target's own link gets its answer there.
             asked = [
                 (a, o, k) for a, o in targets for k in ctx.neighbours(w)
                 if _would_arp_for(ctx, k, a.ip)
+                and (o.iface is w.iface or ctx.domain_id(o.iface.key) != ctx.domain_id(k.iface.key))
             ]
             if not asked:
                 continue
@@ -73,16 +75,16 @@ def arp_filter(ctx: Context) -> Iterator[Finding]:
             all_v, dev_v = ctx.conf(ns, w.iface, "arp_filter")
             if not (all_v or dev_v):
                 continue
-            mine = ctx.v4(w.iface)
             askers = []
             for k in ctx.neighbours(w):
-                for a in ctx.v4(k.iface):
-                    if not any(a.ip in m.network for m in mine):
-                        continue
-                    back = ctx.lookup(ns, a.ip)
-                    if back is None or back.oif != w.iface.key.ifindex:
-                        via = ns.iface(back.oif) if back is not None else None
-                        askers.append((a.ip, k, via.name if via else "no route"))
+                sender = next(iter(ctx.v4(k.iface)), None)
+                wanted = [t for t in ctx.v4(w.iface) if _would_arp_for(ctx, k, t.ip)]
+                if sender is None or not wanted:
+                    continue
+                back = ctx.lookup(ns, sender.ip)
+                if back is None or back.oif != w.iface.key.ifindex:
+                    via = ns.iface(back.oif) if back is not None else None
+                    askers.append((sender.ip, k, via.name if via else "no route"))
             if not askers:
                 continue
             i = w.iface.name

@@ -71,8 +71,15 @@ class Where:
 
 
 class Context:
+    """One topology, indexed once for the questions every rule asks (O(1)
+    interface and master lookups, L2 domains, per-namespace caches), so the
+    whole rule set stays well under a second on hosts with hundreds of
+    namespaces."""
+
     def __init__(self, topo: Topology) -> None:
         self.topo = topo
+        self._forwarding: dict[int, bool | None] = {}
+        self._up: dict[int, list[Where]] = {}
 
     # --- walking ----------------------------------------------------------
 
@@ -81,15 +88,29 @@ class Context:
             for iface in ns.interfaces:
                 yield Where(ns, iface)
 
+    @cached_property
+    def _by_key(self) -> dict[IfaceKey, Where]:
+        return {w.iface.key: w for w in self.interfaces()}
+
     def where(self, key: IfaceKey | None) -> Where | None:
-        if key is None:
-            return None
-        ns = self.topo.netns(key.netns)
-        iface = ns.iface(key.ifindex) if ns else None
-        return Where(ns, iface) if ns and iface else None
+        return self._by_key.get(key) if key is not None else None
 
     def master(self, ns: Namespace, iface: Interface) -> Interface | None:
-        return ns.iface(iface.master) if iface.master is not None else None
+        if iface.master is None:
+            return None
+        w = self._by_key.get(IfaceKey(ns.inode, iface.master))
+        return w.iface if w is not None else None
+
+    def up_interfaces(self, ns: Namespace) -> list[Where]:
+        """Interfaces with an IP stack of their own that can carry traffic now
+        (up, not lo, not a port/slave whose frames go to a master)."""
+        if ns.inode not in self._up:
+            self._up[ns.inode] = [
+                Where(ns, i) for i in ns.interfaces
+                if i.admin_up and i.kind != "loopback" and i.name != "lo"
+                and not self.is_enslaved(Where(ns, i))
+            ]
+        return self._up[ns.inode]
 
     def ports(self, ns: Namespace, master: Interface) -> list[Interface]:
         return [i for i in ns.interfaces if i.master == master.key.ifindex]
@@ -157,10 +178,17 @@ class Context:
         roots: dict[IfaceKey, int] = {}
         return {k: roots.setdefault(find(k), len(roots)) for k in parent}
 
+    @cached_property
+    def _members(self) -> dict[int, list[Where]]:
+        out: dict[int, list[Where]] = {}
+        for w in self.interfaces():
+            out.setdefault(self._domains[w.iface.key], []).append(w)
+        return out
+
     def domain(self, key: IfaceKey) -> list[Where]:
         """Every interface in the same L2 domain as `key` (itself included)."""
         d = self._domains.get(key)
-        return [w for w in self.interfaces() if self._domains.get(w.iface.key) == d]
+        return list(self._members.get(d, [])) if d is not None else []
 
     def domain_id(self, key: IfaceKey) -> int:
         return self._domains.get(key, -1)
@@ -168,11 +196,12 @@ class Context:
     def neighbours(self, where: Where) -> list[Where]:
         """Interfaces of *other* namespaces that share `where`'s L2 domain and
         have a stack of their own (not a port/slave whose frames go to a master)."""
-        return [
-            w
-            for w in self.domain(where.iface.key)
-            if w.ns.inode != where.ns.inode and not self.is_enslaved(w)
-        ]
+        d = self._domains.get(where.iface.key)
+        return [w for w in self._stacks.get(d, []) if w.ns.inode != where.ns.inode]  # type: ignore[arg-type]
+
+    @cached_property
+    def _stacks(self) -> dict[int, list[Where]]:
+        return {d: [w for w in ws if not self.is_enslaved(w)] for d, ws in self._members.items()}
 
     def is_enslaved(self, w: Where) -> bool:
         m = self.master(w.ns, w.iface)
@@ -235,10 +264,12 @@ class Context:
         return all_v, dev_v
 
     def forwarding(self, ns: Namespace) -> bool | None:
-        v = self.sysctl(ns, "net.ipv4.ip_forward")
-        if v is None:
-            v = self.sysctl(ns, "net.ipv4.conf.all.forwarding")
-        return None if v is None else v.strip() == "1"
+        if ns.inode not in self._forwarding:
+            v = self.sysctl(ns, "net.ipv4.ip_forward")
+            if v is None:
+                v = self.sysctl(ns, "net.ipv4.conf.all.forwarding")
+            self._forwarding[ns.inode] = None if v is None else v.strip() == "1"
+        return self._forwarding[ns.inode]
 
 
 # --- building findings ------------------------------------------------------

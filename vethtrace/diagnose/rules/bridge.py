@@ -130,13 +130,23 @@ BRIDGE_NF_KEYS = {
 def bridge_netfilter_drop(ctx: Context) -> Iterator[Finding]:
     for ns in ctx.topo.namespaces:
         chains = [c for c in forward_chains(ns.firewall) if c.drops_anything]
-        if not chains:
+        legacy = "filter" in (ns.firewall.get("iptables_legacy") or [])
+        if not chains and not legacy:
             continue
         for br in _bridges(ctx):
             if br.ns is not ns or len(ctx.ports(ns, br.iface)) < 2:
                 continue
             for chain in chains:
                 yield from _chain_finding(ctx, br, chain)
+            if legacy and (ctx.sysctl(ns, BRIDGE_NF_KEYS["ip"][0]) or "").strip() == "1":
+                b = br.iface.name
+                yield finding(
+                    "bridge-netfilter-drop", "info", br,
+                    f"{b} in {ns.name} passes bridged traffic through legacy iptables FORWARD",
+                    f"bridge-nf-call-iptables=1 and the legacy (x_tables) filter table is loaded: "
+                    f"its FORWARD rules apply to frames {b} forwards between its ports. vethtrace "
+                    f"cannot read legacy rules; check them with `iptables-legacy -L FORWARD -v`.",
+                )
 
 
 def _chain_finding(ctx: Context, br: Where, chain: ForwardChain) -> Iterator[Finding]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from vethtrace.diagnose.rules.base import Context, Where, finding, ip, join_names, rule
-from vethtrace.model import Finding
+from vethtrace.model import Finding, Severity
 
 # Kinds whose MTU we may raise freely (software devices); a physical NIC's
 # smaller MTU is usually the network's and the others must come down to it.
@@ -82,21 +82,35 @@ def interface_down(ctx: Context) -> Iterator[Finding]:
             continue  # veth-peer-down says it better
         if not _expects_traffic(ctx, w):
             continue
+        if peer is not None and _expects_traffic(ctx, peer) and _reported_first(ctx, peer, w):
+            continue  # both ends down: one finding for the pair, on the end named first
         m = ctx.master(w.ns, i)
         role = f"a port of {m.name}" if m is not None else "holds " + join_names(
             a.cidr for a in ctx.routable(i))
         fix = [ip(w.ns, "link", "set", i.name, "up")]
+        head = f"{w.label} is down but {role}"
         if peer is not None:
             fix.append(ip(peer.ns, "link", "set", peer.iface.name, "up"))
+            head += f"; its veth peer {peer.label} is down too"
         effect = ("the bridge treats the port as disabled" if m is not None
                   else "its addresses are unreachable")
+        # A port or a veth end is someone's link; a lone NIC with an address
+        # may be down on purpose.
+        severity: Severity = "error" if m is not None or peer is not None else "warning"
         yield finding(
-            "interface-down", "error", w,
-            f"{w.label} is down but {role}",
+            "interface-down", severity, w, head,
             f"An administratively down interface neither sends nor receives; its connected "
-            f"routes are gone and {effect}.",
+            f"routes are gone and {effect}."
+            + (" A veth pair carries traffic only while both ends are up." if peer else ""),
             fix,
         )
+
+
+def _reported_first(ctx: Context, a: Where, b: Where) -> bool:
+    """Of two ends that both qualify, the one with addresses speaks for the pair."""
+    rank_a = (not ctx.routable(a.iface), a.ns.name, a.iface.name)
+    rank_b = (not ctx.routable(b.iface), b.ns.name, b.iface.name)
+    return rank_a < rank_b
 
 
 @rule("no-carrier", "an up interface that should carry traffic has no carrier")
@@ -181,6 +195,8 @@ def mtu_mismatch(ctx: Context) -> Iterator[Finding]:
             ports = [Where(w.ns, p) for p in ctx.ports(w.ns, w.iface)]
             if len(ports) >= 2:
                 groups.append((f"bridge {w.iface.name}", ports))
+            if ports and w.iface.mtu > min(p.iface.mtu for p in ports):
+                yield _bridge_above_ports(w, ports)
     for what, members in groups:
         mtus = {m.iface.mtu for m in members}
         if len(mtus) < 2:
@@ -203,10 +219,24 @@ def mtu_mismatch(ctx: Context) -> Iterator[Finding]:
                 f"{m.label} has MTU {m.iface.mtu} but "
                 + join_names(f"{o.label} has {o.iface.mtu}" for o in others)
                 + f" ({what})",
-                f"Small packets pass, so ping works, but a frame up to {big.iface.mtu} bytes "
-                f"from {big.iface.name} that is larger than {min(mtus)} is dropped silently where "
-                f"it crosses to the smaller side (the veth/bridge transmit checks the receiving "
-                f"device's MTU; no ICMP 'fragmentation needed' is sent): large transfers stall. "
-                f"Make the MTUs equal.",
+                f"Small packets pass, so ping works, but frames of {min(mtus) + 1} to "
+                f"{big.iface.mtu} bytes (allowed on {big.iface.name}) are dropped silently where "
+                f"they cross to the smaller side: a veth, like a bridge port, checks the receiving "
+                f"device's MTU and no ICMP 'fragmentation needed' comes back, so large transfers "
+                f"stall. Make the MTUs equal.",
                 fix,
             )
+
+
+def _bridge_above_ports(br: Where, ports: list[Where]) -> Finding:
+    low = min(p.iface.mtu for p in ports)
+    small = join_names(p.iface.name for p in ports if p.iface.mtu == low)
+    b = br.iface.name
+    return finding(
+        "mtu-mismatch", "warning", br,
+        f"bridge {b} in {br.ns.name} has MTU {br.iface.mtu}, larger than its port {small} ({low})",
+        f"A bridge normally takes the smallest MTU of its ports; {b}'s was raised by hand, so "
+        f"packets {br.ns.name} sends through {b} larger than {low} bytes are dropped where they "
+        f"leave through {small} (no ICMP 'fragmentation needed' comes back).",
+        [ip(br.ns, "link", "set", b, "mtu", low)],
+    )

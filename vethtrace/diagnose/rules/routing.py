@@ -22,13 +22,7 @@ class Router:
 
 
 def up_interfaces(ctx: Context, ns: Namespace) -> list[Where]:
-    """Interfaces with an IP stack of their own that can carry traffic now."""
-    return [
-        Where(ns, i)
-        for i in ns.interfaces
-        if i.admin_up and i.kind != "loopback" and i.name != "lo"
-        and not ctx.is_enslaved(Where(ns, i))
-    ]
+    return ctx.up_interfaces(ns)
 
 
 def hosts_behind(ctx: Context, router: Where, exclude: set[int]) -> dict[IPv4Address, IPv4Network]:
@@ -96,7 +90,8 @@ def missing_route(ctx: Context) -> Iterator[Finding]:
 
 @rule("forwarding-disabled", "a namespace other namespaces route through does not forward")
 def forwarding_disabled(ctx: Context) -> Iterator[Finding]:
-    reported: set[tuple[int, int]] = set()
+    # router namespace inode -> [(its interface, user namespace, route)]
+    users: dict[int, list[tuple[Where, Namespace, str]]] = {}
     for ns in ctx.topo.namespaces:
         for route in ns.routes:
             if route.family != 4 or not route.gateway or route.oif is None:
@@ -104,40 +99,43 @@ def forwarding_disabled(ctx: Context) -> Iterator[Finding]:
             oif = ns.iface(route.oif)
             if oif is None:
                 continue
-            gw = IPv4Address(route.gateway)
-            router = ctx.owner_of(gw, ctx.neighbours(Where(ns, oif)))
+            router = ctx.owner_of(IPv4Address(route.gateway), ctx.neighbours(Where(ns, oif)))
             if router is None or len([w for w in up_interfaces(ctx, router.ns)
                                       if ctx.v4(w.iface)]) < 2:
+                continue  # a gateway with nowhere else to go is not routing
+            desc = f"{ns.name} ({route.dst} via {route.gateway})"
+            users.setdefault(router.ns.inode, []).append((router, ns, desc))
+    for uses in users.values():
+        router_ns = uses[0][0].ns
+        who = join_names(dict.fromkeys(d for _, _, d in uses))
+        if ctx.forwarding(router_ns) is False:
+            first = uses[0][0]
+            yield finding(
+                "forwarding-disabled", "error", first,
+                f"{router_ns.name} is the gateway on {first.iface.name} for {who}, but its "
+                f"IPv4 forwarding is off",
+                f"With net.ipv4.ip_forward=0 the kernel delivers packets addressed to "
+                f"{router_ns.name} itself but drops every packet it would have to route on to "
+                f"another interface, silently (no ICMP error): its neighbours reach "
+                f"{router_ns.name}, never what lies behind it.",
+                [sysctl_w(router_ns, "net.ipv4.ip_forward", 1)],
+            )
+            continue
+        ifaces = {r.iface.key: r for r, _, _ in uses}
+        for key, w in ifaces.items():
+            _all, dev = ctx.conf(router_ns, w.iface, "forwarding")
+            if dev != 0 or not ctx.forwarding(router_ns):
                 continue
-            key = (router.ns.inode, router.iface.key.ifindex)
-            if key in reported:
-                continue
-            users = f"{ns.name}'s route {route.dst} via {gw}"
-            on = ctx.forwarding(router.ns)
-            if on is False:
-                reported.add(key)
-                yield finding(
-                    "forwarding-disabled", "error", router,
-                    f"{router.ns.name} is the gateway in {users} but IPv4 forwarding is off",
-                    f"With net.ipv4.ip_forward=0 the kernel delivers packets addressed to "
-                    f"{router.ns.name} itself but drops every packet it would have to route on "
-                    f"to another interface, so everything {ns.name} sends through {gw} to "
-                    f"other subnets dies there (silently: no ICMP error).",
-                    [sysctl_w(router.ns, "net.ipv4.ip_forward", 1)],
-                )
-                continue
-            _all, dev = ctx.conf(router.ns, router.iface, "forwarding")
-            if on and dev == 0:
-                reported.add(key)
-                r = router.iface.name
-                yield finding(
-                    "forwarding-disabled", "error", router,
-                    f"{r} in {router.ns.name} has forwarding=0, yet it is the gateway in {users}",
-                    f"ip_forward is on in {router.ns.name}, but forwarding is decided per "
-                    f"receiving interface: with net.ipv4.conf.{r}.forwarding=0, packets that "
-                    f"arrive on {r} are never routed on.",
-                    [sysctl_w(router.ns, f"net.ipv4.conf.{r}.forwarding", 1)],
-                )
+            r = w.iface.name
+            mine = join_names(dict.fromkeys(d for x, _, d in uses if x.iface.key == key))
+            yield finding(
+                "forwarding-disabled", "error", w,
+                f"{r} in {router_ns.name} has forwarding=0, yet it is the gateway for {mine}",
+                f"ip_forward is on in {router_ns.name}, but forwarding is decided per receiving "
+                f"interface: with net.ipv4.conf.{r}.forwarding=0, packets that arrive on {r} "
+                f"are never routed on.",
+                [sysctl_w(router_ns, f"net.ipv4.conf.{r}.forwarding", 1)],
+            )
 
 
 @rule("rp-filter-strict", "strict rp_filter drops traffic whose route back leaves another way")
