@@ -35,7 +35,7 @@ SERVER_IP = "10.0.0.2"
 NONMATCH = "host 203.0.113.77"
 BPFTRACE_COUNT = (
     "tracepoint:net:net_dev_queue, tracepoint:net:netif_receive_skb, "
-    "tracepoint:skb:consume_skb { @[probe] = count(); }"
+    "tracepoint:skb:consume_skb { @n = count(); } interval:ms:200 { print(@n); }"
 )
 
 
@@ -131,8 +131,15 @@ class Tracer:
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            wait_line(self.proc, "Attaching")
-            time.sleep(1.0)  # bpftrace prints before its tracepoints are live
+            # bpftrace prints "Attaching" before its tracepoints are live: wait
+            # until its counter moves with a sentinel ping
+            assert self.proc.stdout is not None
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                sh("ip", "netns", "exec", self.lab["a"], "ping", "-c1", "-W1", SERVER_IP)
+                line = self.proc.stdout.readline()
+                if line.startswith("@n:") and int(line.split()[1]) > 0:
+                    break
         elif self.kind == "tcpdump":
             self.proc = subprocess.Popen(
                 [
@@ -158,10 +165,14 @@ class Tracer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.send_signal(
-            signal.SIGTERM if self.kind.startswith("vethtrace") else signal.SIGINT
-        )
-        out, _err = self.proc.communicate(timeout=60)
+        sig = signal.SIGTERM if self.kind.startswith("vethtrace") else signal.SIGINT
+        self.proc.send_signal(sig)
+        try:
+            out, _err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _err = self.proc.communicate()
+            print(f"# {self.kind} did not stop on {sig.name}: killed", file=sys.stderr)
         if self.kind.startswith("vethtrace"):
             self.stats = json.loads(out.strip().splitlines()[-1])
 

@@ -129,10 +129,12 @@ def measure(seconds: float, prefix: str) -> dict:  # type: ignore[type-arg]
             10,
             "the watch process",
         )
+        # iperf3 -J writes a lot at the end: into a file, not a pipe nobody reads yet.
+        flood_out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed with the run
         flood = subprocess.Popen(
             ["ip", "netns", "exec", a, "iperf3", "-c", SERVER_IP, "-u", "-l", "64", "-b", "0",
              "-t", str(int(seconds)), "-J"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdout=flood_out, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         t0 = time.monotonic()
         rss: list[tuple[float, float]] = []
@@ -144,8 +146,8 @@ def measure(seconds: float, prefix: str) -> dict:  # type: ignore[type-arg]
             if len(screens) < 3 or int(time.monotonic() - t0) % 60 < 2:
                 screens.append(tmux.screen())
             time.sleep(2)
-        out, _ = flood.communicate()
-        end = json.loads(out)["end"]["sum"]
+        flood_out.seek(0)
+        end = json.loads(flood_out.read())["end"]["sum"]
         traced = {"pps": end["packets"] / end["seconds"], "lost_percent": end["lost_percent"]}
         last_screen = tmux.screen()
         q_sent = time.monotonic()

@@ -25,10 +25,12 @@ int vt_kp_br_handle_frame(void *ctx)
     return vt_skb_event(ctx, VT_P_BR_HANDLE_FRAME, skb, 0, 0, 0);
 }
 
+/* the event's device is the egress port the bridge chose */
 int vt_kp_br_forward(void *ctx)
 {
-    return vt_skb_event(ctx, VT_P_BR_FORWARD, (void *)VT_PARM(ctx, VT_KARG_BR_FORWARD_SKB), 0,
-                        VT_PARM(ctx, VT_KARG_BR_FORWARD_TO), 0);
+    void *to = (void *)VT_PARM(ctx, VT_KARG_BR_FORWARD_TO);
+    return vt_skb_event(ctx, VT_P_BR_FORWARD, (void *)VT_PARM(ctx, VT_KARG_BR_FORWARD_SKB),
+                        (void *)vt_ptr(to, VT_BRPORT_DEV), 0, 0);
 }
 
 int vt_kp_br_pass_frame_up(void *ctx)
@@ -52,7 +54,7 @@ KFUNC_PROBE(br_handle_frame, void *pskb)
 
 KFUNC_PROBE(br_forward, void *to, void *skb)
 {
-    return vt_skb_event(ctx, VT_P_BR_FORWARD, skb, 0, (u64)to, 0);
+    return vt_skb_event(ctx, VT_P_BR_FORWARD, skb, (void *)vt_ptr(to, VT_BRPORT_DEV), 0, 0);
 }
 
 KFUNC_PROBE(br_pass_frame_up, void *skb)

@@ -212,14 +212,6 @@ class Recording:
             return None
         return Path(self.path).absolute().parent / pcap
 
-    @property
-    def command(self) -> str:
-        return (
-            self.header.get("tool", "vethtrace").split()[0]
-            + " "
-            + " ".join((self.header.get("command") or [])[1:])
-        )
-
 
 def read(path: str | os.PathLike[str]) -> Recording:
     """Parse a recording. Raises UserError (one clear line) when the file is

@@ -39,6 +39,10 @@ SAMPLES = {
     "missing-route": "missing-route",
     "mtu-mismatch": "mtu-mismatch",
 }
+# Recordings of `vethtrace trace --write` (report prints trace's lines, then
+# the packet paths and findings): the lab's first failing ping is sent with the
+# system's ping while trace records.
+TRACE_SAMPLES = {"seed-trace": ("seed", "arp or icmp")}
 
 
 def report_env() -> dict[str, str]:
@@ -63,6 +67,9 @@ def make(name: str) -> None:
     sys.path.insert(0, str(REPO))
     from vethtrace.lab import down, load, up
 
+    if name in TRACE_SAMPLES:
+        make_trace(name)
+        return
     scenario = load(SAMPLES[name])
     pings = scenario.expect.pings
     if not pings:
@@ -83,6 +90,36 @@ def make(name: str) -> None:
             raise SystemExit(f"{name}: {' '.join(cmd)} failed:\n{live.stderr}")
     finally:
         down(scenario.name, PREFIX)
+    write_expected(name)
+
+
+def make_trace(name: str) -> None:
+    from vethtrace.lab import down, load, up
+
+    lab_name, filt = TRACE_SAMPLES[name]
+    scenario = load(lab_name)
+    chosen = next(p for p in scenario.expect.pings if not p.ok)
+    lab = up(lab_name, PREFIX)
+    if not lab.fresh:
+        raise SystemExit(f"{name}: lab already up with prefix {PREFIX!r}; not touching it")
+    rec = HERE / f"{name}.vtrec"
+    try:
+        names = sorted({lab.ns(n.name) for n in scenario.netns})
+        cmd = [VETHTRACE, "trace", *filt.split(), "--duration", "5", "--write", rec.name]
+        for ns in names:
+            cmd += ["-n", ns]
+        trace = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=HERE
+        )
+        assert trace.stderr is not None
+        while "tracing" not in (line := trace.stderr.readline()):
+            if not line:
+                raise SystemExit(f"{name}: trace ended before tracing")
+        ping = ["ip", "netns", "exec", lab.ns(chosen.source), "ping", "-c", "2", chosen.to]
+        subprocess.run(ping, capture_output=True, timeout=30)
+        trace.communicate(timeout=60)
+    finally:
+        down(lab_name, PREFIX)
     write_expected(name)
 
 
@@ -110,9 +147,10 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         print("make.py: needs root (builds labs, loads BPF)", file=sys.stderr)
         return 2
-    for name in argv or list(SAMPLES):
-        if name not in SAMPLES:
-            print(f"make.py: unknown sample {name!r}; known: {', '.join(SAMPLES)}", file=sys.stderr)
+    known = [*SAMPLES, *TRACE_SAMPLES]
+    for name in argv or known:
+        if name not in known:
+            print(f"make.py: unknown sample {name!r}; known: {', '.join(known)}", file=sys.stderr)
             return 2
         make(name)
     return 0

@@ -503,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = WORK / "runs" / time.strftime("%Y%m%d-%H%M%S")
     for old in sorted((WORK / "runs").glob("*"))[:-10] if (WORK / "runs").exists() else []:
         shutil.rmtree(old, ignore_errors=True)  # keep the logs of the last ten runs
-    project = project_snapshot(run_dir / "project")
+    if os.environ.get("VK_PROJECT"):  # experiments: another tree instead of the working tree
+        project = Path(os.environ["VK_PROJECT"]).resolve()
+    else:
+        project = project_snapshot(run_dir / "project")
     pool = ThreadPoolExecutor(max_workers=max(1, args.lanes))
     try:
         futures = {k: pool.submit(run_lane, k, run_dir, project, args.tests)

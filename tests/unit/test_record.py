@@ -275,3 +275,33 @@ def test_unknown_record_types_are_skipped_with_a_note(tmp_path: Path) -> None:
 def test_unwritable_path_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="cannot write recording"):
         Recorder(tmp_path / "no-such-dir" / "x.vtrec")
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "recordings"
+
+
+@pytest.mark.parametrize("name", ["seed", "seed-fixed"])
+def test_real_recordings_round_trip(tmp_path: Path, name: str) -> None:
+    """A recording made by `vethtrace ping --write`, read and written again,
+    reads back identical (every event field, topology, findings, verdict)."""
+    first = read(SAMPLES / f"{name}.vtrec")
+    assert first.complete and first.events and first.topology is not None
+    copy = tmp_path / "copy.vtrec"
+    header = {k: v for k, v in first.header.items() if k not in ("format", "version")}
+    extra = {k: v for k, v in header.items() if k not in ("tool", "kernel", "started", "clock")}
+    with Recorder(copy, **extra) as rec:
+        rec.topology(first.topology)
+        for ev in first.events:
+            rec.event(ev)
+        for f in first.findings:
+            rec.finding(f)
+        if first.verdict is not None:
+            rec.verdict(first.verdict)
+        rec.close(lost=first.lost)
+    again = read(copy)
+    assert again.topology == first.topology
+    assert again.events == first.events
+    assert again.findings == first.findings
+    assert again.verdict == first.verdict
+    assert again.header["ping"] == first.header["ping"]
+    assert again.header["plan"] == first.header["plan"]

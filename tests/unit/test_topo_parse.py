@@ -370,11 +370,14 @@ def test_l2_domain(topo: Topology) -> None:
 
 
 def _plain_tree(topo: Topology) -> str:
+    import io
+
     from rich.console import Console
 
-    console = Console(width=100, no_color=True, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    # as make_console() sets it up for a pipe: no wrapping, so long lines stay long
+    console = Console(width=100, no_color=True, soft_wrap=True, file=io.StringIO())
     console.print(topo_tree.tree(topo))
-    return console.export_text()
+    return console.file.getvalue()  # type: ignore[attr-defined]
 
 
 def test_tree_shows_pairs_ports_and_problems(topo: Topology) -> None:
@@ -410,9 +413,7 @@ def test_tree_partial_selection(cap: RawCapture) -> None:
 def test_seed_tree_flags_address_on_port() -> None:
     t = build.build(load("seed"))
     text = _plain_tree(t)
-    assert (
-        "veth0  veth  UP  192.168.122.101/24 (address on a bridge port)  ⇄ vtrec-song/veth1" in text
-    )
+    assert "veth0  veth  UP  192.168.122.101/24 (IP on a port!)  ⇄ vtrec-song/veth1" in text
     assert "lo  loopback  DOWN" in text
 
 
@@ -458,3 +459,42 @@ def test_fast_json_is_the_to_dict_document(topo: Topology) -> None:
     assert doc.pop("format") == "vethtrace-topology" and doc.pop("version") == 1
     assert doc == to_dict(topo)
     assert list(doc["namespaces"][0]) == list(to_dict(topo)["namespaces"][0])
+
+
+# --- namespace naming ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "expected"),
+    [
+        ("0::/system.slice/docker-" + "a" * 64 + ".scope\n", ("docker", "a" * 64)),
+        ("12:cpu:/docker/" + "b" * 64 + "\n", ("docker", "b" * 64)),
+        ("0::/machine.slice/libpod-" + "c" * 64 + ".scope/container\n", ("podman", "c" * 64)),
+        (
+            "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/"
+            "cri-containerd-" + "d" * 64 + ".scope\n",
+            ("containerd", "d" * 64),
+        ),
+        ("0::/lxc.payload.web1/init.scope\n", ("lxc", "web1")),
+        ("0::/user.slice/user-0.slice/session-3.scope\n", None),
+    ],
+)
+def test_container_id_from_cgroup(cgroup: str, expected) -> None:
+    from vethtrace.topology.namespaces import container_id
+
+    assert container_id(cgroup) == expected
+
+
+def test_lookup_by_name_label_path_and_inode() -> None:
+    from vethtrace.topology.namespaces import NsRef, lookup
+
+    refs = [
+        NsRef(11, "root", "/proc/1/fd/3"),
+        NsRef(12, "vt-a", "/run/netns/vt-a"),
+        NsRef(13, "pid:77(sleep)", "/proc/77/ns/net", named=False, pids=[77]),
+    ]
+    assert lookup(refs, "vt-a") is refs[1]
+    assert lookup(refs, "/run/netns/vt-a") is refs[1]
+    assert lookup(refs, "pid:77(sleep)") is refs[2]
+    assert lookup(refs, "13") is refs[2]
+    assert lookup(refs, "vt-b") is None

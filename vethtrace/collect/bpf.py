@@ -12,20 +12,25 @@ Usage (what `trace`, `ping` and `watch` build on)::
 
 Contract:
 
-* `BpfCollector(filter_expr="", netns_inodes=None, areas=AREAS, functions=True)`.
+* `BpfCollector(filter_expr="", netns_inodes=None, areas=AREAS, functions=True,
+  hold_ms=15.0, ringbuf_pages=512, perf_buffer=False)`.
   `filter_expr` is pcap-filter text (see collect/filter.py; a bad filter raises
   UserError in the constructor, before anything is compiled). `netns_inodes`
   limits events to those namespaces (None = all). `areas` picks program
   groups: "dev" (net_dev_queue/start_xmit/xmit, netif_rx, netif_receive_skb),
   "drop" (kfree_skb, consume_skb), "neigh" (neigh_*), "bridge"
   (br_fdb_update, plus br_* function probes where the plan has kprobe/fentry).
-  Fewer areas = faster compile. `functions=False` skips the kprobe/fentry
-  trials and programs.
-* `start() -> Plan` compiles (bcc, ~0.4-0.8 s) and attaches; raises UserError
-  when not root, bcc missing, no headers or the compile fails. Events are
-  only collected after start() returns.
-* `poll(timeout_ms) -> list[ProbeEvent]` waits up to timeout_ms for events and
-  returns those older than `hold_ms` (default 15 ms), sorted by kernel
+  Fewer areas = slightly faster compile. `functions=False` skips the
+  kprobe/fentry trials and programs. `perf_buffer=True` forces the perf
+  buffer (the delivery used where the kernel has no BPF ring buffer).
+* `start() -> Plan` compiles (bcc: ~0.5 s on an idle 2-CPU machine, 1-2 s
+  when it is busy; BTF facts come from a per-kernel cache) and attaches;
+  raises UserError when not root, bcc missing, no headers or the compile
+  fails. Events are only collected after start() returns. Call poll/drain
+  from one thread.
+* `poll(timeout_ms) -> list[ProbeEvent]` waits up to timeout_ms for events,
+  reads at most POLL_BUDGET (8192) of them, and returns those older than
+  `hold_ms` (default 15 ms), sorted by kernel
   CLOCK_MONOTONIC ns (`ProbeEvent.ts_ns`, comparable with
   time.monotonic_ns()). The hold-back lets nested veth events (the peer's
   netif_rx fires before the sender's net_dev_xmit) and cross-CPU events come
@@ -34,7 +39,7 @@ Contract:
   CPU in a BPF map; or perf buffer lost samples). Always show it.
 * `close()` detaches everything (idempotent; also via `with`, and safe after
   Ctrl-C; the kernel drops the programs when the process exits anyway).
-* `timings`: {"btf": s, "compile_attach": s} of the last start().
+* `timings`: {"btf": s (plan + kernel facts), "compile_attach": s} of start().
 
 Event fields (model.ProbeEvent): ts_ns, point (tracepoint or function name),
 netns (inode of the device's netns, of the socket's when the skb has no
@@ -42,19 +47,24 @@ device, 0 if unknown), ifindex/ifname, skb/head (identity: clones share head;
 skb addresses are reused, retire them at kfree_skb/consume_skb), length
 (TX includes the Ethernet header, RX not), cloned, packet (PacketSummary
 decoded from skb->head; None at net_dev_xmit, where the skb must not be
-read, and for neighbour/fdb events), drop_reason (kfree_skb only: the BTF
+read, and for neighbour/fdb events; events with identical header bytes share
+one object: treat it as read-only), drop_reason (kfree_skb only: the BTF
 `enum skb_drop_reason` name without SKB_DROP_REASON_), location (kernel
 symbol of the kfree/consume caller), neigh (NeighChange for neigh_* events:
 address, old_state -> new_state as NUD names; old_state None when the
-tracepoint does not tell it), cpu, extra: {"rc": int} at net_dev_xmit and
-neighbour events with an error code, {"port_ifindex", "port", "mac", "vid"}
-at br_fdb_update (ifindex/ifname are the bridge's), {"lladdr"} where known.
+tracepoint does not tell it; lladdr; err for neigh_update_done and
+neigh_event_send_done), cpu, extra: {"rc": int} at net_dev_xmit (non-zero:
+the device dropped it), {"port_ifindex", "port", "mac", "vid"} at
+br_fdb_update (ifindex/ifname are the bridge's). With kprobe/fentry plans
+(not on our kernels) also points veth_xmit, br_handle_frame, br_forward
+(device = the egress port chosen) and br_pass_frame_up.
 
-Filtering happens in the kernel: namespace first (cheapest exit), then the
-packet filter over the decoded headers. Neighbour events match as if they
-were ARP packets about their address (`arp`, `host A`, `net A/N` keep them;
-`icmp`, `tcp`, `port N` drop them). br_fdb_update ignores the packet filter
-(no packet at hand; it only fires when a bridge learns a MAC).
+Filtering happens in the kernel: namespace first (when given), then the
+packet filter over the headers decoded with two reads of kernel memory.
+Neighbour events match as if they were ARP packets about their address
+(`arp`, `host A`, `net A/N` keep them; `icmp`, `tcp`, `port N` drop them).
+br_fdb_update ignores the packet filter (no packet at hand; it only fires
+when a bridge learns a MAC).
 """
 
 from __future__ import annotations
@@ -367,6 +377,8 @@ def compile_only(
 class BpfCollector:
     """Compile, attach and read the probes (see the module docstring for the contract)."""
 
+    POLL_BUDGET = 8192  # events per poll() at most, so a flood cannot hold poll() forever
+
     def __init__(
         self,
         filter_expr: str | list[str] = "",
@@ -393,6 +405,7 @@ class BpfCollector:
         self._pending: list[ProbeEvent] = []  # not yet released, unsorted tail
         self._layout: _Layout | None = None
         self._error: Exception | None = None
+        self._budget = self.POLL_BUDGET
         self._names_cache: dict[bytes, str] = {}
         self._pkt_cache: dict[bytes, PacketSummary | None] = {}
         self._perf_lost = 0
@@ -471,7 +484,7 @@ class BpfCollector:
     def _on_lost(self, count: int) -> None:
         self._perf_lost += count
 
-    def _on_event(self, *args: Any) -> None:
+    def _on_event(self, *args: Any) -> int:
         # ring buffer: (ctx, data, size); perf buffer: (cpu, data, size)
         try:
             if self._layout is None:
@@ -479,10 +492,15 @@ class BpfCollector:
             self._pending.append(self._convert(ctypes.string_at(args[1], self._layout.size)))
         except Exception as exc:  # ctypes would print and swallow it; poll() re-raises
             self._error = self._error or exc
+        self._budget -= 1
+        # libbpf keeps consuming while the producer keeps up: a negative return
+        # ends this poll (the record is consumed), so poll() always comes back
+        return -1 if self._budget <= 0 else 0
 
     def poll(self, timeout_ms: int = 100) -> list[ProbeEvent]:
         if self._bpf is None:
             raise RuntimeError("BpfCollector.poll() before start()")
+        self._budget = self.POLL_BUDGET
         if self.plan and self.plan.delivery == "ring buffer":
             self._bpf.ring_buffer_poll(timeout_ms)
         else:
@@ -494,6 +512,7 @@ class BpfCollector:
     def drain(self) -> list[ProbeEvent]:
         """Read what the kernel still holds and return every buffered event, sorted."""
         if self._bpf is not None:
+            self._budget = self.POLL_BUDGET
             if self.plan and self.plan.delivery == "ring buffer":
                 self._bpf.ring_buffer_consume()
             else:

@@ -488,6 +488,8 @@ def execute(
             watch.start()
             coll, why = kernel_f.result()
             timings["probes"] = time.monotonic() - t0
+            for k, v in (getattr(coll, "timings", None) or {}).items():
+                timings[f"probes_{k}"] = v
             if why:
                 run.notes.append(why)
             plan.started_ns = time.monotonic_ns()

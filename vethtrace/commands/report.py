@@ -138,7 +138,7 @@ def _trace(rec: Recording, findings: list[Finding], notes: list[str], json: bool
         mark_diversion(p, rec.topology)
     if not rec.complete:
         notes.append("events after the cut are missing")
-    names = _recorded_names(rec.topology)
+    names = _recorded_names(rec.topology, rec.topology_changes)
     if json:
         obj = {
             "recording": _recording_json(rec),
@@ -171,14 +171,15 @@ def _trace(rec: Recording, findings: list[Finding], notes: list[str], json: bool
     return int(ExitStatus.FINDINGS if bad or serious else ExitStatus.OK)
 
 
-def _recorded_names(topo: Topology) -> Any:
+def _recorded_names(topo: Topology, later: list[Topology]) -> Any:
     """trace's inode -> name lookup, answered from the recorded topology (the
     namespaces of the machine that recorded, not those of this one)."""
     from vethtrace.render.trace import NetnsNames
 
     class RecordedNames(NetnsNames):
         def __init__(self) -> None:
-            self._names = {ns.inode: ns.name for ns in topo.namespaces}
+            # Namespaces that appeared during the run are named by later snapshots.
+            self._names = {ns.inode: ns.name for t in (*later, topo) for ns in t.namespaces}
             self._refreshed = float("inf")
 
         def refresh(self) -> None:

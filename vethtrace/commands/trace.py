@@ -7,7 +7,9 @@ stderr when --json is given, so stdout stays one JSON object per line.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -62,42 +64,47 @@ def run(
     names = render.NetnsNames()
     summary = render.Summary()
     rec = None
+    lost = 0
     started = time.monotonic()
-    with collector:
-        with status.status("compiling and attaching probes…", spinner="dots"):
-            plan = collector.start()
-        t = collector.timings
-        status.print(
-            f"tracing… ({plan.one_line()}; headers {plan.headers}; "
-            f"ready in {t.get('btf', 0) + t.get('compile_attach', 0):.2f} s)"
-            + (f" filter: {collector.filter.text}" if collector.filter.text else "")
-            + ("  Ctrl-C to stop" if duration is None else ""),
-            style="dim",
-            highlight=False,
-        )
-        if write:
-            rec = _recorder(write, plan, netns)
-        if not json:
-            out.print(render.HEADER, style="bold", highlight=False)
-        t0: int | None = None
-        started = time.monotonic()
-        deadline = started + duration if duration else None
-        try:
-            while True:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                wait = 100 if remaining is None else max(1, min(100, int(remaining * 1000)))
-                events = collector.poll(wait)
-                t0 = _emit(events, t0, out, json, names, summary, rec)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            t0 = _emit(collector.drain(), t0, out, json, names, summary, rec)
-            lost = collector.lost
-            collector.close()
-            if rec is not None:
-                rec.close(lost=lost)
+    # Ctrl-C only sets a flag: the loop then drains, detaches and summarises,
+    # wherever the signal lands (compiling, printing, polling).
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        with collector:
+            with status.status("compiling and attaching probes…", spinner="dots"):
+                plan = collector.start()
+            t = collector.timings
+            status.print(
+                f"tracing… ({plan.one_line()}; headers {plan.headers}; "
+                f"ready in {t.get('btf', 0) + t.get('compile_attach', 0):.2f} s)"
+                + (f" filter: {collector.filter.text}" if collector.filter.text else "")
+                + ("  Ctrl-C to stop" if duration is None else ""),
+                style="dim",
+                highlight=False,
+            )
+            if write:
+                rec = _recorder(write, plan, netns)
+            if not json:
+                out.print(render.HEADER, style="bold", highlight=False)
+            t0: int | None = None
+            started = time.monotonic()
+            deadline = started + duration if duration else None
+            try:
+                while not stop.is_set():
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    wait = 100 if remaining is None else max(1, min(100, int(remaining * 1000)))
+                    t0 = _emit(collector.poll(wait), t0, out, json, names, summary, rec)
+            finally:
+                t0 = _emit(collector.drain(), t0, out, json, names, summary, rec)
+                lost = collector.lost
+                collector.close()
+                if rec is not None:
+                    rec.close(lost=lost)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     summary.render(status, lost, time.monotonic() - started)
     return int(ExitStatus.OK)
 

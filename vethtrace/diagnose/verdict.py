@@ -143,7 +143,12 @@ class Analysis:
 
 
 def analyse(plan: PingPlan, events: list[ProbeEvent], topo: Topology) -> Analysis:
-    pairs = [(k, p) for k, p in correlate_packets(events, topo) if ours(p, plan)]
+    # Packets that began before our first send are someone else's (typically the
+    # kernel still retrying ARP for an earlier run): not evidence about this one.
+    since = plan.started_ns - 1_000_000 if plan.started_ns else 0
+    pairs = [
+        (k, p) for k, p in correlate_packets(events, topo) if ours(p, plan) and k.first_ns >= since
+    ]
     paths = [p for _k, p in pairs]
     timeline = neighbour_timeline(plan, events, topo)
     sent = [e for e in events if e.point == "ping-send"]
@@ -250,11 +255,17 @@ def annotated_paths(
     return a.paths
 
 
+def _holds(topo: Topology, hop: Any, address: str) -> bool:
+    ns = topo.netns_by_name(hop.netns)
+    it = ns.iface_by_name(hop.interface) if ns else None
+    return it is not None and any(x.address == address for x in it.addresses)
+
+
 def _fixes_from(findings: list[Finding], netns: str | None, iface: str | None) -> list[str]:
     out: list[str] = []
     for f in findings:
         if (
-            f.severity == "error"
+            f.severity in ("error", "warning")
             and f.netns == netns
             and (iface is None or f.interface in (iface, None))
         ):
@@ -576,8 +587,10 @@ def _no_reply(
             ]
             if not at_target or answers:
                 continue
-            arrived = at_target[0]
-            if not final and now - arrived.ts_ns < NO_REPLY_GRACE_NS:
+            # a flood reaches several interfaces: the one holding the address matters
+            holder = [h for h in at_target if _holds(topo, h, plan.nexthop)]
+            arrived = (holder or at_target)[0]
+            if not final and now - at_target[0].ts_ns < NO_REPLY_GRACE_NS:
                 return None
             at = [e for e in _events_of(p, a) if _ns_name(topo, e.netns) == plan.target_netns]
             return _explain_no_reply(plan, topo, p, arrived, findings, at)
@@ -600,10 +613,36 @@ def _explain_no_reply(
     it = ns.iface_by_name(arrived.interface) if ns else None
     checks: list[str] = []
     reasons: list[str] = []
+    fixes: list[str] = []
     if it is not None and ns is not None:
         has_ip = any(x.address == plan.nexthop for x in it.addresses)
         if p.kind == "arp-request":
-            ai = it.sysctls.get("arp_ignore") or ns.sysctls.get("ipv4.conf.all.arp_ignore")
+            ai = max(
+                it.sysctls.get("arp_ignore", "0"),
+                ns.sysctls.get("net.ipv4.conf.all.arp_ignore", "0"),
+            )
+            af = "1" in (
+                it.sysctls.get("arp_filter", "0"),
+                ns.sysctls.get("net.ipv4.conf.all.arp_filter", "0"),
+            )
+            asker = p.summary.arp_spa if p.summary else None
+            route_back = route_lookup(topo, ns, asker) if asker else None
+            if (
+                af
+                and route_back is not None
+                and route_back.oif is not None
+                and route_back.oif != it.key
+            ):
+                out = topo.iface(route_back.oif)
+                reasons.append(
+                    f"arp_filter=1: {it.name} answers only if the route back to {asker} leaves "
+                    f"through it, and {ns.name} routes {asker} out of "
+                    f"{out.name if out else 'another interface'}"
+                )
+                fixes.append(f"ip netns exec {ns.name} sysctl -w net.ipv4.conf.all.arp_filter=0")
+                fixes.append(
+                    f"ip netns exec {ns.name} sysctl -w net.ipv4.conf.{it.name}.arp_filter=0"
+                )
             if not has_ip:
                 owner = next(
                     (
@@ -619,8 +658,12 @@ def _explain_no_reply(
                 )
             else:
                 checks.append(f"{plan.nexthop} is on {it.name}")
-            if ai and ai not in ("0",):
-                reasons.append(f"arp_ignore={ai} on {it.name}")
+            if ai != "0" and not has_ip:
+                reasons.append(f"arp_ignore={ai}: {it.name} answers ARP only for its own addresses")
+                fixes.append(f"ip netns exec {ns.name} sysctl -w net.ipv4.conf.all.arp_ignore=0")
+                fixes.append(
+                    f"ip netns exec {ns.name} sysctl -w net.ipv4.conf.{it.name}.arp_ignore=0"
+                )
             if not it.is_up:
                 reasons.append(f"{it.name} is down")
         else:
@@ -651,6 +694,7 @@ def _explain_no_reply(
                 checks.append(f"{ns.name}'s kernel accepted the echo request (icmp_rcv)")
     checks.append("no kernel drop of the request or of an answer was recorded")
     static = _fixes_from(findings, arrived.netns, None)
+    static += [f for f in fixes if f not in static]
     what = "ARP request" if p.kind == "arp-request" else "echo request"
     return Verdict(
         kind="no-reply",

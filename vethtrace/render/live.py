@@ -120,18 +120,19 @@ def _common_prefix(names: list[str]) -> str:
 
 def _header(state: WatchState, short: NameShortener, now_wall: float) -> Text:
     t = Text(no_wrap=True, overflow="ellipsis")
+    # Most important first: what is narrower than the screen is cut at the right.
     t.append(" vethtrace watch ", style="bold reverse")
+    t.append(f" {state.status} ", style="cyan")
+    t.append(" lost ")
+    t.append(f"{state.lost:,}", style="bold red" if state.lost else "green")
+    t.append(f"  events {state.events_total:,}")
+    t.append(f" ({state.rate():,.0f}/s)", style="dim")
     t.append("  ")
     t.append(state.filter_text or "all packets", style="bold")
     nns = len(state.topology.namespaces) if state.topology else 0
     t.append(f"  {nns} netns")
     if short.prefix:
         t.append(f" ({short.prefix}*)", style="dim")
-    t.append(f"  events {state.events_total:,}")
-    t.append(f" ({state.rate():,.0f}/s)", style="dim")
-    t.append("  lost ")
-    t.append(f"{state.lost:,}", style="bold red" if state.lost else "green")
-    t.append(f"  {state.status}", style="cyan")
     t.append("  " + time.strftime("%H:%M:%S", time.localtime(now_wall)), style="dim")
     return t
 

@@ -42,6 +42,8 @@ def iface_line(topo: Topology, iface: Interface, port_of: Interface | None = Non
     line.append(f"  {iface.kind}", style="dim")
     line.append("  ")
     line.append_text(state_badge(iface))
+    if iface.mtu not in (1500, 65536, 0):  # only the unusual ones: mismatches drop frames
+        line.append(f"  mtu {iface.mtu}", style="yellow")
     if iface.kind == "bridge":
         line.append("  stp on" if iface.bridge_stp else "  stp off", style="dim")
         if iface.vlan_filtering:
@@ -68,7 +70,7 @@ def iface_line(topo: Topology, iface: Interface, port_of: Interface | None = Non
         on_port = port_of is not None and port_of.kind == "bridge"
         line.append(f"  {addrs}", style="bold magenta" if on_port else "cyan")
         if on_port:
-            line.append(" (address on a bridge port)", style="magenta")
+            line.append(" (IP on a port!)", style="magenta")
     if iface.kind == "veth" or iface.peer is not None:
         line.append("  ⇄ ", style="blue")
         if iface.peer is not None:

@@ -61,6 +61,16 @@ def nsid_queries(parsed: Parsed) -> dict[int, set[int]]:
     out: dict[int, set[int]] = defaultdict(set)
     for (inode, _ifindex), others in candidates(parsed).items():
         out[inode].update(others)
+    # Stacked devices (macvlan, vlan, ...) whose lower device is in another
+    # namespace: any namespace with an interface at that ifindex may be it.
+    holders: dict[int, list[int]] = defaultdict(list)
+    for inode, links in parsed.items():
+        for link in links:
+            holders[link.iface.key.ifindex].append(inode)
+    for inode, links in parsed.items():
+        for link in links:
+            if link.iface.kind != "veth" and link.link_nsid is not None and link.link:
+                out[inode].update(h for h in holders.get(link.link, []) if h != inode)
     return dict(out)
 
 
@@ -127,7 +137,10 @@ def resolve_peers(
                 continue
             peer_ifindex = _peer_ifindex(link)
             options = cands.get((inode, iface.key.ifindex), [])
-            confirmed = [b for b in options if nsids.get((inode, b)) == link.link_nsid]
+            if link.link_nsid < 0:  # the kernel could not name the peer's namespace
+                confirmed = options
+            else:
+                confirmed = [b for b in options if nsids.get((inode, b)) == link.link_nsid]
             if not confirmed:  # the kernel was not asked (e.g. an old capture): trust pairing
                 confirmed = [b for b in options if (inode, b) not in nsids]
             if len(confirmed) == 1:

@@ -86,18 +86,23 @@ def container_of(pid: int) -> str | None:
     or the metadata is unreadable."""
     try:
         with open(f"{PROC}/{pid}/cgroup") as f:
-            cgroup = f.read()
+            found = container_id(f.read())
     except OSError:
         return None
+    if found is None:
+        return None
+    runtime, ident = found
+    if runtime == "lxc":
+        return f"lxc:{ident}"
+    return f"{runtime}:{_runtime_name(runtime, ident) or ident[:12]}"
+
+
+def container_id(cgroup: str) -> tuple[str, str] | None:
+    """(runtime, container id or name) from the text of /proc/PID/cgroup."""
     for runtime, pattern in _CGROUP_PATTERNS:
         m = pattern.search(cgroup)
-        if not m:
-            continue
-        ident = m.group(1)
-        if runtime == "lxc":
-            return f"lxc:{ident}"
-        name = _runtime_name(runtime, ident)
-        return f"{runtime}:{name or ident[:12]}"
+        if m:
+            return runtime, m.group(1)
     return None
 
 
@@ -165,9 +170,11 @@ def lookup(refs: list[NsRef], wanted: str) -> NsRef | None:
     m = re.fullmatch(r"pid:(\d+)(\(.*\))?|/proc/(\d+)/ns/net", wanted)
     if m:
         pid = int(m.group(1) or m.group(3))
-        for ref in refs:
-            if pid in ref.pids:
-                return ref
+        try:
+            inode = _inode_from_link(os.readlink(f"{PROC}/{pid}/ns/net"))
+        except OSError:
+            return None
+        return next((ref for ref in refs if ref.inode == inode), None)
     if wanted.isdigit():
         for ref in refs:
             if ref.inode == int(wanted):

@@ -116,7 +116,8 @@ def forwarding_disabled(ctx: Context) -> Iterator[Finding]:
                 f"IPv4 forwarding is off",
                 f"With net.ipv4.ip_forward=0 the kernel delivers packets addressed to "
                 f"{router_ns.name} itself but drops every packet it would have to route on to "
-                f"another interface, silently (no ICMP error): its neighbours reach "
+                f"another interface, silently (drop reason IP_INADDRERRORS, no ICMP error): "
+                f"its neighbours reach "
                 f"{router_ns.name}, never what lies behind it.",
                 [sysctl_w(router_ns, "net.ipv4.ip_forward", 1)],
             )
