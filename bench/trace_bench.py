@@ -177,6 +177,55 @@ class Tracer:
             self.stats = json.loads(out.strip().splitlines()[-1])
 
 
+def enable_bpf_stats() -> int:
+    """bpf(BPF_ENABLE_STATS, RUN_TIME): the kernel times every BPF program run
+    while this fd is open (no sysctl is changed; closing the fd ends it)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    attr = ctypes.create_string_buffer(b"\0" * 128, 128)  # enable_stats.type = 0 (RUN_TIME)
+    fd = libc.syscall(321, 32, attr, 128)  # SYS_bpf, BPF_ENABLE_STATS
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "BPF_ENABLE_STATS")
+    return int(fd)
+
+
+def prog_stats(pid: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) summed over the BPF programs process `pid` holds."""
+    seen: dict[int, tuple[int, int]] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            info = dict(
+                line.split(":", 1)
+                for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines()
+                if ":" in line
+            )
+        except OSError:
+            continue
+        seen[int(info["prog_id"])] = (int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0)))
+    return sum(t for t, _ in seen.values()), sum(c for _, c in seen.values())
+
+
+def cost_per_hit(kind: str, lab: dict[str, str], seconds: int, pps: int) -> tuple[float, float]:
+    """(ns per program run, runs per second) of a tracer's BPF programs during a
+    UDP flow at a fixed rate: the in-kernel cost, free of throughput noise."""
+    tracer = Tracer(kind, lab, "udp")
+    tracer.start()
+    assert tracer.proc is not None
+    pid = tracer.proc.pid
+    try:
+        t0, c0 = prog_stats(pid)
+        iperf(lab["a"], "udp", seconds, pps)
+        t1, c1 = prog_stats(pid)
+    finally:
+        tracer.stop()
+    runs = c1 - c0
+    return (t1 - t0) / max(1, runs), runs / seconds
+
+
 def attach_time(kind: str, a: str) -> float:
     """Spawn -> first event for a sentinel ping from a (pings every 50 ms)."""
     if kind == "vethtrace":
@@ -217,6 +266,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--consumer", metavar="FILTER")
+    ap.add_argument("--cost-only", action="store_true", help="only the in-kernel cost table")
     ap.add_argument(
         "--rates",
         type=int,
@@ -244,6 +294,15 @@ def main() -> int:
     results: dict[tuple[str, str], list[float]] = {}
     extra: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
+        if args.cost_only:
+            stats_fd = enable_bpf_stats()
+            try:
+                for k in ("vethtrace-nonmatch", "bpftrace", "vethtrace-match"):
+                    ns, rate = cost_per_hit(k, names, args.seconds, 10000)
+                    print(f"| {k} | {ns:.0f} | {rate / 1e3:.0f} k |")
+            finally:
+                os.close(stats_fd)
+            return 0
         for proto in ("tcp", "udp"):
             for _rep in range(args.reps):
                 for kind in kinds:
@@ -268,6 +327,16 @@ def main() -> int:
             st = tracer.stats
             capacity.append((pps, sent, st["events"] / st["seconds"] / 1e3, st["lost"]))
             print(f"# capacity {pps} pps: {capacity[-1]}", file=sys.stderr)
+        stats_fd = enable_bpf_stats()
+        try:
+            cost = {
+                k: cost_per_hit(k, names, args.seconds, 10000)
+                for k in ("vethtrace-nonmatch", "bpftrace", "vethtrace-match")
+            }
+        finally:
+            os.close(stats_fd)
+        for k, (ns, rate) in cost.items():
+            print(f"# cost {k}: {ns:.0f} ns/run, {rate / 1e3:.0f} k runs/s", file=sys.stderr)
         attach = {
             k: [attach_time(k, names["a"]) for _ in range(3)] for k in ("vethtrace", "bpftrace")
         }
@@ -303,6 +372,10 @@ def main() -> int:
     print("|---|---|---|")
     for _pps, sent, evs, lost in capacity:
         print(f"| {sent:.1f} | {evs:.0f} k/s | {lost:.0f} |")
+    print("\n| in-kernel cost, UDP 64 B at 10 kpkt/s | ns per BPF program run | runs/s |")
+    print("|---|---|---|")
+    for k, (ns, rate) in cost.items():
+        print(f"| {k} | {ns:.0f} | {rate / 1e3:.0f} k |")
     print("\n| tracer | start -> first event, 1st run | 2nd | 3rd |")
     print("|---|---|---|---|")
     for k, times in attach.items():

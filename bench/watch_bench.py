@@ -105,7 +105,7 @@ def wait_for(fn, timeout: float, what: str):  # type: ignore[no-untyped-def]
     raise SystemExit(f"watch_bench: timed out waiting for {what}")
 
 
-def measure(seconds: float, prefix: str) -> dict:  # type: ignore[type-arg]
+def measure(seconds: float, prefix: str, baseline_s: float = 10.0) -> dict:  # type: ignore[type-arg]
     from vethtrace.lab import down, up
 
     lab = up("bridge-two", prefix)
@@ -118,7 +118,7 @@ def measure(seconds: float, prefix: str) -> dict:  # type: ignore[type-arg]
     tmux = None
     try:
         time.sleep(0.5)
-        baseline = iperf(a, min(10.0, seconds))
+        baseline = iperf(a, baseline_s) if baseline_s else {"pps": float("nan")}
         tmux = Tmux(
             f"VETHTRACE_WATCH_FRAMES={frames_file} {VETHTRACE} watch udp -n {a} -n {sw} -n {b}; "
             "sleep 600"
@@ -168,7 +168,7 @@ def measure(seconds: float, prefix: str) -> dict:  # type: ignore[type-arg]
     starts = [f[0] for f in frames]
     slowest = sorted(frames, key=lambda f: -f[1])[:5]
     print("slowest frames (start, total, paths):", [[round(x, 3) for x in f] for f in slowest],
-          "first", round(starts[0], 1) if starts else None, file=sys.stderr)
+          file=sys.stderr)
     intervals = [b - a for a, b in itertools.pairwise(starts)]
     warm = [m for t, m in rss if t >= 10] or [m for _, m in rss]
     slope = 0.0
@@ -189,6 +189,8 @@ def measure(seconds: float, prefix: str) -> dict:  # type: ignore[type-arg]
         "rss_mib_end": warm[-1] if warm else None,
         "rss_mib_max": max(m for _, m in rss) if rss else None,
         "rss_mib_per_min": slope,
+        # RSS at each full minute (and the end): flat, or still climbing?
+        "rss_mib_by_minute": [round(m, 1) for t, m in rss if int(t) % 60 < 2][::1],
         "events": stats["events"],
         "events_per_s": stats["events"] / seconds,
         "lost": stats["lost"],
@@ -208,6 +210,7 @@ def table(r: dict) -> str:  # type: ignore[type-arg]
                        f"max {r['frame_ms_max']:.1f} ms"),
         ("RSS", f"{r['rss_mib_start']:.1f} MiB after 10 s -> {r['rss_mib_end']:.1f} MiB at end "
                 f"(max {r['rss_mib_max']:.1f}; slope {r['rss_mib_per_min']:+.2f} MiB/min)"),
+        ("RSS by minute", ", ".join(f"{m:.1f}" for m in r["rss_mib_by_minute"]) + " MiB"),
         ("events shown", f"{r['events']:,} ({r['events_per_s']:,.0f}/s)"),
         ("events lost", f"{r['lost']:,} (shown in the header: `{_lost(r['header'])}`)"),
         ("q to exit", f"{r['quit_s']:.2f} s"),

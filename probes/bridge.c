@@ -4,6 +4,7 @@
  * hand; rare), only to the netns filter. */
 #include "vethtrace.h"
 
+#ifdef VT_HAVE_BR_FDB_UPDATE
 RAW_TRACEPOINT_PROBE(br_fdb_update)
 {
     u64 ts = bpf_ktime_get_ns();
@@ -28,3 +29,4 @@ RAW_TRACEPOINT_PROBE(br_fdb_update)
     vt_submit(ctx, e);
     return 0;
 }
+#endif

@@ -3,20 +3,25 @@
  * names). Argument positions VT_ARG_* come from the btf_trace_* typedefs. */
 #include "vethtrace.h"
 
+#ifdef VT_HAVE_NET_DEV_QUEUE
 RAW_TRACEPOINT_PROBE(net_dev_queue)
 {
     return vt_skb_event(ctx, VT_P_NET_DEV_QUEUE, (void *)ctx->args[0], 0, 0, 0);
 }
+#endif
 
+#ifdef VT_HAVE_NET_DEV_START_XMIT
 RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
 {
     return vt_skb_event(ctx, VT_P_NET_DEV_START_XMIT, (void *)ctx->args[0],
                         (void *)ctx->args[VT_ARG_START_XMIT_DEV], 0, 0);
 }
+#endif
 
 /* The skb is NOT read here: veth delivers synchronously, the peer may already
  * have freed it. Device, length and rc come from the arguments; with a filter,
  * only skbs that matched at net_dev_start_xmit are reported. */
+#ifdef VT_HAVE_NET_DEV_XMIT
 RAW_TRACEPOINT_PROBE(net_dev_xmit)
 {
     u64 ts = bpf_ktime_get_ns();
@@ -41,13 +46,18 @@ RAW_TRACEPOINT_PROBE(net_dev_xmit)
     vt_submit(ctx, e);
     return 0;
 }
+#endif
 
+#ifdef VT_HAVE_NETIF_RX
 RAW_TRACEPOINT_PROBE(netif_rx)
 {
     return vt_skb_event(ctx, VT_P_NETIF_RX, (void *)ctx->args[0], 0, 0, 0);
 }
+#endif
 
+#ifdef VT_HAVE_NETIF_RECEIVE_SKB
 RAW_TRACEPOINT_PROBE(netif_receive_skb)
 {
     return vt_skb_event(ctx, VT_P_NETIF_RECEIVE_SKB, (void *)ctx->args[0], 0, 0, 0);
 }
+#endif

@@ -3,14 +3,27 @@
  * space, since skb addresses are reused within microseconds. */
 #include "vethtrace.h"
 
+#ifdef VT_HAVE_KFREE_SKB
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
+#ifdef VT_ARG_KFREE_REASON
+    u32 reason = (u32)ctx->args[VT_ARG_KFREE_REASON];
+#else
+    u32 reason = 0; /* before 5.17 the kernel gave no reason */
+#endif
     return vt_skb_event(ctx, VT_P_KFREE_SKB, (void *)ctx->args[0], 0,
-                        ctx->args[VT_ARG_KFREE_LOCATION], (u32)ctx->args[VT_ARG_KFREE_REASON]);
+                        ctx->args[VT_ARG_KFREE_LOCATION], reason);
 }
+#endif
 
+#ifdef VT_HAVE_CONSUME_SKB
 RAW_TRACEPOINT_PROBE(consume_skb)
 {
-    return vt_skb_event(ctx, VT_P_CONSUME_SKB, (void *)ctx->args[0], 0,
-                        ctx->args[VT_ARG_CONSUME_LOCATION], 0);
+#ifdef VT_ARG_CONSUME_LOCATION
+    u64 location = ctx->args[VT_ARG_CONSUME_LOCATION];
+#else
+    u64 location = 0; /* before 6.3 consume_skb had no location */
+#endif
+    return vt_skb_event(ctx, VT_P_CONSUME_SKB, (void *)ctx->args[0], 0, location, 0);
 }
+#endif

@@ -7,6 +7,8 @@
  * it, `icmp`, `tcp`, `port N` drop it. */
 #include "vethtrace.h"
 
+#ifdef VT_NEIGH_DEV /* struct neighbour known from BTF */
+
 static __always_inline int vt_neigh_event(void *ctx, u16 point, void *n, void *dev,
                                           void *tbl, void *pkey, u8 old_state,
                                           u8 new_state, s32 rc, void *lladdr)
@@ -60,14 +62,17 @@ static __always_inline u8 vt_nud(void *n)
     return s;
 }
 
+#ifdef VT_HAVE_NEIGH_CREATE
 RAW_TRACEPOINT_PROBE(neigh_create)
 {
     return vt_neigh_event(ctx, VT_P_NEIGH_CREATE, 0, (void *)ctx->args[VT_ARG_NCREATE_DEV],
                           (void *)ctx->args[VT_ARG_NCREATE_TBL],
                           (void *)ctx->args[VT_ARG_NCREATE_PKEY], 0xff, 0, 0, 0);
 }
+#endif
 
 /* fires before the change: old = current nud_state, new = the argument */
+#ifdef VT_HAVE_NEIGH_UPDATE
 RAW_TRACEPOINT_PROBE(neigh_update)
 {
     void *n = (void *)ctx->args[0];
@@ -75,24 +80,33 @@ RAW_TRACEPOINT_PROBE(neigh_update)
                           (u8)ctx->args[VT_ARG_NUPDATE_NEW], 0,
                           (void *)ctx->args[VT_ARG_NUPDATE_LLADDR]);
 }
+#endif
 
+#ifdef VT_HAVE_NEIGH_UPDATE_DONE
 RAW_TRACEPOINT_PROBE(neigh_update_done)
 {
     void *n = (void *)ctx->args[0];
     return vt_neigh_event(ctx, VT_P_NEIGH_UPDATE_DONE, n, 0, 0, 0, 0xff, vt_nud(n),
                           (s32)ctx->args[1], 0);
 }
+#endif
 
+#ifdef VT_HAVE_NEIGH_TIMER_HANDLER
 RAW_TRACEPOINT_PROBE(neigh_timer_handler)
 {
     void *n = (void *)ctx->args[0];
     return vt_neigh_event(ctx, VT_P_NEIGH_TIMER_HANDLER, n, 0, 0, 0, 0xff, vt_nud(n),
                           0, 0);
 }
+#endif
 
+#ifdef VT_HAVE_NEIGH_EVENT_SEND_DONE
 RAW_TRACEPOINT_PROBE(neigh_event_send_done)
 {
     void *n = (void *)ctx->args[0];
     return vt_neigh_event(ctx, VT_P_NEIGH_EVENT_SEND_DONE, n, 0, 0, 0, 0xff, vt_nud(n),
                           (s32)ctx->args[1], 0);
 }
+#endif
+
+#endif /* VT_NEIGH_DEV */

@@ -9,7 +9,8 @@
  * VT_DEV_*, ...) is a -D constant computed from the running kernel's BTF, so
  * the headers bcc compiles against (possibly another kernel's) never decide a
  * layout. Tracepoint arguments come from raw tracepoints (pointers, not the
- * classic record), their positions (VT_ARG_*) again from BTF.
+ * classic record), their positions (VT_ARG_*) again from BTF; VT_HAVE_<TP>
+ * says which tracepoints this kernel has.
  */
 #ifndef VETHTRACE_H
 #define VETHTRACE_H
@@ -129,6 +130,7 @@ static __always_inline u32 vt_skb_netns(void *skb, void *dev)
 {
     if (dev)
         return vt_dev_netns(dev);
+#ifdef VT_SK_NET
     u64 sk = vt_ptr(skb, VT_SKB_SK);
     if (!sk)
         return 0;
@@ -137,6 +139,9 @@ static __always_inline u32 vt_skb_netns(void *skb, void *dev)
     if (net)
         VT_READ(inum, (char *)net + VT_NET_INUM);
     return inum;
+#else
+    return 0;
+#endif
 }
 
 /* The cheap first test: is this namespace one the user asked for?
@@ -198,7 +203,7 @@ static __always_inline void vt_decode_l3(u8 *b, struct vt_pkt *p, char *l3)
  * dev_queue_xmit, RX after eth_type_trans); otherwise (skbs dropped before
  * getting one, e.g. from the ARP queue) the network header and skb->protocol.
  * Returns skb->head. */
-static __always_inline u64 vt_decode(void *skb, struct vt_pkt *p)
+static __always_inline u64 vt_decode(void *skb, struct vt_pkt *p, u16 *protocol)
 {
     u8 blk[VT_SKB_BLOCK_LEN];
     if (bpf_probe_read_kernel(blk, sizeof(blk), (char *)skb + VT_SKB_BLOCK_OFF) < 0)
@@ -206,8 +211,9 @@ static __always_inline u64 vt_decode(void *skb, struct vt_pkt *p)
     u64 head = VT_AT(blk, VT_SKB_HEAD, u64);
     u16 mac = VT_AT(blk, VT_SKB_MAC_HEADER, u16);
     u16 net = VT_AT(blk, VT_SKB_NETWORK_HEADER, u16);
-    if (!head)
-        return 0;
+    *protocol = VT_AT(blk, VT_SKB_PROTOCOL, u16);
+    if (!head || !*protocol)
+        return head;
     u8 f[46] = {};
     if (mac != 0xffff) {
         VT_READ(f, (char *)head + mac);
@@ -222,7 +228,7 @@ static __always_inline u64 vt_decode(void *skb, struct vt_pkt *p)
             vt_decode_l3(f + 14, p, (char *)head + mac + 14);
         }
     } else if (net != 0xffff) {
-        p->ethertype = vt_ntohs(VT_AT(blk, VT_SKB_PROTOCOL, u16));
+        p->ethertype = vt_ntohs(*protocol);
         p->flags = VT_PKT_L3;
         VT_READ(f, (char *)head + net);
         vt_decode_l3(f, p, (char *)head + net);
@@ -307,7 +313,16 @@ static __always_inline int vt_skb_event(void *ctx, u16 point, void *skb, void *d
         return 0;
 #endif
     struct vt_pkt p = {};
-    u64 head = vt_decode(skb, &p);
+    u16 protocol = 0;
+    u64 head = vt_decode(skb, &p, &protocol);
+    /* No protocol and no device: not a network packet (netlink and other
+     * socket-only skbs, freed by the thousand on a busy host). */
+    if (!protocol) {
+        if (!dev)
+            dev = (void *)vt_ptr(skb, VT_SKB_DEV);
+        if (!dev)
+            return 0;
+    }
     if (!vt_match(&p))
         return 0;
     /* taken after the cheap exits; still before anything nested can run */

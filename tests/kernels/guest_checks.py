@@ -17,15 +17,18 @@ Which checks run comes from config.json (written by the host), default all:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import re
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 PREFIX = "vt-"  # the lab's default prefix: the guest is ours alone
 HOST, SONG = f"{PREFIX}host", f"{PREFIX}song"
@@ -153,6 +156,12 @@ def is_arp_reply(ev: dict) -> bool:
     return pkt.get("arp_op") == 2 and pkt.get("arp_spa") == SONG_IP
 
 
+def pump(stream: IO[str] | None, lines: queue.Queue[str]) -> None:
+    for line in stream or []:
+        lines.put(line)
+    lines.put("")
+
+
 def check_trace() -> None:
     """Trace ARP in both namespaces while the host pings song; stop as soon as the
     reply was seen at veth_xmit (veth1) and at br_handle_frame (veth0), or time out."""
@@ -165,15 +174,16 @@ def check_trace() -> None:
     pinger = subprocess.Popen(["ip", "netns", "exec", HOST, "ping", "-i", "1", "-W", "1",
                                "-c", "600", SONG_IP],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lines: queue.Queue[str] = queue.Queue()  # "" = the tracer's stdout closed
+    threading.Thread(target=pump, args=(tracer.stdout, lines), daemon=True).start()
     xmit = taken = into_br0 = None
     deadline = time.monotonic() + float(CONFIG.get("trace_timeout", 500))
-    assert tracer.stdout is not None
     first = None
-    while time.monotonic() < deadline and tracer.poll() is None:
-        ready, _, _ = select.select([tracer.stdout], [], [], 1.0)
-        if not ready:
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
             continue
-        line = tracer.stdout.readline()
         if not line:
             break  # the tracer exited
         out.write(line)
@@ -199,10 +209,13 @@ def check_trace() -> None:
             break
     tracer.send_signal(signal.SIGINT)
     try:
-        rest, _ = tracer.communicate(timeout=30)
-        out.write(rest or "")
+        tracer.wait(timeout=30)
     except subprocess.TimeoutExpired:
         tracer.kill()
+        tracer.wait()
+    with contextlib.suppress(queue.Empty):  # what the tracer printed while stopping
+        while line := lines.get(timeout=2.0):
+            out.write(line)
     pinger.kill()
     out.close()
     err.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -30,9 +31,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import tomllib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,17 @@ def sh(*cmd: str | Path, cwd: Path | None = None, env: dict[str, str] | None = N
     return proc.stdout if capture else ""
 
 
+@contextlib.contextmanager
+def work_lock(name: str) -> Iterator[None]:
+    """Serialise building one cached thing, across lanes and across runs (two people
+    running the test suite at once share tests/kernels/work/)."""
+    path = WORK / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def tmp_env() -> dict[str, str]:
     """qemu's snapshot overlay and mmdebstrap write to $TMPDIR: keep it in the work dir."""
     (WORK / "tmp").mkdir(parents=True, exist_ok=True)
@@ -151,11 +163,23 @@ def depends_on(pkg: str, prefix: str, env: dict[str, str]) -> str:
 
 
 def fetch_kernel(spec: KernelSpec) -> Path:
+    with work_lock(f"kernel-{spec.suite}"):
+        return _fetch_kernel(spec)
+
+
+def _fetch_kernel(spec: KernelSpec) -> Path:
     """Download the suite's current kernel image and its headers (both halves: bcc
     needs lib/modules/R/build and .../source), unpack them into one tree, keep only
     the modules a network guest needs, and run depmod. Returns the tree."""
-    env = private_apt(spec)
-    image = depends_on("linux-image-amd64", "linux-image-", env)
+    try:
+        env = private_apt(spec)
+        image = depends_on("linux-image-amd64", "linux-image-", env)
+    except RuntimeError:
+        cached = sorted(WORK.glob(f"kernels/{spec.name}.*/.complete"))
+        if not cached:
+            raise
+        say(f"{spec.name}: archive unreachable, using the cached {cached[-1].parent.name}")
+        return cached[-1].parent
     release = image.removeprefix("linux-image-")
     if not release.startswith(spec.name + "."):
         raise RuntimeError(f"{spec.suite} offers {release}, not a {spec.name} kernel")
@@ -212,10 +236,11 @@ def initrd(kdir: Path) -> Path:
     key = hashlib.sha1((HERE / "initrd_init.sh").read_bytes()
                        + " ".join(INITRD_MODULES).encode()).hexdigest()[:10]
     out = kdir / f"initrd-{key}.gz"
-    if not out.exists():
-        for old in kdir.glob("initrd-*.gz"):
-            old.unlink()
-        make_initrd(kdir / "tree", kdir.name, out)
+    with work_lock(f"initrd-{kdir.name}"):
+        if not out.exists():
+            for old in kdir.glob("initrd-*.gz"):
+                old.unlink()
+            make_initrd(kdir / "tree", kdir.name, out)
     return out
 
 
@@ -250,15 +275,10 @@ def make_initrd(tree: Path, release: str, out: Path) -> None:
 
 # --- guest userspace ------------------------------------------------------------------
 
-_base_locks: dict[str, threading.Lock] = {}
-_pylib_lock = threading.Lock()
-
-
 def base_image(userspace: str) -> Path:
     """One root filesystem image per Debian release, with bcc from that release.
     Built with mmdebstrap (its own apt config) and cached until the package list changes."""
-    lock = _base_locks.setdefault(userspace, threading.Lock())
-    with lock:
+    with work_lock(f"base-{userspace}"):
         key = hashlib.sha1(" ".join([userspace, *GUEST_PACKAGES]).encode()).hexdigest()[:10]
         img = WORK / "base" / f"{userspace}-{key}.img"
         if img.exists():
@@ -290,7 +310,7 @@ def dir_size_mb(path: Path) -> int:
 def pylib() -> Path:
     """The project's pinned runtime dependencies (pure Python) installed into a plain
     directory that the guest puts on PYTHONPATH: the guest has no network."""
-    with _pylib_lock:
+    with work_lock("pylib"):
         deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
         key = hashlib.sha1(" ".join(deps).encode()).hexdigest()[:10]
         target = WORK / f"pylib-{key}"
@@ -489,6 +509,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tests", nargs="+", default=["vethtrace"], choices=["smoke", "vethtrace"],
                     help="guest checks: smoke (bcc alone) and/or vethtrace (default)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    # `./run test-kernels KERNELS="6.1 5.10" LANES=1` reads like make's variables: accept it
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for var in [a for a in argv if re.match(r"(KERNELS|LANES)=", a)]:
+        argv.remove(var)
+        name, value = var.split("=", 1)
+        argv += ["--kernels", *value.split()] if name == "KERNELS" else ["--lanes", value]
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("test-kernels: run as root (mmdebstrap, depmod, images)", file=sys.stderr)
@@ -500,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (pytest's timeout, CI cancelling) ends the run like Ctrl-C: guests killed
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
-    run_dir = WORK / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = WORK / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     for old in sorted((WORK / "runs").glob("*"))[:-10] if (WORK / "runs").exists() else []:
         shutil.rmtree(old, ignore_errors=True)  # keep the logs of the last ten runs
     if os.environ.get("VK_PROJECT"):  # experiments: another tree instead of the working tree

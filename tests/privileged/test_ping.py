@@ -143,11 +143,11 @@ def test_seed_text_pcap_and_recording(seed, cli, tmp_path: Path) -> None:
 
 
 def test_warns_when_the_namespace_does_not_own_the_address(seed, cli) -> None:
-    host = seed.ns("host")
-    _rc, obj, _err = ping_json(cli, "--from", host, host, "192.168.122.102", "--timeout", "3")
-    assert any(f"lives on {seed.ns('song')}/veth1" in w for w in obj["warnings"])
-    r = cli("ping", "--from", host, host, "192.168.122.102", "--timeout", "3")
-    assert f"192.168.122.102 is not in {host}: it lives on {seed.ns('song')}/veth1" in r.stderr
+    host, song = seed.ns("host"), seed.ns("song")
+    _rc, obj, err = ping_json(cli, "--from", host, host, "192.168.122.102", "--timeout", "2")
+    warning = f"192.168.122.102 is not in {host}: it lives on {song}/veth1"
+    assert warning in obj["warnings"]
+    assert f"vethtrace ping: warning: {warning}" in err.splitlines()
 
 
 def test_errors_are_one_clear_line(seed, cli) -> None:
@@ -167,11 +167,15 @@ def test_errors_are_one_clear_line(seed, cli) -> None:
         assert "Traceback" not in r.stderr
 
 
-def test_unreachable_source_is_a_verdict(cli) -> None:
-    with built_lab("missing-route") as lab:
-        r = cli("ping", "--from", lab.ns("b"), lab.ns("a"), "10.1.0.2")
-        assert r.returncode == 1
-        assert "UNREACHABLE" in r.stdout and "no route to 10.1.0.2" in r.stdout
+def test_unreachable_source_is_a_verdict(lab_results) -> None:
+    """missing-route: b has no route to a's subnet, so nothing is even sent."""
+    (_p, rc, obj, _err, prefix) = next(
+        r for r in lab_results["missing-route"] if r[0].source == "b" and r[0].netns == "a"
+    )
+    assert rc == 1 and obj["verdict"] == "unreachable"
+    assert obj["culprit"] == {"netns": prefix + "b", "interface": None}
+    assert "no route to 10.1.0.2" in obj["summary"]
+    assert not [h for h in obj["path"] if h["interface"] != "(socket)"]
 
 
 def _prog_ids_of(pid: int) -> set[int]:
@@ -226,7 +230,7 @@ def test_nothing_left_after_a_run_or_ctrl_c(seed) -> None:
     from vethtrace.commands.ping import execute
 
     host, song = seed.ns("host"), seed.ns("song")
-    execute(host, song, "192.168.122.102", 1, 5.0)  # warm-up: imports, caches, BTF
+    execute(host, song, "192.168.122.102", 3, 5.0)  # warm-up: imports, caches, BTF
     threads, fds = set(threading.enumerate()), _fds()
     pid = os.getpid()
 
@@ -235,7 +239,7 @@ def test_nothing_left_after_a_run_or_ctrl_c(seed) -> None:
     watcher = threading.Thread(target=_collect_ids, args=(pid, ran, done), daemon=True)
     watcher.start()
     try:
-        r = execute(host, song, "192.168.122.102", 1, 5.0)
+        r = execute(host, song, "192.168.122.102", 3, 5.0)
     finally:
         done.set()
         watcher.join()
@@ -285,3 +289,18 @@ def test_sigint_from_outside_exits_130_cleanly(seed) -> None:
     assert err.strip() == "vethtrace ping: interrupted"
     assert _settle(lambda: not (held & _loaded_prog_ids())), "programs still loaded"
     assert "Traceback" not in err
+
+
+def test_without_kernel_probes_sniffers_still_find_the_diversion(seed, cli) -> None:
+    """Where bcc cannot compile (here: its probe sources made unreachable), ping says so
+    and still reaches the seed verdict from the sniffers and the neighbour watch."""
+    env = {**os.environ, "VETHTRACE_PROBES": "/nonexistent-vethtrace-probes"}
+    r = cli("ping", "--from", seed.ns("host"), seed.ns("song"), "192.168.122.102", "--json",
+            env=env)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    obj = json.loads(r.stdout)
+    assert obj["verdict"] == "diverted"
+    assert obj["culprit"] == {"netns": seed.ns("host"), "interface": "veth0"}
+    assert any("kernel probes unavailable" in n for n in obj["notes"])
+    assert all(h["point"] in ("sniff", "ping-send", "ping-reply") for h in obj["path"])
+    assert "the sniffer on br0 saw it there too" in obj["explanation"]

@@ -511,3 +511,41 @@ def record_samples(out_dir: str = "samples") -> None:
 
 if __name__ == "__main__":
     record_samples()
+
+
+def test_peer_in_namespace_nobody_names(prefix: str) -> None:
+    """The peer's namespace is held only by a file descriptor (no name, no process
+    of its own): the veth is reported with peer_state 'unknown', not paired wrongly."""
+    seen, hidden = f"{prefix}seen", f"{prefix}hidden"
+    sh("ip", "netns", "add", seen)
+    sh("ip", "netns", "add", hidden)
+    fd = os.open(f"/run/netns/{hidden}", os.O_RDONLY)
+    try:
+        sh("ip", "-n", seen, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+           "netns", hidden)  # fmt: skip
+        sh("ip", "netns", "del", hidden)  # now only our fd keeps it alive
+        topo = discover([seen])
+        ns = topo.netns_by_name(seen)
+        assert ns is not None
+        v0 = ns.iface_by_name("v0")
+        assert v0 is not None and v0.peer is None and v0.peer_state == "unknown"
+        out = subprocess.run(
+            ["ip", "-j", "-d", "-n", seen, "link", "show", "v0"], capture_output=True, text=True
+        )
+        assert "link_netnsid" in json.loads(out.stdout)[0]  # the kernel does know an nsid
+    finally:
+        os.close(fd)
+        subprocess.run(["ip", "netns", "del", seen], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", hidden], capture_output=True, check=False)
+
+
+def test_stale_run_netns_entry_is_a_note(prefix: str) -> None:
+    """A file in /run/netns that is no namespace (left by a failed `ip netns add`)."""
+    path = f"/run/netns/{prefix}stale"
+    open(path, "w").close()
+    try:
+        topo = discover()
+    finally:
+        os.unlink(path)
+    assert topo.netns_by_name(f"{prefix}stale") is None
+    assert f"netns {prefix}stale: cannot enter (not a namespace: a stale entry?)" in topo.notes

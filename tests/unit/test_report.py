@@ -91,6 +91,32 @@ def test_seed_samples_say_what_the_lab_is_known_for() -> None:
     assert exit_codes == {"seed": 1, "seed-fixed": 0}
 
 
+def test_trace_sample_rebuilds_the_diverted_paths() -> None:
+    """A `trace --write` recording: report prints trace's lines, then the packet
+    paths they make up (the seed's ARP replies diverted to br0) and the findings."""
+    out = report("seed-trace.vtrec", "--json")
+    got = json.loads(out.stdout)
+    diverted = [p for p in got["paths"] if p["outcome"] == "diverted"]
+    assert diverted and all(p["kind"] == "arp-reply" for p in diverted)
+    devices = [h["interface"] for h in diverted[0]["hops"]]
+    chain = [d for i, d in enumerate(devices) if i == 0 or devices[i - 1] != d]
+    assert chain == ["veth1", "veth0", "br0"]
+    assert any(f["rule"] == "address-on-bridge-port" for f in got["findings"])
+    assert all(e["netns_name"] in ("vt-host", "vt-song") for e in got["events"])
+    text = report("seed-trace.vtrec").stdout
+    assert text.splitlines()[1].split() == ["TIME(s)", "NETNS", "IFACE", "POINT", "WHAT"]
+
+
+def test_trace_recording_without_topology_still_reports(tmp_path: Path) -> None:
+    lines = (SAMPLES / "seed-trace.vtrec").read_text().splitlines(keepends=True)
+    (tmp_path / "t.vtrec").write_text("".join(ln for ln in lines if '"type":"topology"' not in ln))
+    os.chmod(tmp_path, 0o755)
+    out = report("t.vtrec", cwd=tmp_path)
+    assert out.returncode in (0, 1), out.stderr
+    assert "no topology was recorded" in out.stdout
+    assert "ARP reply 192.168.122.102" in out.stdout
+
+
 def test_truncated_recording_reports_with_a_note(tmp_path: Path) -> None:
     lines = (SAMPLES / "seed.vtrec").read_text().splitlines(keepends=True)
     # The writer was killed while writing the 6th event: half a line, no end record.

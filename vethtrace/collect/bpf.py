@@ -7,7 +7,7 @@ Usage (what `trace`, `ping` and `watch` build on)::
         while ...:
             for ev in col.poll(100):  # ProbeEvents, ordered by ev.ts_ns
                 ...
-        rest = col.drain()            # whatever is still held back, ordered
+        rest = col.drain()            # what is still held back (up to POLL_BUDGET more), ordered
         print(col.lost)
 
 Contract:
@@ -26,10 +26,12 @@ Contract:
 * `start() -> Plan` compiles (bcc: ~0.5 s on an idle 2-CPU machine, 1-2 s
   when it is busy; BTF facts come from a per-kernel cache) and attaches;
   raises UserError when not root, bcc missing, no headers or the compile
-  fails. Events are only collected after start() returns. Call poll/drain
+  fails. Events are only collected after start() returns. start() may run
+  in a worker thread: ctypes releases the GIL while clang compiles, so other
+  set-up (topology discovery, sniffers) overlaps with it. Call poll/drain
   from one thread.
 * `poll(timeout_ms) -> list[ProbeEvent]` waits up to timeout_ms for events,
-  reads at most POLL_BUDGET (8192) of them, and returns those older than
+  reads at most POLL_BUDGET (4096) of them, and returns those older than
   `hold_ms` (default 15 ms), sorted by kernel
   CLOCK_MONOTONIC ns (`ProbeEvent.ts_ns`, comparable with
   time.monotonic_ns()). The hold-back lets nested veth events (the peer's
@@ -71,6 +73,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import ctypes
 import os
 import re
@@ -133,9 +136,10 @@ def _arg_index(b: btfmod.Btf, tp: str, pred: Any, what: str, nth: int = 0) -> in
     return hits[nth]
 
 
-def _func_param(b: btfmod.Btf, func: str, name: str) -> int:
-    params = b.func_params(b.find(func, btfmod.FUNC))
-    for i, (n, _t) in enumerate(params):
+def _func_param(func: str, name: str) -> int:
+    """Position of parameter `name` of kernel function `func` (vmlinux or module BTF)."""
+    b, tid = btfmod.find_anywhere(func, btfmod.FUNC)
+    for i, (n, _t) in enumerate(b.func_params(tid)):
         if n == name:
             return i
     raise btfmod.BtfError(f"{func}() has no parameter {name!r} in this kernel")
@@ -162,34 +166,16 @@ def kernel_constants(b: btfmod.Btf | None = None, functions: bool = False) -> di
         "VT_DEV_NAME": b.offset("net_device", "name"),
         "VT_DEV_NET": b.offset("net_device", "nd_net.net"),
         "VT_NET_INUM": b.offset("net", "ns.inum"),
-        "VT_SK_NET": b.offset("sock", "__sk_common.skc_net.net"),
-        "VT_NEIGH_DEV": b.offset("neighbour", "dev"),
-        "VT_NEIGH_TBL": b.offset("neighbour", "tbl"),
-        "VT_NEIGH_KEY": b.offset("neighbour", "primary_key"),
-        "VT_NEIGH_HA": b.offset("neighbour", "ha"),
-        "VT_NEIGH_NUD_STATE": b.offset("neighbour", "nud_state"),
-        "VT_NTBL_FAMILY": b.offset("neigh_table", "family"),
-        "VT_BR_DEV": b.offset("net_bridge", "dev"),
-        "VT_BRPORT_DEV": b.offset("net_bridge_port", "dev"),
-        "VT_ARG_START_XMIT_DEV": _arg_index(b, "net_dev_start_xmit", _is("net_device *"), "dev"),
-        "VT_ARG_XMIT_DEV": _arg_index(b, "net_dev_xmit", _is("net_device *"), "dev"),
-        "VT_ARG_XMIT_RC": _arg_index(b, "net_dev_xmit", lambda t: t == "int", "rc"),
-        "VT_ARG_XMIT_LEN": _arg_index(b, "net_dev_xmit", lambda t: t == "unsigned int", "len"),
-        "VT_ARG_KFREE_LOCATION": _arg_index(b, "kfree_skb", lambda t: t == "void *", "location"),
-        "VT_ARG_KFREE_REASON": _arg_index(b, "kfree_skb", _is("skb_drop_reason"), "reason"),
-        "VT_ARG_CONSUME_LOCATION": _arg_index(
-            b, "consume_skb", lambda t: t == "void *", "location"
-        ),
-        "VT_ARG_NCREATE_TBL": _arg_index(b, "neigh_create", _is("neigh_table *"), "tbl"),
-        "VT_ARG_NCREATE_DEV": _arg_index(b, "neigh_create", _is("net_device *"), "dev"),
-        "VT_ARG_NCREATE_PKEY": _arg_index(b, "neigh_create", lambda t: t == "void *", "pkey"),
-        "VT_ARG_NUPDATE_LLADDR": _arg_index(b, "neigh_update", lambda t: t == "u8 *", "lladdr"),
-        "VT_ARG_NUPDATE_NEW": _arg_index(b, "neigh_update", lambda t: t == "u8", "new"),
-        "VT_ARG_FDB_BR": _arg_index(b, "br_fdb_update", _is("net_bridge *"), "br"),
-        "VT_ARG_FDB_PORT": _arg_index(b, "br_fdb_update", _is("net_bridge_port *"), "port"),
-        "VT_ARG_FDB_ADDR": _arg_index(b, "br_fdb_update", _is("char *"), "addr"),
-        "VT_ARG_FDB_VID": _arg_index(b, "br_fdb_update", lambda t: t == "u16", "vid"),
     }
+    # Everything below may be missing on other kernels (older tracepoints, a
+    # bridge built as a module): each group is used only when BTF describes it,
+    # and VT_HAVE_<TRACEPOINT> tells the C which programs to build.
+    for group in (_sock_constants, _dev_constants, _drop_constants, _neigh_constants,
+                  _bridge_constants):  # fmt: skip
+        try:
+            c.update(group(b))
+        except btfmod.BtfError:
+            continue
     block = [(c[k], size) for k, size in (("VT_SKB_HEAD", 8), ("VT_SKB_MAC_HEADER", 2),
              ("VT_SKB_NETWORK_HEADER", 2), ("VT_SKB_PROTOCOL", 2))]  # fmt: skip
     c["VT_SKB_BLOCK_OFF"] = min(off for off, _ in block)
@@ -197,16 +183,108 @@ def kernel_constants(b: btfmod.Btf | None = None, functions: bool = False) -> di
     if c["VT_SKB_BLOCK_LEN"] > 128:
         raise btfmod.BtfError("sk_buff header fields too far apart for one read")
     if functions:
-        c.update(
-            VT_KARG_VETH_XMIT_SKB=_func_param(b, "veth_xmit", "skb"),
-            VT_KARG_VETH_XMIT_DEV=_func_param(b, "veth_xmit", "dev"),
-            VT_KARG_BR_HANDLE_FRAME_PSKB=_func_param(b, "br_handle_frame", "pskb"),
-            VT_KARG_BR_FORWARD_SKB=_func_param(b, "br_forward", "skb"),
-            VT_KARG_BR_FORWARD_TO=_func_param(b, "br_forward", "to"),
-            VT_KARG_BR_PASS_FRAME_UP_SKB=_func_param(b, "br_pass_frame_up", "skb"),
-        )
+        # each function only when its BTF is at hand (veth and bridge may be
+        # modules, loaded or not); kprobe.c builds only those programs
+        for func, params in FUNCTION_PARAMS.items():
+            try:
+                c.update({f"VT_KARG_{func.upper()}_{p.upper()}": _func_param(func, p)
+                          for p in params})  # fmt: skip
+            except btfmod.BtfError:
+                continue
+            with contextlib.suppress(btfmod.BtfError):  # fentry: vmlinux functions only
+                b.find(func, btfmod.FUNC)
+                c[f"VT_VMLINUX_{func.upper()}"] = 1
         c.update(_ptregs_args(b))
     return c
+
+
+# kernel function -> the parameters the kprobe/fentry programs read
+FUNCTION_PARAMS = {
+    "veth_xmit": ("skb", "dev"),
+    "br_handle_frame": ("pskb",),
+    "br_forward": ("skb", "to"),
+    "br_pass_frame_up": ("skb",),
+}
+
+
+def _sock_constants(b: btfmod.Btf) -> dict[str, int]:
+    return {"VT_SK_NET": b.offset("sock", "__sk_common.skc_net.net")}
+
+
+def _dev_constants(b: btfmod.Btf) -> dict[str, int]:
+    c = {
+        "VT_ARG_START_XMIT_DEV": _arg_index(b, "net_dev_start_xmit", _is("net_device *"), "dev"),
+        "VT_ARG_XMIT_DEV": _arg_index(b, "net_dev_xmit", _is("net_device *"), "dev"),
+        "VT_ARG_XMIT_RC": _arg_index(b, "net_dev_xmit", lambda t: t == "int", "rc"),
+        "VT_ARG_XMIT_LEN": _arg_index(b, "net_dev_xmit", lambda t: t == "unsigned int", "len"),
+    }
+    for tp in ("net_dev_queue", "net_dev_start_xmit", "net_dev_xmit", "netif_rx",
+               "netif_receive_skb"):  # fmt: skip
+        c.update(_have(b, tp))
+    return c
+
+
+def _drop_constants(b: btfmod.Btf) -> dict[str, int]:
+    c = {"VT_ARG_KFREE_LOCATION": _arg_index(b, "kfree_skb", _is("void *"), "location")}
+    c.update(_have(b, "kfree_skb"))
+    with contextlib.suppress(btfmod.BtfError):  # reason: 5.17+
+        c["VT_ARG_KFREE_REASON"] = _arg_index(b, "kfree_skb", _is("skb_drop_reason"), "reason")
+    with contextlib.suppress(btfmod.BtfError):  # consume_skb's location: 6.3+
+        c["VT_ARG_CONSUME_LOCATION"] = _arg_index(b, "consume_skb", _is("void *"), "location")
+    with contextlib.suppress(btfmod.BtfError):
+        c.update(_have(b, "consume_skb"))
+    return c
+
+
+def _neigh_constants(b: btfmod.Btf) -> dict[str, int]:
+    c = {
+        "VT_NEIGH_DEV": b.offset("neighbour", "dev"),
+        "VT_NEIGH_TBL": b.offset("neighbour", "tbl"),
+        "VT_NEIGH_KEY": b.offset("neighbour", "primary_key"),
+        "VT_NEIGH_HA": b.offset("neighbour", "ha"),
+        "VT_NEIGH_NUD_STATE": b.offset("neighbour", "nud_state"),
+        "VT_NTBL_FAMILY": b.offset("neigh_table", "family"),
+    }
+    with contextlib.suppress(btfmod.BtfError):
+        c.update(
+            VT_ARG_NCREATE_TBL=_arg_index(b, "neigh_create", _is("neigh_table *"), "tbl"),
+            VT_ARG_NCREATE_DEV=_arg_index(b, "neigh_create", _is("net_device *"), "dev"),
+            VT_ARG_NCREATE_PKEY=_arg_index(b, "neigh_create", lambda t: t == "void *", "pkey"),
+            **_have(b, "neigh_create"),
+        )
+    with contextlib.suppress(btfmod.BtfError):
+        c.update(
+            VT_ARG_NUPDATE_LLADDR=_arg_index(b, "neigh_update", lambda t: t == "u8 *", "lladdr"),
+            VT_ARG_NUPDATE_NEW=_arg_index(b, "neigh_update", lambda t: t == "u8", "new"),
+            **_have(b, "neigh_update"),
+        )
+    for tp in ("neigh_update_done", "neigh_timer_handler", "neigh_event_send_done"):
+        with contextlib.suppress(btfmod.BtfError):
+            c.update(_have(b, tp))
+    return c
+
+
+def _bridge_constants(b: btfmod.Btf) -> dict[str, int]:
+    """The bridge's types live in vmlinux, or in the bridge module's split BTF."""
+    try:
+        b.find("net_bridge", btfmod.STRUCT)
+    except btfmod.BtfError:
+        b = btfmod.module("bridge")
+    return {
+        "VT_BR_DEV": b.offset("net_bridge", "dev"),
+        "VT_BRPORT_DEV": b.offset("net_bridge_port", "dev"),
+        "VT_ARG_FDB_BR": _arg_index(b, "br_fdb_update", _is("net_bridge *"), "br"),
+        "VT_ARG_FDB_PORT": _arg_index(b, "br_fdb_update", _is("net_bridge_port *"), "port"),
+        "VT_ARG_FDB_ADDR": _arg_index(b, "br_fdb_update", _is("char *"), "addr"),
+        "VT_ARG_FDB_VID": _arg_index(b, "br_fdb_update", lambda t: t == "u16", "vid"),
+        **_have(b, "br_fdb_update"),
+    }
+
+
+def _have(b: btfmod.Btf, tp: str) -> dict[str, int]:
+    """{"VT_HAVE_<TP>": 1} when raw tracepoint `tp` exists (its btf_trace_ typedef)."""
+    b.find(f"btf_trace_{tp}", btfmod.TYPEDEF)
+    return {f"VT_HAVE_{tp.upper()}": 1}
 
 
 def _ptregs_args(b: btfmod.Btf) -> dict[str, int]:
@@ -249,7 +327,11 @@ def drop_reason_tables() -> tuple[dict[int, str], dict[int, str]]:
 
     def compute() -> list[list[list[Any]]]:
         b = btfmod.vmlinux()
-        return [list(map(list, drop_reasons(b).items())), list(map(list, _subsystems(b).items()))]
+        try:
+            reasons = drop_reasons(b)
+        except btfmod.BtfError:  # before 5.17: no reasons at all
+            reasons = {}
+        return [list(map(list, reasons.items())), list(map(list, _subsystems(b).items()))]
 
     reasons, subsys = kcache.cached("drop_reasons", compute)
     return {int(k): v for k, v in reasons}, {int(k): v for k, v in subsys}
@@ -363,9 +445,9 @@ def compile_only(
     b = BPF(text=src.encode(), cflags=cflags(consts, compile_filter(""), None, True, function_mech))
     try:
         if function_mech == "kprobe":
-            for fn in ("vt_kp_veth_xmit", "vt_kp_br_handle_frame", "vt_kp_br_forward",
-                       "vt_kp_br_pass_frame_up"):  # fmt: skip
-                b.load_func(fn.encode(), BPF.KPROBE)
+            for func in FUNCTION_PARAMS:
+                if any(k.startswith(f"VT_KARG_{func.upper()}_") for k in consts):
+                    b.load_func(f"vt_kp_{func}".encode(), BPF.KPROBE)
         return time.monotonic() - t0
     finally:
         b.cleanup()
@@ -377,7 +459,7 @@ def compile_only(
 class BpfCollector:
     """Compile, attach and read the probes (see the module docstring for the contract)."""
 
-    POLL_BUDGET = 8192  # events per poll() at most, so a flood cannot hold poll() forever
+    POLL_BUDGET = 4096  # events per poll() at most, so a flood cannot hold poll() forever
 
     def __init__(
         self,
@@ -461,20 +543,42 @@ class BpfCollector:
         try:
             self._bpf = BPF(text=src.encode(), cflags=flags)  # autoloads + attaches raw tracepoints
             if fmech == "kprobe":
-                funcs = planmod.POINTS["veth transmit"][1] + planmod.POINTS["bridge receive"][1]
-                for func in funcs:
-                    self._bpf.attach_kprobe(event=func.encode(), fn_name=f"vt_kp_{func}".encode())
+                self._attach_kprobes(consts, plan)
         except Exception as exc:
             self.close()
             raise UserError(f"BPF compile/attach failed: {str(exc).splitlines()[0]}") from None
         table = self._bpf[b"vt_events"]
         if ringbuf:
-            table.open_ring_buffer(self._on_event)
+            table.open_ring_buffer(self._ring_cb)
         else:
             table.open_perf_buffer(self._on_event, page_cnt=256, lost_cb=self._on_lost)
         self.timings["compile_attach"] = time.monotonic() - t1
         self.plan = plan
         return plan
+
+    def _attach_kprobes(self, consts: dict[str, int], plan: planmod.Plan) -> None:
+        """Attach each function probe whose BTF was found; a missing function
+        (module not loaded) is skipped and noted in the plan, not fatal."""
+        for point in ("veth transmit", "bridge receive"):
+            choice = plan.choice(point)
+            attached = []
+            for func in choice.hooks:
+                why = None
+                if not any(k.startswith(f"VT_KARG_{func.upper()}_") for k in consts):
+                    why = "no BTF for it (module not loaded?)"
+                else:
+                    try:
+                        self._bpf.attach_kprobe(
+                            event=func.encode(), fn_name=f"vt_kp_{func}".encode()
+                        )
+                        attached.append(func)
+                    except Exception as exc:
+                        why = str(exc).splitlines()[0]
+                if why:
+                    choice.tried.append(f"kprobe {func} skipped: {why}")
+            if not attached:
+                choice.blind_spot = "function probes unavailable now; see tried"
+            choice.hooks = attached or choice.hooks
 
     @property
     def lost(self) -> int:
@@ -484,7 +588,7 @@ class BpfCollector:
     def _on_lost(self, count: int) -> None:
         self._perf_lost += count
 
-    def _on_event(self, *args: Any) -> int:
+    def _on_event(self, *args: Any) -> None:
         # ring buffer: (ctx, data, size); perf buffer: (cpu, data, size)
         try:
             if self._layout is None:
@@ -492,6 +596,9 @@ class BpfCollector:
             self._pending.append(self._convert(ctypes.string_at(args[1], self._layout.size)))
         except Exception as exc:  # ctypes would print and swallow it; poll() re-raises
             self._error = self._error or exc
+
+    def _ring_cb(self, *args: Any) -> int:
+        self._on_event(*args)
         self._budget -= 1
         # libbpf keeps consuming while the producer keeps up: a negative return
         # ends this poll (the record is consumed), so poll() always comes back

@@ -285,6 +285,33 @@ def vmlinux() -> Btf:
     return _VMLINUX
 
 
+_MODULE_BTF: dict[str, Btf] = {}
+
+
 def module(name: str) -> Btf:
-    """Split BTF of a loaded module (e.g. 'bridge' when not built in)."""
-    return Btf.load(VMLINUX.parent / name, base=vmlinux())
+    """Split BTF of a loaded module (e.g. 'bridge' when not built in), cached."""
+    if name not in _MODULE_BTF:
+        _MODULE_BTF[name] = Btf.load(VMLINUX.parent / name, base=vmlinux())
+    return _MODULE_BTF[name]
+
+
+MODULES = ("bridge", "veth")  # modules whose BTF vethtrace reads when they are loaded
+
+
+def loaded_modules() -> list[str]:
+    return [m for m in MODULES if (VMLINUX.parent / m).exists()]
+
+
+def find_anywhere(name: str, kind: int | None = None) -> tuple[Btf, int]:
+    """(btf, type id) of `name` in vmlinux or a loaded module from MODULES."""
+    try:
+        return vmlinux(), vmlinux().find(name, kind)
+    except BtfError:
+        pass
+    for mod in loaded_modules():
+        b = module(mod)
+        try:
+            return b, b.find(name, kind)
+        except BtfError:
+            continue
+    raise BtfError(f"no {name!r} in kernel or module BTF")

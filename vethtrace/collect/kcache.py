@@ -34,7 +34,9 @@ def _path() -> Path:
         size = btfmod.VMLINUX.stat().st_size
     except OSError:
         size = 0
-    h = hashlib.sha1(f"{uname.release}\n{uname.version}\n{size}".encode())
+    # a module loaded later (bridge, veth) adds facts: part of the key too
+    mods = ",".join(btfmod.loaded_modules())
+    h = hashlib.sha1(f"{uname.release}\n{uname.version}\n{size}\n{mods}".encode())
     for name in _DERIVERS:  # the code deriving the facts is part of the key too
         with contextlib.suppress(OSError):
             h.update((Path(__file__).parent / name).read_bytes())

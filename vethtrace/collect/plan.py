@@ -114,7 +114,10 @@ def tracefs() -> str | None:
 
 @cache
 def try_kprobe(func: str = "veth_xmit") -> Trial:
-    """Create a perf kprobe event on `func` (and close it): the only honest test."""
+    """Create a perf kprobe event on `func` (and close it): the only honest test.
+    veth and bridge are modules on most distributions and may not be loaded
+    yet; then kprobes are tried on a built-in function instead, and the
+    module's functions are attached (or skipped) when tracing starts."""
     pmu = Path("/sys/bus/event_source/devices/kprobe/type")
     if not pmu.exists():
         tfs = tracefs()
@@ -122,6 +125,22 @@ def try_kprobe(func: str = "veth_xmit") -> Trial:
             return Trial(False, f"no kprobe PMU and no {tfs}/kprobe_events (CONFIG_KPROBES unset)")
         return Trial(False, "no kprobe PMU in /sys/bus/event_source (CONFIG_KPROBES unset?)")
     pmu_type = int(pmu.read_text())
+    err = _perf_kprobe(pmu_type, func)
+    note = f"kprobe on {func} attaches"
+    if err == errno.ENOENT and _perf_kprobe(pmu_type, "netif_receive_skb") == 0:
+        note = f"kprobes work; {func} not in the kernel now (module not loaded?)"
+        err = 0
+    if err:
+        return Trial(False, f"kprobe on {func} refused: {_err(err)}")
+    fd2, e = _load_noop(PROG_KPROBE)
+    if fd2 < 0:
+        return Trial(False, f"kprobe program load refused: {_err(e)}")
+    os.close(fd2)
+    return Trial(True, note)
+
+
+def _perf_kprobe(pmu_type: int, func: str) -> int:
+    """errno of creating a perf kprobe event on func (0: it worked, and is closed)."""
     name = ctypes.create_string_buffer(func.encode())
     # perf_event_attr: type, size, config, sample_period, sample_type, read_format,
     # flags, wakeup_events, bp_type, config1 (kprobe_func), config2 (offset)
@@ -130,13 +149,9 @@ def try_kprobe(func: str = "veth_xmit") -> Trial:
     buf = ctypes.create_string_buffer(attr, 128)
     fd = _libc.syscall(SYS_PERF_EVENT_OPEN, buf, -1, 0, -1, 8)  # pid -1, cpu 0, CLOEXEC
     if fd < 0:
-        return Trial(False, f"kprobe on {func} refused: {_err(ctypes.get_errno())}")
+        return ctypes.get_errno()
     os.close(fd)
-    fd2, e = _load_noop(PROG_KPROBE)
-    if fd2 < 0:
-        return Trial(False, f"kprobe program load refused: {_err(e)}")
-    os.close(fd2)
-    return Trial(True, f"kprobe on {func} attaches")
+    return 0
 
 
 @cache
@@ -171,8 +186,20 @@ class Plan:
         return next(c for c in self.choices if c.point == point)
 
     def one_line(self) -> str:
-        parts = [f"{c.point}: {c.mechanism}" for c in self.choices]
-        return "; ".join(parts) + f"; delivery: {self.delivery}"
+        """e.g. 'all tracepoints, ring buffer' or 'kprobe: veth transmit; tracepoint: ...'."""
+        mechs = {c.mechanism for c in self.choices}
+        if len(mechs) == 1:
+            return f"all {mechs.pop()}s, {self.delivery}"
+        by: dict[str, list[str]] = {}
+        for c in self.choices:
+            by.setdefault(c.mechanism, []).append(c.point)
+        return "; ".join(f"{m}: {', '.join(p)}" for m, p in by.items()) + f"; {self.delivery}"
+
+    def blind_line(self) -> str:
+        """What this plan cannot see, tersely ('' when nothing notable)."""
+        parts = [f"{c.point}: {BLIND_SHORT.get(c.point, c.blind_spot)}"
+                 for c in self.choices if c.blind_spot]  # fmt: skip
+        return "; ".join(parts)
 
     def describe(self) -> dict[str, object]:
         """JSON-able form (recordings, doctor --json)."""
@@ -203,6 +230,12 @@ TRACEPOINT_BLIND = {
     ),
 }
 
+BLIND_SHORT = {
+    "veth transmit": "no veth_xmit (net_dev_start_xmit + the peer's netif_rx stand in)",
+    "bridge receive": "no rx_handler/forwarding decision (inferred from the same skb "
+    "on port, then bridge or another port)",
+}
+
 # point -> (hooks for tracepoints, kernel functions for kprobe/fentry, area)
 POINTS: dict[str, tuple[list[str], list[str], str]] = {
     "veth transmit": (["net_dev_start_xmit", "net_dev_xmit"], ["veth_xmit"], "dev"),
@@ -231,14 +264,13 @@ AREAS = ("dev", "drop", "neigh", "bridge")
 
 
 def _tracepoint_exists(name: str) -> bool:
-    def compute() -> bool:
-        try:
-            btfmod.vmlinux().find(f"btf_trace_{name}", btfmod.TYPEDEF)
-            return True
-        except btfmod.BtfError:
-            return False
-
-    return kcache.cached(f"tracepoint:{name}", compute)
+    """A raw tracepoint exists when BTF has its btf_trace_ typedef (in vmlinux,
+    or in a loaded module's BTF, e.g. bridge's br_fdb_update)."""
+    try:
+        btfmod.find_anywhere(f"btf_trace_{name}", btfmod.TYPEDEF)
+        return True
+    except btfmod.BtfError:
+        return False
 
 
 def decide(allow_functions: bool = True) -> Plan:

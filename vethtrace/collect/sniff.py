@@ -31,6 +31,7 @@ would skew the sniffed times; runs are seconds long, so we accept that.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
 import select
@@ -192,10 +193,16 @@ class Sniffer:
         try:
             try:
                 sock.bind((t.ifname, ETH_P_ALL))
+                # binding to a down device succeeds but leaves ENETDOWN pending
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             except OSError as exc:
-                if exc.errno == 100:  # ENETDOWN
-                    raise SniffError(f"{t.ifname} is down, nothing to see there") from None
-                raise
+                err = exc.errno or 0
+                if err != errno.ENETDOWN:
+                    raise
+            if err == errno.ENETDOWN:
+                raise SniffError(f"{t.ifname} is down, nothing to see there")
+            if err:
+                raise OSError(err, os.strerror(err))
             ifindex = socket.if_nametoindex(t.ifname)
             if ifindex != t.ifindex:
                 raise SniffError(

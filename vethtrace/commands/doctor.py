@@ -94,7 +94,7 @@ def gather() -> dict[str, Any]:
         )
     )
     rb = planmod.ringbuf_supported()
-    checks.append(Check("ring buffer", rb.ok, rb.reason if rb.ok else rb.reason + "; perf buffer"))
+    checks.append(Check("ring_buffer", rb.ok, rb.reason if rb.ok else rb.reason + "; perf buffer"))
     hdr = headersmod.find()
     hdr_detail = {
         "matching": f"{hdr.path} (matches the running kernel)",

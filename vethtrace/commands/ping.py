@@ -108,7 +108,10 @@ def owners_of(topo: Topology, ip: str) -> list[tuple[str, IfaceKey, str]]:
 
 def l2_domain(topo: Topology, start: IfaceKey, limit: int = MAX_SNIFFED) -> list[IfaceKey]:
     """Interfaces a frame leaving `start` can cross without routing: veth peers,
-    bridge masters and their ports, transitively (breadth first, bounded)."""
+    bridge/bond masters and their ports, lower devices, transitively (breadth
+    first, so the nearest are sniffed when the bound cuts the walk short).
+    Unlike topology.query.l2_domain, bonds and lower devices count: they carry
+    the frame even if no bridge is involved."""
     seen: list[IfaceKey] = []
     todo = [start]
     while todo and len(seen) < limit:
@@ -124,6 +127,8 @@ def l2_domain(topo: Topology, start: IfaceKey, limit: int = MAX_SNIFFED) -> list
             nxt.append(it.peer)
         if it.master is not None:
             nxt.append(IfaceKey(key.netns, it.master))
+        if it.link is not None:  # macvlan/ipvlan/vlan: frames leave through the lower device
+            nxt.append(it.link)
         ns = topo.netns(key.netns)
         if ns is not None and it.kind in ("bridge", "bond"):
             nxt += [p.key for p in ns.interfaces if p.master == key.ifindex]
@@ -388,16 +393,16 @@ def _start_kernel(filter_text: str, inodes: list[int] | None) -> tuple[Any, str 
         from vethtrace.collect.bpf import BpfCollector
     except ImportError as exc:
         return None, f"kernel probes unavailable ({exc}); sniffers and netlink only"
-    coll = BpfCollector(filter_text, inodes, areas=("dev", "drop", "neigh"), functions=False)
+    coll = None
     try:
+        coll = BpfCollector(filter_text, inodes, areas=("dev", "drop", "neigh"), functions=False)
         coll.start()
         return coll, None
-    except UserError as exc:
-        coll.close()
-        return None, f"kernel probes unavailable ({exc}); sniffers and netlink only"
-    except Exception as exc:
-        coll.close()
-        return None, f"kernel probes failed ({type(exc).__name__}: {exc}); sniffers only"
+    except Exception as exc:  # degrade to sniffers + netlink, and say so
+        if coll is not None:
+            coll.close()
+        what = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        return None, f"kernel probes unavailable ({what}); sniffers and netlink only"
 
 
 # --- the run -------------------------------------------------------------------
@@ -633,6 +638,8 @@ def run(
         _record(write, pcap, r)
     from vethtrace.render import ping as render
 
+    for w in r.warnings:
+        print(f"vethtrace ping: warning: {w}", file=sys.stderr)
     if json:
         obj = render.to_json(
             r.plan, r.verdict, r.events, r.topo, r.findings, r.warnings, r.notes, r.timings
@@ -641,8 +648,6 @@ def run(
     else:
         from vethtrace.console import make_console
 
-        for w in r.warnings:
-            print(f"vethtrace ping: warning: {w}", file=sys.stderr)
         render.show(
             make_console(), r.plan, r.verdict, r.events, r.topo, r.findings, (), r.notes, r.timings
         )

@@ -29,11 +29,14 @@ from vethtrace.record import Recording, read
 
 def run(file: str, json: bool = False) -> int:
     rec = read(file)
-    if rec.topology is None:
-        raise UserError(f"{file}: the recording has no topology record (cut short at the start?)")
     notes = list(rec.notes)
     if isinstance(rec.header.get("ping"), dict):
+        if rec.topology is None:
+            raise UserError(f"{file}: the ping recording has no topology record (cut short?)")
         return _ping(rec, notes, json)
+    if rec.topology is None:  # trace records events even when discovery failed
+        notes.append("no topology was recorded: namespaces appear as inodes, no static checks")
+        rec.topology = Topology()
     findings, check_note = _findings(rec, _trace_scope(rec))
     if check_note:
         notes.append(check_note)
@@ -95,15 +98,19 @@ def _ping(rec: Recording, notes: list[str], json: bool) -> int:
         notes.append("events after the cut are missing: the verdict may be incomplete")
     if rec.lost:
         notes.append(f"{rec.lost} kernel event(s) were lost while recording")
+    # What the live run printed besides the verdict: its warnings, notes and timings.
     warnings = list(meta.get("warnings") or [])
+    notes = [*(meta.get("notes") or []), *notes]
+    timings = meta.get("timings") or None
+    args = (plan, verdict, rec.events, rec.topology, findings, warnings, notes, timings)
     if json:
-        obj = render.to_json(plan, verdict, rec.events, rec.topology, findings, warnings, notes)
+        obj = render.to_json(*args)
         obj["recording"] = _recording_json(rec)
         print(jsonlib.dumps(obj, indent=2))
     else:
         console = make_console()
         _banner(console, rec)
-        render.show(console, plan, verdict, rec.events, rec.topology, findings, warnings, notes)
+        render.show(console, *args)
     if verdict is None:
         return int(ExitStatus.FINDINGS)
     return int(ExitStatus.OK if verdict.reachable else ExitStatus.FINDINGS)
@@ -199,23 +206,22 @@ def _path_json(p: PacketPath) -> dict[str, Any]:
 
 
 def _print_paths(console: Console, paths: list[PacketPath], topo: Topology) -> None:
-    from vethtrace.render.live import OUTCOME_STYLE, NameShortener, hop_chain
+    """One row per packet, as watch shows them (same hop chains and words)."""
+    from vethtrace.render.live import NameShortener, hop_chain, outcome_text, short_packet
 
     short = NameShortener(topo)
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    table.add_column("ms", justify="right", no_wrap=True)
-    table.add_column("packet", no_wrap=True, overflow="ellipsis", max_width=44)
-    table.add_column("path", no_wrap=True, overflow="ellipsis", min_width=20)
-    table.add_column("outcome", no_wrap=True, min_width=9)
+    table.add_column("ms", justify="right", no_wrap=True, min_width=8)
+    table.add_column("packet", no_wrap=True, overflow="ellipsis", max_width=32)
+    table.add_column("path", no_wrap=True, overflow="ellipsis", min_width=24)
+    table.add_column("outcome", no_wrap=True, min_width=22)
     t0 = paths[0].first_ns if paths else 0
     for p in paths:
-        style = OUTCOME_STYLE.get(p.outcome, "")
-        outcome = p.outcome + (f" {p.drop_reason}" if p.drop_reason else "")
         table.add_row(
-            f"{(p.first_ns - t0) / 1e6:+.2f}",
-            p.summary.describe() if p.summary else p.kind,
+            f"{(p.first_ns - t0) / 1e6:+.1f}",
+            short_packet(p),
             hop_chain(p, short),
-            Text(outcome, style=style),
+            outcome_text(p),
         )
     console.print(Text(f"{len(paths)} packet path(s)", "bold"))
     if paths:

@@ -57,7 +57,7 @@ def run(
         raise UserError("trace --pcap is not supported (frames come from `ping --pcap`)")
     if duration is not None and duration <= 0:
         raise UserError("--duration must be positive")
-    require_root("vethtrace trace")
+    require_root("tracing")
     out = make_console()
     status = make_console(stderr=True) if json or not out.is_terminal else out
     collector = BpfCollector(filter or "", _inodes(netns))  # bad filter fails here
@@ -75,14 +75,16 @@ def run(
             with status.status("compiling and attaching probes…", spinner="dots"):
                 plan = collector.start()
             t = collector.timings
+            ready = t.get("btf", 0) + t.get("compile_attach", 0)
             status.print(
-                f"tracing… ({plan.one_line()}; headers {plan.headers}; "
-                f"ready in {t.get('btf', 0) + t.get('compile_attach', 0):.2f} s)"
+                f"tracing… ({plan.one_line()}; headers {plan.headers}; ready in {ready:.2f} s)"
                 + (f" filter: {collector.filter.text}" if collector.filter.text else "")
                 + ("  Ctrl-C to stop" if duration is None else ""),
                 style="dim",
                 highlight=False,
             )
+            if plan.blind_line():
+                status.print(f"cannot see: {plan.blind_line()}", style="dim", highlight=False)
             if write:
                 rec = _recorder(write, plan, netns)
             if not json:

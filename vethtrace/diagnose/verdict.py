@@ -123,7 +123,9 @@ def ours(path: PacketPath, plan: PingPlan) -> bool:
         return False
     addrs = {plan.ip, plan.nexthop} | ({plan.src_addr} if plan.src_addr else set())
     if s.arp_op is not None:
-        return s.arp_tpa in addrs and s.arp_spa in addrs
+        # our own resolution, and any router's on the way asking for the target
+        ends = {plan.ip, plan.nexthop}
+        return s.arp_tpa in ends or (s.arp_op == 2 and s.arp_spa in ends)
     if s.icmp_type is not None:
         return s.ip_src in addrs and s.ip_dst in addrs
     return False
@@ -367,16 +369,23 @@ def _diverted(
             if sniffed
             else f"The ARP reply did arrive on {egress.name}, "
         )
-        stuck = " → ".join(t["state"] for t in states) or "INCOMPLETE"
+        stuck = states[-1]["state"] if states else "INCOMPLETE"
         explanation = (
             f"{tcpdump}but {egress.name} is a port of {mname} ({mkind}): its rx_handler takes "
             f"every frame arriving on {egress.name} and hands it to {mname}'s stack"
-            + (" (the kernel saw it received on " + mname + ")" if taken else "")
+            + (
+                f" (the kernel saw it received on {mname})"
+                if any(h.point != "sniff" for h in taken)
+                else f" (the sniffer on {mname} saw it there too)"
+                if taken
+                else ""
+            )
             + f". The ARP request for {plan.nexthop} went out of {egress.name} because "
             f"{egress.name} holds {plan.src_addr or 'the source address'} and the route, so the "
             f"neighbour entry lives on {egress.name} — and the answer never reaches it: "
-            f"{plan.nexthop} on {egress.name} stays {stuck}"
-            f"{'' if 'FAILED' in stuck else ' (it turns FAILED after ~3 s)'}, and ping fails. "
+            f"the entry for {plan.nexthop} on {egress.name} stays {stuck}"
+            f"{'' if stuck == 'FAILED' else ' and turns FAILED after ~3 s of probes'}"
+            ", and ping fails. "
             f"An address on a bridge port is unreachable this way; it belongs on {mname}."
         )
         return Verdict(
@@ -574,27 +583,52 @@ def _explain_drop(
 def _no_reply(
     plan: PingPlan, topo: Topology, a: Analysis, findings: list[Finding], final: bool, now: int
 ) -> Verdict | None:
-    want = {"arp-request": "arp-reply", "echo": "echo-reply"}
     for kind in ("echo", "arp-request"):
-        reqs = [p for p in a.paths if p.kind == kind]
-        answers = [p for p in a.paths if p.kind == want[kind]]
-        for p in reqs:
+        for p in (p for p in a.paths if p.kind == kind):
             at_target = [
                 h
                 for h in p.hops
                 if h.netns == plan.target_netns
                 and h.note.startswith(("received", "sniffed arriving", "consumed"))
             ]
-            if not at_target or answers:
+            if not at_target or _answered(p, a.paths):
                 continue
+            wanted = _wanted(p, plan)
             # a flood reaches several interfaces: the one holding the address matters
-            holder = [h for h in at_target if _holds(topo, h, plan.nexthop)]
+            holder = [h for h in at_target if _holds(topo, h, wanted)]
             arrived = (holder or at_target)[0]
             if not final and now - at_target[0].ts_ns < NO_REPLY_GRACE_NS:
                 return None
             at = [e for e in _events_of(p, a) if _ns_name(topo, e.netns) == plan.target_netns]
             return _explain_no_reply(plan, topo, p, arrived, findings, at)
     return None
+
+
+def _wanted(p: PacketPath, plan: PingPlan) -> str:
+    """The address a request asks for: the ARP target, or the echo's destination."""
+    s = p.summary
+    if s is not None and s.arp_op == 1 and s.arp_tpa:
+        return s.arp_tpa
+    return plan.ip
+
+
+def _answered(req: PacketPath, paths: list[PacketPath]) -> bool:
+    q = req.summary
+    if q is None:
+        return False
+    for p in paths:
+        s = p.summary
+        if s is None:
+            continue
+        if q.arp_op == 1 and s.arp_op == 2 and s.arp_spa == q.arp_tpa and s.arp_tpa == q.arp_spa:
+            return True
+        if (
+            q.icmp_type == 8
+            and s.icmp_type == 0
+            and (s.icmp_id, s.icmp_seq) == (q.icmp_id, q.icmp_seq)
+        ):
+            return True
+    return False
 
 
 def _location(ev: ProbeEvent) -> str:
@@ -615,7 +649,8 @@ def _explain_no_reply(
     reasons: list[str] = []
     fixes: list[str] = []
     if it is not None and ns is not None:
-        has_ip = any(x.address == plan.nexthop for x in it.addresses)
+        wanted = _wanted(p, plan)
+        has_ip = any(x.address == wanted for x in it.addresses)
         if p.kind == "arp-request":
             ai = max(
                 it.sysctls.get("arp_ignore", "0"),
@@ -648,16 +683,16 @@ def _explain_no_reply(
                     (
                         i.name
                         for i in ns.interfaces
-                        if any(x.address == plan.nexthop for x in i.addresses)
+                        if any(x.address == wanted for x in i.addresses)
                     ),
                     None,
                 )
                 reasons.append(
-                    f"{plan.nexthop} is not on {it.name}"
+                    f"{wanted} is not on {it.name}"
                     + (f" but on {owner}" if owner else " nor anywhere in " + ns.name)
                 )
             else:
-                checks.append(f"{plan.nexthop} is on {it.name}")
+                checks.append(f"{wanted} is on {it.name}")
             if ai != "0" and not has_ip:
                 reasons.append(f"arp_ignore={ai}: {it.name} answers ARP only for its own addresses")
                 fixes.append(f"ip netns exec {ns.name} sysctl -w net.ipv4.conf.all.arp_ignore=0")
@@ -749,7 +784,11 @@ def _stalled(
     in the topology why the frame could not go on from the last place it was seen."""
     hops = _furthest(a)
     if not hops:
-        return None
+        # nothing of ours was seen anywhere: the egress itself may be unable to send
+        sent = a.sent[0].ts_ns if a.sent else plan.started_ns
+        if not final and now - sent < NO_REPLY_GRACE_NS:
+            return None
+        return _no_carrier(plan, topo, findings)
     last = hops[-1]
     if not final and now - last.ts_ns < NO_REPLY_GRACE_NS:
         return None
@@ -767,6 +806,31 @@ def _stalled(
         explanation=explanation
         + f" Our frames were last seen at {last.netns}/{last.interface} ({last.note}).",
         fix=_fixes_from(findings, _ns_name(topo, culprit.netns), None) or fix,
+    )
+
+
+def _no_carrier(plan: PingPlan, topo: Topology, findings: list[Finding]) -> Verdict | None:
+    """Without kernel probes a frame queued to a carrier-less device is simply never
+    seen; the topology still says why (the kernel drops it at the queue)."""
+    egress = topo.iface(plan.egress)
+    if egress is None or plan.egress is None or egress.carrier:
+        return None
+    found = _peer_down_culprit(topo, plan.egress)
+    culprit, words = found if found else (plan.egress, f"{egress.name} has no carrier")
+    c = topo.iface(culprit)
+    ns = _ns_name(topo, culprit.netns)
+    return Verdict(
+        kind="dropped",
+        summary=f"nothing left {plan.source}/{egress.name}: {words}",
+        culprit=culprit,
+        culprit_netns=ns,
+        culprit_interface=c.name if c else None,
+        explanation=(
+            f"{egress.name} has no carrier, so the kernel drops whatever is queued to it "
+            "(QDISC_DROP) before any sniffer could see it."
+        ),
+        fix=_fixes_from(findings, ns, None)
+        or ([f"ip {_ns_flag(topo, culprit.netns)}link set {c.name} up"] if c else []),
     )
 
 

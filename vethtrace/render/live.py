@@ -316,7 +316,7 @@ def _drops(state: WatchState, short: NameShortener, now_wall: float) -> Group:
         lines.append(Text("no drops", style="green"))
     for reason, n in state.drops.most_common(5):
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(f"{n:>6,} ", style="bold red")
+        t.append(f"{_num(n):>5} ", style="bold red")
         t.append(reason)
         where = state.drop_where.get(reason)
         if where:
@@ -369,11 +369,25 @@ def short_packet(path: PacketPath) -> str:
     if s.icmp_type is not None:
         name = {8: "echo", 0: "echo reply", 3: "unreach"}.get(s.icmp_type, f"type {s.icmp_type}")
         seq = f" #{s.icmp_seq}" if s.icmp_seq is not None and s.icmp_type in (0, 8) else ""
-        return f"ICMP {name} {s.ip_src} > {s.ip_dst}{seq}"
+        dst = _same_net(s.ip_src, s.ip_dst)
+        src = _same_net(s.ip_dst, s.ip_src) if dst.startswith(".") else s.ip_src
+        return f"ICMP {name} {src} > {dst}{seq}"
     return s.describe()
 
 
-def _outcome(path: PacketPath) -> Text:
+def _same_net(src: str | None, dst: str | None) -> str:
+    """'.102' for 192.168.122.102 next to 192.168.122.101: the part that differs
+    (same /24); the ARP rows around it carry the full addresses."""
+    if not src or not dst or src.count(".") != 3 or dst.count(".") != 3:
+        return str(dst)
+    a, b = src.split("."), dst.split(".")
+    if a[:3] == b[:3]:
+        return "." + b[3]
+    return dst
+
+
+def outcome_text(path: PacketPath) -> Text:
+    """'✓ delivered', '↪ diverted to br0', '✗ dropped NEIGH_FAILED' (watch and report)."""
     style = OUTCOME_STYLE.get(path.outcome, "")
     t = Text(f"{OUTCOME_MARK.get(path.outcome, '?')} {path.outcome}", style=style, no_wrap=True)
     if path.outcome == "diverted" and path.hops:
@@ -387,8 +401,8 @@ def _paths(state: WatchState, short: NameShortener, width: int) -> Panel:
     table = Table(box=None, padding=(0, 1, 0, 0), expand=True, header_style="dim")
     table.add_column("time", no_wrap=True, width=12)
     # The path is what this panel is for: the packet column gets what is left
-    # after ~34 columns of path, between 16 and 42.
-    packet_width = max(16, min(42, width - 4 - 12 - 22 - 3 - 34))
+    # after ~32 columns of path, between 16 and 42.
+    packet_width = max(16, min(42, width - 4 - 12 - 22 - 3 - 32))
     table.add_column("packet", no_wrap=True, overflow="ellipsis", width=packet_width)
     table.add_column("path", no_wrap=True, overflow="ellipsis", ratio=1, min_width=30)
     table.add_column("outcome", no_wrap=True, overflow="ellipsis", min_width=12, max_width=28)
@@ -405,7 +419,7 @@ def _paths(state: WatchState, short: NameShortener, width: int) -> Panel:
             Text(f"{clock}.{millis:03d}", style="dim"),
             Text(packet, style="" if path.outcome == "delivered" else style),
             hop_chain(path, short),
-            _outcome(path),
+            outcome_text(path),
         )
     title = f"packet paths (newest first, {len(paths)} recent)"
     return Panel(table, title=title, title_align="left", border_style="blue")

@@ -201,7 +201,12 @@ def show(
     else:
         console.print("  (no frame of ours was seen)")
     if verdict is not None and verdict.timeline:
-        states = " → ".join(f"{t['state']} ({_ms(t['time_ns'], t0)} ms)" for t in verdict.timeline)
+        states = " → ".join(
+            f"{t['state']} ({_ms(t['time_ns'], t0)} ms)"
+            if t["time_ns"] >= t0
+            else f"{t['state']} (already, from an earlier attempt)"
+            for t in verdict.timeline
+        )
         devs = sorted({f"{t['netns']}/{t['interface']}" for t in verdict.timeline})
         console.print(f"neighbour {plan.nexthop} on {', '.join(devs)}: {states}", soft_wrap=False)
     console.print()

@@ -58,7 +58,7 @@ def discover(netns: list[str] | None = None, firewall: bool = True) -> Topology:
             full.add(ref.inode)
     cache: dict[str, _build.Parsed] = {}
 
-    def nsid_queries(cap: _capture.RawCapture) -> dict[int, set[int]]:
+    def nsid_queries(cap: _capture.RawCapture) -> tuple[dict[int, set[int]], set[int]]:
         cache["parsed"] = _build.parse_links(cap)
         return _build.nsid_queries(cache["parsed"])
 

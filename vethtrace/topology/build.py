@@ -56,11 +56,17 @@ def candidates(parsed: Parsed) -> dict[tuple[int, int], list[int]]:
     return out
 
 
-def nsid_queries(parsed: Parsed) -> dict[int, set[int]]:
-    """namespace -> namespaces whose nsid (as seen from it) peer resolution needs."""
+def nsid_queries(parsed: Parsed) -> tuple[dict[int, set[int]], set[int]]:
+    """What peer resolution needs the kernel to answer: namespace -> namespaces
+    whose nsid (as seen from it) to ask, and the namespaces whose list of
+    assigned nsids to read (those with a veth no visible namespace pairs with:
+    is its peer's namespace gone, or just invisible to us?)."""
     out: dict[int, set[int]] = defaultdict(set)
+    listing: set[int] = set()
     for (inode, _ifindex), others in candidates(parsed).items():
         out[inode].update(others)
+        if not others:
+            listing.add(inode)
     # Stacked devices (macvlan, vlan, ...) whose lower device is in another
     # namespace: any namespace with an interface at that ifindex may be it.
     holders: dict[int, list[int]] = defaultdict(list)
@@ -71,7 +77,7 @@ def nsid_queries(parsed: Parsed) -> dict[int, set[int]]:
         for link in links:
             if link.iface.kind != "veth" and link.link_nsid is not None and link.link:
                 out[inode].update(h for h in holders.get(link.link, []) if h != inode)
-    return dict(out)
+    return {k: v for k, v in out.items() if v}, listing
 
 
 def namespace(raw: RawNamespace, links: list[parse.Link]) -> Namespace:

@@ -1,7 +1,7 @@
 """Socket I/O of discovery: enter each namespace, dump it, leave.
 
 A netlink socket stays bound to the namespace it was created in, so a worker
-thread (one per CPU, up to 4) setns()'s into a namespace (microseconds, via
+thread setns()'s into a namespace (microseconds, via
 vethtrace.netns), opens its sockets, reads the per-namespace sysctl files (they
 follow the *thread's* namespace), issues the dumps and moves on; a second pass
 asks each namespace the nsids that veth peer resolution needs. The result is raw
@@ -12,6 +12,7 @@ privilege: recorded captures (samples/netlink/) replay the same code path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import platform
 import resource
@@ -40,9 +41,16 @@ RECV_SIZE = 65536
 # scans the dentries of *all* namespaces (~0.3 us each, under a spinlock):
 # one lookup per directory per namespace, and net/bridge only where it can
 # matter (br_netfilter loaded and the namespace has a bridge).
-CONF_ALL = (
-    "net/ipv4/conf/all",
-    ["arp_ignore", "arp_filter", "arp_accept", "arp_announce", "proxy_arp"],
+IPV4_FILES = (
+    "net/ipv4",
+    [
+        "conf/all/arp_ignore",
+        "conf/all/arp_filter",
+        "conf/all/arp_accept",
+        "conf/all/arp_announce",
+        "conf/all/proxy_arp",
+        "icmp_echo_ignore_all",
+    ],
 )
 BRIDGE_NF = (
     "net/bridge",
@@ -64,7 +72,7 @@ class RawNamespace:
     routes: bytes = b""
     neigh: bytes = b""
     fdb: bytes = b""
-    nsids: bytes = b""  # RTM_GETNSID dump: which nsids are assigned here
+    nsids: bytes = b""  # RTM_GETNSID dump (only where needed): nsids assigned here
     netconf: bytes = b""  # RTM_GETNETCONF answers for "all", IPv4 then IPv6
     nft_chains: bytes | None = None  # None: not asked (nf_tables absent or not loaded)
     nft_rules: bytes | None = None
@@ -203,10 +211,13 @@ def module_present(name: str) -> bool:
 def read_iptables_legacy() -> list[str]:
     """x_tables (iptables-legacy) tables of the calling thread's namespace."""
     try:
-        with open("/proc/thread-self/net/ip_tables_names") as f:
-            return sorted(f.read().split())
+        fd = os.open("/proc/thread-self/net/ip_tables_names", os.O_RDONLY)
     except OSError:
         return []
+    try:
+        return sorted(os.read(fd, 4096).decode().split())
+    finally:
+        os.close(fd)
 
 
 def read_sysctls(bridges: bool) -> dict[str, str]:
@@ -214,7 +225,7 @@ def read_sysctls(bridges: bool) -> dict[str, str]:
     current->nsproxy, unlike /proc/net which follows the thread group leader).
     Missing files are left out (net/bridge exists only with br_netfilter)."""
     out: dict[str, str] = {}
-    for rel, names in (CONF_ALL, BRIDGE_NF) if bridges else (CONF_ALL,):
+    for rel, names in (IPV4_FILES, BRIDGE_NF) if bridges else (IPV4_FILES,):
         try:
             dfd = os.open(f"/proc/sys/{rel}", os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
@@ -276,7 +287,6 @@ def dump_here(
     thread is in (only links and nsids unless `full`); `bridges`/`legacy`:
     br_netfilter / ip_tables exist at all."""
     raw.links = dump(sock, LINK_REQ)
-    raw.nsids = dump(sock, NSID_REQ)
     if not full:
         raw.partial = True
         return
@@ -342,21 +352,23 @@ def capture(
     refs: list[NsRef],
     full: set[int] | None = None,
     with_nft: bool = True,
-    nsid_pairs: Callable[[RawCapture], dict[int, set[int]]] | None = None,
+    nsid_pairs: Callable[[RawCapture], tuple[dict[int, set[int]], set[int]]] | None = None,
     workers: int | None = None,
 ) -> RawCapture:
     """Dump every namespace in refs (only links for those not in `full`, when given),
-    then ask the kernel the nsids that `nsid_pairs(capture)` says peer resolution needs.
+    then ask the kernel what `nsid_pairs(capture)` says peer resolution needs: the
+    nsid of each (namespace, other namespace) pair, and which namespaces' list of
+    assigned nsids to read (RawNamespace.nsids).
 
-    Several worker threads share the namespaces: the kernel builds dumps while
-    the GIL is released, so on more than one CPU one thread's dumps overlap
-    another's Python work.
+    `workers` threads share the namespaces. One is the default: with two, the
+    kernel could build one thread's dumps while the other runs Python, but in
+    measurements the GIL hand-offs cost more than the overlap gained.
     """
     cap = RawCapture(taken_at=time.time(), kernel=platform.release())
     nft = with_nft and module_present("nf_tables")
     br_nf = br_netfilter_loaded()
     legacy = module_present("ip_tables")
-    n = max(1, min(workers or os.cpu_count() or 1, 4, len(refs)))
+    n = max(1, min(workers or 1, len(refs)))
     _enough_fds(2 * len(refs) + 64)
     fds: dict[int, int] = {}
     socks: dict[int, socket.socket] = {}  # kept open for the nsid questions
@@ -374,6 +386,12 @@ def capture(
             fds[ref.inode] = fd
             try:
                 netns._setns(fd)
+            except OSError as exc:
+                stale = exc.errno == errno.EINVAL
+                why = "not a namespace: a stale entry?" if stale else exc.strerror
+                results[i] = f"netns {ref.name}: cannot enter ({why})"
+                continue
+            try:
                 socks[ref.inode] = sock = rtnl_socket()
                 dump_here(sock, raw, full is None or ref.inode in full, nft, br_nf, legacy)
             except OSError as exc:
@@ -381,13 +399,18 @@ def capture(
                 continue
             results[i] = raw
 
-    def ask_nsids(pairs: list[tuple[int, set[int]]]) -> None:
+    def ask_nsids(
+        pairs: list[tuple[int, set[int]]], listing: set[int], by_inode: dict[int, RawNamespace]
+    ) -> None:
         for inode, others in pairs:
             sock = socks[inode]
             for other in sorted(others):
                 if other in fds:
                     with contextlib.suppress(OSError):
                         cap.nsids[(inode, other)] = query_nsid(sock, fds[other])
+            if inode in listing:
+                with contextlib.suppress(OSError):
+                    by_inode[inode].nsids = dump(sock, NSID_REQ)
 
     try:
         in_workers([partial(dump_some, range(k, len(refs), n)) for k in range(n)])
@@ -399,8 +422,10 @@ def capture(
             else:
                 cap.namespaces.append(result)
         if nsid_pairs is not None:
-            pairs = sorted(nsid_pairs(cap).items())
-            in_workers([partial(ask_nsids, pairs[k::n]) for k in range(n)])
+            wanted, listing = nsid_pairs(cap)
+            by_inode = {raw.inode: raw for raw in cap.namespaces}
+            jobs = sorted((i, wanted.get(i, set())) for i in set(wanted) | listing if i in socks)
+            in_workers([partial(ask_nsids, jobs[k::n], listing, by_inode) for k in range(n)])
     finally:
         for sock in socks.values():
             sock.close()

@@ -94,8 +94,8 @@ def macvlan_lower_address(ctx: Context) -> Iterator[Finding]:
         fix += move_addresses(ctx, lower.ns, lower.iface, shim)
         yield finding(
             "macvlan-lower-address", "warning", lower,
-            f"{low} in {lower.ns.name} holds {cidrs} while {kind} {names} sit on it "
-            "in the same subnet",
+            f"{low} in {lower.ns.name} holds {cidrs} while {kind} {names} "
+            f"{'sits' if len(affected) == 1 else 'sit'} on it in the same subnet",
             f"A lower device and its own {kind}s never meet: what a {kind} sends to {low}'s "
             f"address leaves through {low} onto the wire, and what {low} sends to a {kind} goes "
             f"straight out to the wire too; neither comes back in (a switch never returns a "
