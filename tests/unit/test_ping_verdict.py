@@ -103,3 +103,18 @@ def test_json_shape_from_a_recording() -> None:
     for hop in obj["path"]:
         assert set(hop) >= {"netns", "interface", "point", "packet", "time"}
     assert any(h["interface"] == "br0" and not h["ok"] for h in obj["path"])
+
+
+def test_diversion_on_the_target_side() -> None:
+    """seed, pinged the other way (song -> 192.168.122.101 on veth0): the echo arrives
+    (via br0's stack), but host's ARP for the reply's next hop goes out of veth0 and
+    its answer is taken by br0 in turn: the culprit is the same port, on the target side.
+    Recorded with `vethtrace ping --from vtxf-song vtxf-host 192.168.122.101 -c 2 --write`."""
+    rec = read(SAMPLES / "extra-seed-reverse.jsonl")
+    plan = from_dict(PingPlan, rec.header["ping"]["plan"])
+    assert rec.topology is not None
+    v = decide(plan, rec.events, rec.topology, rec.findings, final=True)
+    assert v is not None and v.kind == "diverted"
+    assert (v.culprit_netns, v.culprit_interface) == ("vtxf-host", "veth0")
+    assert "echo replies to 192.168.122.102 wait in its queue" in v.explanation
+    assert [t["state"] for t in v.timeline] == ["INCOMPLETE", "FAILED"]

@@ -459,9 +459,20 @@ def static_findings(topo: Topology, names: list[str]) -> tuple[list[Finding], st
 
 
 def execute(
-    source: str, target_netns: str, ip: str, count: int, timeout: float, size: int = 56
+    source: str,
+    target_netns: str,
+    ip: str,
+    count: int,
+    timeout: float,
+    size: int = 56,
+    collector: Any = None,
 ) -> Run:
-    """Everything but rendering; returns the finished run (also used by the tests)."""
+    """Everything but rendering; returns the finished run (also used by the tests).
+
+    `collector`: an already started BpfCollector to reuse (tests run dozens of pings
+    in one process; the compile is the expensive part). It is drained of older
+    events first and left open; without it, ping compiles, attaches and closes
+    its own."""
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ping-setup")
@@ -471,7 +482,10 @@ def execute(
     watch: NeighWatch | None = None
     kernel_f: Future[tuple[Any, str | None]] | None = None
     try:
-        kernel_f = pool.submit(_start_kernel, "arp or icmp", None)
+        if collector is None:
+            kernel_f = pool.submit(_start_kernel, "arp or icmp", None)
+        else:
+            collector.drain()  # what happened before this ping is not its evidence
         pool.submit(load_scapy)  # ~0.4 s of imports, off the critical path
         route_f = pool.submit(route_get, source, ip)
         topo = discover_topology(source, target_netns)
@@ -491,10 +505,11 @@ def execute(
             names = {i.key.ifindex: i.name for i in src_ns.interfaces} if src_ns else {}
             watch = NeighWatch(source, plan.source_inode, plan.nexthop, names, events.put)
             watch.start()
-            coll, why = kernel_f.result()
+            coll, why = kernel_f.result() if kernel_f is not None else (collector, None)
             timings["probes"] = time.monotonic() - t0
-            for k, v in (getattr(coll, "timings", None) or {}).items():
-                timings[f"probes_{k}"] = v
+            if kernel_f is not None:  # our own compile, not a reused collector's
+                for k, v in (getattr(coll, "timings", None) or {}).items():
+                    timings[f"probes_{k}"] = v
             if why:
                 run.notes.append(why)
             plan.started_ns = time.monotonic_ns()
@@ -526,7 +541,8 @@ def execute(
         if coll is not None:
             run.lost = int(getattr(coll, "lost", 0) or 0)
             run.plan_desc = _describe(coll)
-            coll.close()
+            if coll is not collector:
+                coll.close()
             coll = None
         run.findings, why = findings_f.result()
         if why:
@@ -543,10 +559,10 @@ def execute(
             if stopper is not None:
                 with contextlib.suppress(Exception):
                     stopper.stop()
-        if coll is not None:
+        if coll is not None and coll is not collector:
             with contextlib.suppress(Exception):
                 coll.close()
-        elif kernel_f is not None:
+        elif coll is None and kernel_f is not None:
             kernel_f.add_done_callback(_close_late)
         pool.shutdown(wait=False, cancel_futures=True)
 

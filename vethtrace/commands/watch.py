@@ -36,13 +36,12 @@ from rich.console import Console
 from vethtrace import netns as netns_mod
 from vethtrace.console import make_console
 from vethtrace.errors import ExitStatus, UserError, require_root
-from vethtrace.model import Finding, ProbeEvent, Topology
+from vethtrace.model import Finding, Topology
 from vethtrace.render.live import render
 from vethtrace.render.live_state import WatchState
 
 REFRESH_S = 0.2  # 5 frames/s: smooth enough for counters, cheap under floods
 DISCOVER_EVERY_S = 2.0
-POLL_BUDGET = 20_000  # events decoded per collector poll (see _bounded_collector)
 # Set to a file path to have watch write its frame (start, duration) times there at
 # exit, for bench/watch_bench.py.
 FRAMES_ENV = "VETHTRACE_WATCH_FRAMES"
@@ -165,13 +164,17 @@ class Watch:
     def run(self) -> int:
         from rich.live import Live
 
+        from vethtrace.collect.bpf import BpfCollector
+
         console = _screen_console()
         topo, findings = _discover(self.names)
         self.state.set_topology(topo, findings)
         self.inodes = {ns.name: ns.inode for ns in topo.namespaces}
         inodes = [ns.inode for ns in topo.namespaces] if self.names else None
         # Built before the screen opens: a bad filter is a one-line error, not a flash.
-        collector = _bounded_collector(self.state.filter_text, inodes)
+        # BpfCollector.poll() reads at most POLL_BUDGET events: under a flood it
+        # comes back, and what the ring cannot hold is counted as lost (shown).
+        collector = BpfCollector(self.state.filter_text, netns_inodes=inodes)
         deadline = None if self.duration is None else time.monotonic() + self.duration
         events = threading.Thread(target=self._events, args=(collector,), name="events")
         try:
@@ -246,33 +249,6 @@ class Watch:
                     },
                     f,
                 )
-
-
-def _bounded_collector(filter_text: str, inodes: list[int] | None) -> Any:
-    """The BPF collector, reading at most POLL_BUDGET events per poll().
-
-    libbpf's ring-buffer poll keeps consuming while the kernel keeps producing,
-    so under a flood faster than Python decodes, one poll() never returns and
-    every decoded event piles up in memory (measured: 1.1 GiB after 5 minutes
-    of iperf3 UDP, and a screen that stopped moving). A callback that returns
-    a negative value makes libbpf stop; what is left waits in the ring, and
-    when the ring is full the kernel counts it as lost, which watch shows.
-    """
-    from vethtrace.collect.bpf import BpfCollector
-
-    class Bounded(BpfCollector):
-        taken = 0
-
-        def poll(self, timeout_ms: int = 100) -> list[ProbeEvent]:
-            self.taken = 0
-            return super().poll(timeout_ms)
-
-        def _on_event(self, *args: Any) -> int:  # type: ignore[override]
-            super()._on_event(*args)
-            self.taken += 1
-            return -1 if self.taken >= POLL_BUDGET else 0
-
-    return Bounded(filter_text, netns_inodes=inodes)
 
 
 def _screen_console() -> Console:

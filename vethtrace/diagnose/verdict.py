@@ -123,9 +123,9 @@ def ours(path: PacketPath, plan: PingPlan) -> bool:
         return False
     addrs = {plan.ip, plan.nexthop} | ({plan.src_addr} if plan.src_addr else set())
     if s.arp_op is not None:
-        # our own resolution, and any router's on the way asking for the target
-        ends = {plan.ip, plan.nexthop}
-        return s.arp_tpa in ends or (s.arp_op == 2 and s.arp_spa in ends)
+        # our own resolution, a router's asking for the target, the target asking
+        # where to send its reply, and their answers
+        return bool({s.arp_spa, s.arp_tpa} & {plan.ip, plan.nexthop})
     if s.icmp_type is not None:
         return s.ip_src in addrs and s.ip_dst in addrs
     return False
@@ -137,11 +137,12 @@ class Analysis:
 
     paths: list[PacketPath]
     packets: list[Packet]  # aligned with paths: the raw events of each
-    timeline: list[dict[str, Any]]
+    timeline: list[dict[str, Any]]  # the next hop's entries (shown to the user)
     replies: list[ProbeEvent]
     sent: list[ProbeEvent]
     errors: list[ProbeEvent]
     last_ns: int
+    neigh: list[dict[str, Any]] = field(default_factory=list)  # every address's entries
 
 
 def analyse(plan: PingPlan, events: list[ProbeEvent], topo: Topology) -> Analysis:
@@ -157,24 +158,26 @@ def analyse(plan: PingPlan, events: list[ProbeEvent], topo: Topology) -> Analysi
     replies = [e for e in events if e.point == "ping-reply"]
     errors = [e for e in events if e.point == "ping-error"]
     last = max((e.ts_ns for e in events), default=plan.started_ns)
-    return Analysis(paths, [k for k, _p in pairs], timeline, replies, sent, errors, last)
+    neigh = neighbour_timeline(plan, events, topo, address=None)
+    return Analysis(paths, [k for k, _p in pairs], timeline, replies, sent, errors, last, neigh)
 
 
 def neighbour_timeline(
-    plan: PingPlan, events: list[ProbeEvent], topo: Topology
+    plan: PingPlan, events: list[ProbeEvent], topo: Topology, address: str | None = ""
 ) -> list[dict[str, Any]]:
     """State changes of the next hop's neighbour entries, from kernel neigh_* events
     and ping's netlink polling; repeats of the same state on the same device are folded."""
     out: list[dict[str, Any]] = []
-    last: dict[tuple[int, int], str] = {}
+    last: dict[tuple[int, int, str], str] = {}
+    want = plan.nexthop if address == "" else address  # None: every address
     for ev in sorted(events, key=lambda e: e.ts_ns):
         n = ev.neigh
-        if n is None or n.address != plan.nexthop:
+        if n is None or (want is not None and n.address != want):
             continue
         state = n.new_state or n.old_state
         if not state or (state == "NONE" and ev.source != "netlink"):
             continue  # neigh_create's NONE: the INCOMPLETE that follows says more
-        where = (ev.netns, ev.ifindex)
+        where = (ev.netns, ev.ifindex, n.address)
         if last.get(where) == state:
             continue
         last[where] = state
@@ -221,7 +224,16 @@ def decide(
 
 
 def _attach(v: Verdict, a: Analysis) -> None:
+    """The neighbour timeline that matters: the stuck entry for a diversion (it may be
+    the target's, for the reply), the next hop's otherwise."""
     v.timeline = a.timeline
+    if v.kind == "diverted":
+        stuck = [
+            t
+            for t in a.neigh
+            if t["netns"] == v.culprit_netns and t["interface"] == v.culprit_interface
+        ]
+        v.timeline = stuck or a.timeline
 
 
 def annotated_paths(
@@ -236,23 +248,24 @@ def annotated_paths(
     master = ns.iface(port.master) if ns and port and port.master is not None else None
     if port is None or master is None:
         return a.paths
-    for p in _arp_replies(a, plan):
+    where = verdict.culprit_netns
+    for p in a.paths:
+        if not p.summary or p.summary.arp_op != 2:
+            continue
+        if not any(h.netns == where and h.interface == port.name for h in p.hops):
+            continue
         for h in p.hops:
-            if h.netns != plan.source or h.interface != master.name:
-                pass
-            elif h.note.startswith(("handed up", "received", "sniffed arriving")):
+            if h.netns != where:
+                continue
+            if h.interface == master.name:
                 h.ok = False
-                h.note = (
-                    f"taken from {port.name} by {master.name}'s rx_handler ({master.kind} port)"
-                )
-            else:
-                h.ok = False
-                h.note += f": the reply ends in {master.name}'s stack, not {port.name}'s"
-            if (
-                h.netns == plan.source
-                and h.interface == port.name
-                and h.note in ("received", "sniffed arriving")
-            ):
+                if h.note.startswith(("handed up", "received", "sniffed arriving")):
+                    h.note = (
+                        f"taken from {port.name} by {master.name}'s rx_handler ({master.kind} port)"
+                    )
+                else:
+                    h.note += f": the reply ends in {master.name}'s stack, not {port.name}'s"
+            elif h.interface == port.name and h.note in ("received", "sniffed arriving"):
                 h.note = f"received on {port.name}: tcpdump shows it here"
     return a.paths
 
@@ -310,98 +323,129 @@ def _delivered(plan: PingPlan, topo: Topology, a: Analysis) -> Verdict:
     )
 
 
-def _arp_replies(a: Analysis, plan: PingPlan) -> list[PacketPath]:
-    return [
-        p
-        for p in a.paths
-        if p.summary and p.summary.arp_op == 2 and p.summary.arp_spa == plan.nexthop
-    ]
+def _asker(a: Analysis, reply: PacketPath) -> Any:
+    """The first hop that sent the ARP request this reply answers: the device whose
+    stack asked (a bridge's request also crosses its port; the bridge asked)."""
+    r = reply.summary
+    for p in a.paths:
+        q = p.summary
+        if q is None or r is None or q.arp_op != 1:
+            continue
+        if q.arp_tpa == r.arp_spa and q.arp_spa == r.arp_tpa:
+            sent = [h for h in p.hops if h.note.startswith(("sent", "sniffed leaving"))]
+            if sent:
+                return sent[0]
+    return None
 
 
 def _diverted(
     plan: PingPlan, topo: Topology, a: Analysis, findings: list[Finding], final: bool, now: int
 ) -> Verdict | None:
-    egress = _iface(topo, plan.egress)
-    if egress is None or egress.master is None or plan.egress is None:
-        return None
-    ns = topo.netns(plan.egress.netns)
-    master = ns.iface(egress.master) if ns else None
-    mname = master.name if master else f"if{egress.master}"
-    mkind = master.kind if master else "master"
-    for p in _arp_replies(a, plan):
+    """An ARP reply arrived on the very interface that asked, but that interface is
+    enslaved: its master's rx_handler took the reply, so the asker's entry never
+    resolves. On the source side (seed) or on the target's (the reply can't go back)."""
+    for p in (p for p in a.paths if p.summary and p.summary.arp_op == 2):
+        asked = _asker(a, p)
+        if asked is None:
+            continue
+        ns = topo.netns_by_name(asked.netns)
+        port = ns.iface_by_name(asked.interface) if ns else None
+        if ns is None or port is None or port.master is None:
+            continue
+        master = ns.iface(port.master)
         at_port = [
             h
             for h in p.hops
-            if h.netns == plan.source
-            and h.interface == egress.name
+            if h.netns == asked.netns
+            and h.interface == port.name
             and h.note.startswith(("received", "sniffed arriving"))
         ]
-        if not at_port:
+        if master is None or not at_port:
             continue
         seen_at = at_port[0]
-        # the entry must not have resolved on the port after the reply arrived
+        address = p.summary.arp_spa if p.summary else None
         states = [
-            t for t in a.timeline if t["interface"] == egress.name and t["netns"] == plan.source
+            t
+            for t in a.neigh
+            if t["interface"] == port.name and t["netns"] == ns.name and t["address"] == address
         ]
         after = [t for t in states if t["time_ns"] >= seen_at.ts_ns]
         if any(t["state"] in RESOLVED_STATES for t in after):
-            return None
-        # Live: certain once the reply is SETTLE_NS old and the entry (watched every
-        # 10 ms) is still unresolved; the kernel updates it within microseconds.
+            continue
+        # Live: certain once the reply is SETTLE_NS old and the entry is not resolved;
+        # the kernel would update it within microseconds of processing the reply.
         waited = now - seen_at.ts_ns >= SETTLE_NS
-        unresolved = bool(states) and states[-1]["state"] not in RESOLVED_STATES
-        if not final and not (waited and unresolved):
+        if not final and not (waited and (not states or states[-1]["state"] not in
+                                          RESOLVED_STATES)):  # fmt: skip
             return None
-        taken = [h for h in p.hops if h.interface == mname and h.netns == plan.source]
-        where = plan.source
-        flag = "" if where == "root" else f"-n {where} "
-        addr = next((x for x in egress.addresses if x.family == 4), None)
-        fix = _fixes_from(findings, where, egress.name)
-        if not fix and addr is not None:
-            fix = [
-                f"ip {flag}addr del {addr.cidr} dev {egress.name}",
-                f"ip {flag}addr add {addr.cidr} dev {mname}",
-                f"ip {flag}link set {mname} up",
-            ]
-        sniffed = seen_at.sniffed
-        tcpdump = (
-            f"tcpdump on {egress.name} shows the ARP reply (our sniffer saw it arrive there), "
-            if sniffed
-            else f"The ARP reply did arrive on {egress.name}, "
-        )
-        stuck = states[-1]["state"] if states else "INCOMPLETE"
-        explanation = (
-            f"{tcpdump}but {egress.name} is a port of {mname} ({mkind}): its rx_handler takes "
-            f"every frame arriving on {egress.name} and hands it to {mname}'s stack"
-            + (
-                f" (the kernel saw it received on {mname})"
-                if any(h.point != "sniff" for h in taken)
-                else f" (the sniffer on {mname} saw it there too)"
-                if taken
-                else ""
-            )
-            + f". The ARP request for {plan.nexthop} went out of {egress.name} because "
-            f"{egress.name} holds {plan.src_addr or 'the source address'} and the route, so the "
-            f"neighbour entry lives on {egress.name} — and the answer never reaches it: "
-            f"the entry for {plan.nexthop} on {egress.name} stays {stuck}"
-            f"{'' if stuck == 'FAILED' else ' and turns FAILED after ~3 s of probes'}"
-            ", and ping fails. "
-            f"An address on a bridge port is unreachable this way; it belongs on {mname}."
-        )
-        return Verdict(
-            kind="diverted",
-            summary=(
-                f"the ARP reply from {plan.nexthop} reached {where}/{egress.name}, but "
-                f"{mname} took it: {egress.name} is a {mkind} port, so its neighbour entry "
-                "never resolves"
-            ),
-            culprit=plan.egress,
-            culprit_netns=where,
-            culprit_interface=egress.name,
-            explanation=explanation,
-            fix=fix,
-        )
+        return _explain_diverted(plan, topo, p, ns.name, port, master, seen_at, states, findings)
     return None
+
+
+def _explain_diverted(
+    plan: PingPlan,
+    topo: Topology,
+    p: PacketPath,
+    where: str,
+    port: Interface,
+    master: Interface,
+    seen_at: Any,
+    states: list[dict[str, Any]],
+    findings: list[Finding],
+) -> Verdict:
+    mname, mkind = master.name, master.kind
+    asked_for = p.summary.arp_spa if p.summary else plan.nexthop
+    taken = [h for h in p.hops if h.interface == mname and h.netns == where]
+    flag = "" if where == "root" else f"-n {where} "
+    addr = next((x for x in port.addresses if x.family == 4), None)
+    fix = _fixes_from(findings, where, port.name)
+    if not fix and addr is not None:
+        fix = [
+            f"ip {flag}addr del {addr.cidr} dev {port.name}",
+            f"ip {flag}addr add {addr.cidr} dev {mname}",
+            f"ip {flag}link set {mname} up",
+        ]
+    tcpdump = (
+        f"tcpdump on {port.name} shows the ARP reply (our sniffer saw it arrive there), "
+        if seen_at.sniffed
+        else f"The ARP reply did arrive on {port.name}, "
+    )
+    stuck = states[-1]["state"] if states else "INCOMPLETE"
+    side = where == plan.source
+    what = (
+        "ping fails"
+        if side
+        else f"the echo replies to {asked_for} wait in its queue and are dropped: ping fails"
+    )
+    explanation = (
+        f"{tcpdump}but {port.name} is a port of {mname} ({mkind}): its rx_handler takes "
+        f"every frame arriving on {port.name} and hands it to {mname}'s stack"
+        + (
+            f" (the kernel saw it received on {mname})"
+            if any(h.point != "sniff" for h in taken)
+            else f" (the sniffer on {mname} saw it there too)"
+            if taken
+            else ""
+        )
+        + f". {where} asked for {asked_for} out of {port.name} because {port.name} holds "
+        f"{addr.address if addr else 'an address'} and the route, so the neighbour entry lives "
+        f"on {port.name} — and the answer never reaches it: the entry for {asked_for} on "
+        f"{port.name} stays {stuck}"
+        f"{'' if stuck == 'FAILED' else ' and turns FAILED after ~3 s of probes'}, and {what}. "
+        f"An address on a bridge port is unreachable this way; it belongs on {mname}."
+    )
+    return Verdict(
+        kind="diverted",
+        summary=(
+            f"the ARP reply from {asked_for} reached {where}/{port.name}, but {mname} took it: "
+            f"{port.name} is a {mkind} port, so its neighbour entry never resolves"
+        ),
+        culprit=port.key,
+        culprit_netns=where,
+        culprit_interface=port.name,
+        explanation=explanation,
+        fix=fix,
+    )
 
 
 def _forwarding_off(topo: Topology, inode: int) -> bool:

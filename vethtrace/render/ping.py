@@ -208,7 +208,10 @@ def show(
             for t in verdict.timeline
         )
         devs = sorted({f"{t['netns']}/{t['interface']}" for t in verdict.timeline})
-        console.print(f"neighbour {plan.nexthop} on {', '.join(devs)}: {states}", soft_wrap=False)
+        addrs = sorted({str(t["address"]) for t in verdict.timeline})
+        console.print(
+            f"neighbour {', '.join(addrs)} on {', '.join(devs)}: {states}", soft_wrap=False
+        )
     console.print()
     if verdict is None:
         return

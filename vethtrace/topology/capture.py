@@ -245,8 +245,9 @@ def read_sysctls(bridges: bool) -> dict[str, str]:
     return out
 
 
-# The IFLA_INFO_KIND attribute of a bridge, as it appears in a link dump.
+# IFLA_INFO_KIND attributes as they appear in a link dump.
 _BRIDGE_KIND = nl.nla(nl.IFLA_INFO_KIND, b"bridge\0")
+_VXLAN_KIND = nl.nla(nl.IFLA_INFO_KIND, b"vxlan\0")
 
 
 def br_netfilter_loaded() -> bool:
@@ -296,12 +297,17 @@ def dump_here(
     for req in NETCONF_REQS:
         with contextlib.suppress(OSError):  # e.g. IPv6 disabled
             raw.netconf += ask(sock, req)
-    try:
-        raw.fdb = dump(sock, FDB_REQ)
-    except OSError:
-        raw.fdb = b""  # no bridge support in this kernel
-    # A byte search, not a parse: only to decide whether net/bridge is worth a lookup.
-    raw.sysctls = read_sysctls(bridges and _BRIDGE_KIND in raw.links)
+    # Byte searches, not a parse: only to decide what is worth asking. The FDB
+    # dump holds the RTNL lock (it alone, of our dumps), so it waits behind
+    # every namespace being created or destroyed on the machine: ask it only
+    # where forwarding databases exist (bridges, vxlan).
+    has_bridge = _BRIDGE_KIND in raw.links
+    if has_bridge or _VXLAN_KIND in raw.links:
+        try:
+            raw.fdb = dump(sock, FDB_REQ)
+        except OSError:
+            raw.fdb = b""  # no bridge support in this kernel
+    raw.sysctls = read_sysctls(bridges and has_bridge)
     if legacy:
         raw.iptables_legacy = read_iptables_legacy()
     if with_nft:
