@@ -11,7 +11,6 @@ group leader, so checks use /proc/thread-self.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -26,7 +25,8 @@ CLONE_NEWNET = 0x40000000
 
 T = TypeVar("T")
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# CDLL(None) is the already-loaded libc; find_library("c") would run ldconfig (~10 ms).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _setns(fd: int) -> None:

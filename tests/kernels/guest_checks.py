@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import queue
-import re
 import signal
 import subprocess
 import sys
@@ -109,6 +108,15 @@ def smoke() -> None:
 # --- vethtrace --------------------------------------------------------------------------
 
 
+def plan_text(plan: dict | None) -> str:
+    """A probe plan (Plan.describe(): doctor --json, recording headers) on one line:
+    'veth transmit=kprobe, bridge receive=kprobe, ...; ring buffer'."""
+    if not plan:
+        return "none"
+    points = ", ".join(f"{p.get('point')}={p.get('mechanism')}" for p in plan.get("points", []))
+    return f"{points}; {plan.get('delivery')}"
+
+
 def check_doctor() -> None:
     """doctor must find kprobes usable and plan them for the veth and bridge points."""
     started = time.monotonic()
@@ -126,8 +134,7 @@ def check_doctor() -> None:
     report("doctor-kprobes", kprobes.get("ok") is True, str(kprobes.get("detail", "missing")))
     bcc = checks.get("bcc") or {}
     report("doctor-bcc-compile", bcc.get("ok") is True, str(bcc.get("detail", "missing")))
-    if doc.get("plan_line"):
-        print(f"VK_PLAN {doc['plan_line']}", flush=True)
+    print(f"VK_PLAN {plan_text(doc.get('plan'))}", flush=True)
     points = {p["point"]: p for p in (doc.get("plan") or {}).get("points", [])}
     mech = {name: (points.get(name) or {}).get("mechanism") for name in PLANNED_KPROBES}
     report("doctor-plan-kprobes", all(m == "kprobe" for m in mech.values()),
@@ -164,12 +171,14 @@ def pump(stream: IO[str] | None, lines: queue.Queue[str]) -> None:
 
 def check_trace() -> None:
     """Trace ARP in both namespaces while the host pings song; stop as soon as the
-    reply was seen at veth_xmit (veth1) and at br_handle_frame (veth0), or time out."""
+    reply was seen at veth_xmit (veth1), br_handle_frame (veth0) and on br0, or a minute
+    after the first event (the host re-resolves song every few seconds)."""
     started = time.monotonic()
     inode = {ns: os.stat(f"/run/netns/{ns}").st_ino for ns in (HOST, SONG)}
     out = open("trace.out", "w")  # noqa: SIM115 - closed below
     err = open("trace.err", "w")  # noqa: SIM115
-    tracer = subprocess.Popen(["vethtrace", "trace", "arp", "-n", HOST, "-n", SONG, "--json"],
+    tracer = subprocess.Popen(["vethtrace", "trace", "arp", "-n", HOST, "-n", SONG, "--json",
+                               "--write", "trace.vtrec"],
                               stdout=subprocess.PIPE, stderr=err, text=True)
     pinger = subprocess.Popen(["ip", "netns", "exec", HOST, "ping", "-i", "1", "-W", "1",
                                "-c", "600", SONG_IP],
@@ -177,7 +186,7 @@ def check_trace() -> None:
     lines: queue.Queue[str] = queue.Queue()  # "" = the tracer's stdout closed
     threading.Thread(target=pump, args=(tracer.stdout, lines), daemon=True).start()
     xmit = taken = into_br0 = None
-    deadline = time.monotonic() + float(CONFIG.get("trace_timeout", 500))
+    deadline = time.monotonic() + float(CONFIG.get("trace_timeout", 400))  # bcc compile
     first = None
     while time.monotonic() < deadline:
         try:
@@ -190,6 +199,7 @@ def check_trace() -> None:
         if first is None:
             first = time.monotonic()
             timed("trace-first-event", started)
+            deadline = min(deadline, first + float(CONFIG.get("trace_after_first", 60)))
         try:
             ev = json.loads(line)
         except ValueError:
@@ -220,10 +230,9 @@ def check_trace() -> None:
     out.close()
     err.close()
     timed("trace", started)
-    status = Path("trace.err").read_text()
-    m = re.search(r"tracing\W+\((.*?); headers", status)
-    if m:
-        print(f"VK_TRACE_PLAN {m.group(1)}", flush=True)
+    with contextlib.suppress(OSError, ValueError):  # the plan trace attached with
+        header = json.loads(Path("trace.vtrec").read_text().split("\n", 1)[0])
+        print(f"VK_TRACE_PLAN {plan_text(header.get('plan'))}", flush=True)
     report("trace-arp-reply-veth_xmit", xmit is not None,
            f"{SONG}/veth1 veth_xmit" if xmit else
            f"no ARP reply at veth_xmit on {SONG}/veth1 (trace exit {tracer.returncode})")

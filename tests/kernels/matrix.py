@@ -459,9 +459,9 @@ def run_lane(name: str, run_dir: Path, project: Path, tests: list[str]) -> LaneR
 
 
 def short_plan(plan: str) -> str:
-    """'veth transmit: kprobe; bridge receive: kprobe; ...' -> 'kprobe/kprobe' (veth/bridge)."""
-    veth = re.search(r"veth transmit: (\w+)", plan)
-    bridge = re.search(r"bridge receive: (\w+)", plan)
+    """'veth transmit=kprobe, bridge receive=kprobe, ...' -> 'kprobe/kprobe' (veth/bridge)."""
+    veth = re.search(r"veth transmit=(\w+)", plan)
+    bridge = re.search(r"bridge receive=(\w+)", plan)
     return f"{veth.group(1)}/{bridge.group(1)}" if veth and bridge else "?"
 
 

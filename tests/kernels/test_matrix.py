@@ -51,5 +51,5 @@ def test_kernel_6_1_lane(tmp_path):
     failed = {name: detail for name, (ok, detail) in tests.items() if not ok}
     assert failed == {}, f"failed in the 6.1 guest (logs in {lane['log_dir']})"
     for plan in (lane["plan"], lane["trace_plan"]):  # doctor's, and the one trace attached
-        assert "veth transmit: kprobe" in plan and "bridge receive: kprobe" in plan, plan
+        assert "veth transmit=kprobe" in plan and "bridge receive=kprobe" in plan, plan
     assert proc.returncode == 0

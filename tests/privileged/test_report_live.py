@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import VENV_BIN
 from tests.labs import lab_fixture
+from tests.unit.test_report import _unprivileged
 from vethtrace.lab import BuiltLab
 
 pytestmark = pytest.mark.privileged
@@ -31,7 +32,6 @@ def _run(*args: str, cwd: Path, user: list[str] | None = None) -> subprocess.Com
     )
 
 
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
@@ -45,7 +45,7 @@ def test_report_of_a_ping_recording_matches_the_live_output(
                 "--pcap", "run.pcapng", *flag, cwd=tmp_path)  # fmt: skip
     assert live.returncode == 1, live.stderr  # seed: not reachable
     os.chmod(tmp_path / "run.vtrec", 0o644)
-    offline = _run("report", "run.vtrec", *flag, cwd=tmp_path, user=NOBODY)
+    offline = _run("report", "run.vtrec", *flag, cwd=tmp_path, user=list(_unprivileged()))
     assert offline.returncode == 1, offline.stderr
     if as_json:
         got = json.loads(offline.stdout)

@@ -60,6 +60,9 @@ def _findings(rec: Recording, names: list[str] | None) -> tuple[list[Finding], s
         fresh = run_rules(rec.topology, names)
     except ImportError as exc:
         return rec.findings, f"static checks unavailable here ({exc}); showing the recorded ones"
+    except (UserError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        # e.g. a recording from another version whose topology the rules cannot read
+        return rec.findings, f"static checks failed here ({exc}); showing the recorded ones"
     recorded = {(f.rule, f.netns, f.interface) for f in rec.findings}
     now = {(f.rule, f.netns, f.interface) for f in fresh}
     if rec.findings and recorded != now:

@@ -75,7 +75,7 @@ class Notice:
 
 class WatchState:
     """The live view's model. Mutators take the lock; `render` must be called
-    with `state.lock` held (see `snapshot_render` in commands/watch)."""
+    with `state.lock` held (as Watch._loop in commands/watch does)."""
 
     def __init__(
         self,
