@@ -225,6 +225,30 @@ class PacketSummary:
         return "-"
 
 
+# Neighbour (NUD) states by bit, from uapi/linux/neighbour.h (a stable ABI).
+NUD_STATES: dict[int, str] = {
+    0x00: "NONE",
+    0x01: "INCOMPLETE",
+    0x02: "REACHABLE",
+    0x04: "STALE",
+    0x08: "DELAY",
+    0x10: "PROBE",
+    0x20: "FAILED",
+    0x40: "NOARP",
+    0x80: "PERMANENT",
+}
+
+
+def nud_name(state: int) -> str | None:
+    """Name of a NUD state; None for 0xFF (the probes' "no old state" marker)."""
+    if state == 0xFF:
+        return None
+    if state in NUD_STATES:
+        return NUD_STATES[state]
+    named = (n for bit, n in NUD_STATES.items() if bit and state & bit)
+    return "|".join(named) or f"0x{state:x}"
+
+
 @dataclass
 class NeighChange:
     """A neighbour-table event: which address on which device went old -> new."""

@@ -90,33 +90,13 @@ from vethtrace.collect import kcache
 from vethtrace.collect import plan as planmod
 from vethtrace.collect.filter import Filter, compile_filter
 from vethtrace.errors import UserError
-from vethtrace.model import NeighChange, PacketSummary, ProbeEvent
+from vethtrace.model import NeighChange, PacketSummary, ProbeEvent, nud_name
 
 PROBES_DIR = Path(
     os.environ.get("VETHTRACE_PROBES", Path(__file__).resolve().parents[2] / "probes")
 )
 AREAS = planmod.AREAS
 AREA_FILES = {"dev": "dev.c", "drop": "drop.c", "neigh": "neigh.c", "bridge": "bridge.c"}
-
-NUD = {
-    0x00: "NONE",
-    0x01: "INCOMPLETE",
-    0x02: "REACHABLE",
-    0x04: "STALE",
-    0x08: "DELAY",
-    0x10: "PROBE",
-    0x20: "FAILED",
-    0x40: "NOARP",
-    0x80: "PERMANENT",
-}  # (uapi/linux/neighbour.h: stable ABI values)
-
-
-def nud_name(state: int) -> str | None:
-    if state == 0xFF:
-        return None
-    if state in NUD:
-        return NUD[state]
-    return "|".join(n for bit, n in NUD.items() if bit and state & bit) or f"0x{state:x}"
 
 
 def point_names(header: Path | None = None) -> dict[int, str]:

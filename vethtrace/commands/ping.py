@@ -43,19 +43,10 @@ from vethtrace.model import (
     ProbeEvent,
     Topology,
     Verdict,
+    nud_name,
 )
 
 TICK_S = 0.01
-NUD = {
-    0x01: "INCOMPLETE",
-    0x02: "REACHABLE",
-    0x04: "STALE",
-    0x08: "DELAY",
-    0x10: "PROBE",
-    0x20: "FAILED",
-    0x40: "NOARP",
-    0x80: "PERMANENT",
-}
 MAX_SNIFFED = 32
 
 
@@ -360,7 +351,7 @@ class NeighWatch:
             if msg.get_attr("NDA_DST") != self.address:
                 continue
             st = msg.get("state") or 0
-            name = NUD.get(st, "NONE" if not st else f"0x{st:x}")
+            name = nud_name(st) or "NONE"
             seen[int(msg.get("ifindex"))] = (name, msg.get_attr("NDA_LLADDR"))
         for ifindex in set(last) | set(seen):
             state, lladdr = seen.get(ifindex, ("NONE", None))
