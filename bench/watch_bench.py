@@ -22,6 +22,7 @@ Prints a markdown table and one JSON line. Needs root, iperf3, tmux.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -93,6 +94,11 @@ class Tmux:
 
     def kill(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+        # tmux leaves the socket file of a private server behind
+        tmpdir = os.environ.get("TMUX_TMPDIR", "/tmp")
+        path = os.path.join(tmpdir, f"tmux-{os.getuid()}", self.socket)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def wait_for(fn, timeout: float, what: str):  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ no BPF program held by it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -63,6 +64,11 @@ class Tmux:
 
     def kill(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+        # tmux leaves the socket file of a private server behind
+        tmpdir = os.environ.get("TMUX_TMPDIR", "/tmp")
+        path = os.path.join(tmpdir, f"tmux-{os.getuid()}", self.socket)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 @contextmanager
