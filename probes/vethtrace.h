@@ -55,6 +55,7 @@ struct vt_pkt {
     u16 dport;
     u16 icmp_id;
     u16 icmp_seq;
+    u16 ip_id;        /* IPv4 identification (host order) */
     u8 ip_proto;
     u8 icmp_type;
     u8 icmp_code;
@@ -174,6 +175,7 @@ static __always_inline void vt_decode_l3(u8 *b, struct vt_pkt *p, char *l3)
     } else if (p->ethertype == 0x0800) {
         u32 ihl = (b[0] & 0x0f) * 4;
         p->ip_proto = b[9];
+        p->ip_id = ((u16)b[4] << 8) | b[5];
         __builtin_memcpy(&p->saddr, b + 12, 4);
         __builtin_memcpy(&p->daddr, b + 16, 4);
         u16 frag = ((u16)(b[6] & 0x1f) << 8) | b[7];
@@ -205,7 +207,7 @@ static __always_inline void vt_decode_l3(u8 *b, struct vt_pkt *p, char *l3)
  * Returns skb->head. */
 static __always_inline u64 vt_decode(void *skb, struct vt_pkt *p, u16 *protocol)
 {
-    u8 blk[VT_SKB_BLOCK_LEN];
+    u8 blk[VT_SKB_BLOCK_LEN] __attribute__((aligned(8)));
     if (bpf_probe_read_kernel(blk, sizeof(blk), (char *)skb + VT_SKB_BLOCK_OFF) < 0)
         return 0;
     u64 head = VT_AT(blk, VT_SKB_HEAD, u64);

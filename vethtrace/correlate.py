@@ -6,6 +6,13 @@ Why this is not a simple group-by:
   reused 40 µs later for a different packet in another namespace). A packet is
   therefore tracked by the key (skb address, skb->head), and the key is retired
   when the kernel frees or consumes that skb (kfree_skb / consume_skb).
+* Frees are not always seen (in real `trace udp -n ...` recordings no
+  consume_skb retired the datagrams delivered to a socket), so a dead packet's
+  (skb, head) comes back as the next datagram of the flow. A join by
+  identity is refused when the event contradicts the packet: another IPv4 id,
+  or a second crossing of a (point, interface) the packet already crossed (an
+  skb is queued, sent and received once per device; a repeat is a new packet
+  in a recycled buffer).
 * Clones (bridge floods, the neighbour probe's copy of a queued packet, raw
   socket delivery) get a new address but share `head`: an unknown address with
   a live head is the same packet, seen as a copy.
@@ -19,6 +26,16 @@ Why this is not a simple group-by:
   decoded packet) are matched by what the packet *is* — ARP op/sender/target,
   ICMP type/id/seq, addresses — within a short time window, because a socket
   tap never sees the skb address.
+* Header equality names one packet only where the headers carry a per-packet
+  number: ARP (retries are >= 1 s apart), ICMP echo id/seq, and TCP/UDP with
+  their IPv4 id. Ports alone name a *flow*: every datagram of an iperf3 run
+  has them. So a kernel event that has an skb identity joins a TCP/UDP packet
+  by headers only when both carry the same non-zero IPv4 id (a copy the kernel
+  made with skb_copy, new address and buffer); without an id (0 from some
+  unconnected sockets, absent in old recordings) identity alone decides, and
+  a copy without one shows as a second path rather than many datagrams as one.
+  Sniffed frames have no identity, so they keep the time-window match (with
+  the IPv4 id when they have it).
 
 Pure logic over model objects (no root, no bcc, no scapy): `report` runs it on
 recordings.
@@ -67,8 +84,13 @@ def signature(p: PacketSummary | None) -> tuple | None:
     if p.icmp_type is not None:
         return ("icmp", p.icmp_type, p.ip_src, p.ip_dst, p.icmp_id, p.icmp_seq, p.icmp_code)
     if p.ip_src is not None:
-        return ("ip", p.ip_proto, p.ip_src, p.ip_dst, p.sport, p.dport)
+        return ("ip", p.ip_proto, p.ip_src, p.ip_dst, p.sport, p.dport, p.ip_id)
     return None
+
+
+def names_one_packet(sig: tuple) -> bool:
+    """Does this signature name one transmission, not just a flow (see module docstring)?"""
+    return sig[0] != "ip" or bool(sig[-1])
 
 
 def phase(ev: ProbeEvent) -> str:
@@ -104,6 +126,7 @@ class Packet:
     heads: set[int] = field(default_factory=set)
     first_ns: int = 0
     last_ns: int = 0
+    crossed: set[tuple[str, int, int]] = field(default_factory=set)  # (point, netns, ifindex)
 
     @property
     def kind(self) -> str:
@@ -118,8 +141,20 @@ class Packet:
             self.first_ns = ev.ts_ns
         self.events.append(ev)
         self.last_ns = max(self.last_ns, ev.ts_ns)
+        if ev.skb and phase(ev) in ("tx", "rx"):
+            self.crossed.add((ev.point, ev.netns, ev.ifindex))
         if self.summary is None and ev.packet is not None and signature(ev.packet):
             self.summary = ev.packet
+
+
+def contradicts(pkt: Packet, ev: ProbeEvent) -> bool:
+    """Can `ev` not be an event of `pkt`, although identity or headers link them?
+    A kernel crossing the packet already made, or another IPv4 id: the skb
+    address and buffer were recycled for the next packet (module docstring)."""
+    if ev.skb and phase(ev) in ("tx", "rx") and (ev.point, ev.netns, ev.ifindex) in pkt.crossed:
+        return True
+    a, b = pkt.summary, ev.packet
+    return a is not None and b is not None and None not in (a.ip_id, b.ip_id) and a.ip_id != b.ip_id
 
 
 def group(events: Iterable[ProbeEvent]) -> list[Packet]:
@@ -153,10 +188,13 @@ def group(events: Iterable[ProbeEvent]) -> list[Packet]:
             pkt = by_key.get(key)
             if pkt is None and ev.head and ev.head in by_head:
                 pkt = by_head[ev.head]  # a clone: new address, same data buffer
-        if pkt is None and sig is not None:
+            if pkt is not None and contradicts(pkt, ev):
+                pkt.keys.discard(key)  # its free went unseen: retire it now
+                pkt = None
+        if pkt is None and sig is not None and (key is None or names_one_packet(sig)):
             cand = by_sig.get(sig)
             window = ECHO_WINDOW_NS if sig[0] == "icmp" and sig[5] is not None else MATCH_WINDOW_NS
-            if cand is not None and ev.ts_ns - cand.last_ns <= window:
+            if cand is not None and ev.ts_ns - cand.last_ns <= window and not contradicts(cand, ev):
                 pkt = cand
         if pkt is None:
             if key is None and sig is None:

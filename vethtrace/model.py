@@ -185,6 +185,9 @@ class PacketSummary:
     icmp_seq: int | None = None
     sport: int | None = None
     dport: int | None = None
+    # IPv4 identification: tells apart datagrams of one flow (0 for unconnected
+    # UDP sockets with DF set, None in recordings made before it was decoded)
+    ip_id: int | None = None
 
     @property
     def kind(self) -> str:

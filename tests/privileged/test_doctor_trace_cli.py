@@ -118,6 +118,8 @@ def test_trace_json_lines_with_names(prefix: str, tmp_path: Path) -> None:
     rec = read(rec_path)
     assert [e.ts_ns for e in rec.events] == [e["ts_ns"] for e in events]
     assert rec.lost == 0
+    # the scope travels with the recording, so `report` checks the same namespaces
+    assert rec.header["trace"] == {"filter": "icmp", "netns": [a]}
 
 
 @pytest.mark.parametrize(

@@ -158,8 +158,11 @@ def kernel_constants(b: btfmod.Btf | None = None, functions: bool = False) -> di
             continue
     block = [(c[k], size) for k, size in (("VT_SKB_HEAD", 8), ("VT_SKB_MAC_HEADER", 2),
              ("VT_SKB_NETWORK_HEADER", 2), ("VT_SKB_PROTOCOL", 2))]  # fmt: skip
-    c["VT_SKB_BLOCK_OFF"] = min(off for off, _ in block)
-    c["VT_SKB_BLOCK_LEN"] = max(off + size for off, size in block) - c["VT_SKB_BLOCK_OFF"]
+    # 8-aligned block: older verifiers (6.1, 6.12) reject the u64 load of
+    # skb->head from an unaligned stack offset ("misaligned stack access").
+    c["VT_SKB_BLOCK_OFF"] = min(off for off, _ in block) & ~7
+    end = max(off + size for off, size in block)
+    c["VT_SKB_BLOCK_LEN"] = (end - c["VT_SKB_BLOCK_OFF"] + 7) & ~7
     if c["VT_SKB_BLOCK_LEN"] > 128:
         raise btfmod.BtfError("sk_buff header fields too far apart for one read")
     if functions:
@@ -791,6 +794,7 @@ def _packet(r: Any) -> PacketSummary:
         s.arp_tpa = _ip(r.pkt_daddr)
     elif et == 0x0800:
         s.ip_src, s.ip_dst, s.ip_proto = _ip(r.pkt_saddr), _ip(r.pkt_daddr), r.pkt_ip_proto
+        s.ip_id = r.pkt_ip_id
         if r.pkt_flags & 4:
             if r.pkt_ip_proto == 1:
                 s.icmp_type, s.icmp_code = r.pkt_icmp_type, r.pkt_icmp_code

@@ -109,6 +109,7 @@ def _decode(pkt: Any, s: PacketSummary) -> None:
     elif IP in pkt:
         ip = pkt[IP]
         s.ip_src, s.ip_dst, s.ip_proto = ip.src, ip.dst, int(ip.proto)
+        s.ip_id = int(ip.id)
         if ICMP in pkt:
             icmp = pkt[ICMP]
             s.icmp_type, s.icmp_code = int(icmp.type), int(icmp.code)

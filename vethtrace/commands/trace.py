@@ -26,12 +26,14 @@ def _inodes(names: list[str]) -> list[int] | None:
     return [netnsmod.inode_of(n) for n in names]
 
 
-def _recorder(path: str, plan: Any, netns: list[str]) -> Any:
+def _recorder(path: str, plan: Any, netns: list[str], filter_expr: str) -> Any:
     try:
         from vethtrace.record import Recorder
     except ImportError:
         raise UserError("--write needs vethtrace.record, which is not installed") from None
-    rec = Recorder(path, command=sys.argv, plan=plan.describe())
+    # The scope goes into the header so `report` checks the same namespaces.
+    scope = {"filter": filter_expr, "netns": list(netns)}
+    rec = Recorder(path, command=sys.argv, plan=plan.describe(), trace=scope)
     try:
         from vethtrace.topology import discover
 
@@ -86,7 +88,7 @@ def run(
             if plan.blind_line():
                 status.print(f"cannot see: {plan.blind_line()}", style="dim", highlight=False)
             if write:
-                rec = _recorder(write, plan, netns)
+                rec = _recorder(write, plan, netns, collector.filter.text)
             if not json:
                 out.print(render.HEADER, style="bold", highlight=False)
             t0: int | None = None
