@@ -116,9 +116,28 @@ def _arg_index(b: btfmod.Btf, tp: str, pred: Any, what: str, nth: int = 0) -> in
     return hits[nth]
 
 
+# Parameter positions of the kprobed functions, unchanged since Linux 4.x; used
+# only when no BTF describes the function (5.10 ships no module BTF for veth
+# and bridge, so without this the plan said kprobe but attached nothing).
+KNOWN_PARAM_POSITIONS = {
+    ("veth_xmit", "skb"): 0,
+    ("veth_xmit", "dev"): 1,
+    ("br_handle_frame", "pskb"): 0,
+    ("br_forward", "to"): 0,
+    ("br_forward", "skb"): 1,
+    ("br_pass_frame_up", "skb"): 0,
+}
+
+
 def _func_param(func: str, name: str) -> int:
-    """Position of parameter `name` of kernel function `func` (vmlinux or module BTF)."""
-    b, tid = btfmod.find_anywhere(func, btfmod.FUNC)
+    """Position of parameter `name` of kernel function `func` (vmlinux or module
+    BTF; the known prototype when the kernel has no BTF for it)."""
+    try:
+        b, tid = btfmod.find_anywhere(func, btfmod.FUNC)
+    except btfmod.BtfError:
+        if (func, name) in KNOWN_PARAM_POSITIONS:
+            return KNOWN_PARAM_POSITIONS[(func, name)]
+        raise
     for i, (n, _t) in enumerate(b.func_params(tid)):
         if n == name:
             return i
