@@ -8,10 +8,9 @@ is re-evaluated every few milliseconds and the run stops as soon as it is
 certain (first echo reply; ARP reply taken by a bridge while the port's entry
 stays INCOMPLETE; a kernel drop of our packet), or at --timeout.
 
-Why a raw ICMP socket in the source namespace and not a scapy-crafted frame:
-the kernel must resolve the next hop itself — its neighbour machinery is
-exactly what fails in the seed case, and a hand-made Ethernet frame would
-bypass it.
+This module is the wiring; the collectors live in vethtrace.collect: `pinger`
+(the echo sender, a raw socket in the source namespace so the kernel does ARP
+itself), `neighwatch` (the next hop's neighbour entry), `sniff` and `bpf`.
 """
 
 from __future__ import annotations
@@ -19,32 +18,22 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
 import queue
-import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from vethtrace import netns
+from vethtrace.collect.neighwatch import NeighWatch
+from vethtrace.collect.pinger import Pinger
 from vethtrace.collect.sniff import Frame, SnifferSet, Target, load_scapy
 from vethtrace.diagnose.verdict import PingPlan, decide
 from vethtrace.errors import ExitStatus, UserError, require_root
-from vethtrace.model import (
-    Finding,
-    IfaceKey,
-    NeighChange,
-    ProbeEvent,
-    Topology,
-    Verdict,
-    nud_name,
-)
+from vethtrace.model import Finding, IfaceKey, ProbeEvent, Topology, Verdict
+from vethtrace.topology.query import owners_of_ip
 
 TICK_S = 0.01
 MAX_SNIFFED = 32
@@ -87,22 +76,18 @@ def route_get(source: str, ip: str) -> dict[str, Any]:
     return data[0] if data else {"error": "no route"}
 
 
-def owners_of(topo: Topology, ip: str) -> list[tuple[str, IfaceKey, str]]:
-    """(netns name, interface key, ifname) for every interface holding ip."""
-    out = []
-    for ns in topo.namespaces:
-        for it in ns.interfaces:
-            if any(a.address == ip for a in it.addresses):
-                out.append((ns.name, it.key, it.name))
-    return out
-
-
-def l2_domain(topo: Topology, start: IfaceKey, limit: int = MAX_SNIFFED) -> list[IfaceKey]:
+def l2_reach(topo: Topology, start: IfaceKey, limit: int = MAX_SNIFFED) -> list[IfaceKey]:
     """Interfaces a frame leaving `start` can cross without routing: veth peers,
     bridge/bond masters and their ports, lower devices, transitively (breadth
     first, so the nearest are sniffed when the bound cuts the walk short).
-    Unlike topology.query.l2_domain, bonds and lower devices count: they carry
-    the frame even if no bridge is involved."""
+
+    Why not topology.query.l2_domain: that one answers "which stacks share this
+    broadcast domain" for check and watch — bridges only, loopback included,
+    unbounded, members sorted by key. Ping needs "where could our frame be
+    seen": bonds and macvlan/vlan lower devices carry the frame even if no
+    bridge is involved, loopback never does, and the walk order matters
+    because at most MAX_SNIFFED sniffers open (nearest first). Widening the
+    topology walk would change check's and watch's answers, so both stay."""
     seen: list[IfaceKey] = []
     todo = [start]
     while todo and len(seen) < limit:
@@ -149,7 +134,8 @@ def make_plan(
         count=count,
         timeout=timeout,
     )
-    owners = owners_of(topo, ip)
+    # one entry per interface even if it holds ip twice (same address, two prefix lengths)
+    owners = list(dict.fromkeys((ns.name, it.key, it.name) for ns, it in owners_of_ip(topo, ip)))
     plan.owners = [f"{n}/{i}" for n, _k, i in owners]
     in_target = [k for _n, k, _i in owners if k.netns == tgt_inode]
     if in_target:
@@ -169,9 +155,9 @@ def make_plan(
     dev = src_ns.iface_by_name(route.get("dev", "")) if src_ns else None
     if dev is not None:
         plan.egress, plan.egress_name = dev.key, dev.name
-        path = l2_domain(topo, dev.key)
+        path = l2_reach(topo, dev.key)
         if plan.target_iface is not None and plan.target_iface not in path:
-            path += l2_domain(topo, plan.target_iface, limit=MAX_SNIFFED - len(path))
+            path += l2_reach(topo, plan.target_iface, limit=MAX_SNIFFED - len(path))
         plan.path = path
     return plan, warnings
 
@@ -179,196 +165,6 @@ def make_plan(
 def _name_in(topo: Topology, inode: int, fallback: str) -> str:
     ns = topo.netns(inode)
     return ns.name if ns else fallback
-
-
-# --- sending ------------------------------------------------------------------
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
-def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
-    head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", 8, 0, _checksum(head + payload), ident, seq) + payload
-
-
-class Pinger:
-    """Echo requests from a raw ICMP socket created inside the source namespace;
-    reports ping-send / ping-reply / ping-error events (monotonic ns)."""
-
-    def __init__(
-        self,
-        source: str,
-        ip: str,
-        count: int,
-        out: Callable[[ProbeEvent], None],
-        inode: int,
-        size: int = 56,
-    ) -> None:
-        self.source, self.ip, self.count, self._out, self.inode = source, ip, count, out, inode
-        self.size = size
-        self.ident = (os.getpid() ^ int(time.monotonic_ns() // 1000)) & 0xFFFF
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="ping-sender", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait(5)
-        if self.error is not None:
-            raise self.error
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(3)
-
-    def _event(self, point: str, ts: int = 0, **extra: Any) -> None:
-        self._out(
-            ProbeEvent(
-                ts_ns=ts or time.monotonic_ns(),
-                point=point,
-                netns=self.inode,
-                ifindex=0,
-                ifname="",
-                source="ping",
-                extra=extra,
-            )
-        )
-
-    def _run(self) -> None:
-        try:
-            with netns.entered(self.source):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        except BaseException as exc:
-            self.error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            self._loop(sock)
-        finally:
-            sock.close()
-
-    def _loop(self, sock: socket.socket) -> None:
-        sock.settimeout(TICK_S * 5)
-        seq, next_send = 0, time.monotonic()
-        payload = (b"vethtrace" + bytes(range(256)) * (self.size // 256 + 1))[: self.size]
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if seq < self.count and now >= next_send:
-                seq += 1
-                # stamped before sendto: the kernel sends the ARP request inside it
-                ts = time.monotonic_ns()
-                try:
-                    sock.sendto(echo_request(self.ident, seq, payload), (self.ip, 0))
-                    self._event("ping-send", ts, seq=seq, ident=self.ident)
-                except OSError as exc:
-                    self._event("ping-error", ts, seq=seq, errno=exc.errno, error=exc.strerror)
-                next_send = now + 1.0
-            try:
-                data, addr = sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                self._event("ping-error", errno=exc.errno, error=exc.strerror)
-                continue
-            self._parse(data, addr[0])
-
-    def _parse(self, data: bytes, sender: str) -> None:
-        ihl = (data[0] & 0x0F) * 4
-        icmp = data[ihl:]
-        if len(icmp) < 8:
-            return
-        kind, code, _sum, ident, seq = struct.unpack("!BBHHH", icmp[:8])
-        if kind == 0 and ident == self.ident and sender == self.ip:
-            self._event("ping-reply", seq=seq, ident=ident, sender=sender)
-        elif kind in (3, 11) and len(icmp) >= 8 + 20 + 8:
-            inner = icmp[8:]
-            iihl = (inner[0] & 0x0F) * 4
-            ik, _c, _s, iid, iseq = struct.unpack("!BBHHH", inner[iihl : iihl + 8])
-            if ik == 8 and iid == self.ident:
-                self._event("ping-error", seq=iseq, icmp_type=kind, icmp_code=code, sender=sender)
-
-
-# --- neighbour entry watch ------------------------------------------------------
-
-
-class NeighWatch:
-    """Polls the next hop's neighbour entries in the source namespace (netlink),
-    so the timeline exists even where no neighbour tracepoint reports a netns."""
-
-    def __init__(
-        self,
-        source: str,
-        inode: int,
-        address: str,
-        names: dict[int, str],
-        out: Callable[[ProbeEvent], None],
-    ) -> None:
-        self.source, self.inode, self.address, self.names = source, inode, address, names
-        self._out = out
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="neigh-watch", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait(5)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(3)
-
-    def _run(self) -> None:
-        from pyroute2 import IPRoute
-
-        try:
-            with netns.entered(self.source):
-                ipr = IPRoute()
-        finally:
-            self._ready.set()
-        last: dict[int, str] = {}
-        try:
-            while True:
-                self._poll(ipr, last)
-                if self._stop.wait(TICK_S):
-                    self._poll(ipr, last)
-                    return
-        finally:
-            ipr.close()
-
-    def _poll(self, ipr: Any, last: dict[int, str]) -> None:
-        now = time.monotonic_ns()
-        seen: dict[int, tuple[str, str | None]] = {}
-        for msg in ipr.get_neighbours(family=socket.AF_INET, dst=self.address):
-            if msg.get_attr("NDA_DST") != self.address:
-                continue
-            st = msg.get("state") or 0
-            name = nud_name(st) or "NONE"
-            seen[int(msg.get("ifindex"))] = (name, msg.get_attr("NDA_LLADDR"))
-        for ifindex in set(last) | set(seen):
-            state, lladdr = seen.get(ifindex, ("NONE", None))
-            if last.get(ifindex) == state:
-                continue
-            self._out(
-                ProbeEvent(
-                    ts_ns=now,
-                    point="neigh-state",
-                    netns=self.inode,
-                    ifindex=ifindex,
-                    ifname=self.names.get(ifindex, f"if{ifindex}"),
-                    source="netlink",
-                    neigh=NeighChange(self.address, last.get(ifindex), state, lladdr),
-                )
-            )
-            last[ifindex] = state
 
 
 # --- kernel probes (PROBES' collector), optional -------------------------------

@@ -1,0 +1,181 @@
+"""What every verdict family reads: the plan, our packets, the neighbour timeline.
+
+Kept apart from the verdicts so each family module (diverted, dropped,
+no_reply) sees the same evidence, and render can show the same table and
+timeline the verdict was based on. Pure data in, data out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vethtrace.correlate import Packet, correlate_packets
+from vethtrace.model import Finding, IfaceKey, Interface, PacketPath, ProbeEvent, Topology
+
+SETTLE_NS = 30_000_000  # live: evidence this old (and not undone) makes a verdict certain
+
+
+@dataclass
+class PingPlan:
+    """What ping expects, worked out from the route lookup and the topology."""
+
+    source: str  # netns name ("root" by default)
+    source_inode: int
+    target_netns: str
+    target_inode: int
+    ip: str
+    src_addr: str | None = None  # the source address the kernel picked
+    egress: IfaceKey | None = None
+    egress_name: str | None = None
+    gateway: str | None = None
+    route_error: str | None = None
+    owners: list[str] = field(default_factory=list)  # "netns/ifname" holding ip
+    target_iface: IfaceKey | None = None
+    path: list[IfaceKey] = field(default_factory=list)  # interfaces sniffed
+    count: int = 1
+    timeout: float = 5.0
+    size: int = 56  # echo payload bytes
+    started_ns: int = 0  # monotonic ns when sending began
+
+    @property
+    def nexthop(self) -> str:
+        return self.gateway or self.ip
+
+
+def _ns_name(topo: Topology, inode: int) -> str:
+    ns = topo.netns(inode)
+    return ns.name if ns else f"netns:{inode}"
+
+
+def _label(topo: Topology, key: IfaceKey | None) -> str:
+    return topo.label(key) if key else "?"
+
+
+def _ns_flag(topo: Topology, ns_inode: int) -> str:
+    name = _ns_name(topo, ns_inode)
+    return "" if name == "root" else f"-n {name} "
+
+
+def ours(path: PacketPath, plan: PingPlan) -> bool:
+    """Does this packet belong to our ping (its ARP or its ICMP)?"""
+    s = path.summary
+    if s is None:
+        return False
+    addrs = {plan.ip, plan.nexthop} | ({plan.src_addr} if plan.src_addr else set())
+    if s.arp_op is not None:
+        # our own resolution, a router's asking for the target, the target asking
+        # where to send its reply, and their answers
+        return bool({s.arp_spa, s.arp_tpa} & {plan.ip, plan.nexthop})
+    if s.icmp_type is not None:
+        return s.ip_src in addrs and s.ip_dst in addrs
+    return False
+
+
+@dataclass
+class Analysis:
+    """Everything decide() worked out; render uses it for the table and timeline."""
+
+    paths: list[PacketPath]
+    packets: list[Packet]  # aligned with paths: the raw events of each
+    timeline: list[dict[str, Any]]  # the next hop's entries (shown to the user)
+    replies: list[ProbeEvent]
+    sent: list[ProbeEvent]
+    errors: list[ProbeEvent]
+    last_ns: int
+    neigh: list[dict[str, Any]] = field(default_factory=list)  # every address's entries
+
+
+def analyse(plan: PingPlan, events: list[ProbeEvent], topo: Topology) -> Analysis:
+    # Packets that began before our first send are someone else's (typically the
+    # kernel still retrying ARP for an earlier run): not evidence about this one.
+    since = plan.started_ns - 1_000_000 if plan.started_ns else 0
+    pairs = [
+        (k, p) for k, p in correlate_packets(events, topo) if ours(p, plan) and k.first_ns >= since
+    ]
+    paths = [p for _k, p in pairs]
+    timeline = neighbour_timeline(plan, events, topo)
+    sent = [e for e in events if e.point == "ping-send"]
+    replies = [e for e in events if e.point == "ping-reply"]
+    errors = [e for e in events if e.point == "ping-error"]
+    last = max((e.ts_ns for e in events), default=plan.started_ns)
+    neigh = neighbour_timeline(plan, events, topo, address=None)
+    return Analysis(paths, [k for k, _p in pairs], timeline, replies, sent, errors, last, neigh)
+
+
+def neighbour_timeline(
+    plan: PingPlan, events: list[ProbeEvent], topo: Topology, address: str | None = ""
+) -> list[dict[str, Any]]:
+    """State changes of the next hop's neighbour entries, from kernel neigh_* events
+    and ping's netlink polling; repeats of the same state on the same device are folded."""
+    out: list[dict[str, Any]] = []
+    last: dict[tuple[int, int, str], str] = {}
+    want = plan.nexthop if address == "" else address  # None: every address
+    for ev in sorted(events, key=lambda e: e.ts_ns):
+        n = ev.neigh
+        if n is None or (want is not None and n.address != want):
+            continue
+        state = n.new_state or n.old_state
+        if not state or (state == "NONE" and ev.source != "netlink"):
+            continue  # neigh_create's NONE: the INCOMPLETE that follows says more
+        where = (ev.netns, ev.ifindex, n.address)
+        if last.get(where) == state:
+            continue
+        last[where] = state
+        out.append(
+            {
+                "time_ns": ev.ts_ns,
+                "netns": _ns_name(topo, ev.netns),
+                "interface": ev.ifname or f"if{ev.ifindex}",
+                "address": n.address,
+                "state": state,
+                "lladdr": n.lladdr,
+                "source": ev.source,
+            }
+        )
+    return out
+
+
+def _fixes_from(findings: list[Finding], netns: str | None, iface: str | None) -> list[str]:
+    out: list[str] = []
+    for f in findings:
+        if (
+            f.severity in ("error", "warning")
+            and f.netns == netns
+            and (iface is None or f.interface in (iface, None))
+        ):
+            out.extend(c for c in f.fix if c not in out)
+    return out
+
+
+def _events_of(p: PacketPath, a: Analysis) -> list[ProbeEvent]:
+    for k, path in zip(a.packets, a.paths, strict=True):
+        if path is p:
+            return k.events
+    return []
+
+
+def _master(topo: Topology, key: IfaceKey) -> Interface | None:
+    it = topo.iface(key)
+    if it is None or it.master is None:
+        return None
+    return topo.iface(IfaceKey(key.netns, it.master))
+
+
+def _peer_down_culprit(topo: Topology, dev: IfaceKey) -> tuple[IfaceKey, str] | None:
+    """For a QDISC_DROP at dev: the carrier-less veth behind it and which end is down."""
+    it = topo.iface(dev)
+    if it is None:
+        return None
+    candidates = [it]
+    if it.kind == "bridge":
+        ns = topo.netns(dev.netns)
+        candidates = [p for p in (ns.interfaces if ns else []) if p.master == it.key.ifindex]
+    for c in candidates:
+        if c.kind == "veth" and not c.carrier and c.peer is not None:
+            peer = topo.iface(c.peer)
+            if peer is not None and not peer.admin_up:
+                return c.peer, f"{topo.label(c.peer)} (the peer of {topo.label(c.key)}) is down"
+        if c.kind == "veth" and not c.carrier and not c.admin_up:
+            return c.key, f"{topo.label(c.key)} is down"
+    return None

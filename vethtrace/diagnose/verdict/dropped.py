@@ -1,0 +1,193 @@
+"""Dropped: the kernel freed one of our packets, with a reason.
+
+Its own module because kernel drop reasons are terse and often misleading on
+veth/bridge paths (a QDISC_DROP on a veth means its peer is down; NOT_SPECIFIED
+in __dev_forward_skb2 is an MTU mismatch): this is where they become causes,
+culprits and fixes.
+"""
+
+from __future__ import annotations
+
+from vethtrace.correlate import is_benign_drop, phase
+from vethtrace.diagnose.verdict.analysis import (
+    SETTLE_NS,
+    Analysis,
+    PingPlan,
+    _events_of,
+    _fixes_from,
+    _label,
+    _master,
+    _ns_flag,
+    _ns_name,
+    _peer_down_culprit,
+)
+from vethtrace.model import Finding, IfaceKey, PacketPath, ProbeEvent, Topology, Verdict
+
+# Plain words for kernel drop reasons we meet on veth/bridge/netns paths.
+REASON_TEXT = {
+    "QDISC_DROP": "the transmit queue refused it (on a veth: no carrier, the peer is down)",
+    "NOT_SPECIFIED": "dropped without a specific reason",
+    "NETFILTER_DROP": "a firewall rule (nftables/iptables) dropped it",
+    "IP_RPFILTER": "the reverse-path filter dropped it (its source is routed via another device)",
+    "NEIGH_FAILED": "the neighbour (ARP) entry failed: nobody answered the ARP request in time",
+    "NEIGH_QUEUEFULL": "too many packets waited for ARP resolution",
+    "IP_INNOROUTES": "no route for it on the receiving side",
+    "IP_OUTNOROUTES": "no route to send it",
+    "OTHERHOST": "it was addressed to another host's MAC",
+    "PKT_TOO_BIG": "it was larger than the MTU",
+    "DEV_READY": "the device was not ready (down)",
+    "TC_INGRESS": "a tc ingress filter dropped it",
+    "TC_EGRESS": "a tc egress filter dropped it",
+    "XDP": "an XDP program dropped it",
+    "BRIDGE_INGRESS_STP_STATE": "the bridge port is not forwarding (STP state)",
+    "NO_SOCKET": "no socket wanted it",
+    "IP_INADDRERRORS": "the destination address is invalid here",
+    "UNHANDLED_PROTO": "no handler for the protocol",
+    "CPU_BACKLOG": "the CPU backlog queue was full",
+}
+# Consequences rather than causes: ignored when looking for the drop that matters.
+CONSEQUENCE_DROPS = {"NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD"}
+FORWARD_KINDS = {"arp-request", "arp-reply", "echo", "echo-reply"}
+
+
+def _dropped(
+    plan: PingPlan, topo: Topology, a: Analysis, findings: list[Finding], final: bool, now: int
+) -> Verdict | None:
+    for p in a.paths:
+        if p.kind not in FORWARD_KINDS:
+            continue  # an ICMP error looped back is a consequence, not the cause
+        drops = [
+            e
+            for e in _events_of(p, a)
+            if phase(e) == "drop"
+            and not is_benign_drop(e)
+            and e.drop_reason not in CONSEQUENCE_DROPS
+        ]
+        if not drops:
+            continue
+        ev = drops[0]
+        if not final and now - ev.ts_ns < SETTLE_NS:
+            return None
+        return _explain_drop(plan, topo, p, ev, findings)
+    return None
+
+
+def _forwarding_off(topo: Topology, inode: int) -> bool:
+    ns = topo.netns(inode)
+    return ns is not None and ns.sysctls.get("net.ipv4.ip_forward") == "0"
+
+
+def _explain_drop(
+    plan: PingPlan, topo: Topology, p: PacketPath, ev: ProbeEvent, findings: list[Finding]
+) -> Verdict:
+    reason = ev.drop_reason or "NOT_SPECIFIED"
+    loc = (ev.location or "").split("+")[0]
+    dev = ev.key
+    it = topo.iface(dev)
+    where = _label(topo, dev) if it else f"{_ns_name(topo, ev.netns)}/{ev.ifname}"
+    culprit: IfaceKey | None = dev
+    words = REASON_TEXT.get(reason, reason.replace("_", " ").lower())
+    fix: list[str] = []
+    what = p.summary.describe() if p.summary else p.kind
+    bridge = _master(topo, dev)
+    if bridge is not None and bridge.kind == "bridge" and not bridge.admin_up:
+        # a bridge that is down disables every port: frames die on ingress
+        culprit = bridge.key
+        words = (
+            f"{bridge.name} is down, so all its ports are disabled and it drops every frame "
+            f"arriving on {it.name if it else ev.ifname} instead of forwarding it"
+        )
+        fix = [f"ip {_ns_flag(topo, bridge.key.netns)}link set {bridge.name} up"]
+    elif it is not None and it.kind == "loopback" and not it.admin_up:
+        ns = _ns_name(topo, ev.netns)
+        words = (
+            f"lo is down in {ns}, and traffic to the namespace's own addresses is looped "
+            "back through lo"
+        )
+        fix = [f"ip {_ns_flag(topo, dev.netns)}link set lo up"]
+    elif it is not None and it.link is not None and not it.carrier:
+        lower = topo.iface(it.link)
+        if lower is not None and not lower.is_up:
+            words = (
+                f"{it.name} ({it.kind}) has no carrier because its lower device "
+                f"{topo.label(lower.key)} is {'down' if not lower.admin_up else 'without carrier'}"
+                f", so it drops what is sent through it"
+            )
+            fix = [f"ip {_ns_flag(topo, lower.key.netns)}link set {lower.name} up"]
+    elif (
+        it is not None
+        and it.bridge_port is not None
+        and it.bridge_port.state not in ("forwarding", "")
+    ):
+        words = (
+            f"{it.name} is in STP state {it.bridge_port.state}: "
+            f"{bridge.name if bridge else 'the bridge'} drops what it receives there until the "
+            "port forwards (forward delay)"
+        )
+        if bridge is not None:
+            fix = [
+                f"ip {_ns_flag(topo, bridge.key.netns)}link set {bridge.name} type bridge "
+                "stp_state 0   # if nothing can loop"
+            ]
+    elif reason == "IP_INADDRERRORS" and _forwarding_off(topo, ev.netns):
+        ns = _ns_name(topo, ev.netns)
+        words = (
+            f"{ns} would have to route it, but net.ipv4.ip_forward=0 there: the kernel drops "
+            "every packet it is not the destination of"
+        )
+        fix = [f"ip netns exec {ns} sysctl -w net.ipv4.ip_forward=1"]
+    elif reason == "QDISC_DROP":
+        found = _peer_down_culprit(topo, dev)
+        if found:
+            culprit, words = found[0], f"no carrier: {found[1]}"
+            c = topo.iface(culprit)
+            if c is not None:
+                fix = [f"ip {_ns_flag(topo, culprit.netns)}link set {c.name} up"]
+    elif loc in ("__dev_forward_skb2", "__dev_forward_skb", "veth_xmit") or (
+        reason == "NOT_SPECIFIED" and it is not None and it.kind == "veth"
+    ):
+        peer = topo.iface(it.peer) if it and it.peer else None
+        if peer is not None and it is not None:
+            culprit = peer.key
+            words = (
+                f"the frame ({ev.length} bytes) does not fit the MTU of the veth peer "
+                f"{topo.label(peer.key)} (mtu {peer.mtu}, sender {it.name} has mtu {it.mtu}): "
+                "veth drops oversized frames silently"
+            )
+            fix = [f"ip {_ns_flag(topo, peer.key.netns)}link set {peer.name} mtu {it.mtu}"]
+    elif reason == "NETFILTER_DROP":
+        ns = _ns_name(topo, ev.netns)
+        bridged = bridge is not None and bridge.kind == "bridge"
+        words = f"a firewall rule in {ns} dropped it"
+        if bridged and bridge is not None:
+            # skb->dev is the egress port it never left through: the bridge is the place
+            culprit = bridge.key
+            words = (
+                f"a firewall rule in {ns} dropped it while {bridge.name} bridged it "
+                f"(net.bridge.bridge-nf-call-iptables=1 sends bridged frames through the "
+                f"IP forward hook; {it.name if it else ev.ifname} is the port it was headed for)"
+            )
+        fix = [f"ip netns exec {ns} nft list ruleset   # find the rule that drops it"]
+        if bridged:
+            fix.append(f"ip netns exec {ns} sysctl -w net.bridge.bridge-nf-call-iptables=0")
+    elif reason == "IP_RPFILTER":
+        ns = _ns_name(topo, ev.netns)
+        name = it.name if it else ev.ifname
+        fix = [
+            f"ip netns exec {ns} sysctl -w net.ipv4.conf.{name}.rp_filter=2",
+            f"ip netns exec {ns} sysctl -w net.ipv4.conf.all.rp_filter=2",
+        ]
+    static = _fixes_from(findings, _ns_name(topo, culprit.netns) if culprit else None, None)
+    c_it = topo.iface(culprit) if culprit else None
+    return Verdict(
+        kind="dropped",
+        summary=f"{what} was dropped at {where}: {words}",
+        culprit=culprit,
+        culprit_netns=_ns_name(topo, culprit.netns) if culprit else None,
+        culprit_interface=c_it.name if c_it else (ev.ifname if culprit == dev else None),
+        explanation=(
+            f"The kernel freed the {p.kind} at {where} with reason {reason}"
+            f"{' in ' + loc if loc else ''}: {words}."
+        ),
+        fix=static + [f for f in fix if f not in static],
+    )
