@@ -21,7 +21,8 @@ examples:
   vethtrace lab up seed                   build the classic broken bridge-port lab
   vethtrace topo                          namespaces, bridges, veth pairs at a glance
   vethtrace check                         what is wrong, why, and the commands that fix it
-  vethtrace ping song 192.168.122.102     one verdict: where the frame went and why
+  vethtrace ping --from vt-host vt-song 192.168.122.102
+                                          one verdict: where the frame went and why
   vethtrace trace arp -n vt-song          every kernel event for ARP in one namespace
   vethtrace watch icmp                    live packet paths over the topology
   vethtrace report incident.vtrec         offline report from a recording (no root)
