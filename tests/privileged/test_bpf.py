@@ -10,7 +10,6 @@ leaks in.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -18,6 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.bpf_progs import held_prog_ids, loaded_prog_ids
 from tests.labs import built_lab
 from vethtrace.collect.bpf import BpfCollector, compile_only
 from vethtrace.model import ProbeEvent
@@ -237,32 +237,6 @@ def test_fentry_programs_compile() -> None:
         assert not planmod.try_fentry().ok
 
 
-def _progs_of(pid: int) -> set[int]:
-    """BPF program ids the process holds (its fds' fdinfo; bpftool here lacks pids)."""
-    ids = set()
-    fddir = f"/proc/{pid}/fd"
-    try:
-        fds = os.listdir(fddir)
-    except OSError:
-        return ids
-    for fd in fds:
-        try:
-            if os.readlink(f"{fddir}/{fd}") != "anon_inode:bpf-prog":
-                continue
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                for line in f:
-                    if line.startswith("prog_id:"):
-                        ids.add(int(line.split()[1]))
-        except OSError:
-            continue
-    return ids
-
-
-def _all_prog_ids() -> set[int]:
-    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True)
-    return {p["id"] for p in json.loads(out.stdout or "[]")}
-
-
 @pytest.mark.parametrize("stop", ["duration", "sigint"])
 def test_nothing_stays_attached(cli: Callable, stop: str) -> None:
     from tests.conftest import VENV_BIN
@@ -274,7 +248,7 @@ def test_nothing_stays_attached(cli: Callable, stop: str) -> None:
     ours: set[int] = set()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and proc.poll() is None:
-        ours = _progs_of(proc.pid)
+        ours = held_prog_ids(proc.pid)
         if len(ours) >= 10:
             break
         time.sleep(0.1)
@@ -288,4 +262,4 @@ def test_nothing_stays_attached(cli: Callable, stop: str) -> None:
     assert proc.returncode == 0, err
     assert "lost" in err + out
     time.sleep(0.2)  # the kernel frees programs once their last fd/link is gone
-    assert not (ours & _all_prog_ids()), "programs still loaded after the process ended"
+    assert not (ours & loaded_prog_ids()), "programs still loaded after the process ended"

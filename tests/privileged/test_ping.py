@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.bpf_progs import held_prog_ids, loaded_prog_ids
 from tests.conftest import VENV_BIN
 from tests.labs import built_lab
 from vethtrace.collect.bpf import BpfCollector
@@ -188,37 +189,9 @@ def test_unreachable_source_is_a_verdict(lab_results) -> None:
     assert not [h for h in obj["path"] if h["interface"] != "(socket)"]
 
 
-def _prog_ids_of(pid: int) -> set[int]:
-    """IDs of the BPF programs a process holds (its anon_inode:bpf-prog fds)."""
-    ids = set()
-    base = f"/proc/{pid}"
-    try:
-        fds = os.listdir(f"{base}/fd")
-    except FileNotFoundError:
-        return set()
-    for fd in fds:
-        try:
-            if os.readlink(f"{base}/fd/{fd}") != "anon_inode:bpf-prog":
-                continue
-            with open(f"{base}/fdinfo/{fd}") as f:
-                for line in f:
-                    if line.startswith("prog_id:"):
-                        ids.add(int(line.split()[1]))
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return ids
-
-
-def _loaded_prog_ids() -> set[int]:
-    """What `bpftool prog show` lists: every program loaded in the kernel."""
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return {p["id"] for p in json.loads(out.stdout or "[]")}
-
-
 def _collect_ids(pid: int, into: set[int], done: threading.Event) -> None:
     while not done.wait(0.02):
-        into |= _prog_ids_of(pid)
+        into |= held_prog_ids(pid)
 
 
 def _fds() -> set[str]:
@@ -257,16 +230,16 @@ def test_nothing_left_after_a_run_or_ctrl_c(seed) -> None:
     assert r.verdict is not None and r.verdict.kind == "diverted"
     assert _settle(lambda: set(threading.enumerate()) <= threads), threading.enumerate()
     assert _settle(lambda: _fds() <= fds), _fds() - fds
-    assert not _prog_ids_of(pid)
-    assert _settle(lambda: not (ran & _loaded_prog_ids())), "programs still loaded"
+    assert not held_prog_ids(pid)
+    assert _settle(lambda: not (ran & loaded_prog_ids())), "programs still loaded"
 
     # Ctrl-C while probes are attached and frames flow: an address nobody holds, in a
     # target namespace the ARP requests never reach, so only the timeout would end it
     held: set[int] = set()
 
     def interrupt() -> None:
-        _settle(lambda: bool(_prog_ids_of(pid)), timeout=20)
-        held.update(_prog_ids_of(pid))
+        _settle(lambda: bool(held_prog_ids(pid)), timeout=20)
+        held.update(held_prog_ids(pid))
         time.sleep(0.3)
         _thread.interrupt_main()
 
@@ -274,8 +247,8 @@ def test_nothing_left_after_a_run_or_ctrl_c(seed) -> None:
     with pytest.raises(KeyboardInterrupt):
         execute(host, host, "192.168.122.250", 5, 30.0)
     assert held, "the interrupt came before the probes were attached"
-    assert _settle(lambda: not _prog_ids_of(pid))
-    assert _settle(lambda: not (held & _loaded_prog_ids())), "programs still loaded"
+    assert _settle(lambda: not held_prog_ids(pid))
+    assert _settle(lambda: not (held & loaded_prog_ids())), "programs still loaded"
     assert _settle(lambda: set(threading.enumerate()) <= threads), threading.enumerate()
     assert _settle(lambda: _fds() <= fds), _fds() - fds
 
@@ -287,8 +260,8 @@ def test_sigint_from_outside_exits_130_cleanly(seed) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        assert _settle(lambda: bool(_prog_ids_of(proc.pid)), timeout=20), "no probes attached"
-        held = _prog_ids_of(proc.pid)
+        assert _settle(lambda: bool(held_prog_ids(proc.pid)), timeout=20), "no probes attached"
+        held = held_prog_ids(proc.pid)
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=10)
@@ -297,7 +270,7 @@ def test_sigint_from_outside_exits_130_cleanly(seed) -> None:
             proc.kill()
     assert proc.returncode == 130, err
     assert err.strip() == "vethtrace ping: interrupted"
-    assert _settle(lambda: not (held & _loaded_prog_ids())), "programs still loaded"
+    assert _settle(lambda: not (held & loaded_prog_ids())), "programs still loaded"
     assert "Traceback" not in err
 
 

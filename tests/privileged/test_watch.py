@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from tests.bpf_progs import held_prog_ids
 from tests.conftest import VENV_BIN, new_prefix
 from tests.labs import lab_fixture
 from vethtrace.lab import BuiltLab
@@ -84,23 +85,6 @@ def watch_in_tmux(lab: BuiltLab) -> Iterator[Tmux]:
         t.kill()
 
 
-def _prog_ids(pid: int) -> set[int]:
-    """IDs of the BPF programs a process holds (fdinfo of its bpf-prog fds)."""
-    ids = set()
-    fd_dir = f"/proc/{pid}/fd"
-    for fd in os.listdir(fd_dir):
-        try:
-            if os.readlink(f"{fd_dir}/{fd}") != "anon_inode:bpf-prog":
-                continue
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                for line in f:
-                    if line.startswith("prog_id:"):
-                        ids.add(int(line.split()[1]))
-        except OSError:
-            continue
-    return ids
-
-
 def _loaded(prog_id: int) -> bool:
     out = subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)], capture_output=True)
     return out.returncode == 0
@@ -127,7 +111,7 @@ def test_watch_shows_the_diverted_arp_reply_and_quits_on_q(seed_lab: BuiltLab) -
     with watch_in_tmux(seed_lab) as t:
         t.wait_for(lambda s: " tracing " in s, 40, "probes to attach")
         pid = _watch_pid(t)
-        progs = _prog_ids(pid)
+        progs = held_prog_ids(pid)
         assert progs and all(_loaded(i) for i in progs)  # attached while it runs
         subprocess.run(
             ["ip", "netns", "exec", host, "ping", "-c", "2", "-W", "1", "192.168.122.102"],
@@ -153,7 +137,7 @@ def test_ctrl_c_also_quits_cleanly(seed_lab: BuiltLab) -> None:
     with watch_in_tmux(seed_lab) as t:
         t.wait_for(lambda s: " tracing " in s, 40, "probes to attach")
         pid = _watch_pid(t)
-        progs = _prog_ids(pid)
+        progs = held_prog_ids(pid)
         assert progs
         t.tmux("send-keys", "-t", "w", "C-c")
         _assert_gone(t, pid, progs)
