@@ -22,7 +22,6 @@ Prints a markdown table and one JSON line. Needs root, iperf3, tmux.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -35,6 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from tests.tmux import Tmux  # noqa: E402  (after the sys.path insert)
+
 VETHTRACE = str(Path(sys.executable).parent / "vethtrace")
 SERVER_IP = "10.0.0.2"
 
@@ -72,35 +73,6 @@ def iperf(client_ns: str, seconds: float) -> dict[str, float]:
     }
 
 
-class Tmux:
-    def __init__(self, command: str) -> None:
-        self.socket = f"vethtrace-bench-{uuid.uuid4().hex[:6]}"
-        self.run("new-session", "-d", "-s", "w", "-x", "120", "-y", "40", command)
-
-    def run(self, *args: str) -> str:
-        return subprocess.run(
-            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10
-        ).stdout
-
-    def screen(self) -> str:
-        return self.run("capture-pane", "-p", "-t", "w")
-
-    def pane_children(self) -> list[tuple[int, str]]:
-        shell = self.run("list-panes", "-t", "w", "-F", "#{pane_pid}").strip()
-        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", shell], capture_output=True,
-                             text=True)  # fmt: skip
-        rows = [line.split(None, 1) for line in out.stdout.splitlines() if line.strip()]
-        return [(int(r[0]), r[1] if len(r) > 1 else "") for r in rows]
-
-    def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
-        # tmux leaves the socket file of a private server behind
-        tmpdir = os.environ.get("TMUX_TMPDIR", "/tmp")
-        path = os.path.join(tmpdir, f"tmux-{os.getuid()}", self.socket)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-
 def wait_for(fn, timeout: float, what: str):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -126,12 +98,13 @@ def measure(seconds: float, prefix: str, baseline_s: float = 10.0) -> dict:  # t
         time.sleep(0.5)
         baseline = iperf(a, baseline_s) if baseline_s else {"pps": float("nan")}
         tmux = Tmux(
+            f"vethtrace-bench-{uuid.uuid4().hex[:6]}",
             f"VETHTRACE_WATCH_FRAMES={frames_file} {VETHTRACE} watch udp -n {a} -n {sw} -n {b}; "
             "sleep 600"
         )
         wait_for(lambda: " tracing " in tmux.screen(), 60, "probes to attach")
         pid = wait_for(
-            lambda: next((p for p, args in tmux.pane_children() if "vethtrace" in args), None),
+            lambda: next((p for p, args in tmux.children() if "vethtrace" in args), None),
             10,
             "the watch process",
         )
@@ -157,7 +130,7 @@ def measure(seconds: float, prefix: str, baseline_s: float = 10.0) -> dict:  # t
         traced = {"pps": end["packets"] / end["seconds"], "lost_percent": end["lost_percent"]}
         last_screen = tmux.screen()
         q_sent = time.monotonic()
-        tmux.run("send-keys", "-t", "w", "q")
+        tmux.tmux("send-keys", "-t", "w", "q")
         wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 30, "watch to quit")
         quit_s = time.monotonic() - q_sent
         stats = json.loads(frames_file.read_text())
