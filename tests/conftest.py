@@ -4,6 +4,7 @@ prefix (never the root namespace's interfaces) and always remove them."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -51,6 +52,21 @@ def vethtrace(
         timeout=timeout,
         **kw,
     )
+
+
+def as_nobody() -> list[str]:
+    """Command prefix that runs a program as nobody, keeping one capability:
+    CAP_DAC_READ_SEARCH. Not root, so it cannot trace or change the network; but
+    it can still read the checkout, whose parent may be 0700 (a clone in a
+    `mktemp -d` directory or under /root). Empty when we are not root anyway."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv not installed")
+    keep = "-all,+dac_read_search"
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+            f"--inh-caps={keep}", f"--ambient-caps={keep}"]  # fmt: skip
 
 
 @pytest.fixture

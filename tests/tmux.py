@@ -38,10 +38,11 @@ class Tmux:
         raise AssertionError(f"timed out waiting for {what}; screen:\n{screen}")
 
     def children(self) -> list[tuple[int, str]]:
-        """(pid, command) of the processes the pane's shell runs."""
+        """(pid, command) of the processes the pane's shell runs (-ww: whole command
+        lines, which a checkout in a long path would otherwise cut at 80 columns)."""
         shell = self.tmux("list-panes", "-t", "w", "-F", "#{pane_pid}").strip()
         out = subprocess.run(
-            ["ps", "-o", "pid=,args=", "--ppid", shell], capture_output=True, text=True
+            ["ps", "-ww", "-o", "pid=,args=", "--ppid", shell], capture_output=True, text=True
         )
         rows = [line.strip().split(None, 1) for line in out.stdout.splitlines() if line.strip()]
         return [(int(r[0]), r[1] if len(r) > 1 else "") for r in rows]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VENV_BIN
+from tests.conftest import VENV_BIN, as_nobody
 from vethtrace.errors import UserError
 from vethtrace.lab.scenario import SAMPLES, load, load_path, scenarios
 
@@ -304,9 +304,7 @@ def test_cli_bad_input(cli, args, message) -> None:
 
 def test_cli_not_root() -> None:
     """Without root, up and down refuse in one line (run as nobody when we are root)."""
-    cmd_prefix: list[str] = []
-    if os.geteuid() == 0:
-        cmd_prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    cmd_prefix = as_nobody()
     for action in (["up", "seed"], ["down"]):
         exe = str(VENV_BIN / "vethtrace")
         res = subprocess.run(

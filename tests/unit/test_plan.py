@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import as_nobody
 from vethtrace.collect import plan as planmod
 from vethtrace.collect.plan import Plan, PointChoice
 
@@ -47,10 +47,7 @@ def test_mixed_plan_groups_points_by_mechanism() -> None:
 
 
 def _as_nobody(*args: str) -> subprocess.CompletedProcess:
-    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
-    if os.geteuid() != 0:
-        cmd = []
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([*as_nobody(), *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv")

@@ -8,7 +8,6 @@ the expected files with `make.py --expected` and read the diff."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -17,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import as_nobody
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "recordings"
 RECORDINGS = sorted(p.name.removesuffix(".vtrec") for p in SAMPLES.glob("*.vtrec"))
@@ -34,28 +35,11 @@ POISONED_CLI = (
 )
 
 
-@functools.cache
-def _unprivileged() -> tuple[str, ...]:
-    """As root, drop to nobody (setpriv). Where nobody cannot read the checkout
-    (a clone under /root), stay uid 0 but drop every capability instead: no
-    CAP_BPF, CAP_NET_ADMIN or CAP_DAC_OVERRIDE, so just as unable to trace."""
-    if os.geteuid() != 0:
-        return ()
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv not installed")
-    nobody = (setpriv, "--reuid=65534", "--regid=65534", "--clear-groups")
-    probe = [*nobody, sys.executable, "-c", "import vethtrace.record"]
-    if subprocess.run(probe, capture_output=True, cwd=SAMPLES, timeout=60).returncode == 0:
-        return nobody
-    return (setpriv, "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all")
-
-
 def report(*args: str, cwd: Path = SAMPLES) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, COLUMNS="100", TERM="dumb", PYTHONDONTWRITEBYTECODE="1")
     env.pop("NO_COLOR", None)
     return subprocess.run(
-        [*_unprivileged(), sys.executable, "-c", POISONED_CLI, "report", *args],
+        [*as_nobody(), sys.executable, "-c", POISONED_CLI, "report", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
