@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VENV_BIN
+from tests.conftest import VENV_BIN, as_nobody
 from tests.labs import lab_fixture
-from tests.unit.test_report import _unprivileged
 from vethtrace.lab import BuiltLab
 
 pytestmark = pytest.mark.privileged
@@ -45,7 +44,7 @@ def test_report_of_a_ping_recording_matches_the_live_output(
                 "--pcap", "run.pcapng", *flag, cwd=tmp_path)  # fmt: skip
     assert live.returncode == 1, live.stderr  # seed: not reachable
     os.chmod(tmp_path / "run.vtrec", 0o644)
-    offline = _run("report", "run.vtrec", *flag, cwd=tmp_path, user=list(_unprivileged()))
+    offline = _run("report", "run.vtrec", *flag, cwd=tmp_path, user=as_nobody())
     assert offline.returncode == 1, offline.stderr
     if as_json:
         got = json.loads(offline.stdout)
