@@ -75,6 +75,7 @@ import bisect
 import collections
 import contextlib
 import ctypes
+import mmap
 import os
 import re
 import socket
@@ -89,6 +90,7 @@ from vethtrace.collect import headers as headersmod
 from vethtrace.collect import kcache
 from vethtrace.collect import plan as planmod
 from vethtrace.collect.filter import Filter, compile_filter
+from vethtrace.collect.ringbuf import HEADER, RingReader, record_stride
 from vethtrace.errors import UserError
 from vethtrace.model import NeighChange, PacketSummary, ProbeEvent, nud_name
 
@@ -488,8 +490,8 @@ class BpfCollector:
         self._bpf: Any = None
         self._pending: list[ProbeEvent] = []  # not yet released, unsorted tail
         self._layout: _Layout | None = None
+        self._ring: RingReader | None = None
         self._error: Exception | None = None
-        self._budget = self.POLL_BUDGET
         self._names_cache: dict[bytes, str] = {}
         self._pkt_cache: dict[bytes, PacketSummary | None] = {}
         self._perf_lost = 0
@@ -550,8 +552,9 @@ class BpfCollector:
             self.close()
             raise UserError(f"BPF compile/attach failed: {str(exc).splitlines()[0]}") from None
         table = self._bpf[b"vt_events"]
+        self._layout = _Layout(self._bpf[b"vt_layout"].Leaf)  # as compiled, never a copy
         if ringbuf:
-            table.open_ring_buffer(self._ring_cb)
+            self._ring = RingReader(table.map_fd, self.ringbuf_pages * mmap.PAGESIZE)
         else:
             table.open_perf_buffer(self._on_event, page_cnt=256, lost_cb=self._on_lost)
         self.timings["compile_attach"] = time.monotonic() - t1
@@ -590,28 +593,21 @@ class BpfCollector:
     def _on_lost(self, count: int) -> None:
         self._perf_lost += count
 
-    def _on_event(self, *args: Any) -> None:
-        # ring buffer: (ctx, data, size); perf buffer: (cpu, data, size)
+    def _on_event(self, _cpu: int, data: int, _size: int) -> None:
+        """perf buffer callback (the ring buffer is read by _read_ring)."""
         try:
-            if self._layout is None:
-                self._layout = _Layout(self._bpf[b"vt_layout"].Leaf)  # compiled, no copy
-            self._pending.append(self._convert(ctypes.string_at(args[1], self._layout.size)))
+            assert self._layout is not None
+            buf = ctypes.string_at(data, self._layout.size)
+            self._pending.append(self._event(self._layout.hot(buf), buf, 0))
         except Exception as exc:  # ctypes would print and swallow it; poll() re-raises
             self._error = self._error or exc
-
-    def _ring_cb(self, *args: Any) -> int:
-        self._on_event(*args)
-        self._budget -= 1
-        # libbpf keeps consuming while the producer keeps up: a negative return
-        # ends this poll (the record is consumed), so poll() always comes back
-        return -1 if self._budget <= 0 else 0
 
     def poll(self, timeout_ms: int = 100) -> list[ProbeEvent]:
         if self._bpf is None:
             raise RuntimeError("BpfCollector.poll() before start()")
-        self._budget = self.POLL_BUDGET
-        if self.plan and self.plan.delivery == "ring buffer":
-            self._bpf.ring_buffer_poll(timeout_ms)
+        if self._ring is not None:
+            self._ring.wait(timeout_ms)
+            self._read_ring(self.POLL_BUDGET)
         else:
             self._bpf.perf_buffer_poll(timeout_ms)
         if self._error is not None:
@@ -620,13 +616,26 @@ class BpfCollector:
 
     def drain(self) -> list[ProbeEvent]:
         """Read what the kernel still holds and return every buffered event, sorted."""
-        if self._bpf is not None:
-            self._budget = self.POLL_BUDGET
-            if self.plan and self.plan.delivery == "ring buffer":
-                self._bpf.ring_buffer_consume()
-            else:
-                self._bpf.perf_buffer_poll(0)
+        if self._ring is not None:
+            self._read_ring(self._ring.size)
+        elif self._bpf is not None:
+            self._bpf.perf_buffer_poll(0)
         return self._release(None)
+
+    def _read_ring(self, budget: int) -> None:
+        """Decode up to `budget` records; the rest waits in the ring (so a flood
+        cannot hold poll() forever), and what does not fit there is counted as
+        lost by the programs."""
+        ring, lay = self._ring, self._layout
+        assert ring is not None and lay is not None
+
+        def whole(row: tuple[Any, ...], view: memoryview, off: int) -> ProbeEvent:
+            return self._event(row[1:], view, off)
+
+        def other(data: memoryview) -> ProbeEvent | None:
+            return None  # every program submits a whole struct vt_event
+
+        self._pending += ring.read(lay.ring, lay.size, budget, whole, other)
 
     def _release(self, upto: int | None) -> list[ProbeEvent]:
         """Events up to `upto` ns (all when None), sorted; the rest stay pending.
@@ -643,6 +652,9 @@ class BpfCollector:
         return pending[:cut]
 
     def close(self) -> None:
+        if self._ring is not None:
+            ring, self._ring = self._ring, None
+            ring.close()
         if self._bpf is not None:
             bpf, self._bpf = self._bpf, None
             try:
@@ -668,7 +680,7 @@ class BpfCollector:
             self._names_cache[raw] = name
         return name
 
-    def _packet(self, raw: bytes, buf: bytes) -> PacketSummary | None:
+    def _packet(self, raw: bytes) -> PacketSummary | None:
         """Decoded headers, shared between events with identical header bytes
         (a packet seen at ten points, a flow's packets): treat as read-only."""
         cache = self._pkt_cache
@@ -677,37 +689,43 @@ class BpfCollector:
             if len(cache) > 8192:
                 cache.clear()
             assert self._layout is not None
-            r = self._layout.full(buf)
+            r = self._layout.pkt(raw)
             pkt = _packet(r) if r.pkt_flags else None
             cache[raw] = pkt
         return pkt
 
-    def _convert(self, buf: bytes) -> ProbeEvent:
-        lay = self._layout
-        assert lay is not None
-        r = lay.hot(buf)
-        point = self._points.get(r.point) or f"point{r.point}"
+    def _event(self, hot: Any, buf: Any, off: int) -> ProbeEvent:
+        """One event from its hot fields (`_Layout.HOT` order); `buf` at `off`
+        holds the whole record, read only for neighbour and fdb events."""
+        (ts, skb, head, location, netns, ifindex, length, reason, rc, cpu, point, cloned, name,
+         pkt) = hot  # fmt: skip
+        ifname = self._names_cache.get(name)
+        if ifname is None:
+            ifname = self._ifname(name)
         ev = ProbeEvent(
-            r.ts,
-            point,
-            r.netns,
-            r.ifindex,
-            self._ifname(r.ifname),
-            r.skb,
-            r.head,
-            r.len,
-            self._packet(buf[lay.pkt_start : lay.pkt_end], buf),
-            cloned=bool(r.cloned),
-            cpu=r.cpu,
+            ts,
+            self._points.get(point) or f"point{point}",
+            netns,
+            ifindex,
+            ifname,
+            skb,
+            head,
+            length,
+            self._packet(pkt),
+            cloned=bool(cloned),
+            cpu=cpu,
         )
-        if r.location:
-            ev.location = self._kallsyms.name(r.location)
-        if r.point <= _LAST_SKB_POINT and r.point != _P_XMIT:
-            if r.point == _P_KFREE:
-                ev.drop_reason = drop_reason_name(r.reason, self._reasons, self._subsys)
+        if location:
+            ev.location = self._kallsyms.name(location)
+        if point <= _LAST_SKB_POINT:
+            if point == _P_KFREE:
+                ev.drop_reason = drop_reason_name(reason, self._reasons, self._subsys)
+            elif point == _P_XMIT:
+                ev.extra["rc"] = rc
             return ev
-        r = lay.full(buf)
-        if point.startswith("neigh_"):
+        assert self._layout is not None
+        r = self._layout.full(buf, off)
+        if ev.point.startswith("neigh_"):
             key = r.key
             addr = (
                 socket.inet_ntop(socket.AF_INET6, key)
@@ -720,11 +738,9 @@ class BpfCollector:
                 old_state=nud_name(r.old_state),
                 new_state=nud_name(r.new_state),
                 lladdr=None if lladdr == "00:00:00:00:00:00" else lladdr,
-                err=r.rc if point in ("neigh_update_done", "neigh_event_send_done") else None,
+                err=rc if ev.point in ("neigh_update_done", "neigh_event_send_done") else None,
             )
-        elif point == "net_dev_xmit":
-            ev.extra["rc"] = r.rc
-        elif point == "br_fdb_update":
+        elif ev.point == "br_fdb_update":
             ev.extra.update(
                 port_ifindex=r.ifindex2,
                 port=self._ifname(r.ifname2),
@@ -743,40 +759,65 @@ def _ts(ev: ProbeEvent) -> int:
 
 class _Layout:
     """struct vt_event as bcc compiled it (from the ctypes class bcc built), turned
-    into struct.Struct + namedtuple readers, ~10x faster than ctypes attribute
-    access. `hot` reads the fields every event needs; `full` everything (neighbour
-    and fdb events, packet decoding on a cache miss). Nested structs are
-    flattened as <outer>_<field>."""
+    into struct.Struct readers, ~10x faster than ctypes attribute access. `hot`
+    reads the fields every event needs, with the packet headers as one bytes
+    value (the decode cache's key); `ring` the same behind a ring buffer
+    record's header, padded to the record stride, for `iter_unpack` over a
+    batch; `pkt` decodes those header bytes; `full` reads everything (neighbour
+    and fdb events). Nested structs are flattened as <outer>_<field>."""
 
     HOT = ("ts", "skb", "head", "location", "netns", "ifindex", "len", "reason", "rc", "cpu",
-           "point", "cloned", "ifname")  # fmt: skip
+           "point", "cloned", "ifname", "pkt")  # fmt: skip
 
     def __init__(self, cls: Any) -> None:
         fields: list[tuple[int, str, str]] = []
         _flatten(cls, 0, "", fields)
         fields.sort()
         self.size = ctypes.sizeof(cls)
-        self.hot = _Reader([f for f in fields if f[1] in self.HOT], "VtHot")
+        self.stride = record_stride(self.size)
+        pkt_cls, pkt_off = cls.pkt.size, cls.pkt.offset
+        hot = [f for f in fields if f[1] in self.HOT] + [(pkt_off, "pkt", f"{pkt_cls}s")]
+        hot.sort()
+        if tuple(f[1] for f in hot) != self.HOT:  # _event unpacks in this order
+            raise RuntimeError(f"struct vt_event changed: hot fields {[f[1] for f in hot]}")
+        self.hot = struct.Struct(_format(hot, self.size)).unpack_from
+        header = (0, "header", "I")  # u32 length + flags; the page offset is skipped
+        self.ring = struct.Struct(_format([header, *_shift(hot, HEADER)], self.stride))
+        pkt_fields: list[tuple[int, str, str]] = []
+        _flatten(_field_type(cls, "pkt"), 0, "pkt_", pkt_fields)
+        self.pkt = _Reader(sorted(pkt_fields), "VtPkt")
         self.full = _Reader(fields, "VtEvent")
-        self.pkt_start = cls.pkt.offset
-        self.pkt_end = cls.pkt.offset + cls.pkt.size
 
 
 class _Reader:
     def __init__(self, fields: list[tuple[int, str, str]], name: str) -> None:
-        fmt, pos, names = "<", 0, []
-        for off, fname, code in fields:
-            if off > pos:
-                fmt += f"{off - pos}x"
-            fmt += code
-            pos = off + struct.calcsize("<" + code)
-            names.append(fname)
-        self._unpack = struct.Struct(fmt).unpack_from
-        tuple_cls: Any = collections.namedtuple(name, names)  # type: ignore[misc]
+        self._unpack = struct.Struct(_format(fields)).unpack_from
+        tuple_cls: Any = collections.namedtuple(name, [f[1] for f in fields])  # type: ignore[misc]
         self._make = tuple_cls._make
 
-    def __call__(self, buf: bytes) -> Any:
-        return self._make(self._unpack(buf))
+    def __call__(self, buf: Any, off: int = 0) -> Any:
+        return self._make(self._unpack(buf, off))
+
+
+def _format(fields: list[tuple[int, str, str]], size: int | None = None) -> str:
+    """struct format for (offset, name, code) fields sorted by offset, padded to `size`."""
+    fmt, pos = "<", 0
+    for off, _name, code in fields:
+        if off > pos:
+            fmt += f"{off - pos}x"
+        fmt += code
+        pos = off + struct.calcsize("<" + code)
+    if size is not None and size > pos:
+        fmt += f"{size - pos}x"
+    return fmt
+
+
+def _shift(fields: list[tuple[int, str, str]], by: int) -> list[tuple[int, str, str]]:
+    return [(off + by, name, code) for off, name, code in fields]
+
+
+def _field_type(cls: Any, name: str) -> Any:
+    return dict(cls._fields_)[name]
 
 
 def _flatten(cls: Any, base: int, prefix: str, out: list[tuple[int, str, str]]) -> None:
