@@ -39,6 +39,9 @@ Contract:
   out in order. `drain()` returns everything still held, sorted.
 * `lost`: events the kernel could not deliver (ring buffer full, counted per
   CPU in a BPF map; or perf buffer lost samples). Always show it.
+* Delivery: the ring buffer is read straight from its mmap'ed pages
+  (collect/ringbuf.py: a batch of records per `struct.iter_unpack`, no
+  per-event callback); the perf buffer (older kernels) through bcc's poll.
 * `close()` detaches everything (idempotent; also via `with`, and safe after
   Ctrl-C; the kernel drops the programs when the process exits anyway).
 * `timings`: {"btf": s (plan + kernel facts), "compile_attach": s} of start().
