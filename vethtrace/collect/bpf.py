@@ -90,7 +90,7 @@ from typing import Any
 
 from vethtrace.collect import btf as btfmod
 from vethtrace.collect import headers as headersmod
-from vethtrace.collect import kcache
+from vethtrace.collect import kcache, progcache
 from vethtrace.collect import plan as planmod
 from vethtrace.collect.filter import Filter, compile_filter
 from vethtrace.collect.ringbuf import HEADER, RingReader, record_stride
@@ -494,6 +494,8 @@ class BpfCollector:
         self._pending: list[ProbeEvent] = []  # not yet released, unsorted tail
         self._layout: _Layout | None = None
         self._ring: RingReader | None = None
+        self._cached: progcache.Loaded | None = None  # programs loaded from the cache
+        self.from_cache = False
         self._error: Exception | None = None
         self._names_cache: dict[bytes, str] = {}
         self._pkt_cache: dict[bytes, PacketSummary | None] = {}
@@ -537,6 +539,41 @@ class BpfCollector:
             plan.delivery = "perf buffer"
         ringbuf = plan.delivery == "ring buffer"
         self.timings["btf"] = time.monotonic() - t0
+        src = build_source(self.areas, fmech)
+        flags = cflags(consts, self.filter, self.netns_inodes, ringbuf, fmech, self.ringbuf_pages)
+        t1 = time.monotonic()
+        # the cache holds raw tracepoint programs on a ring buffer: this kernel's plan
+        cache_key = progcache.key(src, [*flags, hdr.label]) if ringbuf and not fmech else None
+        self._cached = progcache.load(cache_key) if cache_key else None
+        if self._cached is not None:
+            self._layout = _Layout(self._cached.layout)
+            events_fd = self._cached.map_fd("vt_events")
+        else:
+            self._compile(src, flags, consts, plan, fmech)
+            table = self._bpf[b"vt_events"]
+            spec = _Layout.spec(self._bpf[b"vt_layout"].Leaf)  # as compiled
+            self._layout = _Layout(spec)
+            if cache_key:
+                progcache.store(cache_key, self._bpf, spec)
+            events_fd = table.map_fd
+            if not ringbuf:
+                table.open_perf_buffer(self._on_event, page_cnt=256, lost_cb=self._on_lost)
+        if ringbuf:
+            self._ring = RingReader(events_fd, self.ringbuf_pages * mmap.PAGESIZE)
+        self.timings["compile_attach"] = time.monotonic() - t1
+        self.from_cache = self._cached is not None
+        self.plan = plan
+        return plan
+
+    def _compile(
+        self,
+        src: str,
+        flags: list[str],
+        consts: dict[str, int],
+        plan: planmod.Plan,
+        fmech: str | None,
+    ) -> None:
+        """bcc: compile, load, attach the raw tracepoints (and kprobes where planned)."""
         try:
             from bcc import BPF
         except ImportError:
@@ -544,9 +581,6 @@ class BpfCollector:
                 "bcc's Python bindings are missing (Debian: apt install python3-bpfcc; "
                 "use the venv made from /usr/bin/python3)"
             ) from None
-        src = build_source(self.areas, fmech)
-        flags = cflags(consts, self.filter, self.netns_inodes, ringbuf, fmech, self.ringbuf_pages)
-        t1 = time.monotonic()
         try:
             self._bpf = BPF(text=src.encode(), cflags=flags)  # autoloads + attaches raw tracepoints
             if fmech == "kprobe":
@@ -554,15 +588,6 @@ class BpfCollector:
         except Exception as exc:
             self.close()
             raise UserError(f"BPF compile/attach failed: {str(exc).splitlines()[0]}") from None
-        table = self._bpf[b"vt_events"]
-        self._layout = _Layout(self._bpf[b"vt_layout"].Leaf)  # as compiled, never a copy
-        if ringbuf:
-            self._ring = RingReader(table.map_fd, self.ringbuf_pages * mmap.PAGESIZE)
-        else:
-            table.open_perf_buffer(self._on_event, page_cnt=256, lost_cb=self._on_lost)
-        self.timings["compile_attach"] = time.monotonic() - t1
-        self.plan = plan
-        return plan
 
     def _attach_kprobes(self, consts: dict[str, int], plan: planmod.Plan) -> None:
         """Attach each function probe whose BTF was found; a missing function
@@ -591,6 +616,8 @@ class BpfCollector:
     @property
     def lost(self) -> int:
         """Events the kernel could not deliver so far (ring buffer full / perf lost)."""
+        if self._cached is not None:
+            return self._lost_cached(self._cached)
         return self._lost_from(self._bpf) if self._bpf is not None else self._perf_lost
 
     def _on_lost(self, count: int) -> None:
@@ -606,13 +633,13 @@ class BpfCollector:
             self._error = self._error or exc
 
     def poll(self, timeout_ms: int = 100) -> list[ProbeEvent]:
-        if self._bpf is None:
-            raise RuntimeError("BpfCollector.poll() before start()")
         if self._ring is not None:
             self._ring.wait(timeout_ms)
             self._read_ring(self.POLL_BUDGET)
-        else:
+        elif self._bpf is not None:
             self._bpf.perf_buffer_poll(timeout_ms)
+        else:
+            raise RuntimeError("BpfCollector.poll() before start()")
         if self._error is not None:
             raise self._error
         return self._release(time.monotonic_ns() - self.hold_ns)
@@ -658,6 +685,12 @@ class BpfCollector:
         if self._ring is not None:
             ring, self._ring = self._ring, None
             ring.close()
+        if self._cached is not None:
+            cached, self._cached = self._cached, None
+            try:
+                self._perf_lost = self._lost_cached(cached)
+            finally:
+                cached.close()
         if self._bpf is not None:
             bpf, self._bpf = self._bpf, None
             try:
@@ -665,6 +698,12 @@ class BpfCollector:
             finally:
                 bpf.cleanup()
         self._closed = True
+
+    def _lost_cached(self, cached: progcache.Loaded) -> int:
+        try:
+            return self._perf_lost + cached.percpu_sum("vt_lost")
+        except (OSError, KeyError):
+            return self._perf_lost
 
     def _lost_from(self, bpf: Any) -> int:
         if self.plan and self.plan.delivery == "ring buffer":
@@ -772,24 +811,33 @@ class _Layout:
     HOT = ("ts", "skb", "head", "location", "netns", "ifindex", "len", "reason", "rc", "cpu",
            "point", "cloned", "ifname", "pkt")  # fmt: skip
 
-    def __init__(self, cls: Any) -> None:
-        fields: list[tuple[int, str, str]] = []
-        _flatten(cls, 0, "", fields)
-        fields.sort()
-        self.size = ctypes.sizeof(cls)
+    def __init__(self, spec: dict[str, Any]) -> None:
+        fields = [(off, name, code) for off, name, code in spec["fields"]]
+        self.size = int(spec["size"])
         self.stride = record_stride(self.size)
-        pkt_cls, pkt_off = cls.pkt.size, cls.pkt.offset
-        hot = [f for f in fields if f[1] in self.HOT] + [(pkt_off, "pkt", f"{pkt_cls}s")]
+        pkt_off, pkt_size = spec["pkt"]
+        hot = [f for f in fields if f[1] in self.HOT] + [(pkt_off, "pkt", f"{pkt_size}s")]
         hot.sort()
         if tuple(f[1] for f in hot) != self.HOT:  # _event unpacks in this order
             raise RuntimeError(f"struct vt_event changed: hot fields {[f[1] for f in hot]}")
         self.hot = struct.Struct(_format(hot, self.size)).unpack_from
         header = (0, "header", "I")  # u32 length + flags; the page offset is skipped
         self.ring = struct.Struct(_format([header, *_shift(hot, HEADER)], self.stride))
-        pkt_fields: list[tuple[int, str, str]] = []
-        _flatten(_field_type(cls, "pkt"), 0, "pkt_", pkt_fields)
-        self.pkt = _Reader(sorted(pkt_fields), "VtPkt")
+        in_pkt = [(o - pkt_off, n, c) for o, n, c in fields if n.startswith("pkt_")]
+        self.pkt = _Reader(in_pkt, "VtPkt")
         self.full = _Reader(fields, "VtEvent")
+
+    @staticmethod
+    def spec(cls: Any) -> dict[str, Any]:
+        """The compiled struct (bcc's ctypes class) as plain data: what the
+        probe cache stores beside the programs."""
+        fields: list[tuple[int, str, str]] = []
+        _flatten(cls, 0, "", fields)
+        return {
+            "size": ctypes.sizeof(cls),
+            "fields": sorted(fields),
+            "pkt": [cls.pkt.offset, cls.pkt.size],
+        }
 
 
 class _Reader:
@@ -817,10 +865,6 @@ def _format(fields: list[tuple[int, str, str]], size: int | None = None) -> str:
 
 def _shift(fields: list[tuple[int, str, str]], by: int) -> list[tuple[int, str, str]]:
     return [(off + by, name, code) for off, name, code in fields]
-
-
-def _field_type(cls: Any, name: str) -> Any:
-    return dict(cls._fields_)[name]
 
 
 def _flatten(cls: Any, base: int, prefix: str, out: list[tuple[int, str, str]]) -> None:

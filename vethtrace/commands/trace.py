@@ -78,8 +78,10 @@ def run(
                 plan = collector.start()
             t = collector.timings
             ready = t.get("btf", 0) + t.get("compile_attach", 0)
+            how = "cached programs" if collector.from_cache else "compiled"
             status.print(
-                f"tracing… ({plan.one_line()}; headers {plan.headers}; ready in {ready:.2f} s)"
+                f"tracing… ({plan.one_line()}; headers {plan.headers}; "
+                f"{how}, ready in {ready:.2f} s)"
                 + (f" filter: {collector.filter.text}" if collector.filter.text else "")
                 + ("  Ctrl-C to stop" if duration is None else ""),
                 style="dim",
