@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vethtrace demo: {exc}", file=sys.stderr)
         return int(exc.status)
     try:
-        _show(console, built)
-        return int(ExitStatus.OK)
+        problems = _show(console, built)
+        for problem in problems:
+            print(f"vethtrace demo: {problem}", file=sys.stderr)
+        return int(ExitStatus.FINDINGS if problems else ExitStatus.OK)
     except KeyboardInterrupt:
         print("vethtrace demo: interrupted", file=sys.stderr)
         return int(ExitStatus.INTERRUPTED)
@@ -70,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _show(console: Any, built: labs.BuiltLab) -> None:
+def _show(console: Any, built: labs.BuiltLab) -> list[str]:
+    """Run the steps; return what did not go as the scenario says (the demo's
+    exit status: a demo that hides a broken command would be worse than none)."""
     scn = built.scenario
     exp = scn.expect
     console.rule(Text(f"vethtrace lab up {scn.name}", style="bold"), align="left")
@@ -80,11 +84,14 @@ def _show(console: Any, built: labs.BuiltLab) -> None:
 
     nslist = [f"{PREFIX}{n.name}" for n in scn.netns]
     target = next((p for p in exp.pings if not p.ok), exp.pings[0] if exp.pings else None)
-    steps: list[tuple[str, str, dict[str, Any]]] = [
-        ("doctor", "vethtrace doctor", {}),
-        ("topo", "vethtrace topo " + " ".join(f"-n {n}" for n in nslist), {"netns": nslist}),
-        ("check", "vethtrace check " + " ".join(f"-n {n}" for n in nslist), {"netns": nslist}),
-    ]
+    findings = ExitStatus.FINDINGS if exp.rules else ExitStatus.OK
+    steps: list[tuple[str, str, dict[str, Any], ExitStatus]] = [
+        ("doctor", "vethtrace doctor", {}, ExitStatus.OK),
+        ("topo", "vethtrace topo " + " ".join(f"-n {n}" for n in nslist), {"netns": nslist},
+         ExitStatus.OK),
+        ("check", "vethtrace check " + " ".join(f"-n {n}" for n in nslist), {"netns": nslist},
+         findings),
+    ]  # fmt: skip
     if target is not None:
         src, dst = built.ns(target.source), built.ns(target.netns)
         steps.append(
@@ -92,9 +99,11 @@ def _show(console: Any, built: labs.BuiltLab) -> None:
                 "ping",
                 f"vethtrace ping --from {src} {dst} {target.to}",
                 {"source": src, "target_netns": dst, "ip": target.to},
+                ExitStatus.OK if target.ok else ExitStatus.FINDINGS,
             )
         )
-    for command, line, options in steps:
+    problems: list[str] = []
+    for command, line, options, expected in steps:
         console.print()
         console.rule(Text(f"$ {line}", style="bold"), align="left")
         run = _command(command)
@@ -102,19 +111,24 @@ def _show(console: Any, built: labs.BuiltLab) -> None:
             console.print(
                 Text(f"(skipped: `vethtrace {command}` is not available yet)", style="yellow")
             )
+            problems.append(f"`vethtrace {command}` is not available")
             continue
         started = time.monotonic()
         try:
             status = run(**options)
         except UserError as exc:
             console.print(Text(f"vethtrace {command}: {exc}", style="red"))
+            problems.append(f"`{line}` failed: {exc}")
             continue
         except Exception as exc:  # a command still being written must not stop the demo
             console.print(
                 Text(f"(`vethtrace {command}` failed: {type(exc).__name__}: {exc})", style="red")
             )
+            problems.append(f"`{line}` failed: {type(exc).__name__}: {exc}")
             continue
         console.print(Text(f"exit {status} in {time.monotonic() - started:.1f}s", style="dim"))
+        if status != expected:
+            problems.append(f"`{line}` exited {status}; the {scn.name} scenario expects {expected}")
 
     if exp.verdict and exp.verdict != "delivered":
         console.print()
@@ -127,6 +141,7 @@ def _show(console: Any, built: labs.BuiltLab) -> None:
             console.print(exp.reason, soft_wrap=False)
         if exp.rules:
             console.print(f"check rules: {', '.join(exp.rules)}")
+    return problems
 
 
 if __name__ == "__main__":
