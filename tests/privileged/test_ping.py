@@ -64,8 +64,7 @@ def _run_lab(name: str, collector) -> list[tuple[PingExpect, int, dict, str, str
             r = execute(lab.ns(p.source), lab.ns(p.netns), p.to, 3, 5.0, p.size or 56,
                         collector=collector)  # fmt: skip
             assert r.verdict is not None
-            obj = to_json(r.plan, r.verdict, r.events, r.topo, r.findings, r.warnings,
-                          r.notes, r.timings)  # fmt: skip
+            obj = to_json(r.report())
             obj = json.loads(json.dumps(obj))  # what --json would print
             out.append((p, 0 if r.verdict.reachable else 1, obj, "", lab.prefix))
     return out

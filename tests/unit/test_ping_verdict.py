@@ -17,7 +17,7 @@ from vethtrace.diagnose.verdict import PingPlan, decide
 from vethtrace.lab import load
 from vethtrace.model import ProbeEvent, from_dict
 from vethtrace.record import read
-from vethtrace.render.ping import to_json
+from vethtrace.render.ping import PingReport, to_json
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "events"
 PREFIX = "vtrec-"
@@ -96,7 +96,7 @@ def test_live_decision_waits_for_certainty() -> None:
 
 def test_json_shape_from_a_recording() -> None:
     rec, plan, v = replay("seed")
-    obj = to_json(plan, v, rec.events, rec.topology, rec.findings)
+    obj = to_json(PingReport(plan, v, rec.events, rec.topology, rec.findings))
     assert set(obj) >= {"reachable", "verdict", "summary", "culprit", "path", "findings"}
     assert obj["reachable"] is False and obj["verdict"] == "diverted"
     assert obj["culprit"] == {"netns": "vtrec-host", "interface": "veth0"}

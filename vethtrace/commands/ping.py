@@ -24,7 +24,7 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vethtrace import netns
 from vethtrace.collect.neighwatch import NeighWatch
@@ -34,6 +34,9 @@ from vethtrace.diagnose.verdict import PingPlan, decide
 from vethtrace.errors import ExitStatus, UserError, require_root
 from vethtrace.model import Finding, IfaceKey, ProbeEvent, Topology, Verdict
 from vethtrace.topology.query import owners_of_ip
+
+if TYPE_CHECKING:
+    from vethtrace.render.ping import PingReport
 
 TICK_S = 0.01
 MAX_SNIFFED = 32
@@ -208,6 +211,14 @@ class Run:
     lost: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     plan_desc: Any = None
+
+    def report(self) -> PingReport:
+        from vethtrace.render.ping import PingReport
+
+        return PingReport(
+            self.plan, self.verdict, self.events, self.topo, self.findings,
+            self.warnings, self.notes, self.timings,
+        )  # fmt: skip
 
     @property
     def relevant(self) -> set[int]:
@@ -443,17 +454,14 @@ def run(
 
     for w in r.warnings:
         print(f"vethtrace ping: warning: {w}", file=sys.stderr)
+    report = r.report()
     if json:
-        obj = render.to_json(
-            r.plan, r.verdict, r.events, r.topo, r.findings, r.warnings, r.notes, r.timings
-        )
-        print(_json_dumps(obj))
+        print(_json_dumps(render.to_json(report)))
     else:
         from vethtrace.console import make_console
 
-        render.show(
-            make_console(), r.plan, r.verdict, r.events, r.topo, r.findings, (), r.notes, r.timings
-        )
+        report.warnings = ()  # already on stderr
+        render.show(make_console(), report)
     assert r.verdict is not None
     return int(ExitStatus.OK if r.verdict.reachable else ExitStatus.FINDINGS)
 

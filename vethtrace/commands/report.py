@@ -105,15 +105,17 @@ def _ping(rec: Recording, notes: list[str], json: bool) -> int:
     warnings = list(meta.get("warnings") or [])
     notes = [*(meta.get("notes") or []), *notes]
     timings = meta.get("timings") or None
-    args = (plan, verdict, rec.events, rec.topology, findings, warnings, notes, timings)
+    report = render.PingReport(
+        plan, verdict, rec.events, rec.topology, findings, warnings, notes, timings
+    )
     if json:
-        obj = render.to_json(*args)
+        obj = render.to_json(report)
         obj["recording"] = _recording_json(rec)
         print(jsonlib.dumps(obj, indent=2))
     else:
         console = make_console()
         _banner(console, rec)
-        render.show(console, *args)
+        render.show(console, report)
     if verdict is None:
         return int(ExitStatus.FINDINGS)
     return int(ExitStatus.OK if verdict.reachable else ExitStatus.FINDINGS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -17,6 +18,27 @@ from rich.text import Text
 
 from vethtrace.diagnose.verdict import PingPlan, annotated_paths
 from vethtrace.model import Finding, Hop, ProbeEvent, Topology, Verdict, to_dict
+
+
+@dataclass
+class PingReport:
+    """Everything a ping's output shows: built live by `ping` and from a
+    recording by `report`, so both print the same thing."""
+
+    plan: PingPlan
+    verdict: Verdict | None
+    events: Sequence[ProbeEvent]
+    topo: Topology
+    findings: list[Finding]
+    warnings: Sequence[str] = ()
+    notes: Sequence[str] = ()
+    timings: dict[str, float] | None = None
+
+    def unpack(
+        self,
+    ) -> tuple[PingPlan, Verdict | None, Sequence[ProbeEvent], Topology, list[Finding]]:
+        return self.plan, self.verdict, self.events, self.topo, self.findings
+
 
 VERDICT_STYLE = {
     "delivered": "bold green",
@@ -87,17 +109,10 @@ def packet_groups(
     return groups
 
 
-def to_json(
-    plan: PingPlan,
-    verdict: Verdict | None,
-    events: Sequence[ProbeEvent],
-    topo: Topology,
-    findings: list[Finding],
-    warnings: Sequence[str] = (),
-    notes: Sequence[str] = (),
-    timings: dict[str, float] | None = None,
-) -> dict[str, Any]:
+def to_json(report: PingReport) -> dict[str, Any]:
     """The --json object (DESIGN.md): reachable, verdict, summary, culprit, path, findings."""
+    plan, verdict, events, topo, findings = report.unpack()
+    warnings, notes, timings = report.warnings, report.notes, report.timings
     t0 = _t0(plan, events)
     culprit = None
     if verdict is not None and verdict.culprit_netns:
@@ -170,17 +185,9 @@ def _ms(ns: int, t0: int) -> str:
     return f"{(ns - t0) / 1e6:+.2f}"
 
 
-def show(
-    console: Console,
-    plan: PingPlan,
-    verdict: Verdict | None,
-    events: Sequence[ProbeEvent],
-    topo: Topology,
-    findings: list[Finding],
-    warnings: Sequence[str] = (),
-    notes: Sequence[str] = (),
-    timings: dict[str, float] | None = None,
-) -> None:
+def show(console: Console, report: PingReport) -> None:
+    plan, verdict, events, topo, findings = report.unpack()
+    warnings, notes, timings = report.warnings, report.notes, report.timings
     t0 = _t0(plan, events)
     route = (
         f"via {plan.egress_name}" + (f", gateway {plan.gateway}" if plan.gateway else "")
