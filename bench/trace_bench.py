@@ -1,18 +1,28 @@
 """Cost of tracing, side by side in one run: iperf3 TCP and UDP (64-byte) between
 two namespaces on a bridge (the `bridge-two` lab), under
 
-  untraced | vethtrace, filter matching none of the flow | bpftrace counting on
-  3 tracepoints | tcpdump on br0 | vethtrace, filter matching the flow
+  untraced | vethtrace, filter matching none of the flow | vethtrace scoped
+  (-n) to a namespace the flow does not cross | bpftrace counting on 3
+  tracepoints | tcpdump on br0 | vethtrace, filter matching the flow
 
-Conditions alternate (ABCDE ABCDE ...) so machine noise hits all alike; the
-table reports medians and the ratio to untraced. The matching run also reports
-events decoded per second in Python (ProbeEvent objects) and events lost.
+Conditions alternate (ABCDEF ABCDEF ...) so machine noise hits all alike; the
+iperf3 client and server are pinned to one CPU each; the table reports medians
+and the ratio to untraced. The matching run also reports events decoded per
+second in Python (ProbeEvent objects) and events lost.
 Then start-to-attached: time from spawning each tracer to its first event for
 a sentinel ping (vethtrace, all probe areas; bpftrace, 3 tracepoints).
 
-    sudo .venv/bin/python bench/trace_bench.py [--seconds 5] [--reps 2]
+The in-kernel cost (`--cost-only`, also part of the full run) is free of
+throughput noise: the kernel times every BPF program run (BPF_ENABLE_STATS)
+while a UDP flow runs at a fixed rate; per tracer it reports ns per program
+run and, what one packet of the flow pays, program runs and ns per packet
+(the run time over the flow minus the background rate measured just before,
+divided by the packets sent).
 
-Writes the markdown table on stdout. Needs root, iperf3, bpftrace, tcpdump.
+    flock /tmp/vethtrace-bench.lock .venv/bin/python bench/trace_bench.py [--seconds 3] [--reps 4]
+    flock /tmp/vethtrace-bench.lock .venv/bin/python bench/trace_bench.py --cost-only
+
+Writes the markdown tables on stdout. Needs root, iperf3, bpftrace, tcpdump.
 """
 
 from __future__ import annotations
@@ -89,11 +99,16 @@ def wait_line(
     raise RuntimeError(f"no '{word}' within {timeout}s")
 
 
+CLIENT_CPU, SERVER_CPU = "0", str(min(1, (os.cpu_count() or 1) - 1))
+
+
 def iperf(a: str, proto: str, seconds: int, pps: int | None = None) -> float:
-    """Client in a -> server in b. TCP: Gbit/s received. UDP, 64-byte payloads
-    unthrottled: kpackets/s *sent* (the receiver's socket drops most of them,
-    so its count measures the socket buffer, not the path's cost)."""
-    args = ["ip", "netns", "exec", a, "iperf3", "-c", SERVER_IP, "-t", str(seconds), "-J"]
+    """Client in a (pinned to CPU 0) -> server in b (pinned to the last CPU).
+    TCP: Gbit/s received. UDP, 64-byte payloads unthrottled: kpackets/s *sent*
+    (the receiver's socket drops most of them, so its count measures the
+    socket buffer, not the path's cost)."""
+    args = ["ip", "netns", "exec", a, "taskset", "-c", CLIENT_CPU,
+            "iperf3", "-c", SERVER_IP, "-t", str(seconds), "-J"]  # fmt: skip
     if proto == "udp":
         args += ["-u", "-l", "64", "-b", str(pps * 64 * 8) if pps else "0"]
     res = sh(*args, timeout=seconds + 30)
@@ -102,6 +117,14 @@ def iperf(a: str, proto: str, seconds: int, pps: int | None = None) -> float:
         return data["end"]["sum_received"]["bits_per_second"] / 1e9
     s = data["end"]["sum"]
     return s["packets"] / s["seconds"] / 1e3
+
+
+# vethtrace conditions: filter (None: the flow's own), -n scope (lab namespaces by key)
+VETHTRACE_RUNS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "vethtrace-nonmatch": (NONMATCH, ()),
+    "vethtrace-otherns": ("", ("other",)),
+    "vethtrace-match": (None, ()),
+}
 
 
 class Tracer:
@@ -116,9 +139,12 @@ class Tracer:
         if self.kind == "untraced":
             return
         if self.kind.startswith("vethtrace"):
-            flt = NONMATCH if self.kind == "vethtrace-nonmatch" else f"{self.proto} port 5201"
+            flt, scope = VETHTRACE_RUNS[self.kind]
+            if flt is None:
+                flt = f"{self.proto} port 5201"
+            scope_args = [arg for key in scope for arg in ("-n", self.lab[key])]
             self.proc = subprocess.Popen(
-                [PY, __file__, "--consumer", flt],
+                [PY, __file__, "--consumer", flt, *scope_args],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -209,21 +235,121 @@ def prog_stats(pid: int) -> tuple[int, int]:
     return sum(t for t, _ in seen.values()), sum(c for _, c in seen.values())
 
 
-def cost_per_hit(kind: str, lab: dict[str, str], seconds: int, pps: int) -> tuple[float, float]:
-    """(ns per program run, runs per second) of a tracer's BPF programs during a
-    UDP flow at a fixed rate: the in-kernel cost, free of throughput noise."""
+def cost_per_packet(kind: str, lab: dict[str, str], seconds: int, pps: int) -> dict[str, float]:
+    """A tracer's BPF programs during a UDP flow at a fixed rate: ns per program
+    run, and per packet of the flow (program runs and ns), after subtracting
+    the background (other traffic on this shared machine, which every tracer
+    also sees) measured for 1 s just before the flow."""
     tracer = Tracer(kind, lab, "udp")
     tracer.start()
     assert tracer.proc is not None
     pid = tracer.proc.pid
     try:
         t0, c0 = prog_stats(pid)
-        iperf(lab["a"], "udp", seconds, pps)
+        time.sleep(1.0)
         t1, c1 = prog_stats(pid)
+        start = time.monotonic()
+        kpps = iperf(lab["a"], "udp", seconds, pps)
+        t2, c2 = prog_stats(pid)
+        flow_s = time.monotonic() - start
     finally:
         tracer.stop()
-    runs = c1 - c0
-    return (t1 - t0) / max(1, runs), runs / seconds
+    packets = kpps * 1e3 * seconds
+    runs = c2 - c1
+    return {
+        "ns_run": (t2 - t1) / max(1, runs),
+        "runs_pkt": max(0.0, runs - (c1 - c0) * flow_s) / packets,
+        "ns_pkt": max(0.0, (t2 - t1) - (t1 - t0) * flow_s) / packets,
+        "bg_runs_s": c1 - c0,
+    }
+
+
+def client_cpu_per_packet(a: str, seconds: int, pps: int) -> float:
+    """CPU ns per packet of the iperf3 client sending UDP 64 B at a fixed rate,
+    pinned to one CPU: veth delivers synchronously and the receive softirqs
+    run in the sender's context, so this is the whole path, every hook of a
+    tracer included (the BPF program and the tracepoint's own work around it,
+    which the program run time does not show; classic tracepoints build a
+    record, raw ones do not)."""
+    args = ["ip", "netns", "exec", a, "taskset", "-c", CLIENT_CPU, "iperf3", "-c", SERVER_IP,
+            "-t", str(seconds), "-J", "-u", "-l", "64", "-b", str(pps * 64 * 8)]  # fmt: skip
+    data = json.loads(sh(*args, timeout=seconds + 30).stdout)
+    total = data["end"]["sum"]
+    cpu = data["end"]["cpu_utilization_percent"]["host_total"] / 100 * total["seconds"]
+    return cpu / total["packets"] * 1e9
+
+
+CPU_KINDS = ("untraced", "vethtrace-nonmatch", "vethtrace-otherns", "bpftrace", "tcpdump",
+             "vethtrace-match")  # fmt: skip
+
+
+def cpu_table(lab: dict[str, str], seconds: int, pps: int, reps: int) -> dict[str, list[float]]:
+    """Client CPU ns per packet per condition, each run, alternating conditions."""
+    runs: dict[str, list[float]] = {k: [] for k in CPU_KINDS}
+    for _ in range(reps):
+        for k in CPU_KINDS:
+            tracer = Tracer(k, lab, "udp")
+            tracer.start()
+            try:
+                runs[k].append(client_cpu_per_packet(lab["a"], seconds, pps))
+            finally:
+                tracer.stop()
+            print(f"# cpu {k}: {runs[k][-1]:.0f} ns/packet", file=sys.stderr)
+    return runs
+
+
+def print_cpu(cpu: dict[str, list[float]], seconds: int, pps: int, reps: int) -> None:
+    """Other load on the machine only adds CPU time to a run (interrupts and
+    cache misses are charged to whoever runs), so the minimum is the estimate
+    and the median shows the spread."""
+    print(
+        f"\n| UDP 64 B at {pps // 1000} kpkt/s, {seconds} s x {reps}, sender pinned "
+        "| sender CPU ns per packet, min | median | added by the tracer (min) |"
+    )
+    print("|---|---|---|---|")
+    base = min(cpu["untraced"])
+    for k, runs in cpu.items():
+        added = "-" if k == "untraced" else f"{min(runs) - base:+.0f}"
+        print(f"| {k} | {min(runs):.0f} | {statistics.median(runs):.0f} | {added} |")
+
+
+COST_KINDS = ("vethtrace-nonmatch", "vethtrace-otherns", "bpftrace", "vethtrace-match")
+COST_HOOKS = {"bpftrace": "3 tracepoints"}
+
+
+def cost_table(lab: dict[str, str], seconds: int, pps: int, reps: int) -> dict[str, dict]:
+    """Medians over `reps` alternations of cost_per_packet, with the stats on."""
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in COST_KINDS}
+    stats_fd = enable_bpf_stats()
+    try:
+        for _ in range(reps):
+            for k in COST_KINDS:
+                runs[k].append(cost_per_packet(k, lab, seconds, pps))
+                print(f"# cost {k}: {runs[k][-1]}", file=sys.stderr)
+    finally:
+        os.close(stats_fd)
+    return {k: {f: statistics.median(r[f] for r in rs) for f in rs[0]} for k, rs in runs.items()}
+
+
+def print_cost(cost: dict[str, dict], seconds: int, pps: int, reps: int) -> None:
+    print(
+        f"\n| in-kernel cost, UDP 64 B at {pps // 1000} kpkt/s, {seconds} s x {reps} "
+        "| ns per program run | program runs per packet | ns per packet |"
+    )
+    print("|---|---|---|---|")
+    for k, c in cost.items():
+        name = f"{k} ({COST_HOOKS.get(k, '13 raw tracepoints')})"
+        print(f"| {name} | {c['ns_run']:.0f} | {c['runs_pkt']:.1f} | {c['ns_pkt']:.0f} |")
+
+
+def header(args: argparse.Namespace) -> str:
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    cmd = " ".join(a for a in sys.argv[1:] if a)
+    return (
+        f"`flock /tmp/vethtrace-bench.lock .venv/bin/python bench/trace_bench.py {cmd}`"
+        f" — {time.strftime('%Y-%m-%d %H:%M')}, kernel {os.uname().release}, "
+        f"{os.cpu_count()} CPUs, load average at the end {load}\n"
+    )
 
 
 def attach_time(kind: str, a: str) -> float:
@@ -263,8 +389,10 @@ def attach_time(kind: str, a: str) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--pps", type=int, default=10000, help="UDP packets/s for the BPF cost runs")
+    ap.add_argument("--cpu-pps", type=int, default=20000, help="UDP packets/s for the CPU runs")
     ap.add_argument("--consumer", metavar="FILTER")
     ap.add_argument("--cost-only", action="store_true", help="only the in-kernel cost table")
     ap.add_argument(
@@ -284,24 +412,25 @@ def main() -> int:
     prefix = f"vtbench{os.getpid() % 10000}-"
     lab = up("bridge-two", prefix)
     names = {n: lab.ns(n) for n in ("sw", "a", "b")}
+    names["other"] = f"{prefix}other"  # a namespace the flow never crosses (-n scope)
+    sh("ip", "netns", "add", names["other"])
     server = subprocess.Popen(
-        ["ip", "netns", "exec", names["b"], "iperf3", "-s"],
+        ["ip", "netns", "exec", names["b"], "taskset", "-c", SERVER_CPU, "iperf3", "-s"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     time.sleep(0.5)
-    kinds = ["untraced", "vethtrace-nonmatch", "bpftrace", "tcpdump", "vethtrace-match"]
+    kinds = ["untraced", "vethtrace-nonmatch", "vethtrace-otherns", "bpftrace", "tcpdump",
+             "vethtrace-match"]  # fmt: skip
     results: dict[tuple[str, str], list[float]] = {}
     extra: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
         if args.cost_only:
-            stats_fd = enable_bpf_stats()
-            try:
-                for k in ("vethtrace-nonmatch", "bpftrace", "vethtrace-match"):
-                    ns, rate = cost_per_hit(k, names, args.seconds, 10000)
-                    print(f"| {k} | {ns:.0f} | {rate / 1e3:.0f} k |")
-            finally:
-                os.close(stats_fd)
+            cost = cost_table(names, args.seconds, args.pps, args.reps)
+            cpu = cpu_table(names, args.seconds, args.cpu_pps, args.reps)
+            print(header(args))
+            print_cost(cost, args.seconds, args.pps, args.reps)
+            print_cpu(cpu, args.seconds, args.cpu_pps, args.reps)
             return 0
         for proto in ("tcp", "udp"):
             for _rep in range(args.reps):
@@ -327,27 +456,17 @@ def main() -> int:
             st = tracer.stats
             capacity.append((pps, sent, st["events"] / st["seconds"] / 1e3, st["lost"]))
             print(f"# capacity {pps} pps: {capacity[-1]}", file=sys.stderr)
-        stats_fd = enable_bpf_stats()
-        try:
-            cost = {
-                k: cost_per_hit(k, names, args.seconds, 10000)
-                for k in ("vethtrace-nonmatch", "bpftrace", "vethtrace-match")
-            }
-        finally:
-            os.close(stats_fd)
-        for k, (ns, rate) in cost.items():
-            print(f"# cost {k}: {ns:.0f} ns/run, {rate / 1e3:.0f} k runs/s", file=sys.stderr)
+        cost = cost_table(names, args.seconds, args.pps, args.reps)
+        cpu = cpu_table(names, args.seconds, args.cpu_pps, args.reps)
         attach = {
             k: [attach_time(k, names["a"]) for _ in range(3)] for k in ("vethtrace", "bpftrace")
         }
     finally:
         server.terminate()
         server.wait()
+        sh("ip", "netns", "del", names["other"])
         down("bridge-two", prefix)
-    print(
-        f"`sudo .venv/bin/python bench/trace_bench.py --seconds {args.seconds} --reps {args.reps}`"
-        f" — {time.strftime('%Y-%m-%d')}, kernel {os.uname().release}, {os.cpu_count()} CPUs\n"
-    )
+    print(header(args))
     print(
         "| condition | TCP Gbit/s | TCP ratio | UDP-64B kpkt/s sent | UDP ratio "
         "| events/s decoded (lost) |"
@@ -372,10 +491,8 @@ def main() -> int:
     print("|---|---|---|")
     for _pps, sent, evs, lost in capacity:
         print(f"| {sent:.1f} | {evs:.0f} k/s | {lost:.0f} |")
-    print("\n| in-kernel cost, UDP 64 B at 10 kpkt/s | ns per BPF program run | runs/s |")
-    print("|---|---|---|")
-    for k, (ns, rate) in cost.items():
-        print(f"| {k} | {ns:.0f} | {rate / 1e3:.0f} k |")
+    print_cost(cost, args.seconds, args.pps, args.reps)
+    print_cpu(cpu, args.seconds, args.cpu_pps, args.reps)
     print("\n| tracer | start -> first event, 1st run | 2nd | 3rd |")
     print("|---|---|---|---|")
     for k, times in attach.items():

@@ -13,28 +13,53 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 #ifdef VT_HAVE_NET_DEV_START_XMIT
 RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
 {
-    return vt_skb_event(ctx, VT_P_NET_DEV_START_XMIT, (void *)ctx->args[0],
-                        (void *)ctx->args[VT_ARG_START_XMIT_DEV], 0, 0);
+    void *skb = (void *)ctx->args[0];
+    int ok = vt_skb_seen(ctx, VT_P_NET_DEV_START_XMIT, skb,
+                         (void *)ctx->args[VT_ARG_START_XMIT_DEV], 0, 0);
+    int zero = 0;
+    struct vt_txstack *s = vt_tx.lookup(&zero);
+    if (s) {
+        u32 i = s->n & (VT_TXSTACK - 1);
+        s->skb[i] = (u64)skb;
+        s->ok[i] = ok;
+        s->n += 1;
+    }
+    return 0;
 }
 #endif
 
 /* The skb is NOT read here: veth delivers synchronously, the peer may already
- * have freed it. Device, length and rc come from the arguments; with a filter,
- * only skbs that matched at net_dev_start_xmit are reported. */
+ * have freed it. Reported when its net_dev_start_xmit was (the verdict on the
+ * per-CPU stack, see vethtrace.h: so netns and packet filter already held);
+ * device, length and rc come from the arguments. The matching entry is the
+ * newest one for this skb; entries above it are stale (a start_xmit seen
+ * before this program was attached) and go with it. */
 #ifdef VT_HAVE_NET_DEV_XMIT
 RAW_TRACEPOINT_PROBE(net_dev_xmit)
 {
+    u64 skb = ctx->args[0];
+    int zero = 0;
+    struct vt_txstack *s = vt_tx.lookup(&zero);
+    if (!s)
+        return 0;
+    u32 n = s->n;
+    int ok = 0;
+#pragma unroll
+    for (u32 k = 1; k <= VT_TXSTACK; k++) {
+        if (k > n)
+            break;
+        u32 i = (n - k) & (VT_TXSTACK - 1);
+        if (s->skb[i] == skb) {
+            ok = s->ok[i];
+            s->n = n - k;
+            break;
+        }
+    }
+    if (!ok)
+        return 0;
     u64 ts = bpf_ktime_get_ns();
     void *dev = (void *)ctx->args[VT_ARG_XMIT_DEV];
     u32 netns = vt_dev_netns(dev);
-    if (!vt_netns_ok(netns))
-        return 0;
-    u64 skb = ctx->args[0];
-#ifdef VT_FILTER_ACTIVE
-    if (!vt_tx_pending.lookup(&skb))
-        return 0;
-    vt_tx_pending.delete(&skb);
-#endif
     struct vt_event *e = vt_reserve();
     if (!e)
         return 0;

@@ -102,11 +102,20 @@ BPF_PERF_OUTPUT(vt_events);
 BPF_PERCPU_ARRAY(vt_scratch, struct vt_event, 1);
 #endif
 
-/* skbs that passed the filter at net_dev_start_xmit, so net_dev_xmit (where
- * the skb must not be read: the peer may have freed it) can follow them. */
-#ifdef VT_FILTER_ACTIVE
-BPF_TABLE("lru_hash", u64, u8, vt_tx_pending, 4096);
-#endif
+/* net_dev_start_xmit and net_dev_xmit bracket one driver call (xmit_one()):
+ * same CPU, BH off, nested inner-first when one transmit leads to another
+ * (br0 -> veth0, same skb). start_xmit pushes its verdict on this per-CPU
+ * stack; net_dev_xmit, where the skb must not be read, pops it and reports
+ * exactly the transmits reported at start_xmit. A per-skb hash map did this
+ * before at ~170 ns per net_dev_xmit, and lost the outer xmit of a nested pair
+ * (the inner one deleted the shared key). */
+#define VT_TXSTACK 8 /* power of 2, >= the kernel's XMIT_RECURSION_LIMIT (8) */
+struct vt_txstack {
+    u64 skb[VT_TXSTACK];
+    u8 ok[VT_TXSTACK];
+    u32 n;            /* pushes - pops; the newest VT_TXSTACK entries are kept */
+};
+BPF_PERCPU_ARRAY(vt_tx, struct vt_txstack, 1);
 
 #define VT_READ(dst, src) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(src))
 
@@ -156,6 +165,49 @@ static __always_inline int vt_netns_ok(u32 inum)
     return VT_NETNS_OK(inum);
 }
 
+#ifdef VT_NETNS_FILTER
+/* -n: a per-CPU memo of `struct net` addresses found outside the scope, so
+ * the next skb there is rejected after reading dev->nd_net, without reading
+ * the inode. Only "outside" is remembered: an address names one live
+ * namespace, and the namespaces in scope exist for the whole trace, so none
+ * of them can take an address remembered for another (after a namespace is
+ * freed its address may go to a new one, which is out of scope unless it
+ * reuses the inode of a scoped namespace that is gone: nothing the user
+ * named is hidden). 4 slots: a bridged path crosses 3 namespaces. */
+#define VT_NSMEMO 4
+struct vt_nsmemo {
+    u64 net[VT_NSMEMO];
+};
+BPF_PERCPU_ARRAY(vt_nsout, struct vt_nsmemo, 1);
+
+static __always_inline int vt_nsmemo_slot(u64 net)
+{
+    return ((net >> 8) ^ (net >> 12) ^ (net >> 16)) & (VT_NSMEMO - 1);
+}
+
+/* netns inode of dev when in scope, else 0 (also for no device) */
+static __always_inline u32 vt_dev_netns_scoped(void *dev)
+{
+    if (!dev)
+        return 0;
+    u64 net = vt_ptr(dev, VT_DEV_NET);
+    if (!net)
+        return 0;
+    int zero = 0;
+    struct vt_nsmemo *m = vt_nsout.lookup(&zero);
+    int slot = vt_nsmemo_slot(net);
+    if (m && m->net[slot] == net)
+        return 0;
+    u32 inum = 0;
+    VT_READ(inum, (char *)net + VT_NET_INUM);
+    if (vt_netns_ok(inum))
+        return inum;
+    if (m)
+        m->net[slot] = net;
+    return 0;
+}
+#endif
+
 static __always_inline u16 vt_ntohs(u16 v) { return (v >> 8) | (v << 8); }
 
 /* skb->head, mac_header, network_header and protocol sit within a few bytes
@@ -200,48 +252,86 @@ static __always_inline void vt_decode_l3(u8 *b, struct vt_pkt *p, char *l3)
     }
 }
 
-/* Decode Ethernet/ARP/IPv4/L4 from skb->head with two reads (the skb block,
- * then 46 bytes of frame). The MAC header is used when set (TX after
- * dev_queue_xmit, RX after eth_type_trans); otherwise (skbs dropped before
- * getting one, e.g. from the ARP queue) the network header and skb->protocol.
- * Returns skb->head. */
-static __always_inline u64 vt_decode(void *skb, struct vt_pkt *p, u16 *protocol)
+/* What a decode reads from kernel memory, with two reads: the skb block,
+ * then 46 bytes of frame from the MAC header when set (TX after
+ * dev_queue_xmit, RX after eth_type_trans), else from the network header
+ * (skbs dropped before getting one, e.g. from the ARP queue). Decoding
+ * (vt_fields) is separate so the no-match exit computes only the fields the
+ * filter uses: the compiler drops the rest. */
+#define VT_SRC_MAC 1
+#define VT_SRC_NET 2
+struct vt_frame {
+    u64 head;
+    u16 protocol;     /* skb->protocol, network order; 0: not a network packet */
+    u16 off;          /* f[0] is at head + off */
+    u8 src;           /* VT_SRC_MAC, VT_SRC_NET, or 0: no frame read */
+    u8 f[46];
+};
+
+static __always_inline void vt_read_frame(void *skb, struct vt_frame *fr)
 {
     u8 blk[VT_SKB_BLOCK_LEN] __attribute__((aligned(8)));
-    if (bpf_probe_read_kernel(blk, sizeof(blk), (char *)skb + VT_SKB_BLOCK_OFF) < 0)
-        return 0;
-    u64 head = VT_AT(blk, VT_SKB_HEAD, u64);
+    fr->src = 0;
+    fr->off = 0;
+    if (bpf_probe_read_kernel(blk, sizeof(blk), (char *)skb + VT_SKB_BLOCK_OFF) < 0) {
+        fr->head = 0;
+        fr->protocol = 0;
+        return;
+    }
+    fr->head = VT_AT(blk, VT_SKB_HEAD, u64);
+    fr->protocol = VT_AT(blk, VT_SKB_PROTOCOL, u16);
     u16 mac = VT_AT(blk, VT_SKB_MAC_HEADER, u16);
     u16 net = VT_AT(blk, VT_SKB_NETWORK_HEADER, u16);
-    *protocol = VT_AT(blk, VT_SKB_PROTOCOL, u16);
-    if (!head || !*protocol)
-        return head;
-    u8 f[46] = {};
+    if (!fr->head || !fr->protocol)
+        return;
     if (mac != 0xffff) {
-        VT_READ(f, (char *)head + mac);
+        fr->src = VT_SRC_MAC;
+        fr->off = mac;
+    } else if (net != 0xffff) {
+        fr->src = VT_SRC_NET;
+        fr->off = net;
+    } else {
+        return;
+    }
+    /* a failed read leaves f zeroed (the helper clears it) */
+    bpf_probe_read_kernel(fr->f, sizeof(fr->f), (char *)fr->head + fr->off);
+}
+
+/* Ethernet/ARP/IPv4/L4 fields from a frame read by vt_read_frame. `p` must be
+ * zeroed. Only an IPv4 header with options costs one more read (of L4). */
+static __always_inline void vt_fields(struct vt_frame *fr, struct vt_pkt *p)
+{
+    u8 *f = fr->f;
+    char *at = (char *)fr->head + fr->off;
+    if (fr->src == VT_SRC_MAC) {
         __builtin_memcpy(p->eth_dst, f, 6);
         __builtin_memcpy(p->eth_src, f + 6, 6);
         p->ethertype = ((u16)f[12] << 8) | f[13];
         p->flags = VT_PKT_ETH | VT_PKT_L3;
         if (p->ethertype == 0x8100 || p->ethertype == 0x88a8) {
             p->ethertype = ((u16)f[16] << 8) | f[17];
-            vt_decode_l3(f + 18, p, (char *)head + mac + 18);
+            vt_decode_l3(f + 18, p, at + 18);
         } else {
-            vt_decode_l3(f + 14, p, (char *)head + mac + 14);
+            vt_decode_l3(f + 14, p, at + 14);
         }
-    } else if (net != 0xffff) {
-        p->ethertype = vt_ntohs(*protocol);
+    } else if (fr->src == VT_SRC_NET) {
+        p->ethertype = vt_ntohs(fr->protocol);
         p->flags = VT_PKT_L3;
-        VT_READ(f, (char *)head + net);
-        vt_decode_l3(f, p, (char *)head + net);
+        vt_decode_l3(f, p, at);
     }
-    return head;
 }
 
 /* The user's pcap-filter, compiled by vethtrace/collect/filter.py into a C
  * expression over `p` (a struct vt_pkt *). */
 #ifndef VT_FILTER
 #define VT_FILTER(p) 1
+#endif
+
+/* 0 when the filter cannot match a packet with nothing decoded (all fields
+ * zero, as for skbs with no protocol): such skbs then leave before any other
+ * read. filter.py decides it from the expression; 1 is always safe. */
+#ifndef VT_FILTER_EMPTY
+#define VT_FILTER_EMPTY 1
 #endif
 
 static __always_inline int vt_match(struct vt_pkt *p)
@@ -302,51 +392,57 @@ static __always_inline void vt_fill_common(struct vt_event *e, u16 point, u64 ts
 
 /* One skb event: the namespace test first when there is one (-n), then
  * decode + filter, then reserve and fill. `dev` may be 0 (then skb->dev is
- * read). */
-static __always_inline int vt_skb_event(void *ctx, u16 point, void *skb, void *dev,
-                                        u64 location, u32 reason)
+ * read). Returns 1 when the skb passed the filters (reported, or counted as
+ * lost), else 0. */
+static __always_inline int vt_skb_seen(void *ctx, u16 point, void *skb, void *dev,
+                                       u64 location, u32 reason)
 {
     u32 netns = 0;
 #ifdef VT_NETNS_FILTER
     if (!dev)
         dev = (void *)vt_ptr(skb, VT_SKB_DEV);
-    netns = vt_skb_netns(skb, dev);
-    if (!vt_netns_ok(netns))
+    if (dev)
+        netns = vt_dev_netns_scoped(dev);
+    else
+        netns = vt_skb_netns(skb, 0); /* no device: the socket's netns */
+    if (!netns || !vt_netns_ok(netns))
         return 0;
 #endif
-    struct vt_pkt p = {};
-    u16 protocol = 0;
-    u64 head = vt_decode(skb, &p, &protocol);
-    /* No protocol and no device: not a network packet (netlink and other
-     * socket-only skbs, freed by the thousand on a busy host). */
-    if (!protocol) {
+    struct vt_frame fr;
+    vt_read_frame(skb, &fr);
+    /* No protocol: nothing decoded. With no device either, not a network
+     * packet (netlink and other socket-only skbs, freed by the thousand on a
+     * busy host). */
+    if (!fr.protocol) {
+        if (!VT_FILTER_EMPTY)
+            return 0;
         if (!dev)
             dev = (void *)vt_ptr(skb, VT_SKB_DEV);
         if (!dev)
             return 0;
     }
-    if (!vt_match(&p))
-        return 0;
+    {
+        struct vt_pkt q = {};
+        vt_fields(&fr, &q);
+        if (!vt_match(&q))
+            return 0;
+    }
     /* taken after the cheap exits; still before anything nested can run */
     u64 ts = bpf_ktime_get_ns();
+    /* decoded again in full for the event (no reads: from fr) */
+    struct vt_pkt p = {};
+    vt_fields(&fr, &p);
 #ifndef VT_NETNS_FILTER
     if (!dev)
         dev = (void *)vt_ptr(skb, VT_SKB_DEV);
     netns = vt_skb_netns(skb, dev);
 #endif
-#ifdef VT_FILTER_ACTIVE
-    if (point == VT_P_NET_DEV_START_XMIT) {
-        u64 key = (u64)skb;
-        u8 one = 1;
-        vt_tx_pending.update(&key, &one);
-    }
-#endif
     struct vt_event *e = vt_reserve();
     if (!e)
-        return 0;
+        return 1;
     vt_fill_common(e, point, ts);
     e->skb = (u64)skb;
-    e->head = head;
+    e->head = fr.head;
     e->location = location;
     e->reason = reason;
     VT_READ(e->len, (char *)skb + VT_SKB_LEN);
@@ -356,6 +452,14 @@ static __always_inline int vt_skb_event(void *ctx, u16 point, void *skb, void *d
     __builtin_memcpy(&e->pkt, &p, sizeof(p));
     vt_fill_dev(e, dev, netns);
     vt_submit(ctx, e);
+    return 1;
+}
+
+/* fentry programs must return 0; tracepoint and kprobe returns are ignored */
+static __always_inline int vt_skb_event(void *ctx, u16 point, void *skb, void *dev,
+                                        u64 location, u32 reason)
+{
+    vt_skb_seen(ctx, point, skb, dev, location, reason);
     return 0;
 }
 

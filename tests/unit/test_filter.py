@@ -124,3 +124,25 @@ def test_emitted_c_agrees(text: str, expected: set[str], tmp_path: Path) -> None
         if subprocess.run([str(exe), *args]).returncode == 0:
             got.add(name)
     assert got == expected
+
+
+@pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler")
+@pytest.mark.parametrize(("text", "expected"), CASES)
+def test_matches_empty_agrees_with_c(text: str, expected: set[str], tmp_path: Path) -> None:
+    """The probes drop skbs with nothing decoded before reading further when
+    matches_empty is False (VT_FILTER_EMPTY=0): it must be what the C says for
+    an all-zero struct vt_pkt, or such skbs would be hidden wrongly."""
+    src = tmp_path / "f.c"
+    src.write_text("#include <stdlib.h>\n" + C_HARNESS.replace("%s", compile_filter(text).to_c()))
+    exe = tmp_path / "f"
+    subprocess.run(["cc", "-O0", "-o", str(exe), str(src)], check=True)
+    zero = subprocess.run([str(exe), "0", "0", "0", "0.0.0.0", "0.0.0.0", "0", "0"])
+    assert compile_filter(text).matches_empty == (zero.returncode == 0)
+
+
+def test_matches_empty_examples() -> None:
+    assert compile_filter("").matches_empty
+    assert compile_filter("not arp").matches_empty
+    assert compile_filter("not (tcp and port 80)").matches_empty
+    assert not compile_filter("host 10.0.0.1").matches_empty
+    assert not compile_filter("arp or icmp").matches_empty

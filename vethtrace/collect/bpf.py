@@ -425,7 +425,7 @@ def cflags(
     if ringbuf:
         flags += ["-DVT_RINGBUF", f"-DVT_RINGBUF_PAGES={ringbuf_pages}"]
     if flt.active:
-        flags += ["-DVT_FILTER_ACTIVE", f"-DVT_FILTER(p)={flt.to_c()}"]
+        flags += [f"-DVT_FILTER(p)={flt.to_c()}", f"-DVT_FILTER_EMPTY={int(flt.matches_empty)}"]
     if netns_inodes is not None:
         test = " || ".join(f"(n) == {int(i)}u" for i in sorted(set(netns_inodes))) or "0"
         flags += ["-DVT_NETNS_FILTER", f"-DVT_NETNS_OK(n)=({test})"]

@@ -199,6 +199,20 @@ def _c(node: Node) -> str:
     raise AssertionError(op)
 
 
+def _empty(node: Node) -> bool:
+    """The filter's value when every primitive is false (see Filter.matches_empty)."""
+    op, a = node.op, node.args
+    if op == "true":
+        return True
+    if op == "and":
+        return _empty(a[0]) and _empty(a[1])
+    if op == "or":
+        return _empty(a[0]) or _empty(a[1])
+    if op == "not":
+        return not _empty(a[0])
+    return False  # proto, host, net, port all need an ethertype
+
+
 def _ethertype(pkt: PacketSummary) -> int | None:
     if pkt.ethertype is not None:
         return pkt.ethertype
@@ -252,6 +266,14 @@ class Filter:
     def to_c(self) -> str:
         """C expression over `p` (struct vt_pkt *), for `#define VT_FILTER(p)`."""
         return _c(self.tree)
+
+    @property
+    def matches_empty(self) -> bool:
+        """Whether the C expression is true for a packet with nothing decoded
+        (struct vt_pkt all zero: no ethertype, so every primitive is false).
+        When not, the probes drop skbs without a protocol before any further
+        read (VT_FILTER_EMPTY=0)."""
+        return _empty(self.tree)
 
     def matches(self, pkt: PacketSummary) -> bool:
         return _eval(self.tree, pkt)
