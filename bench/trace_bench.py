@@ -34,6 +34,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -352,8 +353,11 @@ def header(args: argparse.Namespace) -> str:
     )
 
 
-def attach_time(kind: str, a: str) -> float:
-    """Spawn -> first event for a sentinel ping from a (pings every 50 ms)."""
+def attach_time(kind: str, a: str, cache: str) -> float:
+    """Spawn -> first event for a sentinel ping from a (pings every 50 ms).
+    vethtrace keeps compiled probes and BTF facts in `cache` (VETHTRACE_CACHE):
+    empty on the first run, so that one compiles."""
+    env = {**os.environ, "VETHTRACE_CACHE": cache}
     if kind == "vethtrace":
         cmd = [VETHTRACE, "trace", "icmp", "-n", a, "--json"]
     else:
@@ -364,7 +368,9 @@ def attach_time(kind: str, a: str) -> float:
             'tracepoint:skb:consume_skb /comm == "ping"/ { printf("event\\n"); exit(); }',
         ]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
     pinger = subprocess.Popen(
         ["ip", "netns", "exec", a, "ping", "-q", "-i", "0.05", "-W", "1", SERVER_IP],
         stdout=subprocess.DEVNULL,
@@ -394,12 +400,17 @@ def main() -> int:
     ap.add_argument("--pps", type=int, default=10000, help="UDP packets/s for the BPF cost runs")
     ap.add_argument("--cpu-pps", type=int, default=20000, help="UDP packets/s for the CPU runs")
     ap.add_argument("--consumer", metavar="FILTER")
-    ap.add_argument("--cost-only", action="store_true", help="only the in-kernel cost table")
+    ap.add_argument(
+        "--parts",
+        default="throughput,capacity,cost,attach",
+        help="comma-separated: throughput, capacity, cost, attach (default: all)",
+    )
+    ap.add_argument("--cost-only", action="store_true", help="same as --parts cost")
     ap.add_argument(
         "--rates",
         type=int,
         nargs="*",
-        default=[5000, 10000, 15000, 20000, 30000],
+        default=[10000, 15000, 20000, 25000, 30000],
         help="UDP packets/s for the lossless-capacity runs",
     )
     ap.add_argument("-n", action="append", default=[])
@@ -422,51 +433,80 @@ def main() -> int:
     time.sleep(0.5)
     kinds = ["untraced", "vethtrace-nonmatch", "vethtrace-otherns", "bpftrace", "tcpdump",
              "vethtrace-match"]  # fmt: skip
+    parts = {"cost"} if args.cost_only else set(args.parts.split(","))
+    unknown = parts - {"throughput", "capacity", "cost", "attach"}
+    if unknown:
+        ap.error(f"unknown part(s) {sorted(unknown)}")
     results: dict[tuple[str, str], list[float]] = {}
     extra: dict[tuple[str, str], list[dict[str, float]]] = {}
+    capacity: list[tuple[int, float, float, int]] = []
+    attach: dict[str, list[float]] = {}
     try:
-        if args.cost_only:
+        if "throughput" in parts:
+            for proto in ("tcp", "udp"):
+                for _rep in range(args.reps):
+                    for kind in kinds:
+                        tracer = Tracer(kind, names, proto)
+                        tracer.start()
+                        try:
+                            value = iperf(names["a"], proto, args.seconds)
+                        finally:
+                            tracer.stop()
+                        results.setdefault((proto, kind), []).append(value)
+                        if tracer.stats:
+                            extra.setdefault((proto, kind), []).append(tracer.stats)
+                        note = f"# {proto} {kind}: {value:.3f} {tracer.stats or ''}"
+                        print(note, file=sys.stderr)
+        if "capacity" in parts:
+            for pps in args.rates:
+                tracer = Tracer("vethtrace-match", names, "udp")
+                tracer.start()
+                try:
+                    sent = iperf(names["a"], "udp", args.seconds, pps)
+                finally:
+                    tracer.stop()
+                st = tracer.stats
+                # events happen while the flow runs: per second of flow
+                capacity.append((pps, sent, st["events"] / args.seconds / 1e3, int(st["lost"])))
+                print(f"# capacity {pps} pps: {capacity[-1]}", file=sys.stderr)
+        if "cost" in parts:
             cost = cost_table(names, args.seconds, args.pps, args.reps)
             cpu = cpu_table(names, args.seconds, args.cpu_pps, args.reps)
-            print(header(args))
-            print_cost(cost, args.seconds, args.pps, args.reps)
-            print_cpu(cpu, args.seconds, args.cpu_pps, args.reps)
-            return 0
-        for proto in ("tcp", "udp"):
-            for _rep in range(args.reps):
-                for kind in kinds:
-                    tracer = Tracer(kind, names, proto)
-                    tracer.start()
-                    try:
-                        value = iperf(names["a"], proto, args.seconds)
-                    finally:
-                        tracer.stop()
-                    results.setdefault((proto, kind), []).append(value)
-                    if tracer.stats:
-                        extra.setdefault((proto, kind), []).append(tracer.stats)
-                    print(f"# {proto} {kind}: {value:.3f} {tracer.stats or ''}", file=sys.stderr)
-        capacity = []
-        for pps in args.rates:
-            tracer = Tracer("vethtrace-match", names, "udp")
-            tracer.start()
-            try:
-                sent = iperf(names["a"], "udp", args.seconds, pps)
-            finally:
-                tracer.stop()
-            st = tracer.stats
-            capacity.append((pps, sent, st["events"] / st["seconds"] / 1e3, st["lost"]))
-            print(f"# capacity {pps} pps: {capacity[-1]}", file=sys.stderr)
-        cost = cost_table(names, args.seconds, args.pps, args.reps)
-        cpu = cpu_table(names, args.seconds, args.cpu_pps, args.reps)
-        attach = {
-            k: [attach_time(k, names["a"]) for _ in range(3)] for k in ("vethtrace", "bpftrace")
-        }
+        if "attach" in parts:
+            with tempfile.TemporaryDirectory(prefix="vethtrace-cache-") as cache:
+                attach = {
+                    k: [attach_time(k, names["a"], cache) for _ in range(3)]
+                    for k in ("vethtrace", "bpftrace")
+                }
     finally:
         server.terminate()
         server.wait()
         sh("ip", "netns", "del", names["other"])
         down("bridge-two", prefix)
     print(header(args))
+    if results:
+        print_throughput(kinds, results, extra)
+    if capacity:
+        print("\n| UDP 64 B flow, kpkt/s sent | events/s decoded in Python | events lost |")
+        print("|---|---|---|")
+        for _pps, sent, evs, lost in capacity:
+            print(f"| {sent:.1f} | {evs:.0f} k/s | {lost:,} |")
+    if "cost" in parts:
+        print_cost(cost, args.seconds, args.pps, args.reps)
+        print_cpu(cpu, args.seconds, args.cpu_pps, args.reps)
+    if attach:
+        print("\n| tracer | start -> first event, 1st run (empty cache) | 2nd (cached) | 3rd |")
+        print("|---|---|---|---|")
+        for k, times in attach.items():
+            print(f"| {k} | " + " | ".join(f"{t:.2f} s" for t in times) + " |")
+    return 0
+
+
+def print_throughput(
+    kinds: list[str],
+    results: dict[tuple[str, str], list[float]],
+    extra: dict[tuple[str, str], list[dict[str, float]]],
+) -> None:
     print(
         "| condition | TCP Gbit/s | TCP ratio | UDP-64B kpkt/s sent | UDP ratio "
         "| events/s decoded (lost) |"
@@ -487,17 +527,6 @@ def main() -> int:
                 lost = sum(r["lost"] for r in runs)
                 ev.append(f"{p} {rate:.0f} k/s, {lost / max(1, got + lost):.0%} lost")
         print(f"| {kind} | " + " | ".join(cells) + f" | {'; '.join(ev) or '-'} |")
-    print("\n| UDP 64 B flow, kpkt/s sent | events/s decoded in Python | events lost |")
-    print("|---|---|---|")
-    for _pps, sent, evs, lost in capacity:
-        print(f"| {sent:.1f} | {evs:.0f} k/s | {lost:.0f} |")
-    print_cost(cost, args.seconds, args.pps, args.reps)
-    print_cpu(cpu, args.seconds, args.cpu_pps, args.reps)
-    print("\n| tracer | start -> first event, 1st run | 2nd | 3rd |")
-    print("|---|---|---|---|")
-    for k, times in attach.items():
-        print(f"| {k} | " + " | ".join(f"{t:.2f} s" for t in times) + " |")
-    return 0
 
 
 if __name__ == "__main__":

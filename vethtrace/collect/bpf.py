@@ -78,7 +78,9 @@ import bisect
 import collections
 import contextlib
 import ctypes
+import functools
 import mmap
+import operator
 import os
 import re
 import socket
@@ -499,6 +501,7 @@ class BpfCollector:
         self._error: Exception | None = None
         self._names_cache: dict[bytes, str] = {}
         self._pkt_cache: dict[bytes, PacketSummary | None] = {}
+        self._drop_names: dict[int, str] = {}
         self._perf_lost = 0
         self._points = point_names()
         self._kallsyms = Kallsyms()
@@ -628,7 +631,7 @@ class BpfCollector:
         try:
             assert self._layout is not None
             buf = ctypes.string_at(data, self._layout.size)
-            self._pending.append(self._event(self._layout.hot(buf), buf, 0))
+            self._pending.append(self._event((0, *self._layout.hot(buf)), buf, 0))
         except Exception as exc:  # ctypes would print and swallow it; poll() re-raises
             self._error = self._error or exc
 
@@ -659,13 +662,10 @@ class BpfCollector:
         ring, lay = self._ring, self._layout
         assert ring is not None and lay is not None
 
-        def whole(row: tuple[Any, ...], view: memoryview, off: int) -> ProbeEvent:
-            return self._event(row[1:], view, off)
-
         def other(data: memoryview) -> ProbeEvent | None:
             return None  # every program submits a whole struct vt_event
 
-        self._pending += ring.read(lay.ring, lay.size, budget, whole, other)
+        self._pending += ring.read(lay.ring, lay.size, budget, self._event, other)
 
     def _release(self, upto: int | None) -> list[ProbeEvent]:
         """Events up to `upto` ns (all when None), sorted; the rest stay pending.
@@ -723,27 +723,37 @@ class BpfCollector:
         return name
 
     def _packet(self, raw: bytes) -> PacketSummary | None:
-        """Decoded headers, shared between events with identical header bytes
-        (a packet seen at ten points, a flow's packets): treat as read-only."""
+        """Decode header bytes not seen recently. The result is shared by every
+        event with identical bytes (a packet seen at ten points, a flow's
+        packets): treat it as read-only."""
         cache = self._pkt_cache
-        pkt = cache.get(raw)
-        if pkt is None and raw not in cache:
-            if len(cache) > 8192:
-                cache.clear()
-            assert self._layout is not None
-            r = self._layout.pkt(raw)
-            pkt = _packet(r) if r.pkt_flags else None
-            cache[raw] = pkt
+        if len(cache) > 8192:
+            cache.clear()
+        assert self._layout is not None
+        r = self._layout.pkt(raw)
+        pkt = cache[raw] = _packet(r) if r.pkt_flags else None
         return pkt
 
-    def _event(self, hot: Any, buf: Any, off: int) -> ProbeEvent:
-        """One event from its hot fields (`_Layout.HOT` order); `buf` at `off`
-        holds the whole record, read only for neighbour and fdb events."""
-        (ts, skb, head, location, netns, ifindex, length, reason, rc, cpu, point, cloned, name,
-         pkt) = hot  # fmt: skip
+    def _event(self, row: Any, buf: Any, off: int) -> ProbeEvent:
+        """One event from a ring record's row (header, then the `_Layout.HOT`
+        fields); `buf` at `off` holds the whole record, read only for neighbour
+        and fdb events. The hot path of a flood: every name is a local, every
+        repeated conversion a dict lookup."""
+        (_hdr, ts, skb, head, location, netns, ifindex, length, reason, rc, cpu, point, cloned,
+         name, pkt) = row  # fmt: skip
         ifname = self._names_cache.get(name)
         if ifname is None:
             ifname = self._ifname(name)
+        packet = self._pkt_cache.get(pkt, _MISSING)
+        if packet is _MISSING:
+            packet = self._packet(pkt)
+        drop = None
+        if point == _P_KFREE:
+            drop = self._drop_names.get(reason)
+            if drop is None:
+                drop = self._drop_names[reason] = drop_reason_name(
+                    reason, self._reasons, self._subsys
+                )
         ev = ProbeEvent(
             ts,
             self._points.get(point) or f"point{point}",
@@ -753,16 +763,15 @@ class BpfCollector:
             skb,
             head,
             length,
-            self._packet(pkt),
-            cloned=bool(cloned),
-            cpu=cpu,
+            packet,
+            drop,
+            self._kallsyms.name(location) if location else None,
+            None,
+            cloned != 0,
+            cpu,
         )
-        if location:
-            ev.location = self._kallsyms.name(location)
         if point <= _LAST_SKB_POINT:
-            if point == _P_KFREE:
-                ev.drop_reason = drop_reason_name(reason, self._reasons, self._subsys)
-            elif point == _P_XMIT:
+            if point == _P_XMIT:
                 ev.extra["rc"] = rc
             return ev
         assert self._layout is not None
@@ -792,11 +801,11 @@ class BpfCollector:
         return ev
 
 
+_MISSING: Any = object()
 _P_XMIT, _P_KFREE, _LAST_SKB_POINT = 3, 6, 7  # VT_P_NET_DEV_XMIT, VT_P_KFREE_SKB, CONSUME
 
 
-def _ts(ev: ProbeEvent) -> int:
-    return ev.ts_ns
+_ts = operator.attrgetter("ts_ns")
 
 
 class _Layout:
@@ -883,21 +892,27 @@ def _flatten(cls: Any, base: int, prefix: str, out: list[tuple[int, str, str]]) 
             out.append((off, prefix + name, code if signed else code.upper()))
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip(v: int) -> str:
     return socket.inet_ntoa(v.to_bytes(4, "little"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _mac(b: bytes) -> str:
+    return b.hex(":")
 
 
 def _packet(r: Any) -> PacketSummary:
     s = PacketSummary()
     if r.pkt_flags & 1:
-        s.eth_src = r.pkt_eth_src.hex(":")
-        s.eth_dst = r.pkt_eth_dst.hex(":")
+        s.eth_src = _mac(r.pkt_eth_src)
+        s.eth_dst = _mac(r.pkt_eth_dst)
     et = s.ethertype = r.pkt_ethertype
     if et == 0x0806:
         s.arp_op = r.pkt_arp_op
-        s.arp_sha = r.pkt_arp_sha.hex(":")
+        s.arp_sha = _mac(r.pkt_arp_sha)
         s.arp_spa = _ip(r.pkt_saddr)
-        s.arp_tha = r.pkt_arp_tha.hex(":")
+        s.arp_tha = _mac(r.pkt_arp_tha)
         s.arp_tpa = _ip(r.pkt_daddr)
     elif et == 0x0800:
         s.ip_src, s.ip_dst, s.ip_proto = _ip(r.pkt_saddr), _ip(r.pkt_daddr), r.pkt_ip_proto

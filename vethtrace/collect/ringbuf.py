@@ -83,17 +83,18 @@ class RingReader:
             n = min((prod - cons) // stride, budget, self.size // stride)
             start = cons & self._mask
             view = self.data[start : start + n * stride]
-            taken = 0
+            off, append = HEADER, out.append
             batch = rows.iter_unpack(view)
             try:
                 for row in batch:
                     if row[0] != length:  # BUSY or DISCARD set, or another size
                         break
-                    out.append(on_row(row, view, taken * stride + HEADER))
-                    taken += 1
+                    append(on_row(row, view, off))
+                    off += stride
             finally:
                 del batch  # it holds the view
                 view.release()
+                taken = (off - HEADER) // stride
                 self._cons[0] = cons + taken * stride
             budget -= taken
             if taken < n or (n == 0 and prod > cons):
