@@ -13,7 +13,8 @@ Usage (what `trace`, `ping` and `watch` build on)::
 Contract:
 
 * `BpfCollector(filter_expr="", netns_inodes=None, areas=AREAS, functions=True,
-  hold_ms=15.0, ringbuf_pages=512, perf_buffer=False)`.
+  hold_ms=15.0, ringbuf_pages=2048, perf_buffer=False)`. 2048 pages = 8 MiB,
+  ~45 k events: a stall of the consumer (start-up, GC) does not lose a flood.
   `filter_expr` is pcap-filter text (see collect/filter.py; a bad filter raises
   UserError in the constructor, before anything is compiled). `netns_inodes`
   limits events to those namespaces (None = all). `areas` picks program
@@ -477,7 +478,7 @@ class BpfCollector:
         areas: tuple[str, ...] | list[str] = AREAS,
         functions: bool = True,
         hold_ms: float = 15.0,
-        ringbuf_pages: int = 512,
+        ringbuf_pages: int = 2048,
         perf_buffer: bool = False,
     ) -> None:
         self.filter = compile_filter(filter_expr)
