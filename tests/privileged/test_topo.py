@@ -117,6 +117,8 @@ route add 10.64.0.0/24 dev br0 metric 50
         ):
             sh("ip", "netns", "exec", hub, "sysctl", "-qw", f"{key}={value}")
         sh("ip", "netns", "exec", a, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=2")
+        # read through RTM_GETNETCONF (NETCONFA_PROXY_NEIGH), compared with the file
+        sh("ip", "netns", "exec", b, "sysctl", "-qw", "net.ipv4.conf.all.proxy_arp=1")
         sh("ip", "netns", "exec", hub, "nft", "-f", "-", input=NFT_RULES)
         # A resolved neighbour and learned FDB entries (retry: the ports may still settle).
         for _ in range(5):

@@ -301,6 +301,28 @@ def test_old_capture_without_nsid_answers_trusts_unique_pairing(cap: RawCapture)
     assert ns_of(t, "hub").iface_by_name("va").peer == ns_of(t, "a").iface_by_name("eth0").key  # type: ignore[union-attr]
 
 
+def test_one_end_asked_settles_both_ends(cap: RawCapture, topo: Topology) -> None:
+    """nsid_queries asks about a veth pairing from one end only (the hub, with
+    more veths, asks about a and b; they ask nothing back): the hub's answers
+    settle the leaves' ends too, and a wrong answer leaves them unconfirmed."""
+    wanted, _listing = build.nsid_queries(build.parse_links(cap))
+    hub, a = ns_of(topo, "hub").inode, ns_of(topo, "a").inode
+    assert a in wanted[hub] and hub not in wanted.get(a, set())
+    one_sided = copy.deepcopy(cap)
+    one_sided.nsids = {
+        pair: nsid for pair, nsid in cap.nsids.items() if pair[1] in wanted.get(pair[0], set())
+    }
+    assert (a, hub) not in one_sided.nsids and (hub, a) in one_sided.nsids
+    t = build.build(one_sided)
+    assert to_dict(t.namespaces) == to_dict(topo.namespaces)
+    eth0 = ns_of(t, "a").iface_by_name("eth0")
+    assert eth0 and eth0.peer == ns_of(t, "hub").iface_by_name("va").key  # type: ignore[union-attr]
+    one_sided.nsids[(hub, a)] = 999  # the hub's answer: its va does not lead to a
+    t = build.build(one_sided)
+    eth0 = ns_of(t, "a").iface_by_name("eth0")
+    assert eth0 and eth0.peer is None
+
+
 # --- helpers other stages use ----------------------------------------------------------
 
 

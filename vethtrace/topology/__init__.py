@@ -13,19 +13,35 @@ L2 domain); `snapshot` is the JSON form.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from vethtrace.errors import UserError
 from vethtrace.model import Topology
 from vethtrace.topology import build as _build
 from vethtrace.topology import capture as _capture
 from vethtrace.topology.namespaces import enumerate_namespaces, lookup
-from vethtrace.topology.query import (
-    L2Domain,
-    RouteHit,
-    l2_domain,
-    owner_of_ip,
-    owners_of_ip,
-    route_lookup,
-)
+
+if TYPE_CHECKING:
+    from vethtrace.topology.query import (
+        L2Domain,
+        RouteHit,
+        l2_domain,
+        owner_of_ip,
+        owners_of_ip,
+        route_lookup,
+    )
+
+_QUERY = {"L2Domain", "RouteHit", "l2_domain", "owner_of_ip", "owners_of_ip", "route_lookup"}
+
+
+def __getattr__(name: str) -> Any:
+    """The query helpers load on first use: `topo --json` never needs them (nor
+    ipaddress, which they import), and every command start counts."""
+    if name in _QUERY:
+        from vethtrace.topology import query
+
+        return getattr(query, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "L2Domain",
@@ -56,15 +72,15 @@ def discover(netns: list[str] | None = None, firewall: bool = True) -> Topology:
             if ref is None:
                 raise UserError(f"no network namespace named {wanted!r} (see `ip netns list`)")
             full.add(ref.inode)
-    cache: dict[str, _build.Parsed] = {}
-
-    def nsid_queries(cap: _capture.RawCapture) -> tuple[dict[int, set[int]], set[int]]:
-        cache["parsed"] = _build.parse_links(cap)
-        return _build.nsid_queries(cache["parsed"])
-
-    cap = _capture.capture(refs, full=full, with_nft=firewall, nsid_pairs=nsid_queries)
+    cap = _capture.capture(
+        refs,
+        full=full,
+        with_nft=firewall,
+        nsid_pairs=lambda c: _build.nsid_queries(_build.parse_links(c)),
+        decode=_build.decode,
+    )
     cap.notes[:0] = notes
-    topo = _build.build(cap, cache.get("parsed"))
+    topo = _build.build(cap)
     if full is not None:
         _keep_selection(topo, full)
     return topo

@@ -20,10 +20,24 @@ from vethtrace.topology import parse
 from vethtrace.topology.capture import RawCapture, RawNamespace
 
 Parsed = dict[int, list[parse.Link]]  # namespace inode -> its links
+Decoded = tuple[list[parse.Link], Namespace]
+
+
+def decode(raw: RawNamespace) -> Decoded:
+    """One namespace's dumps -> its links (with the references peer resolution
+    still has to follow) and its Namespace, peers not yet resolved. Discovery
+    runs this in the process that made the dumps (capture(decode=...))."""
+    links = parse.links(raw.links, raw.inode)
+    return links, namespace(raw, links)
 
 
 def parse_links(cap: RawCapture) -> Parsed:
-    return {raw.inode: parse.links(raw.links, raw.inode) for raw in cap.namespaces}
+    return {
+        raw.inode: cap.decoded[raw.inode][0]
+        if raw.inode in cap.decoded
+        else parse.links(raw.links, raw.inode)
+        for raw in cap.namespaces
+    }
 
 
 def _peer_ifindex(link: parse.Link) -> int:
@@ -60,11 +74,20 @@ def nsid_queries(parsed: Parsed) -> tuple[dict[int, set[int]], set[int]]:
     """What peer resolution needs the kernel to answer: namespace -> namespaces
     whose nsid (as seen from it) to ask, and the namespaces whose list of
     assigned nsids to read (those with a veth no visible namespace pairs with:
-    is its peer's namespace gone, or just invisible to us?)."""
+    is its peer's namespace gone, or just invisible to us?).
+
+    A pairing is asked about from one end only (a veth has one peer, so the
+    answer settles both ends; see resolve_peers): from the namespace with more
+    cross-namespace veths, so that a hub asks about its 500 leaves through
+    one socket instead of 500 leaves asking about the hub through 500."""
     out: dict[int, set[int]] = defaultdict(set)
     listing: set[int] = set()
-    for (inode, _ifindex), others in candidates(parsed).items():
-        out[inode].update(others)
+    cands = candidates(parsed)
+    ends: dict[int, int] = defaultdict(int)  # namespace -> its cross-namespace veths
+    for inode, _ifindex in cands:
+        ends[inode] += 1
+    for (inode, _ifindex), others in cands.items():
+        out[inode].update(b for b in others if (ends[inode], -inode) > (ends[b], -b))
         if not others:
             listing.add(inode)
     # Stacked devices (macvlan, vlan, ...) whose lower device is in another
@@ -105,10 +128,13 @@ def namespace(raw: RawNamespace, links: list[parse.Link]) -> Namespace:
     return ns
 
 
-def build(cap: RawCapture, parsed: Parsed | None = None) -> Topology:
-    parsed = parsed if parsed is not None else parse_links(cap)
+def build(cap: RawCapture) -> Topology:
+    """The Topology of a capture. What capture() decoded already (cap.decoded) is
+    used as is, and becomes part of the result: build such a capture only once."""
+    decoded = {raw.inode: cap.decoded.get(raw.inode) or decode(raw) for raw in cap.namespaces}
+    parsed = {inode: links for inode, (links, _ns) in decoded.items()}
     topo = Topology(notes=list(cap.notes), taken_at=cap.taken_at, kernel=cap.kernel)
-    topo.namespaces = [namespace(raw, parsed[raw.inode]) for raw in cap.namespaces]
+    topo.namespaces = [decoded[raw.inode][1] for raw in cap.namespaces]
     assigned = {raw.inode: parse.nsid_list(raw.nsids) for raw in cap.namespaces}
     resolve_peers(topo, parsed, cap.nsids, assigned)
     return topo
@@ -125,6 +151,16 @@ def resolve_peers(
     # (namespace, nsid) -> the namespace it names, from the kernel's answers
     by_nsid = {(a, nsid): b for (a, b), nsid in nsids.items() if nsid >= 0}
     present = {ns.inode: {i.key.ifindex for i in ns.interfaces} for ns in topo.namespaces}
+    at = {(inode, lk.iface.key.ifindex): lk for inode, links in parsed.items() for lk in links}
+
+    def settled_from(b: int, inode: int, link: parse.Link) -> bool:
+        """Our end was not asked about namespace b: does b's answer about us
+        (when asked) confirm that its end, at our peer ifindex, points here?"""
+        if (b, inode) not in nsids:
+            return True  # neither end asked (e.g. an old capture): trust pairing
+        theirs = at.get((b, _peer_ifindex(link)))
+        return theirs is not None and theirs.link_nsid == nsids[(b, inode)]
+
     for inode, links in parsed.items():
         for link in links:
             iface = link.iface
@@ -147,8 +183,10 @@ def resolve_peers(
                 confirmed = options
             else:
                 confirmed = [b for b in options if nsids.get((inode, b)) == link.link_nsid]
-            if not confirmed:  # the kernel was not asked (e.g. an old capture): trust pairing
-                confirmed = [b for b in options if (inode, b) not in nsids]
+            if not confirmed:  # not asked from this end: the other end's answer decides
+                confirmed = [
+                    b for b in options if (inode, b) not in nsids and settled_from(b, inode, link)
+                ]
             if len(confirmed) == 1:
                 iface.peer = IfaceKey(confirmed[0], peer_ifindex)
                 continue

@@ -7,21 +7,28 @@ follow the *thread's* namespace), issues the dumps and moves on; a second pass
 asks each namespace the nsids that veth peer resolution needs. The result is raw
 bytes (`RawNamespace`) that `parse`/`build` turn into the model without any
 privilege: recorded captures (samples/netlink/) replay the same code path.
+
+With many namespaces and a second CPU, a forked child dumps namespaces from
+the same queue and streams the bytes back, while this process dumps others
+and decodes everything (see `capture`, `Child`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
-import platform
 import resource
+import select
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from vethtrace import netns
 from vethtrace.topology import nlmsg as nl
@@ -34,8 +41,9 @@ NETLINK_GET_STRICT_CHK = 12
 RECV_SIZE = 65536
 
 # Namespace-wide sysctls that change how frames are forwarded or answered.
-# ip_forward, rp_filter and IPv6 forwarding come from netlink (RTM_GETNETCONF);
-# the rest only exist as files, read relative to one directory fd each.
+# ip_forward, rp_filter, proxy_arp and IPv6 forwarding come from netlink
+# (RTM_GETNETCONF); the rest only exist as files, read relative to one
+# directory fd each.
 # Why so frugal: every namespace has its own /proc/sys/net/ipv4 (and bridge)
 # dentry under the same parent and name, so each lookup of that component
 # scans the dentries of *all* namespaces (~0.3 us each, under a spinlock):
@@ -48,7 +56,6 @@ IPV4_FILES = (
         "conf/all/arp_filter",
         "conf/all/arp_accept",
         "conf/all/arp_announce",
-        "conf/all/proxy_arp",
         "icmp_echo_ignore_all",
     ],
 )
@@ -90,18 +97,21 @@ class RawCapture:
     notes: list[str] = field(default_factory=list)
     taken_at: float = 0.0
     kernel: str = ""
+    forked: bool = False  # a second process dumped some of the namespaces
+    # namespace inode -> capture(decode=...)'s result for it (not part of recordings)
+    decoded: dict[int, Any] = field(default_factory=dict)
 
 
 class Vanished(Exception):
     """The namespace went away (or its holder's inode was recycled) before we got in."""
 
 
-def in_workers(jobs: list[Callable[[], None]]) -> None:
-    """Run each job in its own fresh thread: jobs may setns freely, the caller's
-    namespace never moves. The first exception is re-raised in the caller."""
+def in_thread(job: Callable[[], object]) -> None:
+    """Run job in a fresh thread: it may setns freely, the caller's namespace never
+    moves. Its exception is re-raised in the caller."""
     errors: list[BaseException] = []
 
-    def target(job: Callable[[], None]) -> None:
+    def target() -> None:
         back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:
             job()
@@ -111,14 +121,9 @@ def in_workers(jobs: list[Callable[[], None]]) -> None:
             netns._setns(back)
             os.close(back)
 
-    threads = [
-        threading.Thread(target=target, args=(job,), name="vethtrace-discover", daemon=True)
-        for job in jobs
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    t = threading.Thread(target=target, name="vethtrace-discover", daemon=True)
+    t.start()
+    t.join()
     if errors:
         raise errors[0]
 
@@ -202,7 +207,7 @@ def module_present(name: str) -> bool:
     if not os.path.exists("/proc/modules"):
         return True  # no loadable modules: built in or absent, asking loads nothing
     try:
-        with open(f"/lib/modules/{platform.release()}/modules.builtin") as f:
+        with open(f"/lib/modules/{os.uname().release}/modules.builtin") as f:
             return f"/{name}.ko" in f.read()
     except OSError:
         return False
@@ -354,62 +359,240 @@ def _enough_fds(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
+# Below this many namespaces a second process costs more (fork, pickling) than it saves.
+FORK_MIN_NAMESPACES = 64
+CHILD_TIMEOUT = 60.0  # seconds; a child this late is killed and its share dumped here
+
+
+def fork_pays(n_refs: int) -> bool:
+    """Whether to dump in two processes. Only from a single-threaded process: a
+    child forked while other threads run (ping's sniffers, watch's UI) could
+    inherit a lock one of them holds and never finish."""
+    return (
+        n_refs >= FORK_MIN_NAMESPACES
+        and threading.active_count() == 1
+        and len(os.sched_getaffinity(0)) >= 2
+    )
+
+
+class PositionQueue:
+    """Namespace positions shared by two processes: a pipe holding each as 4 bytes.
+    Whoever is free takes the next one (a 4-byte read is served whole, to one
+    reader), so a heavy namespace (a hub with 500 ports) does not leave the
+    other process idle, as a fixed split would."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def of(cls, positions: list[int]) -> PositionQueue | None:
+        """The queue, or None when the positions do not fit in a pipe (no fork then)."""
+        data = b"".join(i.to_bytes(4, "little") for i in positions)
+        read, write = os.pipe()
+        try:
+            if len(data) > 65536:
+                fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, len(data))
+            os.set_blocking(write, False)
+            if os.write(write, data) == len(data):
+                return cls(read)
+        except OSError:
+            pass
+        finally:
+            os.close(write)  # readers see EOF once the queue is empty
+        os.close(read)
+        return None
+
+    def __iter__(self) -> Iterator[int]:
+        while chunk := os.read(self.fd, 4):
+            yield int.from_bytes(chunk, "little")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Child:
+    """A forked process that runs `work(send)` and streams what it `send`s back
+    through a pipe (each object pickled, length-prefixed), so the caller can
+    use the first results while the child is still working.
+
+    Why a process: a dump is half kernel time, half Python; two threads only
+    take turns on the GIL (measured slower), two processes use both CPUs. The
+    child never returns into the caller's code: it leaves through os._exit (no
+    atexit handlers, no flushing of inherited buffers, no test runner
+    machinery). If it fails, dies or stalls, `completed` stays False and the
+    caller does the missing work itself.
+    """
+
+    def __init__(self, work: Callable[[Callable[[object], None]], None]) -> None:
+        import pickle  # here, not at the top: small runs never fork (~2 ms of start-up)
+
+        self._pickle = pickle
+        read, write = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child
+            status = 1
+            try:
+                os.close(read)
+
+                def send(obj: object) -> None:
+                    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+                    _write_all(write, len(data).to_bytes(4, "little") + data)
+
+                work(send)
+                send(_END)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write)
+        self._read = read
+        self._buf = bytearray()
+        self._eof = False
+        self.completed = False  # the end mark arrived: everything sent was received
+
+    def ready(self) -> list[Any]:
+        """What the child has sent so far, without waiting."""
+        while not self._eof and select.select([self._read], [], [], 0)[0]:
+            self._fill()
+        return self._records()
+
+    def rest(self) -> Iterator[Any]:
+        """Everything else the child sends, until it ends, dies or CHILD_TIMEOUT
+        seconds pass (then close() kills it)."""
+        deadline = time.monotonic() + CHILD_TIMEOUT
+        while True:
+            yield from self._records()
+            if self._eof or self.completed:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._read], [], [], left)[0]:
+                break
+            self._fill()
+        if self.completed and self.reap(kill=False) != 0:
+            self.completed = False
+
+    def _fill(self) -> None:
+        chunk = os.read(self._read, 1 << 20)
+        self._buf += chunk
+        self._eof = not chunk
+
+    def _records(self) -> list[Any]:
+        out = []
+        while len(self._buf) >= 4:
+            size = int.from_bytes(self._buf[:4], "little")
+            if len(self._buf) < 4 + size:
+                break
+            obj = self._pickle.loads(self._buf[4 : 4 + size])
+            del self._buf[: 4 + size]
+            if obj == _END:
+                self.completed = True
+            else:
+                out.append(obj)
+        return out
+
+    def reap(self, kill: bool) -> int:
+        """Wait for the child, killing it first when `kill`; its exit status."""
+        if self.pid <= 0:
+            return -1
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        _pid, status = os.waitpid(self.pid, 0)
+        self.pid = -1
+        return os.waitstatus_to_exitcode(status)
+
+    def close(self) -> None:
+        """Never leave the child behind (an error or Ctrl-C here, a timeout)."""
+        self.reap(kill=True)
+        os.close(self._read)
+
+
+_END = "end"  # the child's last message
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def capture(
     refs: list[NsRef],
     full: set[int] | None = None,
     with_nft: bool = True,
     nsid_pairs: Callable[[RawCapture], tuple[dict[int, set[int]], set[int]]] | None = None,
-    workers: int | None = None,
+    fork: bool | None = None,
+    decode: Callable[[RawNamespace], Any] | None = None,
 ) -> RawCapture:
     """Dump every namespace in refs (only links for those not in `full`, when given),
     then ask the kernel what `nsid_pairs(capture)` says peer resolution needs: the
     nsid of each (namespace, other namespace) pair, and which namespaces' list of
-    assigned nsids to read (RawNamespace.nsids).
+    assigned nsids to read (RawNamespace.nsids). `decode(raw)`, when given, is
+    applied to each dump as soon as it is here; results in RawCapture.decoded.
 
-    `workers` threads share the namespaces. One is the default: with two, the
-    kernel could build one thread's dumps while the other runs Python, but in
-    measurements the GIL hand-offs cost more than the overlap gained.
+    With `fork` (default: when `fork_pays`), a child process dumps namespaces
+    from the same queue as this one and streams them back; this process decodes
+    them between its own dumps, so dumping and decoding overlap on two CPUs. The
+    child does not decode: model objects cost more to pickle and unpickle than
+    to decode from the bytes. The nsid questions are asked from here (a socket
+    in a namespace the child dumped costs a setns and a socket() call).
+    RawCapture.forked says whether a child's results were used.
     """
-    cap = RawCapture(taken_at=time.time(), kernel=platform.release())
+    cap = RawCapture(taken_at=time.time(), kernel=os.uname().release)
     nft = with_nft and module_present("nf_tables")
     br_nf = br_netfilter_loaded()
     legacy = module_present("ip_tables")
-    n = max(1, min(workers or 1, len(refs)))
     _enough_fds(2 * len(refs) + 64)
-    fds: dict[int, int] = {}
+    fds: dict[int, int] = {}  # opened here before any fork: both processes use them
     socks: dict[int, socket.socket] = {}  # kept open for the nsid questions
     results: dict[int, RawNamespace | str] = {}  # position in refs -> dump or note
 
-    def dump_some(positions: range) -> None:
-        for i in positions:
-            ref = refs[i]
-            raw = RawNamespace(ref.inode, ref.name, ref.named, list(ref.pids), ref.container)
-            try:
-                fd = open_ns(ref)
-            except Vanished as exc:
-                results[i] = f"netns {ref.name}: vanished before discovery ({exc})"
-                continue
-            fds[ref.inode] = fd
-            try:
-                netns._setns(fd)
-            except OSError as exc:
-                stale = exc.errno == errno.EINVAL
-                why = "not a namespace: a stale entry?" if stale else exc.strerror
-                results[i] = f"netns {ref.name}: cannot enter ({why})"
-                continue
-            try:
-                socks[ref.inode] = sock = rtnl_socket()
-                dump_here(sock, raw, full is None or ref.inode in full, nft, br_nf, legacy)
-            except OSError as exc:
-                results[i] = f"netns {ref.name}: skipped ({exc.strerror or exc})"
-                continue
-            results[i] = raw
+    def dump_one(i: int) -> RawNamespace | str:
+        """Dump refs[i] (the calling thread enters its namespace); a note if we cannot."""
+        ref = refs[i]
+        try:
+            netns._setns(fds[ref.inode])
+        except OSError as exc:
+            stale = exc.errno == errno.EINVAL
+            why = "not a namespace: a stale entry?" if stale else exc.strerror
+            return f"netns {ref.name}: cannot enter ({why})"
+        raw = RawNamespace(ref.inode, ref.name, ref.named, list(ref.pids), ref.container)
+        try:
+            socks[ref.inode] = sock = rtnl_socket()
+            dump_here(sock, raw, full is None or ref.inode in full, nft, br_nf, legacy)
+        except OSError as exc:
+            return f"netns {ref.name}: skipped ({exc.strerror or exc})"
+        return raw
 
-    def ask_nsids(
-        pairs: list[tuple[int, set[int]]], listing: set[int], by_inode: dict[int, RawNamespace]
-    ) -> None:
+    def take(i: int, result: RawNamespace | str) -> None:
+        results[i] = result
+        if decode is not None and isinstance(result, RawNamespace):
+            cap.decoded[result.inode] = decode(result)
+
+    def dump_all(positions: Iterable[int], child: Child | None) -> None:
+        for i in positions:
+            take(i, dump_one(i))
+            if child is not None:
+                for j, result in child.ready():
+                    take(j, result)
+        if child is not None:
+            for j, result in child.rest():
+                take(j, result)
+            if child.completed:
+                cap.forked = True
+            else:  # the child failed: what it took and did not send is dumped here
+                for i in [i for i in todo if i not in results]:
+                    take(i, dump_one(i))
+
+    def ask_nsids(pairs: list[tuple[int, set[int]]], listing: set[int]) -> None:
+        by_inode = {raw.inode: raw for raw in cap.namespaces}
         for inode, others in pairs:
-            sock = socks[inode]
+            sock = socks.get(inode)
+            if sock is None:  # dumped by the child
+                try:
+                    netns._setns(fds[inode])
+                    socks[inode] = sock = rtnl_socket()
+                except OSError:
+                    continue
             for other in sorted(others):
                 if other in fds:
                     with contextlib.suppress(OSError):
@@ -418,8 +601,28 @@ def capture(
                 with contextlib.suppress(OSError):
                     by_inode[inode].nsids = dump(sock, NSID_REQ)
 
+    child: Child | None = None
+    queue: PositionQueue | None = None
     try:
-        in_workers([partial(dump_some, range(k, len(refs), n)) for k in range(n)])
+        for i, ref in enumerate(refs):
+            try:
+                fds[ref.inode] = open_ns(ref)
+            except Vanished as exc:
+                results[i] = f"netns {ref.name}: vanished before discovery ({exc})"
+        todo = [i for i, ref in enumerate(refs) if ref.inode in fds]
+        if fork if fork is not None else fork_pays(len(todo)):
+            queue = PositionQueue.of(todo)
+        if queue is None:
+            in_thread(lambda: dump_all(todo, None))
+        else:
+            shared = queue
+
+            def child_work(send: Callable[[object], None]) -> None:
+                for i in shared:
+                    send((i, dump_one(i)))
+
+            child = Child(child_work)
+            in_thread(lambda: dump_all(shared, child))
         for i in range(len(refs)):
             result = results[i]
             if isinstance(result, str):
@@ -429,10 +632,14 @@ def capture(
                 cap.namespaces.append(result)
         if nsid_pairs is not None:
             wanted, listing = nsid_pairs(cap)
-            by_inode = {raw.inode: raw for raw in cap.namespaces}
-            jobs = sorted((i, wanted.get(i, set())) for i in set(wanted) | listing if i in socks)
-            in_workers([partial(ask_nsids, jobs[k::n], listing, by_inode) for k in range(n)])
+            dumped = {raw.inode for raw in cap.namespaces}
+            jobs = sorted((i, wanted.get(i, set())) for i in set(wanted) | listing if i in dumped)
+            in_thread(partial(ask_nsids, jobs, listing))
     finally:
+        if child is not None:
+            child.close()
+        if queue is not None:
+            queue.close()
         for sock in socks.values():
             sock.close()
         for fd in fds.values():

@@ -29,8 +29,8 @@ class Link:
     link_nsid: int | None  # IFLA_LINK_NETNSID: where `link` lives, as seen from here
 
 
-def _ip(data: bytes, span: tuple[int, int], family: int) -> str:
-    return _inet_ntop(family, data[span[0] : span[1]])
+def _ip(data: bytes, at: int, family: int) -> str:
+    return _inet_ntop(family, nl.payload(data, at))
 
 
 def links(data: bytes, inode: int) -> list[Link]:
@@ -42,9 +42,9 @@ def links(data: bytes, inode: int) -> list[Link]:
         a = nl.attrs(data, off + nl.IFINFOMSG.size, end)
         kind = None
         slave_kind = None
-        info: dict[int, tuple[int, int]] = {}
+        info: dict[int, int] = {}
         if nl.IFLA_LINKINFO in a:
-            info = nl.attrs(data, *a[nl.IFLA_LINKINFO])
+            info = nl.nested(data, a[nl.IFLA_LINKINFO])
             if nl.IFLA_INFO_KIND in info:
                 kind = nl.string(data, info[nl.IFLA_INFO_KIND])
             if nl.IFLA_INFO_SLAVE_KIND in info:
@@ -66,22 +66,22 @@ def links(data: bytes, inode: int) -> list[Link]:
             master=nl.u32(data, a[nl.IFLA_MASTER]) if nl.IFLA_MASTER in a else None,
         )
         if kind == "bridge" and nl.IFLA_INFO_DATA in info:
-            br = nl.attrs(data, *info[nl.IFLA_INFO_DATA])
+            br = nl.nested(data, info[nl.IFLA_INFO_DATA])
             if nl.IFLA_BR_STP_STATE in br:
                 iface.bridge_stp = nl.u32(data, br[nl.IFLA_BR_STP_STATE]) != 0
             if nl.IFLA_BR_VLAN_FILTERING in br:
                 iface.vlan_filtering = nl.u8(data, br[nl.IFLA_BR_VLAN_FILTERING]) != 0
         if slave_kind == "bridge" and nl.IFLA_INFO_SLAVE_DATA in info:
-            iface.bridge_port = _bridge_port(data, nl.attrs(data, *info[nl.IFLA_INFO_SLAVE_DATA]))
+            iface.bridge_port = _bridge_port(data, nl.nested(data, info[nl.IFLA_INFO_SLAVE_DATA]))
         if nl.IFLA_AF_SPEC in a:
-            iface.sysctls = _inet_conf(data, nl.attrs(data, *a[nl.IFLA_AF_SPEC]))
+            iface.sysctls = _inet_conf(data, nl.nested(data, a[nl.IFLA_AF_SPEC]))
         link = nl.u32(data, a[nl.IFLA_LINK]) if nl.IFLA_LINK in a else None
         nsid = nl.s32(data, a[nl.IFLA_LINK_NETNSID]) if nl.IFLA_LINK_NETNSID in a else None
         out.append(Link(iface, link, nsid))
     return out
 
 
-def _bridge_port(data: bytes, p: dict[int, tuple[int, int]]) -> BridgePortInfo:
+def _bridge_port(data: bytes, p: dict[int, int]) -> BridgePortInfo:
     state = nl.u8(data, p[nl.IFLA_BRPORT_STATE]) if nl.IFLA_BRPORT_STATE in p else 3
 
     def flag(attr: int, default: bool) -> bool:
@@ -96,15 +96,24 @@ def _bridge_port(data: bytes, p: dict[int, tuple[int, int]]) -> BridgePortInfo:
     )
 
 
-def _inet_conf(data: bytes, spec: dict[int, tuple[int, int]]) -> dict[str, str]:
+_INET_CONF: dict[bytes, dict[str, str]] = {}
+
+
+def _inet_conf(data: bytes, spec: dict[int, int]) -> dict[str, str]:
     if nl.AF_INET not in spec:
         return {}
-    inet = nl.attrs(data, *spec[nl.AF_INET])
+    inet = nl.nested(data, spec[nl.AF_INET])
     if nl.IFLA_INET_CONF not in inet:
         return {}
-    start, end = inet[nl.IFLA_INET_CONF]
-    values = struct.unpack_from(f"={(end - start) // 4}I", data, start)
-    return {name: str(values[i - 1]) for name, i in nl.INET_DEVCONF.items() if i <= len(values)}
+    # Most interfaces carry the very same settings: decode each distinct array once.
+    raw = nl.payload(data, inet[nl.IFLA_INET_CONF])
+    conf = _INET_CONF.get(raw)
+    if conf is None:
+        values = struct.unpack_from(f"={len(raw) // 4}I", raw)
+        conf = {name: str(values[i - 1]) for name, i in nl.INET_DEVCONF.items() if i <= len(values)}
+        if len(_INET_CONF) < 1024:
+            _INET_CONF[raw] = conf
+    return dict(conf)
 
 
 def addresses(data: bytes) -> dict[int, list[Address]]:
@@ -118,11 +127,11 @@ def addresses(data: bytes) -> dict[int, list[Address]]:
             continue
         sfam, ver = _FAMILY[family]
         a = nl.attrs(data, off + nl.IFADDRMSG.size, end)
-        span = a.get(nl.IFA_LOCAL) or a.get(nl.IFA_ADDRESS)
-        if span is None:
+        at = a.get(nl.IFA_LOCAL) or a.get(nl.IFA_ADDRESS)
+        if at is None:
             continue
         out.setdefault(index, []).append(
-            Address(_ip(data, span, sfam), prefixlen, ver, nl.SCOPES.get(scope, str(scope)))
+            Address(_ip(data, at, sfam), prefixlen, ver, nl.SCOPES.get(scope, str(scope)))
         )
     return out
 
@@ -152,10 +161,10 @@ def routes(data: bytes) -> list[Route]:
         oif = nl.u32(data, a[nl.RTA_OIF]) if nl.RTA_OIF in a else None
         gateway = _ip(data, a[nl.RTA_GATEWAY], sfam) if nl.RTA_GATEWAY in a else None
         if gateway is None and nl.RTA_VIA in a:
-            s, e = a[nl.RTA_VIA]
-            via_fam = struct.unpack_from("=H", data, s)[0]
+            s = a[nl.RTA_VIA]
+            via_fam = nl.u16(data, s)
             if via_fam in _FAMILY:
-                gateway = _inet_ntop(_FAMILY[via_fam][0], data[s + 2 : e])
+                gateway = _inet_ntop(_FAMILY[via_fam][0], data[s + 2 : nl.end_of(data, s)])
         if nl.RTA_MULTIPATH in a and oif is None:
             oif, gateway = _first_nexthop(data, a[nl.RTA_MULTIPATH], sfam)
         out.append(
@@ -174,9 +183,8 @@ def routes(data: bytes) -> list[Route]:
     return out
 
 
-def _first_nexthop(data: bytes, span: tuple[int, int], sfam: int) -> tuple[int | None, str | None]:
-    start, end = span
-    if start + nl.RTNH.size > end:
+def _first_nexthop(data: bytes, start: int, sfam: int) -> tuple[int | None, str | None]:
+    if start + nl.RTNH.size > nl.end_of(data, start):
         return None, None
     length, _flags, _hops, ifindex = nl.RTNH.unpack_from(data, start)
     a = nl.attrs(data, start + nl.RTNH.size, start + length)
@@ -278,6 +286,8 @@ def netconf(data: bytes) -> dict[str, str]:
                 out["net.ipv4.ip_forward"] = str(nl.s32(data, a[nl.NETCONFA_FORWARDING]))
             if nl.NETCONFA_RP_FILTER in a:
                 out["net.ipv4.conf.all.rp_filter"] = str(nl.s32(data, a[nl.NETCONFA_RP_FILTER]))
+            if nl.NETCONFA_PROXY_NEIGH in a:
+                out["net.ipv4.conf.all.proxy_arp"] = str(nl.s32(data, a[nl.NETCONFA_PROXY_NEIGH]))
         elif family == nl.AF_INET6 and nl.NETCONFA_FORWARDING in a:
             out["net.ipv6.conf.all.forwarding"] = str(nl.s32(data, a[nl.NETCONFA_FORWARDING]))
     return out
@@ -332,7 +342,7 @@ def firewall(chains: bytes | None, rules: bytes | None, legacy: list[str]) -> di
             if NFTA_CHAIN_HOOK not in a:
                 continue  # a regular chain: only reached by jumps
             fam = NFT_FAMILIES.get(family, str(family))
-            hook = nl.attrs(chains, *a[NFTA_CHAIN_HOOK])
+            hook = nl.nested(chains, a[NFTA_CHAIN_HOOK])
             hooknum = nl.be32(chains, hook[NFTA_HOOK_HOOKNUM]) if NFTA_HOOK_HOOKNUM in hook else -1
             names = _HOOKS.get(fam, _HOOKS_INET)
             table = nl.string(chains, a[NFTA_CHAIN_TABLE])
@@ -370,22 +380,22 @@ def firewall(chains: bytes | None, rules: bytes | None, legacy: list[str]) -> di
     return fw
 
 
-def _drops(data: bytes, span: tuple[int, int]) -> bool:
-    for _t, s, e in nl.attr_list(data, *span):
-        expr = nl.attrs(data, s, e)
+def _drops(data: bytes, at: int) -> bool:
+    for _t, s in nl.attr_list(data, at, nl.end_of(data, at)):
+        expr = nl.nested(data, s)
         if NFTA_EXPR_NAME not in expr:
             continue
         name = nl.string(data, expr[NFTA_EXPR_NAME])
         if name == "reject":
             return True
         if name == "immediate" and NFTA_EXPR_DATA in expr:
-            imm = nl.attrs(data, *expr[NFTA_EXPR_DATA])
+            imm = nl.nested(data, expr[NFTA_EXPR_DATA])
             if NFTA_IMMEDIATE_DATA not in imm:
                 continue
-            d = nl.attrs(data, *imm[NFTA_IMMEDIATE_DATA])
+            d = nl.nested(data, imm[NFTA_IMMEDIATE_DATA])
             if NFTA_DATA_VERDICT not in d:
                 continue
-            v = nl.attrs(data, *d[NFTA_DATA_VERDICT])
+            v = nl.nested(data, d[NFTA_DATA_VERDICT])
             if NFTA_VERDICT_CODE in v and nl.be32(data, v[NFTA_VERDICT_CODE]) == NF_DROP:
                 return True
     return False

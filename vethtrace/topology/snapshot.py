@@ -28,9 +28,14 @@ _BYTES_FIELDS = {f.name for f in dataclasses.fields(RawNamespace) if "bytes" in 
 def dumps(topo: Topology, indent: int | None = 2) -> str:
     """The same document as json.dumps(to_dict(topo)) (a unit test holds it to
     that), twice as fast: the C encoder walks the dataclasses' __dict__s itself
-    instead of Python building an intermediate copy first."""
+    instead of Python building an intermediate copy first. A Topology is a tree,
+    so the encoder's cycle bookkeeping is skipped; compact output (for programs)
+    escapes non-ASCII characters, which the C encoder does faster (together
+    ~20 -> ~15 ms at 500 namespaces); indented output stays readable UTF-8."""
     doc = {"format": FORMAT, "version": VERSION, **vars(topo)}
-    return json.dumps(doc, indent=indent, ensure_ascii=False, default=vars)
+    return json.dumps(
+        doc, indent=indent, ensure_ascii=indent is None, check_circular=False, default=vars
+    )
 
 
 def loads(text: str) -> Topology:
