@@ -356,16 +356,18 @@ def _subsystems(b: btfmod.Btf) -> dict[int, str]:
 
 
 class Kallsyms:
-    """Kernel text symbols from /proc/kallsyms, loaded on first use, lookups cached."""
+    """Kernel text symbols from /proc/kallsyms, loaded on first use (or in the
+    background), lookups cached."""
 
     def __init__(self, path: str = "/proc/kallsyms") -> None:
         self.path = path
-        self._addrs: list[int] = []
-        self._names: list[str] = []
+        # (addresses, names), replaced in one assignment: a lookup racing the
+        # background load sees either nothing or the whole table
+        self._table: tuple[list[int], list[str]] | None = None
         self._cache: dict[int, str | None] = {}
         self._lock = threading.Lock()
 
-    def _load(self) -> None:
+    def _load(self) -> tuple[list[int], list[str]]:
         pairs = []
         with open(self.path) as f:
             for line in f:
@@ -373,27 +375,26 @@ class Kallsyms:
                 if len(parts) >= 3 and parts[1] in ("t", "T"):
                     pairs.append((int(parts[0], 16), parts[2]))
         pairs.sort()
-        self._addrs = [a for a, _ in pairs]
-        self._names = [n for _, n in pairs]
+        return [a for a, _ in pairs], [n for _, n in pairs]
 
     def preload(self) -> None:
         """Load in a background thread so the first drop event does not wait."""
         threading.Thread(target=self._ensure, name="kallsyms", daemon=True).start()
 
-    def _ensure(self) -> None:
+    def _ensure(self) -> tuple[list[int], list[str]]:
         with self._lock:
-            if not self._addrs:
-                self._load()
+            if self._table is None:
+                self._table = self._load()
+            return self._table
 
     def name(self, addr: int) -> str | None:
         if not addr:
             return None
         if addr in self._cache:
             return self._cache[addr]
-        if not self._addrs:
-            self._ensure()
-        i = bisect.bisect_right(self._addrs, addr) - 1
-        sym = self._names[i] if i >= 0 and self._addrs[i] else None
+        addrs, names = self._table or self._ensure()
+        i = bisect.bisect_right(addrs, addr) - 1
+        sym = names[i] if i >= 0 and addrs[i] else None
         self._cache[addr] = sym
         return sym
 
@@ -503,7 +504,7 @@ class BpfCollector:
         self._names_cache: dict[bytes, str] = {}
         self._pkt_cache: dict[bytes, PacketSummary | None] = {}
         self._drop_names: dict[int, str] = {}
-        self._perf_lost = 0
+        self._lost_kept = 0  # perf buffer losses; after close() also the ring's count
         self._points = point_names()
         self._kallsyms = Kallsyms()
         self._reasons: dict[int, str] = {}
@@ -620,12 +621,21 @@ class BpfCollector:
     @property
     def lost(self) -> int:
         """Events the kernel could not deliver so far (ring buffer full / perf lost)."""
-        if self._cached is not None:
-            return self._lost_cached(self._cached)
-        return self._lost_from(self._bpf) if self._bpf is not None else self._perf_lost
+        return self._lost_kept + self._ring_lost()
+
+    def _ring_lost(self) -> int:
+        """Reservations the programs counted as failed (ring buffer plans)."""
+        try:
+            if self._cached is not None:
+                return self._cached.percpu_sum("vt_lost")
+            if self._bpf is not None and self.plan and self.plan.delivery == "ring buffer":
+                return int(self._bpf[b"vt_lost"].sum(0).value)
+        except Exception:  # the map is gone or unreadable: report what we know
+            pass
+        return 0
 
     def _on_lost(self, count: int) -> None:
-        self._perf_lost += count
+        self._lost_kept += count
 
     def _on_event(self, _cpu: int, data: int, _size: int) -> None:
         """perf buffer callback (the ring buffer is read by _read_ring)."""
@@ -683,36 +693,17 @@ class BpfCollector:
         return pending[:cut]
 
     def close(self) -> None:
+        self._lost_kept += self._ring_lost()  # the count outlives the maps
         if self._ring is not None:
             ring, self._ring = self._ring, None
             ring.close()
         if self._cached is not None:
             cached, self._cached = self._cached, None
-            try:
-                self._perf_lost = self._lost_cached(cached)
-            finally:
-                cached.close()
+            cached.close()
         if self._bpf is not None:
             bpf, self._bpf = self._bpf, None
-            try:
-                self._perf_lost = self._lost_from(bpf)
-            finally:
-                bpf.cleanup()
+            bpf.cleanup()
         self._closed = True
-
-    def _lost_cached(self, cached: progcache.Loaded) -> int:
-        try:
-            return self._perf_lost + cached.percpu_sum("vt_lost")
-        except (OSError, KeyError):
-            return self._perf_lost
-
-    def _lost_from(self, bpf: Any) -> int:
-        if self.plan and self.plan.delivery == "ring buffer":
-            try:
-                return self._perf_lost + int(bpf[b"vt_lost"].sum(0).value)
-            except Exception:  # the map is gone or unreadable: report what we know
-                return self._perf_lost
-        return self._perf_lost
 
     # --- decoding ------------------------------------------------------------------
 
