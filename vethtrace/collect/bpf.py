@@ -775,7 +775,7 @@ class BpfCollector:
                 if r.family == socket.AF_INET6
                 else socket.inet_ntoa(key[:4])
             )
-            lladdr = r.lladdr.hex(":")
+            lladdr = _mac(r.lladdr)
             ev.neigh = NeighChange(
                 address=addr,
                 old_state=nud_name(r.old_state),
@@ -787,7 +787,7 @@ class BpfCollector:
             ev.extra.update(
                 port_ifindex=r.ifindex2,
                 port=self._ifname(r.ifname2),
-                mac=r.lladdr.hex(":"),
+                mac=_mac(r.lladdr),
                 vid=r.vid,
             )
         return ev

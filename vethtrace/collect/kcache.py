@@ -61,15 +61,18 @@ def cached(name: str, compute: Callable[[], T]) -> T:
         return facts[name]
     value = compute()
     facts[name] = value
-    try:
-        path = _path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(facts))
-        tmp.replace(path)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        save_json(_path(), facts)
     return value
+
+
+def save_json(path: Path, doc: object) -> None:
+    """Write a cache file whole or not at all (another vethtrace may be reading
+    it): to a temporary name, then renamed over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
 
 
 def forget() -> None:

@@ -25,11 +25,12 @@ import json
 import os
 import platform
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vethtrace.collect.kcache import CACHE_DIR
+from vethtrace.collect.kcache import CACHE_DIR, save_json
 
 VERSION = 1
 PREFIX = b"raw_tracepoint__"  # bcc's name for RAW_TRACEPOINT_PROBE(tp) functions
@@ -109,22 +110,18 @@ def _map_info(fd: int) -> _Map:
     return _Map(name.split(b"\0", 1)[0].decode(), mtype, ksize, vsize, entries, flags, fd)
 
 
-def _map_fds(insns: bytes) -> list[int]:
-    """fds that ld_imm64 instructions load as map references."""
-    fds = []
+def _map_refs(insns: bytes) -> Iterator[tuple[int, int]]:
+    """(offset, fd) of each ld_imm64 instruction that loads a map reference."""
     for pos in range(0, len(insns) - 15, 8):
         op, regs, _off, imm = struct.unpack_from("<BBhi", insns, pos)
         if op == LD_IMM64 and regs >> 4 == BPF_PSEUDO_MAP_FD:
-            fds.append(imm)
-    return fds
+            yield pos, imm
 
 
 def _relocate(insns: bytes, fds: dict[int, int]) -> bytes:
     out = bytearray(insns)
-    for pos in range(0, len(out) - 15, 8):
-        op, regs, _off, imm = struct.unpack_from("<BBhi", out, pos)
-        if op == LD_IMM64 and regs >> 4 == BPF_PSEUDO_MAP_FD:
-            struct.pack_into("<i", out, pos + 4, fds[imm])
+    for pos, old in _map_refs(insns):
+        struct.pack_into("<i", out, pos + 4, fds[old])
     return bytes(out)
 
 
@@ -141,7 +138,7 @@ def store(k: str, bpf: Any, layout: dict[str, Any]) -> None:
         maps: dict[int, _Map] = {}
         for name in names:
             insns = bpf.dump_func(name)
-            for fd in _map_fds(insns):
+            for _pos, fd in _map_refs(insns):
                 maps.setdefault(fd, _map_info(fd))
             programs.append({"tp": name[len(PREFIX) :].decode(), "insns": insns.hex()})
         doc = {
@@ -150,11 +147,7 @@ def store(k: str, bpf: Any, layout: dict[str, Any]) -> None:
             "maps": [vars(m) for m in maps.values()],
             "layout": layout,
         }
-        path = _path(k)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(path)
+        save_json(_path(k), doc)
     except (OSError, ValueError, KeyError, AttributeError):
         return
 
@@ -173,12 +166,11 @@ class Loaded:
     def percpu_sum(self, name: str) -> int:
         """Sum over CPUs of entry 0 of a per-CPU u64 array (the lost counter)."""
         m = self.maps[name]
-        ncpu = possible_cpus()
-        value = ctypes.create_string_buffer(((m.value_size + 7) & ~7) * ncpu)
+        ncpu, step = possible_cpus(), (m.value_size + 7) & ~7
+        value = ctypes.create_string_buffer(step * ncpu)
         k = ctypes.create_string_buffer(4)
         attr = struct.pack("<I4xQQQ", m.fd, _addr(k), _addr(value), 0)
         _bpf(BPF_MAP_LOOKUP_ELEM, _attr(attr))
-        step = (m.value_size + 7) & ~7
         return sum(struct.unpack_from("<Q", value.raw, i * step)[0] for i in range(ncpu))
 
     def close(self) -> None:
