@@ -103,17 +103,21 @@ def wait_line(
 CLIENT_CPU, SERVER_CPU = "0", str(min(1, (os.cpu_count() or 1) - 1))
 
 
-def iperf(a: str, proto: str, seconds: int, pps: int | None = None) -> float:
-    """Client in a (pinned to CPU 0) -> server in b (pinned to the last CPU).
-    TCP: Gbit/s received. UDP, 64-byte payloads unthrottled: kpackets/s *sent*
-    (the receiver's socket drops most of them, so its count measures the
-    socket buffer, not the path's cost)."""
+def iperf_json(a: str, proto: str, seconds: int, pps: int | None = None) -> dict:
+    """iperf3's JSON report: client in a (pinned to CPU 0) -> server in b
+    (pinned to the last CPU); UDP with 64-byte payloads, at `pps` or unthrottled."""
     args = ["ip", "netns", "exec", a, "taskset", "-c", CLIENT_CPU,
             "iperf3", "-c", SERVER_IP, "-t", str(seconds), "-J"]  # fmt: skip
     if proto == "udp":
         args += ["-u", "-l", "64", "-b", str(pps * 64 * 8) if pps else "0"]
-    res = sh(*args, timeout=seconds + 30)
-    data = json.loads(res.stdout)
+    data: dict = json.loads(sh(*args, timeout=seconds + 30).stdout)
+    return data
+
+
+def iperf(a: str, proto: str, seconds: int, pps: int | None = None) -> float:
+    """TCP: Gbit/s received. UDP: kpackets/s *sent* (the receiver's socket drops
+    most of them, so its count measures the socket buffer, not the path's cost)."""
+    data = iperf_json(a, proto, seconds, pps)
     if proto == "tcp":
         return data["end"]["sum_received"]["bits_per_second"] / 1e9
     s = data["end"]["sum"]
@@ -207,15 +211,9 @@ class Tracer:
 def enable_bpf_stats() -> int:
     """bpf(BPF_ENABLE_STATS, RUN_TIME): the kernel times every BPF program run
     while this fd is open (no sysctl is changed; closing the fd ends it)."""
-    import ctypes
+    from vethtrace.collect import progcache
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    attr = ctypes.create_string_buffer(b"\0" * 128, 128)  # enable_stats.type = 0 (RUN_TIME)
-    fd = libc.syscall(321, 32, attr, 128)  # SYS_bpf, BPF_ENABLE_STATS
-    if fd < 0:
-        raise OSError(ctypes.get_errno(), "BPF_ENABLE_STATS")
-    return int(fd)
+    return progcache.bpf_call(progcache.BPF_ENABLE_STATS, b"")  # type 0: RUN_TIME
 
 
 def prog_stats(pid: int) -> tuple[int, int]:
@@ -272,23 +270,21 @@ def client_cpu_per_packet(a: str, seconds: int, pps: int) -> float:
     tracer included (the BPF program and the tracepoint's own work around it,
     which the program run time does not show; classic tracepoints build a
     record, raw ones do not)."""
-    args = ["ip", "netns", "exec", a, "taskset", "-c", CLIENT_CPU, "iperf3", "-c", SERVER_IP,
-            "-t", str(seconds), "-J", "-u", "-l", "64", "-b", str(pps * 64 * 8)]  # fmt: skip
-    data = json.loads(sh(*args, timeout=seconds + 30).stdout)
+    data = iperf_json(a, "udp", seconds, pps)
     total = data["end"]["sum"]
     cpu = data["end"]["cpu_utilization_percent"]["host_total"] / 100 * total["seconds"]
     return cpu / total["packets"] * 1e9
 
 
-CPU_KINDS = ("untraced", "vethtrace-nonmatch", "vethtrace-otherns", "bpftrace", "tcpdump",
-             "vethtrace-match")  # fmt: skip
+KINDS = ("untraced", "vethtrace-nonmatch", "vethtrace-otherns", "bpftrace", "tcpdump",
+         "vethtrace-match")  # fmt: skip
 
 
 def cpu_table(lab: dict[str, str], seconds: int, pps: int, reps: int) -> dict[str, list[float]]:
     """Client CPU ns per packet per condition, each run, alternating conditions."""
-    runs: dict[str, list[float]] = {k: [] for k in CPU_KINDS}
+    runs: dict[str, list[float]] = {k: [] for k in KINDS}
     for _ in range(reps):
-        for k in CPU_KINDS:
+        for k in KINDS:
             tracer = Tracer(k, lab, "udp")
             tracer.start()
             try:
@@ -431,8 +427,6 @@ def main() -> int:
         stderr=subprocess.DEVNULL,
     )
     time.sleep(0.5)
-    kinds = ["untraced", "vethtrace-nonmatch", "vethtrace-otherns", "bpftrace", "tcpdump",
-             "vethtrace-match"]  # fmt: skip
     parts = {"cost"} if args.cost_only else set(args.parts.split(","))
     unknown = parts - {"throughput", "capacity", "cost", "attach"}
     if unknown:
@@ -445,7 +439,7 @@ def main() -> int:
         if "throughput" in parts:
             for proto in ("tcp", "udp"):
                 for _rep in range(args.reps):
-                    for kind in kinds:
+                    for kind in KINDS:
                         tracer = Tracer(kind, names, proto)
                         tracer.start()
                         try:
@@ -485,7 +479,7 @@ def main() -> int:
         down("bridge-two", prefix)
     print(header(args))
     if results:
-        print_throughput(kinds, results, extra)
+        print_throughput(KINDS, results, extra)
     if capacity:
         print("\n| UDP 64 B flow, kpkt/s sent | events/s decoded in Python | events lost |")
         print("|---|---|---|")
@@ -503,7 +497,7 @@ def main() -> int:
 
 
 def print_throughput(
-    kinds: list[str],
+    kinds: tuple[str, ...],
     results: dict[tuple[str, str], list[float]],
     extra: dict[tuple[str, str], list[dict[str, float]]],
 ) -> None:

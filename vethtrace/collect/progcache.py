@@ -37,7 +37,7 @@ PREFIX = b"raw_tracepoint__"  # bcc's name for RAW_TRACEPOINT_PROBE(tp) function
 
 # bpf(2) commands, program/map types and instruction bits we use (uapi/linux/bpf.h)
 BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_PROG_LOAD = 0, 1, 5
-BPF_OBJ_GET_INFO_BY_FD, BPF_RAW_TRACEPOINT_OPEN = 15, 17
+BPF_OBJ_GET_INFO_BY_FD, BPF_RAW_TRACEPOINT_OPEN, BPF_ENABLE_STATS = 15, 17, 32
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_PSEUDO_MAP_FD = 1
 LD_IMM64 = 0x18
@@ -47,18 +47,17 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+def bpf_call(cmd: int, attr: bytes) -> int:
+    """bpf(2) with `attr` (the union bpf_attr member, zero-padded): its result,
+    or OSError. Pointers inside attr must stay alive for the call."""
     if SYS_BPF is None:
         raise OSError(0, f"no bpf(2) number known for {platform.machine()}")
-    fd = int(_libc.syscall(SYS_BPF, cmd, attr, len(attr)))
+    buf = ctypes.create_string_buffer(attr, max(len(attr), 128))
+    fd = int(_libc.syscall(SYS_BPF, cmd, buf, len(buf)))
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"bpf({cmd}): {os.strerror(err)}")
     return fd
-
-
-def _attr(data: bytes) -> ctypes.Array[ctypes.c_char]:
-    return ctypes.create_string_buffer(data, max(len(data), 128))
 
 
 def _addr(buf: ctypes.Array[ctypes.c_char]) -> int:
@@ -105,7 +104,7 @@ class _Map:
 
 def _map_info(fd: int) -> _Map:
     info = ctypes.create_string_buffer(88)
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, _attr(struct.pack("<IIQ", fd, len(info), _addr(info))))
+    bpf_call(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, len(info), _addr(info)))
     mtype, _id, ksize, vsize, entries, flags, name = struct.unpack_from("<6I16s", info.raw)
     return _Map(name.split(b"\0", 1)[0].decode(), mtype, ksize, vsize, entries, flags, fd)
 
@@ -170,7 +169,7 @@ class Loaded:
         value = ctypes.create_string_buffer(step * ncpu)
         k = ctypes.create_string_buffer(4)
         attr = struct.pack("<I4xQQQ", m.fd, _addr(k), _addr(value), 0)
-        _bpf(BPF_MAP_LOOKUP_ELEM, _attr(attr))
+        bpf_call(BPF_MAP_LOOKUP_ELEM, attr)
         return sum(struct.unpack_from("<Q", value.raw, i * step)[0] for i in range(ncpu))
 
     def close(self) -> None:
@@ -215,7 +214,7 @@ def load(k: str) -> Loaded | None:
                 "<7I16s", m.type, m.key_size, m.value_size, m.max_entries, m.flags, 0, 0,
                 m.name.encode()[:15],
             )  # fmt: skip
-            new = _bpf(BPF_MAP_CREATE, _attr(attr))
+            new = bpf_call(BPF_MAP_CREATE, attr)
             old_to_new[m.fd] = new
             loaded.maps[m.name] = _Map(**{**spec, "fd": new})
         license_ = ctypes.create_string_buffer(b"GPL")
@@ -227,11 +226,11 @@ def load(k: str) -> Loaded | None:
                 "<IIQQIIQII16sII", BPF_PROG_TYPE_RAW_TRACEPOINT, count, _addr(code),
                 _addr(license_), 0, 0, 0, 0, 0, pname, 0, 0,
             )  # fmt: skip
-            prog_fd = _bpf(BPF_PROG_LOAD, _attr(attr))
+            prog_fd = bpf_call(BPF_PROG_LOAD, attr)
             loaded.fds.append(prog_fd)
             tp = ctypes.create_string_buffer(prog["tp"].encode())
             loaded.fds.append(
-                _bpf(BPF_RAW_TRACEPOINT_OPEN, _attr(struct.pack("<QI4x", _addr(tp), prog_fd)))
+                bpf_call(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI4x", _addr(tp), prog_fd))
             )
     except (OSError, KeyError, TypeError, ValueError):
         loaded.close()
