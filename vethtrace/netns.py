@@ -100,21 +100,32 @@ def entered(name: str) -> Iterator[int]:
         os.close(fd)
 
 
-def run_in(name: str, fn: Callable[[], T]) -> T:
-    """Run fn() in a short-lived thread inside namespace `name`; return its result
-    or re-raise its exception in the caller."""
+def in_thread(fn: Callable[[], T], name: str = "vethtrace-netns") -> T:
+    """Run fn() in a short-lived thread of its own, which may setns() freely (the
+    caller's namespace never moves); return its result or re-raise its exception
+    in the caller."""
     box: dict[str, object] = {}
 
     def target() -> None:
         try:
-            with entered(name):
-                box["value"] = fn()
+            box["value"] = fn()
         except BaseException as exc:  # re-raised in the caller
             box["error"] = exc
 
-    t = threading.Thread(target=target, name=f"netns:{name}", daemon=True)
+    t = threading.Thread(target=target, name=name, daemon=True)
     t.start()
     t.join()
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["value"]  # type: ignore[return-value]
+
+
+def run_in(name: str, fn: Callable[[], T]) -> T:
+    """Run fn() in a short-lived thread inside namespace `name`; return its result
+    or re-raise its exception in the caller."""
+
+    def inside() -> T:
+        with entered(name):
+            return fn()
+
+    return in_thread(inside, f"netns:{name}")

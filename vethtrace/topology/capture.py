@@ -106,28 +106,6 @@ class Vanished(Exception):
     """The namespace went away (or its holder's inode was recycled) before we got in."""
 
 
-def in_thread(job: Callable[[], object]) -> None:
-    """Run job in a fresh thread: it may setns freely, the caller's namespace never
-    moves. Its exception is re-raised in the caller."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            job()
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            netns._setns(back)
-            os.close(back)
-
-    t = threading.Thread(target=target, name="vethtrace-discover", daemon=True)
-    t.start()
-    t.join()
-    if errors:
-        raise errors[0]
-
-
 def open_ns(ref: NsRef) -> int:
     """An fd for the namespace, checked to still be the one we enumerated."""
     try:
@@ -613,7 +591,7 @@ def capture(
         if fork if fork is not None else fork_pays(len(todo)):
             queue = PositionQueue.of(todo)
         if queue is None:
-            in_thread(lambda: dump_all(todo, None))
+            netns.in_thread(lambda: dump_all(todo, None), "vethtrace-discover")
         else:
             shared = queue
 
@@ -622,7 +600,7 @@ def capture(
                     send((i, dump_one(i)))
 
             child = Child(child_work)
-            in_thread(lambda: dump_all(shared, child))
+            netns.in_thread(lambda: dump_all(shared, child), "vethtrace-discover")
         for i in range(len(refs)):
             result = results[i]
             if isinstance(result, str):
@@ -634,7 +612,7 @@ def capture(
             wanted, listing = nsid_pairs(cap)
             dumped = {raw.inode for raw in cap.namespaces}
             jobs = sorted((i, wanted.get(i, set())) for i in set(wanted) | listing if i in dumped)
-            in_thread(partial(ask_nsids, jobs, listing))
+            netns.in_thread(partial(ask_nsids, jobs, listing), "vethtrace-discover")
     finally:
         if child is not None:
             child.close()
