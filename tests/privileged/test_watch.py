@@ -60,6 +60,16 @@ def _assert_gone(t: Tmux, pid: int, progs: set[int]) -> None:
     assert not [i for i in progs if _loaded(i)], "BPF programs outlived watch"
 
 
+def _forget_song(host: str) -> None:
+    """Drop host's neighbour entry for song, so the next ping sends an ARP request
+    at once. On seed it never resolves: an earlier test's entry, still INCOMPLETE,
+    would queue the ping behind its last probe and then turn FAILED without
+    another request (with cached probes, watch is tracing within ~0.1 s of that)."""
+    subprocess.run(
+        ["ip", "-n", host, "neigh", "flush", "to", "192.168.122.102", "nud", "all"], check=True
+    )
+
+
 def test_watch_shows_the_diverted_arp_reply_and_quits_on_q(seed_lab: BuiltLab) -> None:
     host = seed_lab.ns("host")
     with watch_in_tmux(seed_lab) as t:
@@ -67,6 +77,7 @@ def test_watch_shows_the_diverted_arp_reply_and_quits_on_q(seed_lab: BuiltLab) -
         pid = _watch_pid(t)
         progs = held_prog_ids(pid)
         assert progs and all(_loaded(i) for i in progs)  # attached while it runs
+        _forget_song(host)
         subprocess.run(
             ["ip", "netns", "exec", host, "ping", "-c", "2", "-W", "1", "192.168.122.102"],
             capture_output=True,
@@ -112,6 +123,7 @@ def test_without_a_terminal_watch_streams_trace_lines(seed_lab: BuiltLab) -> Non
             line = proc.stderr.readline()
             assert line, f"watch ended before tracing: {proc.stdout.read() if proc.stdout else ''}"
             started += line
+        _forget_song(host)
         subprocess.run(
             ["ip", "netns", "exec", host, "ping", "-c", "1", "-W", "1", "192.168.122.102"],
             capture_output=True,
