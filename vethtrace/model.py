@@ -153,6 +153,19 @@ class Topology:
         ns = self.netns(key.netns)
         return ns.iface(key.ifindex) if ns else None
 
+    def netns_name(self, inode: int, fallback: str | None = None) -> str:
+        """How every stage names a namespace it knows by inode: its name here;
+        else `fallback` when the caller has a better word for it (the name it
+        was asked by); else `netns:<inode>` (an inode this snapshot lacks,
+        e.g. a namespace created after discovery), or `?` for inode 0 (an
+        event with no device, so no namespace)."""
+        ns = self.netns(inode)
+        if ns is not None:
+            return ns.name
+        if fallback is not None:
+            return fallback
+        return f"netns:{inode}" if inode else "?"
+
     def label(self, key: IfaceKey) -> str:
         """'netns/ifname', the way people name an interface across namespaces."""
         ns = self.netns(key.netns)

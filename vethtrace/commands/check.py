@@ -8,7 +8,7 @@ which namespaces' findings are shown.
 
 from __future__ import annotations
 
-import json as jsonlib
+import json
 import sys
 
 from rich.text import Text
@@ -37,13 +37,13 @@ def resolve(topo: Topology, wanted: list[str]) -> list[str]:
     return names
 
 
-def run(json: bool = False, netns: list[str] | None = None) -> int:
+def run(as_json: bool = False, netns: list[str] | None = None) -> int:
     require_root("vethtrace check")
     topo = discover()
     names = resolve(topo, netns) if netns else None
     findings = run_rules(topo, names)
-    if json:
-        sys.stdout.write(jsonlib.dumps(findings_json(findings), indent=2) + "\n")
+    if as_json:
+        sys.stdout.write(json.dumps(findings_json(findings), indent=2) + "\n")
     else:
         scope = (", ".join(names) if names
                  else f"{len(topo.namespaces)} namespace{'s' * (len(topo.namespaces) != 1)}")

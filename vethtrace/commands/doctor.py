@@ -8,7 +8,7 @@ capabilities and refused fentry. Exit 0 when tracing is possible at all,
 
 from __future__ import annotations
 
-import json as jsonmod
+import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -126,12 +126,12 @@ def gather() -> dict[str, Any]:
     }
 
 
-def run(json: bool = False, **_: object) -> int:
+def run(as_json: bool = False, **_: object) -> int:
     started = time.monotonic()
     report = gather()
     status = ExitStatus.OK if report["tracing_possible"] else ExitStatus.FINDINGS
-    if json:
-        print(jsonmod.dumps(report, indent=2))
+    if as_json:
+        print(json.dumps(report, indent=2))
         return int(status)
     console = make_console()
     table = Table(title=f"vethtrace doctor — kernel {report['kernel']}", title_justify="left")

@@ -13,7 +13,7 @@ findings differ from what was recorded, a note says so.
 
 from __future__ import annotations
 
-import json as jsonlib
+import json
 import os
 from typing import Any
 
@@ -27,20 +27,20 @@ from vethtrace.model import Finding, PacketPath, Topology, from_dict, to_dict
 from vethtrace.record import Recording, read
 
 
-def run(file: str, json: bool = False) -> int:
+def run(file: str, as_json: bool = False) -> int:
     rec = read(file)
     notes = list(rec.notes)
     if isinstance(rec.header.get("ping"), dict):
         if rec.topology is None:
             raise UserError(f"{file}: the ping recording has no topology record (cut short?)")
-        return _ping(rec, notes, json)
+        return _ping(rec, notes, as_json)
     if rec.topology is None:  # trace records events even when discovery failed
         notes.append("no topology was recorded: namespaces appear as inodes, no static checks")
         rec.topology = Topology()
     findings, check_note = _findings(rec, _trace_scope(rec))
     if check_note:
         notes.append(check_note)
-    return _trace(rec, findings, notes, json)
+    return _trace(rec, findings, notes, as_json)
 
 
 def _trace_scope(rec: Recording) -> list[str] | None:
@@ -79,8 +79,8 @@ def _findings(rec: Recording, names: list[str] | None) -> tuple[list[Finding], s
 # --- ping recordings ---------------------------------------------------------------
 
 
-def _ping(rec: Recording, notes: list[str], json: bool) -> int:
-    from vethtrace.diagnose.verdict import PingPlan, decide
+def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
+    from vethtrace.diagnose.verdict import PingPlan, judge
     from vethtrace.render import ping as render
 
     assert rec.topology is not None
@@ -92,7 +92,8 @@ def _ping(rec: Recording, notes: list[str], json: bool) -> int:
     findings, check_note = _findings(rec, _ping_scope(meta, plan, rec.topology))
     if check_note:
         notes.append(check_note)
-    verdict = decide(plan, rec.events, rec.topology, findings, final=True)
+    decision = judge(plan, rec.events, rec.topology, findings, final=True)
+    verdict = decision.verdict
     if rec.verdict is not None and verdict is not None and rec.verdict.kind != verdict.kind:
         notes.append(
             f"the recorded run said {rec.verdict.kind}; rebuilt from its events: {verdict.kind}"
@@ -106,12 +107,13 @@ def _ping(rec: Recording, notes: list[str], json: bool) -> int:
     notes = [*(meta.get("notes") or []), *notes]
     timings = meta.get("timings") or None
     report = render.PingReport(
-        plan, verdict, rec.events, rec.topology, findings, warnings, notes, timings
-    )
-    if json:
+        plan, verdict, rec.events, rec.topology, findings, warnings, notes, timings,
+        decision.analysis,
+    )  # fmt: skip
+    if as_json:
         obj = render.to_json(report)
         obj["recording"] = _recording_json(rec)
-        print(jsonlib.dumps(obj, indent=2))
+        print(json.dumps(obj, indent=2))
     else:
         console = make_console()
         _banner(console, rec)
@@ -136,13 +138,15 @@ def _ping_scope(meta: dict[str, Any], plan: Any, topo: Topology) -> list[str]:
 # --- trace recordings --------------------------------------------------------------
 
 
-def _trace(rec: Recording, findings: list[Finding], notes: list[str], json: bool) -> int:
+def _trace(
+    rec: Recording, findings: list[Finding], notes: list[str], as_json: bool
+) -> int:
     """trace's event lines and summary, then what trace cannot show while it
     streams: the packet paths the events make up, and the static findings."""
     from vethtrace.correlate import correlate
+    from vethtrace.diagnose.verdict import mark_diversion
     from vethtrace.render import findings as render_findings
     from vethtrace.render import trace as render_trace
-    from vethtrace.render.live_state import mark_diversion
 
     assert rec.topology is not None
     paths = correlate(rec.events, rec.topology)
@@ -151,16 +155,16 @@ def _trace(rec: Recording, findings: list[Finding], notes: list[str], json: bool
     if not rec.complete:
         notes.append("events after the cut are missing")
     names = _recorded_names(rec.topology, rec.topology_changes)
-    if json:
+    if as_json:
         obj = {
             "recording": _recording_json(rec),
-            "events": [jsonlib.loads(render_trace.json_line(e, names)) for e in rec.events],
+            "events": [json.loads(render_trace.json_line(e, names)) for e in rec.events],
             "lost": rec.lost if rec.complete else None,
             "paths": [_path_json(p) for p in paths],
             "findings": [to_dict(f) for f in findings],
             "notes": notes,
         }
-        print(jsonlib.dumps(obj, indent=2))
+        print(json.dumps(obj, indent=2))
     else:
         console = make_console()
         _banner(console, rec)
@@ -185,19 +189,12 @@ def _trace(rec: Recording, findings: list[Finding], notes: list[str], json: bool
 
 def _recorded_names(topo: Topology, later: list[Topology]) -> Any:
     """trace's inode -> name lookup, answered from the recorded topology (the
-    namespaces of the machine that recorded, not those of this one)."""
+    namespaces of the machine that recorded, not those of this one); namespaces
+    that appeared during the run are named by later snapshots."""
     from vethtrace.render.trace import NetnsNames
 
-    class RecordedNames(NetnsNames):
-        def __init__(self) -> None:
-            # Namespaces that appeared during the run are named by later snapshots.
-            self._names = {ns.inode: ns.name for t in (*later, topo) for ns in t.namespaces}
-            self._refreshed = float("inf")
-
-        def refresh(self) -> None:
-            pass
-
-    return RecordedNames()
+    ordered = [ns for t in (topo, *reversed(later)) for ns in t.namespaces]
+    return NetnsNames(Topology(namespaces=ordered))
 
 
 def _path_json(p: PacketPath) -> dict[str, Any]:
