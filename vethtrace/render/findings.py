@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from vethtrace.model import SEVERITY_ORDER, Finding, to_dict
+from vethtrace.model import SEVERITY_ORDER, Finding, Topology, to_dict
 
 STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
 MARK = {"error": "✗", "warning": "!", "info": "i"}
@@ -64,6 +64,18 @@ def render_findings(
             print_finding(console, f)
             console.print()
     console.print(tally(findings, scope))
+
+
+def show_check(
+    console: Console, findings: list[Finding], topo: Topology, names: list[str] | None
+) -> None:
+    """`vethtrace check`: the findings over the namespaces asked for (all when
+    `names` is None), then what discovery skipped, so silence is not overread."""
+    count = len(topo.namespaces)
+    scope = ", ".join(names) if names else f"{count} namespace{'s' * (count != 1)}"
+    render_findings(console, findings, scope)
+    for note in topo.notes:
+        console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
 
 
 def tally(findings: list[Finding], scope: str = "") -> Text:

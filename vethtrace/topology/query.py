@@ -1,5 +1,6 @@
 """Questions the other stages ask of a Topology (pure functions, no I/O).
 
+- netns_names: the namespaces a user meant by -n (name, 'root', pid:N, inode);
 - owner_of_ip / owners_of_ip: which namespace/interface holds an address;
 - route_lookup: what the kernel's main table would pick for a destination
   in a namespace (longest prefix, then lowest metric);
@@ -14,7 +15,25 @@ import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
 
+from vethtrace.errors import UserError
 from vethtrace.model import IfaceKey, Interface, Namespace, Route, Topology
+
+
+def netns_names(topo: Topology, wanted: list[str]) -> list[str]:
+    """Namespace names for what a user typed: a name, 'root', pid:N or an inode;
+    UserError (one line, exit 2) for what names none."""
+    names = []
+    for w in wanted:
+        pid = w.removeprefix("pid:").split("(")[0]
+        ns = topo.netns_by_name(w) or next(
+            (n for n in topo.namespaces
+             if str(n.inode) == w or (pid.isdigit() and int(pid) in n.pids)),
+            None,
+        )
+        if ns is None:
+            raise UserError(f"no network namespace named {w!r} (see `ip netns list`)")
+        names.append(ns.name)
+    return names
 
 
 def owners_of_ip(topo: Topology, ip: str) -> list[tuple[Namespace, Interface]]:
