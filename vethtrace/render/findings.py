@@ -1,7 +1,8 @@
 """Findings for people (grouped by severity, the fix ready to paste) and for
-scripts (`{"findings": [...]}` with DESIGN.md's field names).
+scripts (`{"findings": [...]}` with the field names README's check section lists).
 
-`ping` reuses `print_finding`/`finding_lines` for the findings behind its verdict.
+`check` shows them with `show_check`, trace reports with `render_findings`
+(ping lists its path's findings one line each, in render/ping).
 """
 
 from __future__ import annotations

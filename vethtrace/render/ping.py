@@ -108,7 +108,8 @@ def packet_groups(report: PingReport) -> list[tuple[str, list[Hop]]]:
 
 
 def to_json(report: PingReport) -> dict[str, Any]:
-    """The --json object (DESIGN.md): reachable, verdict, summary, culprit, path, findings."""
+    """The --json object (fields listed in README's ping section): reachable, verdict,
+    summary, culprit, path, findings, ..."""
     plan, verdict, events, findings = report.plan, report.verdict, report.events, report.findings
     warnings, notes, timings = report.warnings, report.notes, report.timings
     t0 = _t0(plan, events)

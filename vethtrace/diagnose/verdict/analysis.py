@@ -43,7 +43,7 @@ def ours(path: PacketPath, plan: PingPlan) -> bool:
 
 @dataclass
 class Analysis:
-    """Everything decide() worked out; render uses it for the table and timeline."""
+    """Everything judge() worked out; render shows its paths and timeline."""
 
     paths: list[PacketPath]
     packets: list[Packet]  # aligned with paths: the raw events of each
