@@ -8,6 +8,10 @@ dataclasses lets snapshots and recordings round-trip through JSON with
 The join key between netlink, BPF and sniffers is `IfaceKey(netns inode,
 ifindex)`: interface names repeat across namespaces (many hosts have a `br0`
 or `eth0` in several), ifindexes repeat too, the pair does not.
+
+Over 400 lines on purpose: these types are the contract between the stages
+and, through to_dict/from_dict below, the schema of snapshots and
+recordings; one file keeps every field of that schema in one place.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from vethtrace.model import Finding, PacketPath, Topology, to_dict
 from vethtrace.record import Recording
 from vethtrace.render import findings as render_findings
 from vethtrace.render import trace as render_trace
+from vethtrace.render.paths import NameShortener, hop_chain, outcome_text, short_packet
 
 
 def trace_json(
@@ -81,8 +82,6 @@ def path_json(p: PacketPath) -> dict[str, Any]:
 
 def print_paths(console: Console, paths: list[PacketPath], topo: Topology) -> None:
     """One row per packet, as watch shows them (same hop chains and words)."""
-    from vethtrace.render.live import NameShortener, hop_chain, outcome_text, short_packet
-
     short = NameShortener(topo)
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
     table.add_column("ms", justify="right", no_wrap=True, min_width=8)
