@@ -40,6 +40,13 @@ def _netns_opt(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _tracing_opts(p: argparse.ArgumentParser) -> None:
+    """What trace and watch both take: a filter, namespaces, a duration."""
+    p.add_argument("filter", nargs="*", metavar="FILTER", help="pcap-filter expression")
+    _netns_opt(p)
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+
+
 def _json_opt(p: argparse._ActionsContainer, help: str = "") -> None:
     """--json, passed to commands as `as_json` (so `json` stays the module's name)."""
     p.add_argument("--json", dest="as_json", action="store_true", help=help or None)
@@ -81,17 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
 
     p = sub.add_parser("trace", help="stream kernel packet events")
-    p.add_argument("filter", nargs="*", metavar="FILTER", help="pcap-filter expression")
-    _netns_opt(p)
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    _tracing_opts(p)
     _json_opt(p, "one JSON object per event")
     p.add_argument("--write", metavar="FILE", help="write a recording")
     p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
 
     p = sub.add_parser("watch", help="live terminal UI of packet paths")
-    p.add_argument("filter", nargs="*", metavar="FILTER", help="pcap-filter expression")
-    _netns_opt(p)
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    _tracing_opts(p)
 
     p = sub.add_parser("report", help="offline report from a recording (no root needed)")
     p.add_argument("file", metavar="FILE")
