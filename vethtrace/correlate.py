@@ -54,8 +54,8 @@ from vethtrace.points import (
     SNIFF,
     TX_DONE,
     TX_POINTS,
+    is_benign_drop,
 )
-from vethtrace.points import is_benign_drop as _benign
 
 # Signature matches further apart than this are different packets (ARP and ping
 # retransmit after >= 1 s, so 200 ms cannot join two transmissions).
@@ -104,11 +104,6 @@ def phase(ev: ProbeEvent) -> str:
             return "consume"
         return "drop"
     return "other"
-
-
-def is_benign_drop(ev: ProbeEvent) -> bool:
-    """A free that is not a loss (points.BENIGN_DROPS)."""
-    return _benign(ev.drop_reason, ev.location)
 
 
 @dataclass

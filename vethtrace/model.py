@@ -172,10 +172,8 @@ class Topology:
 
     def label(self, key: IfaceKey) -> str:
         """'netns/ifname', the way people name an interface across namespaces."""
-        ns = self.netns(key.netns)
-        iface = ns.iface(key.ifindex) if ns else None
-        nsname = ns.name if ns else f"netns:{key.netns}"
-        return f"{nsname}/{iface.name if iface else f'if{key.ifindex}'}"
+        iface = self.iface(key)
+        return f"{self.netns_name(key.netns)}/{iface.name if iface else f'if{key.ifindex}'}"
 
 
 # --- packets and probe events -------------------------------------------------

@@ -11,6 +11,11 @@ packet. The kernel facts behind the sets are in docs/kernel-notes.md.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vethtrace.model import ProbeEvent
+
 SNIFF = "sniff"
 
 # A device sends: queued, handed to the driver, or (kprobe kernels) veth's own xmit.
@@ -43,6 +48,6 @@ ARRIVAL_POINTS = (RX_POINTS - {"br_handle_frame"}) | {SNIFF}
 BENIGN_DROPS = frozenset({("NO_SOCKET", "ping_rcv")})
 
 
-def is_benign_drop(reason: str | None, location: str | None) -> bool:
-    """Is this free one of BENIGN_DROPS? `location` may carry a +offset."""
-    return (reason or "", (location or "").split("+")[0]) in BENIGN_DROPS
+def is_benign_drop(ev: ProbeEvent) -> bool:
+    """Is this free one of BENIGN_DROPS? (A location may carry a +offset.)"""
+    return (ev.drop_reason or "", (ev.location or "").split("+")[0]) in BENIGN_DROPS

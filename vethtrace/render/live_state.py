@@ -124,7 +124,7 @@ class WatchState:
                 return
             second = ev.ts_ns // 1_000_000_000
             if ev.point == DROP_POINT:
-                if is_benign_drop(ev.drop_reason, ev.location):
+                if is_benign_drop(ev):
                     return
                 reason = ev.drop_reason or "UNKNOWN"
                 self.drops[reason] += 1

@@ -8,7 +8,7 @@ culprits and fixes.
 
 from __future__ import annotations
 
-from vethtrace.correlate import is_benign_drop, phase
+from vethtrace.correlate import phase
 from vethtrace.diagnose.verdict.analysis import (
     SETTLE_NS,
     Analysis,
@@ -21,6 +21,7 @@ from vethtrace.diagnose.verdict.analysis import (
 )
 from vethtrace.diagnose.verdict.plan import PingPlan
 from vethtrace.model import Finding, IfaceKey, PacketPath, ProbeEvent, Topology, Verdict
+from vethtrace.points import is_benign_drop
 
 # Plain words for kernel drop reasons we meet on veth/bridge/netns paths.
 REASON_TEXT = {
