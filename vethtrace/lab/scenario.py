@@ -1,11 +1,11 @@
-"""Lab scenarios: TOML data files (samples/labs/*.toml) turned into checked dataclasses.
+"""Lab scenarios: TOML data files (vethtrace/lab/scenarios/*.toml) turned into checked dataclasses.
 
 Scenarios are data, not code, so users can read and write them without Python,
 and tests can use their stated expectations. Everything a builder could trip
 over later (unknown keys, namespaces or devices referenced but not declared,
 bad CIDRs, sysctls outside the per-namespace net.* tree) is rejected here,
 before anything is created, with one line naming the file and the problem.
-Format reference: samples/labs/README.md.
+Format reference: vethtrace/lab/scenarios/README.md.
 """
 
 from __future__ import annotations
@@ -19,10 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vethtrace.errors import UserError
-
-#: Where the shipped scenarios live (the repository's samples/labs); VETHTRACE_LABS
-#: may point elsewhere (a folder of .toml files).
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "samples" / "labs"
+from vethtrace.packaged import packaged
 
 VERDICTS = ("delivered", "diverted", "dropped", "no-reply", "unreachable")
 LINK_KINDS = ("dummy", "macvlan", "ipvlan", "bond")
@@ -162,8 +159,15 @@ class Scenario:
 # ---------------------------------------------------------------- finding files
 
 
+def shipped_dir() -> Path:
+    """Where the shipped scenarios live: package data (vethtrace/lab/scenarios)."""
+    return packaged("lab", "scenarios")
+
+
 def labs_dir() -> Path:
-    return Path(os.environ.get("VETHTRACE_LABS", str(SAMPLES)))
+    """The scenarios in use: the shipped ones, or VETHTRACE_LABS (a folder of .toml files)."""
+    env = os.environ.get("VETHTRACE_LABS")
+    return Path(env) if env else shipped_dir()
 
 
 def scenario_paths() -> list[Path]:
@@ -176,7 +180,7 @@ def scenarios() -> list[str]:
 
 
 def load(name: str) -> Scenario:
-    """A scenario by name (samples/labs/NAME.toml) or by path to a .toml file."""
+    """A scenario by name (NAME.toml in labs_dir()) or by path to a .toml file."""
     if name.endswith(".toml") or "/" in name:
         path = Path(name)
         if not path.is_file():
