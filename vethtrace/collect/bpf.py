@@ -99,10 +99,9 @@ from vethtrace.collect.filter import Filter, compile_filter
 from vethtrace.collect.ringbuf import HEADER, RingReader, record_stride
 from vethtrace.errors import UserError
 from vethtrace.model import NeighChange, PacketSummary, ProbeEvent, nud_name
+from vethtrace.packaged import packaged
 
-PROBES_DIR = Path(
-    os.environ.get("VETHTRACE_PROBES", Path(__file__).resolve().parents[2] / "probes")
-)
+PROBES_DIR = Path(os.environ.get("VETHTRACE_PROBES", packaged("probes")))
 AREAS = planmod.AREAS
 AREA_FILES = {"dev": "dev.c", "drop": "drop.c", "neigh": "neigh.c", "bridge": "bridge.c"}
 
