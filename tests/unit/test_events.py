@@ -40,6 +40,7 @@ def _structs() -> dict[str, Any]:
 
 
 EVENT = _structs()["vt_event"]
+C = events.contract()
 
 
 def _decoder(tmp_path: Path) -> events.Decoder:
@@ -56,7 +57,7 @@ def _decode(dec: events.Decoder, rec: Any) -> ProbeEvent:
 
 
 def _echo(flags: int) -> Any:
-    e = EVENT(ts=5, skb=0x10, head=0x20, point=events.POINT_IDS["netif_receive_skb"])
+    e = EVENT(ts=5, skb=0x10, head=0x20, point=C.ids["netif_receive_skb"])
     e.ifname = b"veth0"
     p = e.pkt
     p.eth_src[:] = list(b"\x02\0\0\0\0\x01")
@@ -72,18 +73,18 @@ def test_point_ids_are_the_ones_probes_emit() -> None:
     programs = [f.read_text() for f in source.PROBES_DIR.glob("*.c")]
     used = {m for text in programs for m in re.findall(r"VT_P_(\w+)", text)}
     assert defined == used
-    assert set(events.POINTS.values()) == {n.lower() for n in defined}
+    assert set(C.points.values()) == {n.lower() for n in defined}
     # each point is a tracepoint or a kernel function the plan attaches
     hooks = {h for tps, funcs, _area in plan.POINTS.values() for h in (*tps, *funcs)}
-    assert set(events.POINTS.values()) == hooks
+    assert set(C.points.values()) == hooks
 
 
 def test_packet_fields_follow_the_frame_flags(tmp_path: Path) -> None:
     dec = _decoder(tmp_path)
-    l3 = _decode(dec, _echo(events.PKT_L3)).packet
+    l3 = _decode(dec, _echo(C.pkt_l3)).packet
     assert l3 is not None and l3.ip_dst == "10.0.0.2" and l3.ip_proto == 1
     assert l3.eth_src is None and l3.icmp_type is None
-    pkt = _decode(dec, _echo(events.PKT_ETH | events.PKT_L3 | events.PKT_L4)).packet
+    pkt = _decode(dec, _echo(C.pkt_eth | C.pkt_l3 | C.pkt_l4)).packet
     assert pkt is not None and pkt.eth_src == "02:00:00:00:00:01"
     assert (pkt.kind, pkt.icmp_id, pkt.icmp_seq) == ("echo", 77, 3)
     assert _decode(dec, _echo(0)).packet is None
@@ -91,13 +92,13 @@ def test_packet_fields_follow_the_frame_flags(tmp_path: Path) -> None:
 
 def test_what_each_point_carries(tmp_path: Path) -> None:
     dec = _decoder(tmp_path)
-    assert _decode(dec, EVENT(point=events.P_NET_DEV_XMIT, rc=-1)).extra == {"rc": -1}
-    drop = _decode(dec, EVENT(point=events.P_KFREE_SKB, reason=2, location=0xFFFFFFFF81000010))
+    assert _decode(dec, EVENT(point=C.net_dev_xmit, rc=-1)).extra == {"rc": -1}
+    drop = _decode(dec, EVENT(point=C.kfree_skb, reason=2, location=0xFFFFFFFF81000010))
     assert (drop.point, drop.drop_reason, drop.location) == (
         "kfree_skb", "NOT_SPECIFIED", "kfree_caller")  # fmt: skip
-    sub = _decode(dec, EVENT(point=events.P_KFREE_SKB, reason=(1 << 16) | 5))
+    sub = _decode(dec, EVENT(point=C.kfree_skb, reason=(1 << 16) | 5))
     assert sub.drop_reason == "MAC80211_UNUSABLE:5"
-    for i in events.NEIGH_POINTS:
+    for i in C.neigh:
         rec = EVENT(point=i, family=socket.AF_INET, rc=-11, old_state=0xFF, new_state=0x20)
         rec.key[:4] = list(socket.inet_aton("10.0.0.9"))
         ev = _decode(dec, rec)
@@ -106,7 +107,7 @@ def test_what_each_point_carries(tmp_path: Path) -> None:
         assert (n.address, n.old_state, n.new_state, n.lladdr) == ("10.0.0.9", None, "FAILED", None)
         reports_err = ev.point in ("neigh_update_done", "neigh_event_send_done")
         assert n.err == (-11 if reports_err else None)
-    fdb = EVENT(point=events.P_BR_FDB_UPDATE, ifindex2=4, vid=0)
+    fdb = EVENT(point=C.br_fdb_update, ifindex2=4, vid=0)
     fdb.ifname2 = b"veth0"
     fdb.lladdr[:] = list(b"\x02\0\0\0\0\x07")
     assert _decode(dec, fdb).extra == {

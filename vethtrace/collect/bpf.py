@@ -87,7 +87,7 @@ from vethtrace.collect import btf as btfmod
 from vethtrace.collect import headers as headersmod
 from vethtrace.collect import plan as planmod
 from vethtrace.collect import progcache
-from vethtrace.collect.events import Decoder, Layout
+from vethtrace.collect.events import Decoder, Layout, contract
 from vethtrace.collect.filter import compile_filter
 from vethtrace.collect.kallsyms import Kallsyms
 from vethtrace.collect.kfacts import FUNCTION_PARAMS, drop_reason_tables, kernel_constants
@@ -143,6 +143,7 @@ class BpfCollector:
         perf_buffer: bool = False,
     ) -> None:
         self.filter = compile_filter(filter_expr)
+        contract()  # vethtrace.h read now: without probes/ this fails here, like a bad filter
         self.netns_inodes = list(netns_inodes) if netns_inodes is not None else None
         unknown = [a for a in areas if a not in AREAS]
         if unknown:
@@ -358,4 +359,3 @@ class BpfCollector:
         if self._bpf is not None:
             bpf, self._bpf = self._bpf, None
             bpf.cleanup()
-

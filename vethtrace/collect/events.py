@@ -4,8 +4,8 @@ a model.ProbeEvent (what each field means: collect/bpf.py's docstring).
 
 struct vt_event is defined once, in probes/vethtrace.h, and Python does not
 restate it. The point ids (VT_P_*) and frame flags (VT_PKT_*) are parsed from
-that header here, once; a point's name is its define's in lower case
-(VT_P_NET_DEV_XMIT: "net_dev_xmit"). The layout is the one bcc compiled: the
+that header here, once (`contract()`); a point's name is its define's in
+lower case (VT_P_NET_DEV_XMIT: "net_dev_xmit"). The layout is the one bcc compiled: the
 ctypes class bcc builds for the vt_layout map's leaf, flattened by
 `Layout.spec` into plain data (which the probe cache saves beside the
 programs) and turned by `Layout` into struct.Struct readers. `Decoder` turns
@@ -34,22 +34,36 @@ def header_defines(text: str) -> dict[str, int]:
     return {n: int(v) for n, v in re.findall(r"^#define (VT_\w+) (\d+)\b", text, re.M)}
 
 
-_DEFINES = header_defines(HEADER_FILE.read_text())
-# point id -> name, as the probes emit them
-POINTS: dict[int, str] = {
-    v: n.removeprefix("VT_P_").lower() for n, v in _DEFINES.items() if n.startswith("VT_P_")
-}
-POINT_IDS = {name: i for i, name in POINTS.items()}
-P_NET_DEV_XMIT = POINT_IDS["net_dev_xmit"]  # carries the driver's rc
-P_KFREE_SKB = POINT_IDS["kfree_skb"]  # carries a drop reason
-P_BR_FDB_UPDATE = POINT_IDS["br_fdb_update"]
-NEIGH_POINTS = frozenset(i for i, name in POINTS.items() if name.startswith("neigh_"))
-# neighbour points whose rc is the kernel's error for the operation
-NEIGH_ERR_POINTS = frozenset(POINT_IDS[n] for n in ("neigh_update_done", "neigh_event_send_done"))
-# events whose record carries more than the skb fields (read in full)
-DETAIL_POINTS = NEIGH_POINTS | {P_BR_FDB_UPDATE}
-# struct vt_pkt.flags: what a probe could decode of the frame
-PKT_ETH, PKT_L3, PKT_L4 = (_DEFINES[f"VT_PKT_{n}"] for n in ("ETH", "L3", "L4"))
+class Contract:
+    """What Python takes from the header's defines: point ids and names, the
+    kinds of point, the frame flags (struct vt_pkt.flags)."""
+
+    def __init__(self, text: str) -> None:
+        defines = header_defines(text)
+        # point id -> name, as the probes emit them
+        self.points = {v: n.removeprefix("VT_P_").lower() for n, v in defines.items()
+                       if n.startswith("VT_P_")}  # fmt: skip
+        self.ids = {name: i for i, name in self.points.items()}
+        self.net_dev_xmit = self.ids["net_dev_xmit"]  # carries the driver's rc
+        self.kfree_skb = self.ids["kfree_skb"]  # carries a drop reason
+        self.br_fdb_update = self.ids["br_fdb_update"]
+        self.neigh = frozenset(i for i, n in self.points.items() if n.startswith("neigh_"))
+        # neighbour points whose rc is the kernel's error for the operation
+        self.neigh_err = frozenset(
+            self.ids[n] for n in ("neigh_update_done", "neigh_event_send_done")
+        )
+        # events whose record carries more than the skb fields (read in full)
+        self.detail = self.neigh | {self.br_fdb_update}
+        self.pkt_eth, self.pkt_l3, self.pkt_l4 = (
+            defines[f"VT_PKT_{n}"] for n in ("ETH", "L3", "L4")
+        )
+
+
+@functools.cache
+def contract() -> Contract:
+    """The header's contract, read on first use (not at import: a missing
+    probes/ directory then fails where the collector is made, like a bad filter)."""
+    return Contract(HEADER_FILE.read_text())
 
 
 class Layout:
@@ -146,9 +160,9 @@ def _mac(b: bytes) -> str:
     return b.hex(":")
 
 
-def _packet(r: Any) -> PacketSummary:
+def _packet(r: Any, c: Contract) -> PacketSummary:
     s = PacketSummary()
-    if r.pkt_flags & PKT_ETH:
+    if r.pkt_flags & c.pkt_eth:
         s.eth_src = _mac(r.pkt_eth_src)
         s.eth_dst = _mac(r.pkt_eth_dst)
     et = s.ethertype = r.pkt_ethertype
@@ -161,7 +175,7 @@ def _packet(r: Any) -> PacketSummary:
     elif et == 0x0800:
         s.ip_src, s.ip_dst, s.ip_proto = _ip(r.pkt_saddr), _ip(r.pkt_daddr), r.pkt_ip_proto
         s.ip_id = r.pkt_ip_id
-        if r.pkt_flags & PKT_L4:
+        if r.pkt_flags & c.pkt_l4:
             if r.pkt_ip_proto == 1:
                 s.icmp_type, s.icmp_code = r.pkt_icmp_type, r.pkt_icmp_code
                 s.icmp_id, s.icmp_seq = r.pkt_icmp_id, r.pkt_icmp_seq
@@ -185,6 +199,7 @@ class Decoder:
         kallsyms: Kallsyms,
     ) -> None:
         self.layout = layout
+        self.contract = contract()
         self._reasons = reasons
         self._subsys = subsys
         self._kallsyms = kallsyms
@@ -207,7 +222,7 @@ class Decoder:
         if len(cache) > 8192:
             cache.clear()
         r = self.layout.pkt(raw)
-        pkt = cache[raw] = _packet(r) if r.pkt_flags else None
+        pkt = cache[raw] = _packet(r, self.contract) if r.pkt_flags else None
         return pkt
 
     def event(self, row: Any, buf: Any, off: int) -> ProbeEvent:
@@ -223,8 +238,9 @@ class Decoder:
         packet = self._pkt_cache.get(pkt, _MISSING)
         if packet is _MISSING:
             packet = self.packet(pkt)
+        c = self.contract
         drop = None
-        if point == P_KFREE_SKB:
+        if point == c.kfree_skb:
             drop = self._drop_names.get(reason)
             if drop is None:
                 drop = self._drop_names[reason] = drop_reason_name(
@@ -232,7 +248,7 @@ class Decoder:
                 )
         ev = ProbeEvent(
             ts,
-            POINTS.get(point) or f"point{point}",
+            c.points.get(point) or f"point{point}",
             netns,
             ifindex,
             ifname,
@@ -246,12 +262,12 @@ class Decoder:
             cloned != 0,
             cpu,
         )
-        if point not in DETAIL_POINTS:
-            if point == P_NET_DEV_XMIT:
+        if point not in c.detail:
+            if point == c.net_dev_xmit:
                 ev.extra["rc"] = rc
             return ev
         r = self.layout.full(buf, off)
-        if point in NEIGH_POINTS:
+        if point in c.neigh:
             key = r.key
             addr = (
                 socket.inet_ntop(socket.AF_INET6, key)
@@ -264,7 +280,7 @@ class Decoder:
                 old_state=nud_name(r.old_state),
                 new_state=nud_name(r.new_state),
                 lladdr=None if lladdr == "00:00:00:00:00:00" else lladdr,
-                err=rc if point in NEIGH_ERR_POINTS else None,
+                err=rc if point in c.neigh_err else None,
             )
         else:  # br_fdb_update
             ev.extra.update(
