@@ -81,7 +81,7 @@ class Layout:
     def __init__(self, spec: dict[str, Any]) -> None:
         fields = [(off, name, code) for off, name, code in spec["fields"]]
         self.size = int(spec["size"])
-        self.stride = record_stride(self.size)
+        stride = record_stride(self.size)
         pkt_off, pkt_size = spec["pkt"]
         hot = [f for f in fields if f[1] in self.HOT] + [(pkt_off, "pkt", f"{pkt_size}s")]
         hot.sort()
@@ -89,7 +89,7 @@ class Layout:
             raise RuntimeError(f"struct vt_event changed: hot fields {[f[1] for f in hot]}")
         self.hot = struct.Struct(_format(hot, self.size)).unpack_from
         header = (0, "header", "I")  # u32 length + flags; the page offset is skipped
-        self.ring = struct.Struct(_format([header, *_shift(hot, HEADER)], self.stride))
+        self.ring = struct.Struct(_format([header, *_shift(hot, HEADER)], stride))
         in_pkt = [(o - pkt_off, n, c) for o, n, c in fields if n.startswith("pkt_")]
         self.pkt = _Reader(in_pkt, "VtPkt")
         self.full = _Reader(fields, "VtEvent")
