@@ -91,34 +91,22 @@ def rules(data: bytes) -> list[Rule]:
             continue
         sfam, ver = _FAMILY[family]
         a = nl.attrs(data, off + FIB_RULE_HDR.size, end)
-
-        def ip(attr: int, plen: int) -> str | None:
-            if attr not in a:
-                return None
-            return f"{socket.inet_ntop(sfam, nl.payload(data, a[attr]))}/{plen}"
-
-        def prange(attr: int) -> list[int] | None:
-            if attr not in a:
-                return None
-            lo, hi = struct.unpack_from("=HH", data, a[attr])
-            return [lo, hi]
-
         out.append(
             Rule(
                 priority=nl.u32(data, a[FRA_PRIORITY]) if FRA_PRIORITY in a else 0,
                 family=ver,
                 action=RULE_ACTIONS.get(action, str(action)),
                 table=nl.u32(data, a[FRA_TABLE]) if FRA_TABLE in a else table,
-                src=ip(FRA_SRC, src_len),
-                dst=ip(FRA_DST, dst_len),
+                src=_prefix(data, a, FRA_SRC, sfam, src_len),
+                dst=_prefix(data, a, FRA_DST, sfam, dst_len),
                 iif=nl.string(data, a[FRA_IIFNAME]) if FRA_IIFNAME in a else None,
                 oif=nl.string(data, a[FRA_OIFNAME]) if FRA_OIFNAME in a else None,
                 fwmark=nl.u32(data, a[FRA_FWMARK]) if FRA_FWMARK in a else None,
                 fwmask=nl.u32(data, a[FRA_FWMASK]) if FRA_FWMASK in a else None,
                 invert=bool(flags & FIB_RULE_INVERT),
                 ip_proto=data[a[FRA_IP_PROTO]] if FRA_IP_PROTO in a else None,
-                sport=prange(FRA_SPORT_RANGE),
-                dport=prange(FRA_DPORT_RANGE),
+                sport=_range(data, a, FRA_SPORT_RANGE),
+                dport=_range(data, a, FRA_DPORT_RANGE),
                 goto=nl.u32(data, a[FRA_GOTO]) if FRA_GOTO in a else None,
                 suppress_prefixlen=_suppress(data, a),
                 l3mdev=bool(data[a[FRA_L3MDEV]]) if FRA_L3MDEV in a else False,
@@ -128,6 +116,18 @@ def rules(data: bytes) -> list[Rule]:
             )
         )
     return out
+
+
+def _prefix(data: bytes, a: dict[int, int], attr: int, sfam: int, plen: int) -> str | None:
+    if attr not in a:
+        return None
+    return f"{socket.inet_ntop(sfam, nl.payload(data, a[attr]))}/{plen}"
+
+
+def _range(data: bytes, a: dict[int, int], attr: int) -> list[int] | None:
+    if attr not in a:
+        return None
+    return list(struct.unpack_from("=HH", data, a[attr]))
 
 
 def _suppress(data: bytes, a: dict[int, int]) -> int | None:
@@ -202,7 +202,7 @@ def ruleset_json(fd: int) -> tuple[list[dict[str, object]] | None, str | None]:
 
     def inside() -> tuple[list[dict[str, object]] | None, str | None]:
         try:
-            import nftables  # type: ignore[import-not-found]
+            import nftables
         except ImportError:
             return None, "python3-nftables is not installed (run ./run setup)"
         netns._setns(fd)
