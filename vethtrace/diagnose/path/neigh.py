@@ -151,6 +151,8 @@ def arp(
             )
         ]
     _rank, rif, rns, (yes, why, source, fix, relevance) = best
+    if not yes and not relevance and reached.worst():
+        return None, reached.worst()  # the broadcast died on the way to the one that matters
     if not yes:
         cause = why if relevance else f"no interface answers ARP for {tip}: {why}"
         return None, [*best_trail, w.hop(rns, rif, "arp", f"who-has {tip}: no answer ({why})", source, "fail", cause, fix)]
