@@ -41,4 +41,6 @@ def test_prediction_agrees_with_lab_and_kernel(name: str) -> None:
             assert real == p.ok, f"{what}: the kernel disagrees with the scenario"
             assert pred.ok == real, f"{what}: predicted {pred.ok}\n{_explain(pred)}"
             if not real:
-                assert pred.first_failure is not None, f"{what}: no failing decision\n{_explain(pred)}"
+                assert pred.first_failure is not None, (
+                    f"{what}: no failing decision\n{_explain(pred)}"
+                )

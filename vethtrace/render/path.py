@@ -53,6 +53,8 @@ def show(console: Console, pred: PathPrediction) -> None:
                 console.print(f"    {escape(cmd)}", overflow="fold", soft_wrap=True)
     elif pred.first_unknown is not None:
         u = pred.first_unknown
-        console.print(f"\n[yellow]? uncertain at {escape(u.where)}[/]: {escape(u.cause or u.decision)}")
+        console.print(
+            f"\n[yellow]? uncertain at {escape(u.where)}[/]: {escape(u.cause or u.decision)}"
+        )
     else:
         console.print("\n[green]✓ both directions succeed[/]")

@@ -56,21 +56,6 @@ class L2Result:
         return max(self.dead, key=lambda d: d.weight).hops
 
 
-def _hop(
-    w: Walker,
-    ns: Namespace,
-    iface: Interface | None,
-    decision: str,
-    source: str = "",
-    status: str = "ok",
-    cause: str = "",
-    fix: list[str] | None = None,
-) -> Hop:
-    return Hop(
-        ns.name, iface.name if iface else None, "l2", decision, source, status, cause, fix or []
-    )  # type: ignore[arg-type]
-
-
 def send(w: Walker, iface: Interface, frame: Frame, trail: list[Hop]) -> L2Result:
     """`iface` transmits `frame` (its own stack sends, or a bridge forwards to it)."""
     ns = w.ns_of(iface)
@@ -78,7 +63,19 @@ def send(w: Walker, iface: Interface, frame: Frame, trail: list[Hop]) -> L2Resul
     if not iface.admin_up:
         out.dead.append(
             Dead(
-                [*trail, w.hop(ns, iface, "l2", f"{iface.name} is down: nothing leaves", "link state DOWN", "fail", f"{iface.name} is administratively down", [w.cmd(ns, f"ip link set {iface.name} up")])]
+                [
+                    *trail,
+                    w.hop(
+                        ns,
+                        iface,
+                        "l2",
+                        f"{iface.name} is down: nothing leaves",
+                        "link state DOWN",
+                        "fail",
+                        f"{iface.name} is administratively down",
+                        [w.cmd(ns, f"ip link set {iface.name} up")],
+                    ),
+                ]
             )
         )
         return out
@@ -91,14 +88,33 @@ def send(w: Walker, iface: Interface, frame: Frame, trail: list[Hop]) -> L2Resul
         lower = w.topo.iface(iface.link)
         fix = [w.cmd(w.ns_of(lower), f"ip link set {lower.name} up")] if lower else []
         why = f" (its lower device {lower.name} is down)" if lower and not lower.admin_up else ""
-        hop = w.hop(ns, iface, "l2", f"{iface.name} has no carrier", f"link {iface.name} NO-CARRIER",
-                    "fail", f"{iface.name} is up but has no carrier{why}: nothing is transmitted", fix)
+        hop = w.hop(
+            ns,
+            iface,
+            "l2",
+            f"{iface.name} has no carrier",
+            f"link {iface.name} NO-CARRIER",
+            "fail",
+            f"{iface.name} is up but has no carrier{why}: nothing is transmitted",
+            fix,
+        )
         out.dead.append(Dead([*trail, hop]))
         return out
     if iface.kind != "veth":
         out.dead.append(
             Dead(
-                [*trail, w.hop(ns, iface, "l2", f"leaves through a {iface.kind} device", f"kind {iface.kind}", "unknown", f"frames leaving a {iface.kind} device are not modelled")]
+                [
+                    *trail,
+                    w.hop(
+                        ns,
+                        iface,
+                        "l2",
+                        f"leaves through a {iface.kind} device",
+                        f"kind {iface.kind}",
+                        "unknown",
+                        f"frames leaving a {iface.kind} device are not modelled",
+                    ),
+                ]
             )
         )
         return out
@@ -106,7 +122,19 @@ def send(w: Walker, iface: Interface, frame: Frame, trail: list[Hop]) -> L2Resul
     if peer is None:
         out.dead.append(
             Dead(
-                [*trail, w.hop(ns, iface, "veth", "peer not found", f"peer {iface.peer_state}", "unknown", f"the peer of {iface.name} is out of sight " f"({iface.peer_state or 'partial discovery'})")]
+                [
+                    *trail,
+                    w.hop(
+                        ns,
+                        iface,
+                        "veth",
+                        "peer not found",
+                        f"peer {iface.peer_state}",
+                        "unknown",
+                        f"the peer of {iface.name} is out of sight "
+                        f"({iface.peer_state or 'partial discovery'})",
+                    ),
+                ]
             )
         )
         return out
@@ -114,14 +142,40 @@ def send(w: Walker, iface: Interface, frame: Frame, trail: list[Hop]) -> L2Resul
     if not peer.admin_up or not iface.carrier:
         out.dead.append(
             Dead(
-                [*trail, w.hop(ns, iface, "veth", f"no carrier: peer {pns.name}/{peer.name} is down", f"link {pns.name}/{peer.name} state DOWN", "fail", f"{peer.name}, the other end of {iface.name}, is down, so " f"{iface.name} has no carrier and veth_xmit drops every frame", [w.cmd(pns, f"ip link set {peer.name} up")])]
+                [
+                    *trail,
+                    w.hop(
+                        ns,
+                        iface,
+                        "veth",
+                        f"no carrier: peer {pns.name}/{peer.name} is down",
+                        f"link {pns.name}/{peer.name} state DOWN",
+                        "fail",
+                        f"{peer.name}, the other end of {iface.name}, is down, so "
+                        f"{iface.name} has no carrier and veth_xmit drops every frame",
+                        [w.cmd(pns, f"ip link set {peer.name} up")],
+                    ),
+                ]
             )
         )
         return out
     if frame.size > peer.mtu:
         out.dead.append(
             Dead(
-                [*trail, w.hop(ns, iface, "veth", f"{frame.size}-byte frame over {peer.name}'s MTU", f"mtu {pns.name}/{peer.name} {peer.mtu}", "fail", f"a {frame.size}-byte packet exceeds the MTU {peer.mtu} of " f"{peer.name}: the veth drops it (is_skb_forwardable)", [w.cmd(pns, f"ip link set {peer.name} mtu {iface.mtu}")])]
+                [
+                    *trail,
+                    w.hop(
+                        ns,
+                        iface,
+                        "veth",
+                        f"{frame.size}-byte frame over {peer.name}'s MTU",
+                        f"mtu {pns.name}/{peer.name} {peer.mtu}",
+                        "fail",
+                        f"a {frame.size}-byte packet exceeds the MTU {peer.mtu} of "
+                        f"{peer.name}: the veth drops it (is_skb_forwardable)",
+                        [w.cmd(pns, f"ip link set {peer.name} mtu {iface.mtu}")],
+                    ),
+                ]
             )
         )
         return out
@@ -143,7 +197,18 @@ def receive(w: Walker, iface: Interface, frame: Frame, trail: list[Hop]) -> L2Re
             return bridge_input(w, master, iface, frame, trail)
         out.dead.append(
             Dead(
-                [*trail, w.hop(ns, iface, "l2", f"enslaved to {master.kind} {master.name}", f"master {master.name}", "unknown", f"frames arriving at a {master.kind} slave are not modelled")]
+                [
+                    *trail,
+                    w.hop(
+                        ns,
+                        iface,
+                        "l2",
+                        f"enslaved to {master.kind} {master.name}",
+                        f"master {master.name}",
+                        "unknown",
+                        f"frames arriving at a {master.kind} slave are not modelled",
+                    ),
+                ]
             )
         )
         return out
@@ -152,7 +217,18 @@ def receive(w: Walker, iface: Interface, frame: Frame, trail: list[Hop]) -> L2Re
     else:
         out.dead.append(
             Dead(
-                [*trail, w.hop(ns, iface, "l2", f"frame for {frame.dst_mac} is not for {iface.name} ({iface.mac})", "", "fail", "the destination MAC is not this interface's: dropped as PACKET_OTHERHOST")],
+                [
+                    *trail,
+                    w.hop(
+                        ns,
+                        iface,
+                        "l2",
+                        f"frame for {frame.dst_mac} is not for {iface.name} ({iface.mac})",
+                        "",
+                        "fail",
+                        "the destination MAC is not this interface's: dropped as PACKET_OTHERHOST",
+                    ),
+                ],
                 weight=0,
             )
         )
@@ -214,21 +290,56 @@ def bridge_input(
     if not br.admin_up:
         out.dead.append(
             Dead(
-                [*trail, w.hop(ns, port, "bridge", f"bridge {br.name} is down: port disabled", f"link {br.name} state DOWN", "fail", f"{br.name} is down, so all its ports are disabled and drop frames", [w.cmd(ns, f"ip link set {br.name} up")])]
+                [
+                    *trail,
+                    w.hop(
+                        ns,
+                        port,
+                        "bridge",
+                        f"bridge {br.name} is down: port disabled",
+                        f"link {br.name} state DOWN",
+                        "fail",
+                        f"{br.name} is down, so all its ports are disabled and drop frames",
+                        [w.cmd(ns, f"ip link set {br.name} up")],
+                    ),
+                ]
             )
         )
         return out
     if br.vlan_filtering:
         out.dead.append(
             Dead(
-                [*trail, w.hop(ns, port, "bridge", "VLAN filtering", f"bridge {br.name} vlan_filtering 1", "unknown", "bridge VLAN filtering is not modelled")]
+                [
+                    *trail,
+                    w.hop(
+                        ns,
+                        port,
+                        "bridge",
+                        "VLAN filtering",
+                        f"bridge {br.name} vlan_filtering 1",
+                        "unknown",
+                        "bridge VLAN filtering is not modelled",
+                    ),
+                ]
             )
         )
         return out
     if state not in ("forwarding", "learning"):
         out.dead.append(
             Dead(
-                [*trail, w.hop(ns, port, "bridge", f"port {port.name} is {state}: frame dropped", f"bridge link {port.name} state {state}", "fail", f"a bridge port in state {state} drops what it receives", [w.cmd(ns, f"bridge link set dev {port.name} state 3")])]
+                [
+                    *trail,
+                    w.hop(
+                        ns,
+                        port,
+                        "bridge",
+                        f"port {port.name} is {state}: frame dropped",
+                        f"bridge link {port.name} state {state}",
+                        "fail",
+                        f"a bridge port in state {state} drops what it receives",
+                        [w.cmd(ns, f"bridge link set dev {port.name} state 3")],
+                    ),
+                ]
             )
         )
         return out
@@ -237,14 +348,37 @@ def bridge_input(
     if state == "learning":
         out.dead.append(
             Dead(
-                [*trail, w.hop(ns, port, "bridge", f"port {port.name} is learning: frame dropped", f"bridge link {port.name} state learning", "fail", "a port in the learning state learns addresses but forwards nothing", [w.cmd(ns, f"bridge link set dev {port.name} state 3")])]
+                [
+                    *trail,
+                    w.hop(
+                        ns,
+                        port,
+                        "bridge",
+                        f"port {port.name} is learning: frame dropped",
+                        f"bridge link {port.name} state learning",
+                        "fail",
+                        "a port in the learning state learns addresses but forwards nothing",
+                        [w.cmd(ns, f"bridge link set dev {port.name} state 3")],
+                    ),
+                ]
             )
         )
         return out
     if frame.pkt is None and bp is not None and bp.neigh_suppress:
         out.dead.append(
             Dead(
-                [*trail, w.hop(ns, port, "bridge", "neigh_suppress", f"bridge link {port.name} neigh_suppress on", "unknown", "neigh_suppress is not modelled")]
+                [
+                    *trail,
+                    w.hop(
+                        ns,
+                        port,
+                        "bridge",
+                        "neigh_suppress",
+                        f"bridge link {port.name} neigh_suppress on",
+                        "unknown",
+                        "neigh_suppress is not modelled",
+                    ),
+                ]
             )
         )
         return out
@@ -268,7 +402,10 @@ def bridge_forward(
             out.reached.append(
                 (
                     br,
-                    [*trail, w.hop(ns, br, "bridge", f"{br.name} takes the broadcast up", "broadcast")],
+                    [
+                        *trail,
+                        w.hop(ns, br, "bridge", f"{br.name} takes the broadcast up", "broadcast"),
+                    ],
                 )
             )
     else:
@@ -293,7 +430,20 @@ def bridge_forward(
                 if not hair:
                     out.dead.append(
                         Dead(
-                            [*trail, w.hop(ns, ingress, "bridge", f"{frame.dst_mac} is behind the ingress port", source, "fail", f"the FDB puts {frame.dst_mac} behind {ingress.name}, where " "the frame came from, and hairpin is off", [w.cmd(ns, f"bridge link set dev {ingress.name} hairpin on")])]
+                            [
+                                *trail,
+                                w.hop(
+                                    ns,
+                                    ingress,
+                                    "bridge",
+                                    f"{frame.dst_mac} is behind the ingress port",
+                                    source,
+                                    "fail",
+                                    f"the FDB puts {frame.dst_mac} behind {ingress.name}, where "
+                                    "the frame came from, and hairpin is off",
+                                    [w.cmd(ns, f"bridge link set dev {ingress.name} hairpin on")],
+                                ),
+                            ]
                         )
                     )
                     return out
@@ -308,7 +458,7 @@ def bridge_forward(
         verdict, hops = w.br_netfilter(ns, br, frame.pkt)
         trail = trail + hops
         if verdict != "accept":
-            out.dead.append(Dead(trail, weight=1 if verdict == "drop" else 1))
+            out.dead.append(Dead(trail))
             return out
     for q in targets:
         bq = q.bridge_port
@@ -317,14 +467,55 @@ def bridge_forward(
         if flag and bq is not None and not getattr(bq, flag):
             out.dead.append(
                 Dead(
-                    [*trail, w.hop(ns, q, "bridge", f"{flag} off on {q.name}: not flooded there", f"bridge link {q.name} {flag} off", "fail", f"{q.name} has {flag} off, so {br.name} does not flood " f"{'broadcasts' if flag == 'bcast_flood' else 'unknown unicast'} " f"to it" + ("" if flag == "bcast_flood" or bq.learning else f", and with learning off on {q.name} its hosts' " "addresses are never in the FDB"), [w.cmd(ns, f"bridge link set dev {q.name} {flag.replace('_', '_')} on")])]
+                    [
+                        *trail,
+                        w.hop(
+                            ns,
+                            q,
+                            "bridge",
+                            f"{flag} off on {q.name}: not flooded there",
+                            f"bridge link {q.name} {flag} off",
+                            "fail",
+                            f"{q.name} has {flag} off, so {br.name} does not flood "
+                            f"{'broadcasts' if flag == 'bcast_flood' else 'unknown unicast'} "
+                            f"to it"
+                            + (
+                                ""
+                                if flag == "bcast_flood" or bq.learning
+                                else f", and with learning off on {q.name} its hosts' "
+                                "addresses are never in the FDB"
+                            ),
+                            [
+                                w.cmd(
+                                    ns, f"bridge link set dev {q.name} {flag.replace('_', '_')} on"
+                                )
+                            ],
+                        ),
+                    ]
                 )
             )
             continue
         if qstate != "forwarding":
             out.dead.append(
                 Dead(
-                    [*trail, w.hop(ns, q, "bridge", f"port {q.name} is {qstate}: not sent there", f"bridge link {q.name} state {qstate}", "fail", f"a bridge port in state {qstate} transmits nothing" + (" (it is down)" if qstate == "disabled" else ""), [w.cmd(ns, f"ip link set {q.name} up") if qstate == "disabled" else w.cmd(ns, f"bridge link set dev {q.name} state 3")])]
+                    [
+                        *trail,
+                        w.hop(
+                            ns,
+                            q,
+                            "bridge",
+                            f"port {q.name} is {qstate}: not sent there",
+                            f"bridge link {q.name} state {qstate}",
+                            "fail",
+                            f"a bridge port in state {qstate} transmits nothing"
+                            + (" (it is down)" if qstate == "disabled" else ""),
+                            [
+                                w.cmd(ns, f"ip link set {q.name} up")
+                                if qstate == "disabled"
+                                else w.cmd(ns, f"bridge link set dev {q.name} state 3")
+                            ],
+                        ),
+                    ]
                 )
             )
             continue
@@ -337,7 +528,19 @@ def bridge_forward(
         ):
             out.dead.append(
                 Dead(
-                    [*trail, w.hop(ns, q, "bridge", f"{ingress.name} and {q.name} are isolated", f"bridge link {q.name} isolated on", "fail", "two isolated ports never exchange frames", [w.cmd(ns, f"bridge link set dev {q.name} isolated off")])]
+                    [
+                        *trail,
+                        w.hop(
+                            ns,
+                            q,
+                            "bridge",
+                            f"{ingress.name} and {q.name} are isolated",
+                            f"bridge link {q.name} isolated on",
+                            "fail",
+                            "two isolated ports never exchange frames",
+                            [w.cmd(ns, f"bridge link set dev {q.name} isolated off")],
+                        ),
+                    ]
                 )
             )
             continue

@@ -136,9 +136,8 @@ def arp(
             best = (rank, rif, rns, verdict)
             best_trail = trail
     if best is None:
-        why = reached.worst()
-        if why:
-            return None, why
+        if reached.worst():
+            return None, reached.worst()
         return None, [
             w.hop(
                 ns,
@@ -155,7 +154,10 @@ def arp(
         return None, reached.worst()  # the broadcast died on the way to the one that matters
     if not yes:
         cause = why if relevance else f"no interface answers ARP for {tip}: {why}"
-        return None, [*best_trail, w.hop(rns, rif, "arp", f"who-has {tip}: no answer ({why})", source, "fail", cause, fix)]
+        return None, [
+            *best_trail,
+            w.hop(rns, rif, "arp", f"who-has {tip}: no answer ({why})", source, "fail", cause, fix),
+        ]
     mac = rif.mac
     # the reply goes back to the asker's MAC (bridges learned it from the request)
     back = bridge.send(w, rif, bridge.Frame(mac, oif.mac), [])
@@ -243,8 +245,14 @@ def resolve(
 
 
 def _reply_lost(
-    w: Walker, oif: Interface, rns: Namespace, rif: Interface, tip: str, mac: str | None,
-    source: str, back: bridge.L2Result,
+    w: Walker,
+    oif: Interface,
+    rns: Namespace,
+    rif: Interface,
+    tip: str,
+    mac: str | None,
+    source: str,
+    back: bridge.L2Result,
 ) -> list[Hop]:
     """Why the ARP reply never reaches oif's stack: a bridge took it, or the L2 walk lost it."""
     lost = [w.hop(rns, rif, "arp", f"{tip} is-at {mac}, but the reply is lost", source)]

@@ -317,7 +317,7 @@ def _equal(value: Any, elem: Any) -> bool:
             if isinstance(value, int):
                 return bool(lo <= value <= hi)
             try:
-                return ip(lo) <= ip(str(value)) <= ip(hi)
+                return bool(int(ip(lo)) <= int(ip(str(value))) <= int(ip(hi)))
             except (ValueError, TypeError):
                 return False
         raise Unknown(json.dumps(elem)[:60])

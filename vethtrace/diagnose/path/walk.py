@@ -11,9 +11,10 @@ the first failing one. Pure: it reads a Topology and sends nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from vethtrace.diagnose.path import bridge, neigh
-from vethtrace.diagnose.path.flow import Flow, Hop, Packet, PathPrediction
+from vethtrace.diagnose.path.flow import Flow, Hop, Packet, PathPrediction, Status
 from vethtrace.diagnose.path.nft import FAMILIES, Ctx, HookResult, Ruleset, evaluate
 from vethtrace.diagnose.path.route import (
     RouteResult,
@@ -25,7 +26,7 @@ from vethtrace.diagnose.path.route import (
     net,
     select_source,
 )
-from vethtrace.model import IfaceKey, Interface, Namespace, Topology
+from vethtrace.model import Address, IfaceKey, Interface, Namespace, Topology
 
 MAX_HOPS = 32  # namespaces a packet may cross before we call it a loop
 
@@ -67,9 +68,10 @@ class Walker:
         cause: str = "",
         fix: list[str] | None = None,
     ) -> Hop:
+        st = cast(Status, status)
         return Hop(
-            ns.name, iface.name if iface else None, step, decision, source, status, cause, fix or []
-        )  # type: ignore[arg-type]
+            ns.name, iface.name if iface else None, step, decision, source, st, cause, fix or []
+        )
 
     def add(self, *args: object, **kw: object) -> Hop:
         h = self.hop(*args, **kw)  # type: ignore[arg-type]
@@ -492,7 +494,7 @@ class Walker:
                 "not forwarding",
                 conf_source(iface, "forwarding") + "=0",
                 "fail",
-                f"{ns.name} would route {pkt.dst} via {res.oif.name if res.oif else '?'}, but forwarding "
+                f"{ns.name} would route {pkt.dst} via {_name(res.oif)}, but forwarding "
                 f"is off on {iface.name}",
                 [self.cmd(ns, "sysctl -w net.ipv4.ip_forward=1")],
             )
@@ -526,7 +528,7 @@ class Walker:
             how = (
                 "no route back"
                 if back.kind not in ("unicast", "local")
-                else f"the route back leaves via {back.oif.name if back.oif else '?'}, not {iface.name}"
+                else f"the route back leaves via {_name(back.oif)}, not {iface.name}"
             )
             self.add(
                 ns,
@@ -535,13 +537,15 @@ class Walker:
                 f"reverse path check fails: {how}",
                 src,
                 "fail",
-                f"rp_filter={mode} ({'strict' if mode == 1 else 'loose'}) drops packets from {pkt.src} "
+                f"rp_filter={mode} ({'strict' if mode == 1 else 'loose'}) drops packets "
+                f"from {pkt.src} "
                 f"arriving on {iface.name}: {how}",
                 [
                     self.cmd(ns, f"ip route add {pkt.src} dev {iface.name}"),
                     self.cmd(
                         ns,
-                        f"sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{iface.name}.rp_filter=2",
+                        "sysctl -w net.ipv4.conf.all.rp_filter=2 "
+                        f"net.ipv4.conf.{iface.name}.rp_filter=2",
                     ),
                 ],
             )
@@ -620,9 +624,13 @@ class Walker:
         return End("delivered", ns, iface, pkt)
 
 
-def local_iface_addrs(topo: Topology, address: str) -> list[object]:
+def _name(iface: Interface | None) -> str:
+    return iface.name if iface is not None else "?"
+
+
+def local_iface_addrs(topo: Topology, address: str) -> list[Address]:
     """The addresses (with prefix) holding `address`, to name its subnet in a fix."""
-    out: list[object] = []
+    out: list[Address] = []
     for ns in topo.namespaces:
         for iface in ns.interfaces:
             for a in iface.addresses:
