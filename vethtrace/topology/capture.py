@@ -29,6 +29,7 @@ from typing import Any
 
 from vethtrace import netns
 from vethtrace.topology import nlmsg as nl
+from vethtrace.topology import pathfacts
 from vethtrace.topology.fork import Child, PositionQueue, fork_pays
 from vethtrace.topology.namespaces import NsRef
 from vethtrace.topology.procfs import (
@@ -66,6 +67,9 @@ class RawNamespace:
     iptables_legacy: list[str] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     partial: bool = False  # only links were dumped (outside a -n selection)
+    rules: bytes = b""  # RTM_GETRULE dump (pathfacts)
+    proxies: bytes = b""  # proxy neighbour dump (pathfacts)
+    sockets: bytes = b""  # sock_diag dumps, tcp listeners and udp (pathfacts)
 
 
 @dataclass
@@ -141,11 +145,8 @@ LINK_REQ = nl.request(
     + nl.nla(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS.to_bytes(4, "little")),
 )
 ADDR_REQ = nl.request(nl.RTM_GETADDR, nl.IFADDRMSG.pack(nl.AF_UNSPEC, 0, 0, 0, 0))
-ROUTE_REQ = nl.request(
-    nl.RTM_GETROUTE,
-    nl.RTMSG.pack(nl.AF_UNSPEC, 0, 0, 0, nl.RT_TABLE_MAIN, 0, 0, 0, 0)
-    + nl.nla(nl.RTA_TABLE, nl.RT_TABLE_MAIN.to_bytes(4, "little")),
-)
+# Every table (local and policy tables too: path prediction reads them); parse.routes keeps main.
+ROUTE_REQ = nl.request(nl.RTM_GETROUTE, nl.RTMSG.pack(nl.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0))
 NEIGH_REQ = nl.request(nl.RTM_GETNEIGH, nl.NDMSG.pack(nl.AF_UNSPEC, 0, 0, 0, 0))
 FDB_REQ = nl.request(nl.RTM_GETNEIGH, nl.NDMSG.pack(nl.AF_BRIDGE, 0, 0, 0, 0))
 NSID_REQ = nl.request(nl.RTM_GETNSID, nl.RTGENMSG.pack(nl.AF_UNSPEC))
@@ -213,6 +214,7 @@ def dump_here(
         except OSError:
             raw.fdb = b""  # no bridge support in this kernel
     raw.sysctls = read_sysctls(bridges and has_bridge)
+    pathfacts.dump_here(sock, raw)
     if legacy:
         raw.iptables_legacy = read_iptables_legacy()
     if with_nft:

@@ -27,7 +27,10 @@ IPV4_FILES = (
         "conf/all/arp_filter",
         "conf/all/arp_accept",
         "conf/all/arp_announce",
+        "conf/all/accept_local",
+        "conf/all/route_localnet",
         "icmp_echo_ignore_all",
+        "icmp_echo_ignore_broadcasts",
     ],
 )
 BRIDGE_NF = (
