@@ -211,9 +211,9 @@ class Tracer:
 def enable_bpf_stats() -> int:
     """bpf(BPF_ENABLE_STATS, RUN_TIME): the kernel times every BPF program run
     while this fd is open (no sysctl is changed; closing the fd ends it)."""
-    from vethtrace.collect import progcache
+    from vethtrace.collect import syscall as sc
 
-    return progcache.bpf_call(progcache.BPF_ENABLE_STATS, b"")  # type 0: RUN_TIME
+    return sc.bpf(sc.BPF_ENABLE_STATS, b"")  # type 0: RUN_TIME
 
 
 def prog_stats(pid: int) -> tuple[int, int]:

@@ -17,6 +17,7 @@ export DEBIAN_FRONTEND=noninteractive
 ARCH=$(dpkg --print-architecture)
 KREL=$(uname -r)
 PKGS=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools libbpfcc iproute2 nftables
+      python3-nftables
       iptables tshark graphviz plotnetcfg bpftrace bpftool iperf3 tmux ethtool iputils-ping
       procps kmod make ca-certificates tcpdump
       qemu-system-x86 mmdebstrap cpio busybox-static e2fsprogs xz-utils zstd)  # last line: kernel matrix

@@ -23,6 +23,8 @@ examples:
   vethtrace check                         what is wrong, why, and the commands that fix it
   vethtrace ping --from vt-host vt-song 192.168.122.102
                                           one verdict: where the frame went and why
+  vethtrace path --from vt-host vt-song 192.168.122.102
+                                          the kernel's decisions, hop by hop, without a packet
   vethtrace trace arp -n vt-song          every kernel event for ARP in one namespace
   vethtrace watch icmp                    live packet paths over the topology
   vethtrace report incident.vtrec         offline report from a recording (no root)
@@ -86,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     _json_opt(p, "verdict, path and findings as JSON")
     p.add_argument("--write", metavar="FILE", help="write a recording of this run")
     p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
+
+    p = sub.add_parser("path", help="predict a packet's path from the kernel's tables (no packet)")
+    p.add_argument("--from", dest="source", metavar="NETNS", help="send from here (default root)")
+    p.add_argument("target", metavar="NETNS|IP", help="namespace holding DEST, or the address")
+    p.add_argument("dest", metavar="DEST", nargs="?", help="address to reach (with NETNS)")
+    p.add_argument("--proto", choices=["icmp", "tcp", "udp", "arp"], default="icmp")
+    p.add_argument("--port", type=int, help="destination port (tcp/udp)")
+    _json_opt(p, "both paths as JSON")
 
     p = sub.add_parser("trace", help="stream kernel packet events")
     _tracing_opts(p)

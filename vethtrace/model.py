@@ -58,6 +58,9 @@ class BridgePortInfo:
     hairpin: bool = False
     learning: bool = True
     flood: bool = True
+    mcast_flood: bool = True
+    bcast_flood: bool = True
+    neigh_suppress: bool = False
 
 
 @dataclass
@@ -108,6 +111,42 @@ class Neighbour:
 
 
 @dataclass
+class Rule:
+    """A policy routing rule (`ip rule`): which table a lookup consults, in priority order."""
+
+    priority: int
+    family: int = 4
+    action: str = "table"  # table | goto | nop | blackhole | unreachable | prohibit
+    table: int = 254
+    src: str | None = None  # CIDR
+    dst: str | None = None
+    iif: str | None = None  # interface name
+    oif: str | None = None
+    fwmark: int | None = None
+    fwmask: int | None = None
+    invert: bool = False  # "not"
+    ip_proto: int | None = None
+    sport: list[int] | None = None  # [low, high]
+    dport: list[int] | None = None
+    goto: int | None = None  # target priority for action goto
+    suppress_prefixlen: int | None = None
+    l3mdev: bool = False
+    uid_range: list[int] | None = None
+
+
+@dataclass
+class Socket:
+    """A bound TCP (listening) or UDP socket, from sock_diag."""
+
+    proto: str  # tcp | udp
+    family: int  # 4 or 6
+    address: str
+    port: int
+    ifindex: int = 0  # bound device, 0 for any
+    v6only: bool = False
+
+
+@dataclass
 class FdbEntry:
     ifindex: int  # the port
     mac: str
@@ -130,6 +169,13 @@ class Namespace:
     sysctls: dict[str, str] = field(default_factory=dict)  # namespace-wide (all/default/bridge)
     firewall: dict[str, Any] = field(default_factory=dict)  # forward-path verdicts, see topology
     partial: bool = False  # only its interfaces were read (outside a -n selection)
+    # What path prediction reads (vethtrace.topology.pathfacts); empty in old snapshots.
+    rules: list[Rule] = field(default_factory=list)  # policy rules, IPv4 and IPv6
+    other_routes: list[Route] = field(default_factory=list)  # tables other than main (local…)
+    proxy_neighbours: list[Neighbour] = field(default_factory=list)  # `ip neigh add proxy`
+    sockets: list[Socket] = field(default_factory=list)  # listening tcp, bound udp
+    nft: list[dict[str, Any]] | None = None  # `nft -j list ruleset`'s "nftables" array
+    nft_error: str | None = None  # why the ruleset could not be printed
 
     def iface(self, ifindex: int | None) -> Interface | None:
         return next((i for i in self.interfaces if i.key.ifindex == ifindex), None)

@@ -4,8 +4,9 @@ Boots Debian's 6.1 kernel (kprobes, matching headers) under qemu and checks,
 inside the guest, that vethtrace's kprobe path works there: doctor finds
 kprobes and plans them for veth_xmit and br_handle_frame, the seed lab's ping
 verdict is `diverted` at veth0, and trace sees the ARP reply at both kprobes
-and taken by br0. ~1.5 min with a warm tests/kernels/work/, ~3–6 min from an
-empty one. Deselect locally with `-m "not kernels"`.
+and taken by br0, through the harness scripts/kernels/matrix.py. ~1.5 min
+with a warm /var/cache/vethtrace/kernels, ~3–6 min from an empty one.
+Deselect locally with `-m "not kernels"`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import sys
 
 import pytest
 
-from tests.kernels.matrix import REPO
+from tests.conftest import REPO
 
 pytestmark = [pytest.mark.privileged, pytest.mark.kernels]
+
+MATRIX = REPO / "scripts" / "kernels" / "matrix.py"
 
 EXPECTED = [
     "doctor-kprobes",
@@ -36,7 +39,7 @@ EXPECTED = [
 def test_kernel_6_1_lane(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.matrix", "--kernels", "6.1", "--json", str(out)],
+        [sys.executable, str(MATRIX), "--kernels", "6.1", "--json", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,

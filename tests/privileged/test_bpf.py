@@ -205,20 +205,19 @@ def test_programs_compile_for_older_kernels() -> None:
     """Without what older kernels lack (drop reasons before 5.17, consume_skb's
     location before 6.3, neighbour tracepoints, a bridge module's BTF), the
     programs still compile and load: such tracepoints are left out, not fatal."""
-    from vethtrace.collect import bpf as bpfmod
-    from vethtrace.collect import headers
+    from vethtrace.collect import headers, kfacts, source
     from vethtrace.collect.filter import compile_filter
 
     headers.prepare()
     from bcc import BPF
 
-    consts = bpfmod.kernel_constants()
+    consts = kfacts.kernel_constants()
     optional = ("VT_ARG_KFREE_REASON", "VT_ARG_CONSUME_LOCATION", "VT_SK_NET", "VT_NEIGH_",
                 "VT_ARG_N", "VT_HAVE_NEIGH", "VT_BR", "VT_ARG_FDB", "VT_HAVE_BR")  # fmt: skip
     old = {k: v for k, v in consts.items() if not k.startswith(optional)}
     assert len(old) < len(consts) and "VT_HAVE_KFREE_SKB" in old
-    src = bpfmod.build_source(bpfmod.AREAS, None)
-    b = BPF(text=src.encode(), cflags=bpfmod.cflags(old, compile_filter("arp"), None, True))
+    src = source.build_source(source.AREAS, None)
+    b = BPF(text=src.encode(), cflags=source.cflags(old, compile_filter("arp"), None, True))
     try:
         assert b.num_open_kprobes() == 0  # nothing but raw tracepoints
     finally:

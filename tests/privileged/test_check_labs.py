@@ -3,7 +3,7 @@ those rules fire on its stated culprit; pasting the finding's fix commands
 (run exactly as printed) makes the finding go away and the scenario's
 failing pings succeed; healthy scenarios give nothing at warning or above.
 
-Scenarios are the data in samples/labs (the lab engineer's and check-*);
+Scenarios are the data in vethtrace/lab/scenarios (the lab engineer's and check-*);
 each test builds its own lab, because applying a fix changes it.
 """
 

@@ -16,12 +16,14 @@ import pytest
 from tests.conftest import REPO, new_prefix
 from tests.labs import built_lab, check_pings, lab_fixture, ping
 from vethtrace.lab import state
-from vethtrace.lab.scenario import SAMPLES, load
+from vethtrace.lab.scenario import load, shipped_dir
 
 pytestmark = pytest.mark.privileged
 
 # check-* scenarios belong to the CHECK engineer's tests; the unit test validates them.
-SCENARIOS = sorted(p.stem for p in SAMPLES.glob("*.toml") if not p.stem.startswith("check-"))
+SCENARIOS = sorted(
+    p.stem for p in shipped_dir().glob("*.toml") if not p.stem.startswith("check-")
+)
 
 
 def ours(prefix: str) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import new_prefix
 from vethtrace import netns
 from vethtrace.model import Topology, to_dict
-from vethtrace.topology import build, capture
+from vethtrace.topology import build, capture, fork
 from vethtrace.topology.namespaces import NsRef, enumerate_namespaces
 
 pytestmark = pytest.mark.privileged
@@ -239,7 +239,7 @@ def test_child_that_stalls_is_killed(lab: str, tmp_path, monkeypatch) -> None:
     refs = refs_of(lab)
     _cap, expected = discover_refs(refs, fork=False)
     monkeypatch.setattr(capture, "dump_here", stalling)
-    monkeypatch.setattr(capture, "CHILD_TIMEOUT", 1.0)
+    monkeypatch.setattr(fork, "CHILD_TIMEOUT", 1.0)
     t0 = time.monotonic()
     cap, topo = discover_refs(refs, fork=True)
     assert time.monotonic() - t0 < 10
@@ -254,13 +254,13 @@ def test_fork_only_from_a_single_thread() -> None:
     """ping and watch discover while their own threads run: no fork there."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one CPU: never forks")
-    assert capture.fork_pays(capture.FORK_MIN_NAMESPACES)
-    assert not capture.fork_pays(capture.FORK_MIN_NAMESPACES - 1)
+    assert fork.fork_pays(fork.FORK_MIN_NAMESPACES)
+    assert not fork.fork_pays(fork.FORK_MIN_NAMESPACES - 1)
     stop = threading.Event()
     t = threading.Thread(target=stop.wait)
     t.start()
     try:
-        assert not capture.fork_pays(10 * capture.FORK_MIN_NAMESPACES)
+        assert not fork.fork_pays(10 * fork.FORK_MIN_NAMESPACES)
     finally:
         stop.set()
         t.join()

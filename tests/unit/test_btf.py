@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vethtrace.collect import btf as btfmod
-from vethtrace.collect.bpf import drop_reasons, kernel_constants
+from vethtrace.collect.kfacts import drop_reasons, kernel_constants
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
 needs_kernel_btf = pytest.mark.skipif(
@@ -190,7 +190,7 @@ def test_bad_blob_is_an_error() -> None:
 def test_kernel_facts_cache_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the cache hands back after a JSON round trip equals a fresh BTF read."""
     from vethtrace.collect import kcache
-    from vethtrace.collect.bpf import drop_reason_tables
+    from vethtrace.collect.kfacts import drop_reason_tables
 
     monkeypatch.setattr(kcache, "CACHE_DIR", tmp_path)
     kcache.forget()

@@ -1,6 +1,6 @@
 """Rules on recorded topologies (no root): samples/snapshots/check-*.json
 (check-<lab>.json, or just <lab>.json for the check-* labs) were discovered
-from the real labs of samples/labs, built with the prefix "vtxck-". Each
+from the real labs of vethtrace/lab/scenarios, built with the prefix "vtxck-". Each
 broken lab's stated rules must fire on its stated culprit, with fixes naming
 the real interfaces; healthy labs must stay quiet.
 

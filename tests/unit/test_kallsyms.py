@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from vethtrace.collect.bpf import Kallsyms
+from vethtrace.collect.kallsyms import Kallsyms
 
 
 def _table(path: Path, count: int) -> None:

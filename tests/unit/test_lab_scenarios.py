@@ -12,9 +12,9 @@ import pytest
 
 from tests.conftest import VENV_BIN, as_nobody
 from vethtrace.errors import UserError
-from vethtrace.lab.scenario import SAMPLES, load, load_path, scenarios
+from vethtrace.lab.scenario import load, load_path, scenarios, shipped_dir
 
-SHIPPED = sorted(p.stem for p in SAMPLES.glob("*.toml"))
+SHIPPED = sorted(p.stem for p in shipped_dir().glob("*.toml"))
 REQUIRED = [
     "seed",
     "seed-fixed",

@@ -2,7 +2,7 @@
 
 Why not libpcap's BPF bytecode: our probes see an sk_buff, not a linear
 packet buffer at a fixed offset, and decode the headers once into a small
-struct (probes/vethtrace.h `struct vt_pkt`). Filtering over that struct is a
+struct (vethtrace/probes/vethtrace.h `struct vt_pkt`). Filtering over that struct is a
 handful of comparisons, so traffic that does not match costs almost nothing.
 
 Supported (as tcpdump): `arp`, `ip`, `icmp`, `tcp`, `udp`, `[src|dst] host A`,

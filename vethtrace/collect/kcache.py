@@ -5,7 +5,7 @@ Why: parsing 5 MB of BTF in Python costs 0.1-0.3 s on every start, and
 compiler already takes. The facts (struct offsets, tracepoint argument
 positions, drop-reason names) only change with the kernel build, so they are
 keyed by release, build string, BTF size and the code that derives them
-(bpf.py, plan.py, btf.py), and recomputed when any differs.
+(kfacts.py, plan.py, btf.py), and recomputed when any differs.
 A cache that cannot be read or written is simply not used.
 """
 
@@ -24,7 +24,7 @@ from vethtrace.collect import btf as btfmod
 CACHE_DIR = Path(os.environ.get("VETHTRACE_CACHE", "/var/cache/vethtrace"))
 T = TypeVar("T")
 
-_DERIVERS = ("bpf.py", "plan.py", "btf.py")
+_DERIVERS = ("kfacts.py", "plan.py", "btf.py")
 _memory: dict[str, Any] | None = None
 
 

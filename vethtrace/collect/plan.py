@@ -20,16 +20,8 @@ from pathlib import Path
 
 from vethtrace.collect import btf as btfmod
 from vethtrace.collect import kcache
+from vethtrace.collect import syscall as sc
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-SYS_BPF = 321  # x86_64
-SYS_PERF_EVENT_OPEN = 298
-
-BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
-PROG_KPROBE, PROG_RAW_TRACEPOINT, PROG_TRACING = 2, 17, 26
-TRACE_FENTRY = 24
-MAP_RINGBUF = 27
 _NOOP = bytes.fromhex("b7000000000000009500000000000000")  # r0 = 0; exit
 _LICENSE = ctypes.create_string_buffer(b"GPL")
 
@@ -43,9 +35,11 @@ class Trial:
 
 
 def _bpf(cmd: int, attr: bytes) -> tuple[int, int]:
-    buf = ctypes.create_string_buffer(attr, 128)
-    fd = _libc.syscall(SYS_BPF, cmd, buf, 128)
-    return int(fd), ctypes.get_errno() if fd < 0 else 0
+    """(fd, 0), or (-1, errno): a refusal is the answer a trial wants."""
+    try:
+        return sc.bpf(cmd, attr), 0
+    except OSError as exc:
+        return -1, exc.errno or 0
 
 
 def _load_noop(prog_type: int, attach_type: int = 0, btf_id: int = 0) -> tuple[int, int]:
@@ -55,13 +49,13 @@ def _load_noop(prog_type: int, attach_type: int = 0, btf_id: int = 0) -> tuple[i
         prog_type, 2, ctypes.addressof(insns), ctypes.addressof(_LICENSE),
         0, 0, 0, 0, 0, b"vt_probe", 0, attach_type, 0, 0, 0, 0, 0, 0, 0, btf_id, 0,
     )  # fmt: skip
-    return _bpf(BPF_PROG_LOAD, attr)
+    return _bpf(sc.BPF_PROG_LOAD, attr)
 
 
 def _raw_tp_open(name: bytes | None, prog_fd: int) -> tuple[int, int]:
     cname = ctypes.create_string_buffer(name) if name else None
     attr = struct.pack("<QI", ctypes.addressof(cname) if cname else 0, prog_fd)
-    return _bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
+    return _bpf(sc.BPF_RAW_TRACEPOINT_OPEN, attr)
 
 
 def _err(e: int) -> str:
@@ -71,7 +65,7 @@ def _err(e: int) -> str:
 @cache
 def try_raw_tracepoint(name: str = "net_dev_queue") -> Trial:
     """Load a no-op raw-tracepoint program and attach it for a moment."""
-    fd, e = _load_noop(PROG_RAW_TRACEPOINT)
+    fd, e = _load_noop(sc.BPF_PROG_TYPE_RAW_TRACEPOINT)
     if fd < 0:
         return Trial(False, f"raw tracepoint program load refused: {_err(e)}")
     try:
@@ -91,7 +85,7 @@ def try_fentry(func: str = "veth_xmit") -> Trial:
         btf_id = kcache.cached(f"btf_id:{func}", lambda: btfmod.vmlinux().find(func, btfmod.FUNC))
     except btfmod.BtfError as exc:
         return Trial(False, str(exc))
-    fd, e = _load_noop(PROG_TRACING, TRACE_FENTRY, btf_id)
+    fd, e = _load_noop(sc.BPF_PROG_TYPE_TRACING, sc.BPF_TRACE_FENTRY, btf_id)
     if fd < 0:
         return Trial(False, f"fentry program load refused: {_err(e)}")
     try:
@@ -132,7 +126,7 @@ def try_kprobe(func: str = "veth_xmit") -> Trial:
         err = 0
     if err:
         return Trial(False, f"kprobe on {func} refused: {_err(err)}")
-    fd2, e = _load_noop(PROG_KPROBE)
+    fd2, e = _load_noop(sc.BPF_PROG_TYPE_KPROBE)
     if fd2 < 0:
         return Trial(False, f"kprobe program load refused: {_err(e)}")
     os.close(fd2)
@@ -146,18 +140,18 @@ def _perf_kprobe(pmu_type: int, func: str) -> int:
     # flags, wakeup_events, bp_type, config1 (kprobe_func), config2 (offset)
     attr = struct.pack("<IIQQQQQIIQQ", pmu_type, 128, 0, 0, 0, 0, 0, 0, 0,
                        ctypes.addressof(name), 0)  # fmt: skip
-    buf = ctypes.create_string_buffer(attr, 128)
-    fd = _libc.syscall(SYS_PERF_EVENT_OPEN, buf, -1, 0, -1, 8)  # pid -1, cpu 0, CLOEXEC
-    if fd < 0:
-        return ctypes.get_errno()
+    try:
+        fd = sc.perf_event_open(attr, -1, 0, -1, 8)  # pid -1, cpu 0, CLOEXEC
+    except OSError as exc:
+        return exc.errno or 0
     os.close(fd)
     return 0
 
 
 @cache
 def ringbuf_supported() -> Trial:
-    attr = struct.pack("<IIII", MAP_RINGBUF, 0, 0, 4096)
-    fd, e = _bpf(BPF_MAP_CREATE, attr)
+    attr = struct.pack("<IIII", sc.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
+    fd, e = _bpf(sc.BPF_MAP_CREATE, attr)
     if fd < 0:
         return Trial(False, f"ring buffer map refused: {_err(e)}")
     os.close(fd)

@@ -23,41 +23,17 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vethtrace.collect import syscall as sc
 from vethtrace.collect.kcache import CACHE_DIR, save_json
 
 VERSION = 1
 PREFIX = b"raw_tracepoint__"  # bcc's name for RAW_TRACEPOINT_PROBE(tp) functions
-
-# bpf(2) commands, program/map types and instruction bits we use (uapi/linux/bpf.h)
-BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_PROG_LOAD = 0, 1, 5
-BPF_OBJ_GET_INFO_BY_FD, BPF_RAW_TRACEPOINT_OPEN, BPF_ENABLE_STATS = 15, 17, 32
-BPF_PROG_TYPE_RAW_TRACEPOINT = 17
-BPF_PSEUDO_MAP_FD = 1
-LD_IMM64 = 0x18
-SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def bpf_call(cmd: int, attr: bytes) -> int:
-    """bpf(2) with `attr` (the union bpf_attr member, zero-padded): its result,
-    or OSError. Pointers inside attr must stay alive for the call."""
-    if SYS_BPF is None:
-        raise OSError(0, f"no bpf(2) number known for {platform.machine()}")
-    buf = ctypes.create_string_buffer(attr, max(len(attr), 128))
-    fd = int(_libc.syscall(SYS_BPF, cmd, buf, len(buf)))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"bpf({cmd}): {os.strerror(err)}")
-    return fd
 
 
 def _addr(buf: ctypes.Array[ctypes.c_char]) -> int:
@@ -104,7 +80,7 @@ class _Map:
 
 def _map_info(fd: int) -> _Map:
     info = ctypes.create_string_buffer(88)
-    bpf_call(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, len(info), _addr(info)))
+    sc.bpf(sc.BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, len(info), _addr(info)))
     mtype, _id, ksize, vsize, entries, flags, name = struct.unpack_from("<6I16s", info.raw)
     return _Map(name.split(b"\0", 1)[0].decode(), mtype, ksize, vsize, entries, flags, fd)
 
@@ -113,7 +89,7 @@ def _map_refs(insns: bytes) -> Iterator[tuple[int, int]]:
     """(offset, fd) of each ld_imm64 instruction that loads a map reference."""
     for pos in range(0, len(insns) - 15, 8):
         op, regs, _off, imm = struct.unpack_from("<BBhi", insns, pos)
-        if op == LD_IMM64 and regs >> 4 == BPF_PSEUDO_MAP_FD:
+        if op == sc.LD_IMM64 and regs >> 4 == sc.BPF_PSEUDO_MAP_FD:
             yield pos, imm
 
 
@@ -169,7 +145,7 @@ class Loaded:
         value = ctypes.create_string_buffer(step * ncpu)
         k = ctypes.create_string_buffer(4)
         attr = struct.pack("<I4xQQQ", m.fd, _addr(k), _addr(value), 0)
-        bpf_call(BPF_MAP_LOOKUP_ELEM, attr)
+        sc.bpf(sc.BPF_MAP_LOOKUP_ELEM, attr)
         return sum(struct.unpack_from("<Q", value.raw, i * step)[0] for i in range(ncpu))
 
     def close(self) -> None:
@@ -214,7 +190,7 @@ def load(k: str) -> Loaded | None:
                 "<7I16s", m.type, m.key_size, m.value_size, m.max_entries, m.flags, 0, 0,
                 m.name.encode()[:15],
             )  # fmt: skip
-            new = bpf_call(BPF_MAP_CREATE, attr)
+            new = sc.bpf(sc.BPF_MAP_CREATE, attr)
             old_to_new[m.fd] = new
             loaded.maps[m.name] = _Map(**{**spec, "fd": new})
         license_ = ctypes.create_string_buffer(b"GPL")
@@ -223,14 +199,14 @@ def load(k: str) -> Loaded | None:
             count = (len(code) - 1) // 8
             pname = prog["tp"].encode()[:15]
             attr = struct.pack(
-                "<IIQQIIQII16sII", BPF_PROG_TYPE_RAW_TRACEPOINT, count, _addr(code),
+                "<IIQQIIQII16sII", sc.BPF_PROG_TYPE_RAW_TRACEPOINT, count, _addr(code),
                 _addr(license_), 0, 0, 0, 0, 0, pname, 0, 0,
             )  # fmt: skip
-            prog_fd = bpf_call(BPF_PROG_LOAD, attr)
+            prog_fd = sc.bpf(sc.BPF_PROG_LOAD, attr)
             loaded.fds.append(prog_fd)
             tp = ctypes.create_string_buffer(prog["tp"].encode())
             loaded.fds.append(
-                bpf_call(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI4x", _addr(tp), prog_fd))
+                sc.bpf(sc.BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI4x", _addr(tp), prog_fd))
             )
     except (OSError, KeyError, TypeError, ValueError):
         loaded.close()

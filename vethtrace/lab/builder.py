@@ -55,6 +55,11 @@ class BuildError(UserError):
     pass
 
 
+#: A build step: what it does in one namespace (`ns`, the scenario's short name),
+#: through a netlink socket of that namespace; `real` maps short names to real ones.
+Step = Callable[[IPRoute, Scenario, str, dict[str, str]], None]
+
+
 def build(scn: Scenario, prefix: str, st: LabState) -> None:
     """Create everything in `scn`; `st` gets each namespace name before it exists."""
     real = {n.name: prefix + n.name for n in scn.netns}
@@ -67,195 +72,159 @@ def build(scn: Scenario, prefix: str, st: LabState) -> None:
             st.namespaces.pop()
             st.save()
             raise BuildError(f"namespace {real[ns.name]} already exists") from None
-
-    def each_ns(step: str, fn: Callable[[IPRoute, str], None]) -> None:
+    for what, step in STEPS:
         for ns in scn.netns:
-            _in(real[ns.name], step, functools.partial(_swap, fn, ns.name))
+            _in(real[ns.name], what, functools.partial(_run_step, step, scn, ns.name, real))
 
-    # 1. links that stand alone: bridges, bonds, dummies
-    def masters(ipr: IPRoute, ns: str) -> None:
-        for link in scn.links_in(ns):
-            if link.kind == "bridge":
-                opts = {"IFLA_BR_STP_STATE": int(link.stp)}
-                if link.vlan_filtering:  # only when asked: some kernels lack the option
-                    opts["IFLA_BR_VLAN_FILTERING"] = 1
-                _add(ipr, link, kind="bridge", **opts)
-            elif link.kind == "bond":
-                _add(ipr, link, kind="bond", IFLA_BOND_MODE=BOND_MODES[link.mode or "balance-rr"])
-            elif link.kind == "dummy":
-                _add(ipr, link, kind="dummy")
 
-    each_ns("creating bridges, bonds and dummies", masters)
+def _run_step(step: Step, scn: Scenario, ns: str, real: dict[str, str], ipr: IPRoute) -> None:
+    step(ipr, scn, ns, real)
 
-    # 2. veth pairs, from the a side, the peer put straight into b's namespace
-    def veths_from(ipr: IPRoute, ns: str) -> None:
-        for link in _a_sides(scn):
-            if link.netns != ns or link.peer is None:
-                continue
-            peer_ns, peer_name = link.peer
-            peer: dict[str, Any] = {"ifname": peer_name}
-            if peer_ns != ns:
-                peer["net_ns_fd"] = netns.path_of(real[peer_ns])
-            _add(ipr, link, kind="veth", peer=peer)
 
-    each_ns("creating veth pairs", veths_from)
+def _masters(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
+    """Links that stand alone: bridges, bonds, dummies."""
+    for link in scn.links_in(ns):
+        if link.kind == "bridge":
+            opts = {"IFLA_BR_STP_STATE": int(link.stp)}
+            if link.vlan_filtering:  # only when asked: some kernels lack the option
+                opts["IFLA_BR_VLAN_FILTERING"] = 1
+            _add(ipr, link, kind="bridge", **opts)
+        elif link.kind == "bond":
+            _add(ipr, link, kind="bond", IFLA_BOND_MODE=BOND_MODES[link.mode or "balance-rr"])
+        elif link.kind == "dummy":
+            _add(ipr, link, kind="dummy")
 
-    # 3. links on top of others
-    def stacked(ipr: IPRoute, ns: str) -> None:
-        for link in scn.links_in(ns):
-            if link.kind == "macvlan":
-                _add(
-                    ipr,
-                    link,
-                    kind="macvlan",
-                    link=_index(ipr, link.lower or ""),
-                    IFLA_MACVLAN_MODE=MACVLAN_MODES[link.mode or "bridge"],
-                )
-            elif link.kind == "ipvlan":
-                _add(
-                    ipr,
-                    link,
-                    kind="ipvlan",
-                    link=_index(ipr, link.lower or ""),
-                    IFLA_IPVLAN_MODE=IPVLAN_MODES[link.mode or "l2"],
-                )
 
-    each_ns("creating macvlan/ipvlan links", stacked)
+def _veths(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
+    """Veth pairs, from the a side, the peer put straight into b's namespace."""
+    for link in _a_sides(scn):
+        if link.netns != ns or link.peer is None:
+            continue
+        peer_ns, peer_name = link.peer
+        peer: dict[str, Any] = {"ifname": peer_name}
+        if peer_ns != ns:
+            peer["net_ns_fd"] = netns.path_of(real[peer_ns])
+        _add(ipr, link, kind="veth", peer=peer)
 
-    # 4. per link settings while everything is down, sysctls, addresses, nft
-    def configure(ipr: IPRoute, ns: str) -> None:
-        links = scn.links_in(ns)
-        for link in links:
-            if link.mac:
-                _do(
-                    f"setting mac of {link.name}",
-                    ipr.link,
-                    "set",
-                    index=_index(ipr, link.name),
-                    address=link.mac,
-                )
-            if link.master:
-                _do(
-                    f"enslaving {link.name} to {link.master}",
-                    ipr.link,
-                    "set",
-                    index=_index(ipr, link.name),
-                    master=_index(ipr, link.master),
-                )
-        for link in links:  # after enslaving: a bridge adopts its ports' MTU
-            if link.mtu:
-                _do(
-                    f"setting mtu of {link.name}",
-                    ipr.link,
-                    "set",
-                    index=_index(ipr, link.name),
-                    mtu=link.mtu,
-                )
-        _sysctls(scn, ns)
-        for link in links:
-            for cidr in link.addresses:
-                iface = ipaddress.ip_interface(cidr)
-                _do(
-                    f"adding {cidr} to {link.name}",
-                    ipr.addr,
-                    "add",
-                    index=_index(ipr, link.name),
-                    address=str(iface.ip),
-                    prefixlen=iface.network.prefixlen,
-                )
-        nft = next(n.nft for n in scn.netns if n.name == ns)
-        if nft:
-            _nft(nft, ns)
 
-    each_ns("configuring links", configure)
+def _stacked(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
+    """Links on top of others: macvlan, ipvlan."""
+    for link in scn.links_in(ns):
+        if link.kind == "macvlan":
+            mode = {"IFLA_MACVLAN_MODE": MACVLAN_MODES[link.mode or "bridge"]}
+        elif link.kind == "ipvlan":
+            mode = {"IFLA_IPVLAN_MODE": IPVLAN_MODES[link.mode or "l2"]}
+        else:
+            continue
+        _add(ipr, link, kind=link.kind, link=_index(ipr, link.lower or ""), **mode)
 
-    # 5. up: lo, then masters, then the rest
-    def bring_up(ipr: IPRoute, ns: str) -> None:
-        if next(n.lo for n in scn.netns if n.name == ns):
-            _do("bringing lo up", ipr.link, "set", index=_index(ipr, "lo"), state="up")
-        order = sorted(scn.links_in(ns), key=lambda lk: lk.kind not in ("bridge", "bond"))
-        for link in order:
-            if link.up:
-                _do(
-                    f"bringing {link.name} up",
-                    ipr.link,
-                    "set",
-                    index=_index(ipr, link.name),
-                    state="up",
-                )
 
-    each_ns("bringing links up", bring_up)
-
-    # 6. bridge-port options, once carrier is there
-    def ports(ipr: IPRoute, ns: str) -> None:
-        for link in scn.links_in(ns):
-            if link.port is None:
-                continue
-            idx = _index(ipr, link.name)
-            if link.port.state is not None:
-                _wait_carrier(ipr, idx, link, scn)
-                _set_port_state(idx, PORT_STATES[link.port.state], link.name)
-            opts: dict[str, int] = {}
-            for key, nla in (
-                ("isolated", "IFLA_BRPORT_ISOLATED"),
-                ("hairpin", "IFLA_BRPORT_MODE"),
-                ("learning", "IFLA_BRPORT_LEARNING"),
-            ):
-                value = getattr(link.port, key)
-                if value is not None:
-                    opts[nla] = int(value)
-            if opts:
-                _do(
-                    f"setting bridge-port options of {link.name}",
-                    ipr.link,
-                    "set",
-                    index=idx,
-                    kind="bridge_slave",
-                    **opts,
-                )
-
-    each_ns("setting bridge-port options", ports)
-
-    # 7. routes and static neighbours
-    def routes(ipr: IPRoute, ns: str) -> None:
-        for r in (r for r in scn.routes if r.netns == ns):
-            spec: dict[str, Any] = {}
-            if r.dst == "default":
-                family = socket.AF_INET6 if r.via and ":" in r.via else socket.AF_INET
-                spec["dst"] = "::/0" if family == socket.AF_INET6 else "0.0.0.0/0"
-            else:
-                net = ipaddress.ip_network(r.dst)
-                family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
-                spec["dst"] = str(net)
-            spec["family"] = family
-            if r.via:
-                spec["gateway"] = r.via
-            if r.dev:
-                spec["oif"] = _index(ipr, r.dev)
-            if r.metric is not None:
-                spec["priority"] = r.metric
+def _configure(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
+    """Per-link settings while everything is down, then sysctls, addresses, nft."""
+    links = scn.links_in(ns)
+    for link in links:
+        if link.mac:
+            _set(ipr, f"setting mac of {link.name}", link.name, address=link.mac)
+        if link.master:
+            master = _index(ipr, link.master)
+            _set(ipr, f"enslaving {link.name} to {link.master}", link.name, master=master)
+    for link in links:  # after enslaving: a bridge adopts its ports' MTU
+        if link.mtu:
+            _set(ipr, f"setting mtu of {link.name}", link.name, mtu=link.mtu)
+    _sysctls(scn, ns)
+    for link in links:
+        for cidr in link.addresses:
+            iface = ipaddress.ip_interface(cidr)
             _do(
-                f"adding route {r.dst}" + (f" via {r.via}" if r.via else ""),
-                ipr.route,
+                f"adding {cidr} to {link.name}",
+                ipr.addr,
                 "add",
-                **spec,
+                index=_index(ipr, link.name),
+                address=str(iface.ip),
+                prefixlen=iface.network.prefixlen,
             )
-        for n in (n for n in scn.neighs if n.netns == ns):
-            _do(
-                f"adding neighbour {n.ip} on {n.dev}",
-                ipr.neigh,
-                "add",
-                dst=n.ip,
-                lladdr=n.mac,
-                ifindex=_index(ipr, n.dev),
-                state=NUD_PERMANENT,
-            )
-
-    each_ns("adding routes and neighbours", routes)
+    nft = next(n.nft for n in scn.netns if n.name == ns)
+    if nft:
+        _nft(nft, ns)
 
 
-def _swap(fn: Callable[[IPRoute, str], None], ns: str, ipr: IPRoute) -> None:
-    fn(ipr, ns)
+def _bring_up(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
+    """Up: lo, then masters, then the rest."""
+    if next(n.lo for n in scn.netns if n.name == ns):
+        _set(ipr, "bringing lo up", "lo", state="up")
+    order = sorted(scn.links_in(ns), key=lambda lk: lk.kind not in ("bridge", "bond"))
+    for link in order:
+        if link.up:
+            _set(ipr, f"bringing {link.name} up", link.name, state="up")
+
+
+def _ports(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
+    """Bridge-port options, once carrier is there."""
+    for link in scn.links_in(ns):
+        if link.port is None:
+            continue
+        idx = _index(ipr, link.name)
+        if link.port.state is not None:
+            _wait_carrier(ipr, idx, link, scn)
+            _set_port_state(idx, PORT_STATES[link.port.state], link.name)
+        opts: dict[str, int] = {}
+        for key, nla in (
+            ("isolated", "IFLA_BRPORT_ISOLATED"),
+            ("hairpin", "IFLA_BRPORT_MODE"),
+            ("learning", "IFLA_BRPORT_LEARNING"),
+        ):
+            value = getattr(link.port, key)
+            if value is not None:
+                opts[nla] = int(value)
+        if opts:
+            what = f"setting bridge-port options of {link.name}"
+            _set(ipr, what, link.name, kind="bridge_slave", **opts)
+
+
+def _routes(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
+    """Routes and static neighbours."""
+    for r in (r for r in scn.routes if r.netns == ns):
+        spec: dict[str, Any] = {}
+        if r.dst == "default":
+            family = socket.AF_INET6 if r.via and ":" in r.via else socket.AF_INET
+            spec["dst"] = "::/0" if family == socket.AF_INET6 else "0.0.0.0/0"
+        else:
+            net = ipaddress.ip_network(r.dst)
+            family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+            spec["dst"] = str(net)
+        spec["family"] = family
+        if r.via:
+            spec["gateway"] = r.via
+        if r.dev:
+            spec["oif"] = _index(ipr, r.dev)
+        if r.metric is not None:
+            spec["priority"] = r.metric
+        what = f"adding route {r.dst}" + (f" via {r.via}" if r.via else "")
+        _do(what, ipr.route, "add", **spec)
+    for n in (n for n in scn.neighs if n.netns == ns):
+        _do(
+            f"adding neighbour {n.ip} on {n.dev}",
+            ipr.neigh,
+            "add",
+            dst=n.ip,
+            lladdr=n.mac,
+            ifindex=_index(ipr, n.dev),
+            state=NUD_PERMANENT,
+        )
+
+
+#: The steps in order, each over every namespace before the next starts: links
+#: exist before masters, MTUs and sysctls naming them; everything is enslaved
+#: while still down; port options after carrier is up (see the module docstring).
+STEPS: list[tuple[str, Step]] = [
+    ("creating bridges, bonds and dummies", _masters),
+    ("creating veth pairs", _veths),
+    ("creating macvlan/ipvlan links", _stacked),
+    ("configuring links", _configure),
+    ("bringing links up", _bring_up),
+    ("setting bridge-port options", _ports),
+    ("adding routes and neighbours", _routes),
+]
 
 
 def _a_sides(scn: Scenario) -> list[Link]:
@@ -290,6 +259,11 @@ def _do(what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return fn(*args, **kw)
     except NetlinkError as exc:
         raise BuildError(f"{what}: {_msg(exc)}") from None
+
+
+def _set(ipr: IPRoute, what: str, name: str, **kw: Any) -> None:
+    """`ip link set` on the link called `name` in this namespace."""
+    _do(what, ipr.link, "set", index=_index(ipr, name), **kw)
 
 
 def _msg(exc: NetlinkError) -> str:

@@ -98,6 +98,10 @@ def discover(netns: list[str] | None = None, firewall: bool = True) -> Topology:
     )
     cap.notes[:0] = notes
     topo = _build.build(cap)
+    if firewall:
+        from vethtrace.topology.pathfacts import attach_rulesets
+
+        attach_rulesets(topo, refs)
     if full is not None:
         _keep_selection(topo, full)
     return topo

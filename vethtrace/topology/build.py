@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from vethtrace.model import IfaceKey, Namespace, Topology
-from vethtrace.topology import parse
+from vethtrace.topology import parse, pathfacts
 from vethtrace.topology.capture import RawCapture, RawNamespace
 
 Parsed = dict[int, list[parse.Link]]  # namespace inode -> its links
@@ -125,6 +125,7 @@ def namespace(raw: RawNamespace, links: list[parse.Link]) -> Namespace:
     ns.sysctls.update(raw.sysctls)
     ns.sysctls = dict(sorted(ns.sysctls.items()))
     ns.firewall = parse.firewall(raw.nft_chains, raw.nft_rules, raw.iptables_legacy)
+    pathfacts.decode_into(ns, raw)
     return ns
 
 

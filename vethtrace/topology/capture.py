@@ -10,59 +10,40 @@ privilege: recorded captures (samples/netlink/) replay the same code path.
 
 With many namespaces and a second CPU, a forked child dumps namespaces from
 the same queue and streams the bytes back, while this process dumps others
-and decodes everything (see `capture`, `Child`).
+and decodes everything (see `capture`; the two-process machinery is in
+fork.py, the /proc and /sys reads in procfs.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import resource
-import select
-import signal
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from vethtrace import netns
 from vethtrace.topology import nlmsg as nl
+from vethtrace.topology import pathfacts
+from vethtrace.topology.fork import Child, PositionQueue, fork_pays
 from vethtrace.topology.namespaces import NsRef
+from vethtrace.topology.procfs import (
+    br_netfilter_loaded,
+    module_present,
+    read_iptables_legacy,
+    read_sysctls,
+)
 
 NETLINK_ROUTE = 0
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
 NETLINK_GET_STRICT_CHK = 12
 RECV_SIZE = 65536
-
-# Namespace-wide sysctls that change how frames are forwarded or answered.
-# ip_forward, rp_filter, proxy_arp and IPv6 forwarding come from netlink
-# (RTM_GETNETCONF); the rest only exist as files, read relative to one
-# directory fd each.
-# Why so frugal: every namespace has its own /proc/sys/net/ipv4 (and bridge)
-# dentry under the same parent and name, so each lookup of that component
-# scans the dentries of *all* namespaces (~0.3 us each, under a spinlock):
-# one lookup per directory per namespace, and net/bridge only where it can
-# matter (br_netfilter loaded and the namespace has a bridge).
-IPV4_FILES = (
-    "net/ipv4",
-    [
-        "conf/all/arp_ignore",
-        "conf/all/arp_filter",
-        "conf/all/arp_accept",
-        "conf/all/arp_announce",
-        "icmp_echo_ignore_all",
-    ],
-)
-BRIDGE_NF = (
-    "net/bridge",
-    ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"],
-)
 
 
 @dataclass
@@ -86,6 +67,9 @@ class RawNamespace:
     iptables_legacy: list[str] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     partial: bool = False  # only links were dumped (outside a -n selection)
+    rules: bytes = b""  # RTM_GETRULE dump (pathfacts)
+    proxies: bytes = b""  # proxy neighbour dump (pathfacts)
+    sockets: bytes = b""  # sock_diag dumps, tcp listeners and udp (pathfacts)
 
 
 @dataclass
@@ -161,11 +145,8 @@ LINK_REQ = nl.request(
     + nl.nla(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS.to_bytes(4, "little")),
 )
 ADDR_REQ = nl.request(nl.RTM_GETADDR, nl.IFADDRMSG.pack(nl.AF_UNSPEC, 0, 0, 0, 0))
-ROUTE_REQ = nl.request(
-    nl.RTM_GETROUTE,
-    nl.RTMSG.pack(nl.AF_UNSPEC, 0, 0, 0, nl.RT_TABLE_MAIN, 0, 0, 0, 0)
-    + nl.nla(nl.RTA_TABLE, nl.RT_TABLE_MAIN.to_bytes(4, "little")),
-)
+# Every table (local and policy tables too: path prediction reads them); parse.routes keeps main.
+ROUTE_REQ = nl.request(nl.RTM_GETROUTE, nl.RTMSG.pack(nl.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0))
 NEIGH_REQ = nl.request(nl.RTM_GETNEIGH, nl.NDMSG.pack(nl.AF_UNSPEC, 0, 0, 0, 0))
 FDB_REQ = nl.request(nl.RTM_GETNEIGH, nl.NDMSG.pack(nl.AF_BRIDGE, 0, 0, 0, 0))
 NSID_REQ = nl.request(nl.RTM_GETNSID, nl.RTGENMSG.pack(nl.AF_UNSPEC))
@@ -175,67 +156,9 @@ NFT_GETRULE = (10 << 8) | 7
 NFT_CHAIN_REQ = nl.request(NFT_GETCHAIN, nl.NFGENMSG.pack(0, 0, 0))
 NFT_RULE_REQ = nl.request(NFT_GETRULE, nl.NFGENMSG.pack(0, 0, 0))
 
-
-def module_present(name: str) -> bool:
-    """Whether kernel code `name` is there without loading anything: asking
-    nfnetlink for nf_tables while it is an unloaded module would make the kernel
-    load it, a state change we must not cause (and then no rules exist anyway)."""
-    if os.path.exists(f"/sys/module/{name}"):
-        return True  # loaded (or built in with parameters)
-    if not os.path.exists("/proc/modules"):
-        return True  # no loadable modules: built in or absent, asking loads nothing
-    try:
-        with open(f"/lib/modules/{os.uname().release}/modules.builtin") as f:
-            return f"/{name}.ko" in f.read()
-    except OSError:
-        return False
-
-
-def read_iptables_legacy() -> list[str]:
-    """x_tables (iptables-legacy) tables of the calling thread's namespace."""
-    try:
-        fd = os.open("/proc/thread-self/net/ip_tables_names", os.O_RDONLY)
-    except OSError:
-        return []
-    try:
-        return sorted(os.read(fd, 4096).decode().split())
-    finally:
-        os.close(fd)
-
-
-def read_sysctls(bridges: bool) -> dict[str, str]:
-    """Sysctl files of the calling *thread's* namespace (/proc/sys/net follows
-    current->nsproxy, unlike /proc/net which follows the thread group leader).
-    Missing files are left out (net/bridge exists only with br_netfilter)."""
-    out: dict[str, str] = {}
-    for rel, names in (IPV4_FILES, BRIDGE_NF) if bridges else (IPV4_FILES,):
-        try:
-            dfd = os.open(f"/proc/sys/{rel}", os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            for name in names:
-                try:
-                    fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
-                except OSError:
-                    continue
-                try:
-                    out[f"{rel}/{name}".replace("/", ".")] = os.read(fd, 64).decode().strip()
-                finally:
-                    os.close(fd)
-        finally:
-            os.close(dfd)
-    return out
-
-
 # IFLA_INFO_KIND attributes as they appear in a link dump.
 _BRIDGE_KIND = nl.nla(nl.IFLA_INFO_KIND, b"bridge\0")
 _VXLAN_KIND = nl.nla(nl.IFLA_INFO_KIND, b"vxlan\0")
-
-
-def br_netfilter_loaded() -> bool:
-    # br_netfilter may be built in (no /sys/module entry): ask where it shows.
-    return os.path.exists("/proc/sys/net/bridge")
 
 
 def netconf_request(family: int) -> bytes:
@@ -291,6 +214,7 @@ def dump_here(
         except OSError:
             raw.fdb = b""  # no bridge support in this kernel
     raw.sysctls = read_sysctls(bridges and has_bridge)
+    pathfacts.dump_here(sock, raw)
     if legacy:
         raw.iptables_legacy = read_iptables_legacy()
     if with_nft:
@@ -335,162 +259,6 @@ def _enough_fds(needed: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < needed:
         new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-
-
-# Below this many namespaces a second process costs more (fork, pickling) than it saves.
-FORK_MIN_NAMESPACES = 64
-CHILD_TIMEOUT = 60.0  # seconds; a child this late is killed and its share dumped here
-
-
-def fork_pays(n_refs: int) -> bool:
-    """Whether to dump in two processes. Only from a single-threaded process: a
-    child forked while other threads run (ping's sniffers, watch's UI) could
-    inherit a lock one of them holds and never finish."""
-    return (
-        n_refs >= FORK_MIN_NAMESPACES
-        and threading.active_count() == 1
-        and len(os.sched_getaffinity(0)) >= 2
-    )
-
-
-class PositionQueue:
-    """Namespace positions shared by two processes: a pipe holding each as 4 bytes.
-    Whoever is free takes the next one (a 4-byte read is served whole, to one
-    reader), so a heavy namespace (a hub with 500 ports) does not leave the
-    other process idle, as a fixed split would."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    @classmethod
-    def of(cls, positions: list[int]) -> PositionQueue | None:
-        """The queue, or None when the positions do not fit in a pipe (no fork then)."""
-        data = b"".join(i.to_bytes(4, "little") for i in positions)
-        read, write = os.pipe()
-        try:
-            if len(data) > 65536:
-                fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, len(data))
-            os.set_blocking(write, False)
-            if os.write(write, data) == len(data):
-                return cls(read)
-        except OSError:
-            pass
-        finally:
-            os.close(write)  # readers see EOF once the queue is empty
-        os.close(read)
-        return None
-
-    def __iter__(self) -> Iterator[int]:
-        while chunk := os.read(self.fd, 4):
-            yield int.from_bytes(chunk, "little")
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class Child:
-    """A forked process that runs `work(send)` and streams what it `send`s back
-    through a pipe (each object pickled, length-prefixed), so the caller can
-    use the first results while the child is still working.
-
-    Why a process: a dump is half kernel time, half Python; two threads only
-    take turns on the GIL (measured slower), two processes use both CPUs. The
-    child never returns into the caller's code: it leaves through os._exit (no
-    atexit handlers, no flushing of inherited buffers, no test runner
-    machinery). If it fails, dies or stalls, `completed` stays False and the
-    caller does the missing work itself.
-    """
-
-    def __init__(self, work: Callable[[Callable[[object], None]], None]) -> None:
-        import pickle  # here, not at the top: small runs never fork (~2 ms of start-up)
-
-        self._pickle = pickle
-        read, write = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # the child
-            status = 1
-            try:
-                os.close(read)
-
-                def send(obj: object) -> None:
-                    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-                    _write_all(write, len(data).to_bytes(4, "little") + data)
-
-                work(send)
-                send(_END)
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(write)
-        self._read = read
-        self._buf = bytearray()
-        self._eof = False
-        self.completed = False  # the end mark arrived: everything sent was received
-
-    def ready(self) -> list[Any]:
-        """What the child has sent so far, without waiting."""
-        while not self._eof and select.select([self._read], [], [], 0)[0]:
-            self._fill()
-        return self._records()
-
-    def rest(self) -> Iterator[Any]:
-        """Everything else the child sends, until it ends, dies or CHILD_TIMEOUT
-        seconds pass (then close() kills it)."""
-        deadline = time.monotonic() + CHILD_TIMEOUT
-        while True:
-            yield from self._records()
-            if self._eof or self.completed:
-                break
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._read], [], [], left)[0]:
-                break
-            self._fill()
-        if self.completed and self.reap(kill=False) != 0:
-            self.completed = False
-
-    def _fill(self) -> None:
-        chunk = os.read(self._read, 1 << 20)
-        self._buf += chunk
-        self._eof = not chunk
-
-    def _records(self) -> list[Any]:
-        out = []
-        while len(self._buf) >= 4:
-            size = int.from_bytes(self._buf[:4], "little")
-            if len(self._buf) < 4 + size:
-                break
-            obj = self._pickle.loads(self._buf[4 : 4 + size])
-            del self._buf[: 4 + size]
-            if obj == _END:
-                self.completed = True
-            else:
-                out.append(obj)
-        return out
-
-    def reap(self, kill: bool) -> int:
-        """Wait for the child, killing it first when `kill`; its exit status."""
-        if self.pid <= 0:
-            return -1
-        if kill:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-        _pid, status = os.waitpid(self.pid, 0)
-        self.pid = -1
-        return os.waitstatus_to_exitcode(status)
-
-    def close(self) -> None:
-        """Never leave the child behind (an error or Ctrl-C here, a timeout)."""
-        self.reap(kill=True)
-        os.close(self._read)
-
-
-_END = "end"  # the child's last message
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def capture(

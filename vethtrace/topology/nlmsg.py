@@ -67,6 +67,9 @@ IFLA_BRPORT_STATE = 1
 IFLA_BRPORT_MODE = 4  # hairpin
 IFLA_BRPORT_LEARNING = 8
 IFLA_BRPORT_UNICAST_FLOOD = 9
+IFLA_BRPORT_MCAST_FLOOD = 27
+IFLA_BRPORT_BCAST_FLOOD = 30
+IFLA_BRPORT_NEIGH_SUPPRESS = 32
 IFLA_BRPORT_ISOLATED = 33
 
 IFF_UP = 0x1
@@ -85,6 +88,8 @@ INET_DEVCONF = {
     "arp_announce": 18,
     "arp_ignore": 19,
     "arp_accept": 21,
+    "send_redirects": 6,
+    "accept_local": 23,
     "route_localnet": 26,
 }
 

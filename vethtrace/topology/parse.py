@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,9 @@ def _bridge_port(data: bytes, p: dict[int, int]) -> BridgePortInfo:
         hairpin=flag(nl.IFLA_BRPORT_MODE, False),
         learning=flag(nl.IFLA_BRPORT_LEARNING, True),
         flood=flag(nl.IFLA_BRPORT_UNICAST_FLOOD, True),
+        mcast_flood=flag(nl.IFLA_BRPORT_MCAST_FLOOD, True),
+        bcast_flood=flag(nl.IFLA_BRPORT_BCAST_FLOOD, True),
+        neigh_suppress=flag(nl.IFLA_BRPORT_NEIGH_SUPPRESS, False),
     )
 
 
@@ -136,9 +140,9 @@ def addresses(data: bytes) -> dict[int, list[Address]]:
     return out
 
 
-def routes(data: bytes) -> list[Route]:
-    """Routes of the main table (the dump asks the kernel for that table only;
-    the filter here keeps recorded dumps from older kernels honest too)."""
+def routes(data: bytes, keep: Callable[[int], bool] | None = None) -> list[Route]:
+    """Routes of the main table, or of the tables `keep(table)` accepts (the dump
+    holds every table: path prediction reads the others, see pathfacts)."""
     out: list[Route] = []
     for mtype, _flags, off, end in nl.messages(data):
         if mtype != nl.RTM_NEWROUTE:
@@ -152,7 +156,7 @@ def routes(data: bytes) -> list[Route]:
         a = nl.attrs(data, off + nl.RTMSG.size, end)
         if nl.RTA_TABLE in a:
             table = nl.u32(data, a[nl.RTA_TABLE])
-        if table != nl.RT_TABLE_MAIN:
+        if (table != nl.RT_TABLE_MAIN) if keep is None else not keep(table):
             continue
         if nl.RTA_DST in a:
             dst = f"{_ip(data, a[nl.RTA_DST], sfam)}/{dst_len}"

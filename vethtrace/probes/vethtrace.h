@@ -1,9 +1,10 @@
 /* vethtrace: the event shared by every probe program and by Python.
  *
- * Python never copies this struct: it reads events through bcc's table
- * `.event()`, which builds ctypes from the compiled type. Point ids below are
- * parsed from this file by vethtrace/collect/bpf.py (keep the
- * `#define VT_P_<NAME> <n>` form).
+ * Python does not restate this struct: it takes the layout as compiled (the
+ * leaf type of the vt_layout map below, saved beside cached programs) and
+ * reads events with struct readers built from it. The point ids (VT_P_*) and
+ * frame flags (VT_PKT_*) are parsed from this file by
+ * vethtrace/collect/events.py (keep the `#define VT_<NAME> <n>` form).
  *
  * Kernel structures are opaque here on purpose. Every offset (VT_SKB_*,
  * VT_DEV_*, ...) is a -D constant computed from the running kernel's BTF, so
@@ -15,7 +16,9 @@
 #ifndef VETHTRACE_H
 #define VETHTRACE_H
 
-/* probe points (ids are part of the event; names live in Python) */
+/* probe points (the event's `point`); Python names each after its define in
+ * lower case: VT_P_NET_DEV_XMIT is "net_dev_xmit". Every id is emitted by a
+ * probe. */
 #define VT_P_NET_DEV_QUEUE 1
 #define VT_P_NET_DEV_START_XMIT 2
 #define VT_P_NET_DEV_XMIT 3

@@ -6,16 +6,17 @@ runner fetches Debian kernels with their matching headers from the archive (a
 private APT configuration: the host's sources are never touched), builds one
 small root filesystem per userspace (each kernel paired with a bcc new enough
 for its headers), boots each kernel under qemu with software emulation (TCG:
-KVM does not run guests on our machines) and runs tests/kernels/guest_checks.py
+KVM does not run guests on our machines) and runs scripts/kernels/guest_checks.py
 inside. The working tree and the pinned pure-Python dependencies reach the
 guest over read-only 9p shares, so a code change needs no image rebuild and the
 guest needs no network.
 
-    python -m tests.kernels.matrix [--kernels 6.1 5.10] [--lanes 2] [--json FILE]
+    python scripts/kernels/matrix.py [--kernels 6.1 5.10] [--lanes 2] [--json FILE]
 
 Exit status 0 when every test passed on every kernel, 1 otherwise. Downloads
-and images are cached under tests/kernels/work/ (git-ignored); guest logs of
-every run stay in tests/kernels/work/runs/<time>/<kernel>/.
+and images are cached under /var/cache/vethtrace/kernels/ (VK_WORK elsewhere:
+outside the source tree, so no linter, test collector or project snapshot walks
+gigabytes of images); guest logs of failing runs stay in its runs/<time>/<kernel>/.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-WORK = Path(os.environ.get("VK_WORK", HERE / "work"))
+REPO = HERE.parents[1]
+WORK = Path(os.environ.get("VK_WORK", "/var/cache/vethtrace/kernels"))
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 DEBIAN = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"
@@ -114,7 +115,7 @@ def sh(*cmd: str | Path, cwd: Path | None = None, env: dict[str, str] | None = N
 @contextlib.contextmanager
 def work_lock(name: str) -> Iterator[None]:
     """Serialise building one cached thing, across lanes and across runs (two people
-    running the test suite at once share tests/kernels/work/)."""
+    running the test suite at once share the work directory)."""
     path = WORK / "locks" / f"{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
@@ -246,7 +247,7 @@ def initrd(kdir: Path) -> Path:
 
 def make_initrd(tree: Path, release: str, out: Path) -> None:
     """A busybox initramfs that loads virtio/ext4/9p in dependency order, mounts the
-    root image and the shares, and hands over to tests/kernels/guest_init.sh."""
+    root image and the shares, and hands over to scripts/kernels/guest_init.sh."""
     root = out.parent / "initrd"
     shutil.rmtree(root, ignore_errors=True)
     for d in ["bin", "mods", "proc", "sys", "dev", "newroot"]:

@@ -25,7 +25,7 @@ printf '#!/bin/sh\nexec python3 -c "import sys; from vethtrace.cli import main; 
     > /usr/local/bin/vethtrace
 chmod +x /usr/local/bin/vethtrace
 cd /vk/results
-timeout -k 5 "${VK_TEST_TIMEOUT:-900}" python3 /vk/project/tests/kernels/guest_checks.py
+timeout -k 5 "${VK_TEST_TIMEOUT:-900}" python3 /vk/project/scripts/kernels/guest_checks.py
 echo "VK_DONE rc=$? uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
 echo o > /proc/sysrq-trigger

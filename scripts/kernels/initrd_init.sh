@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # PID 1 of the kernel-matrix initramfs: load the modules that reach the root disk
 # and the 9p shares (listed in dependency order by the host's modprobe), mount
-# them, and hand over to tests/kernels/guest_init.sh from the project share.
+# them, and hand over to scripts/kernels/guest_init.sh from the project share.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -19,4 +19,4 @@ mount -t 9p -o "$opts,ro,cache=loose" pylib /newroot/vk/pylib || fail "pylib sha
 mount -t 9p -o "$opts,ro,cache=loose" kernel /newroot/vk/kernel || fail "kernel share"
 mount -t 9p -o "$opts" results /newroot/vk/results || fail "results share"
 umount /proc /sys /dev
-exec switch_root /newroot /bin/sh /vk/project/tests/kernels/guest_init.sh
+exec switch_root /newroot /bin/sh /vk/project/scripts/kernels/guest_init.sh

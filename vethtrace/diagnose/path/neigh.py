@@ -1,0 +1,274 @@
+"""Neighbour resolution: the entry the egress device holds, and who would
+answer an ARP request for the next hop (arp_process): the owner of the
+address (unless arp_ignore or arp_filter tell it not to), a forwarding
+interface with proxy_arp or a proxy entry whose route to the address leaves
+through another device, or no one. The answer must also travel back to the
+asker (a port that neither learns nor receives floods loses it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vethtrace.diagnose.path import bridge
+from vethtrace.diagnose.path.flow import Hop
+from vethtrace.diagnose.path.route import conf, conf_source, ip, local_address, lookup, net
+from vethtrace.model import Interface, Namespace
+
+if TYPE_CHECKING:
+    from vethtrace.diagnose.path.walk import Walker
+
+STABLE = ("PERMANENT", "NOARP")
+VALID = ("REACHABLE", "STALE", "DELAY", "PROBE")
+
+
+def answer(
+    w: Walker, rns: Namespace, rif: Interface, tip: str, sip: str | None
+) -> tuple[bool, str, str, list[str], int]:
+    """Would rif (which received a request for tip from sip) reply?
+    (yes, why, source, fix, relevance: 2 owner, 1 could proxy, 0 unrelated)."""
+    if sip is None:
+        sip = "0.0.0.0"
+    res = lookup(rns, tip, sip, iif=rif.name)
+    if res.kind == "local":
+        owner = local_address(rns, tip)
+        level = conf(rns, rif, "arp_ignore")
+        mine = [a for a in rif.addresses if a.address == tip]
+        src = conf_source(rif, "arp_ignore")
+        if level == 8 or (level in (1, 2, 3) and not mine):
+            return (
+                False,
+                f"arp_ignore={level}: {tip} is not on {rif.name}",
+                f"{src}={level}",
+                [
+                    w.cmd(
+                        rns,
+                        f"sysctl -w net.ipv4.conf.all.arp_ignore=0 "
+                        f"net.ipv4.conf.{rif.name}.arp_ignore=0",
+                    )
+                ],
+                2,
+            )
+        if level == 2 and not any(ip(sip) in net(a.cidr) for a in mine):
+            return (
+                False,
+                f"arp_ignore=2: sender {sip} is outside {rif.name}'s subnet",
+                f"{src}=2",
+                [
+                    w.cmd(
+                        rns,
+                        f"sysctl -w net.ipv4.conf.all.arp_ignore=0 "
+                        f"net.ipv4.conf.{rif.name}.arp_ignore=0",
+                    )
+                ],
+                2,
+            )
+        if conf(rns, rif, "arp_filter"):
+            back = lookup(rns, sip, tip)
+            if back.oif is None or back.oif.key != rif.key:
+                return (
+                    False,
+                    f"arp_filter: the route back to {sip} does not leave {rif.name}",
+                    conf_source(rif, "arp_filter") + "=1",
+                    [
+                        w.cmd(
+                            rns,
+                            f"sysctl -w net.ipv4.conf.all.arp_filter=0 "
+                            f"net.ipv4.conf.{rif.name}.arp_filter=0",
+                        )
+                    ],
+                    2,
+                )
+        who = f"{owner.name} holds {tip}" if owner else f"{tip} is local"
+        return True, f"{who}: answers", f"local {tip} on {rns.name}", [], 2
+    proxy_on = conf(rns, rif, "proxy_arp")
+    pentry = any(
+        p.address == tip and p.ifindex in (rif.key.ifindex, 0) for p in rns.proxy_neighbours
+    )
+    other_dev = res.kind == "unicast" and res.oif is not None and res.oif.key != rif.key
+    if res.kind != "unicast":
+        return False, f"{rns.name} has no route to {tip}", res.describe(), [], 0
+    if not other_dev:
+        return False, f"the route to {tip} leaves through {rif.name} itself", res.describe(), [], 0
+    forwarding = conf(rns, rif, "forwarding")
+    if (proxy_on or pentry) and not forwarding:
+        return (
+            False,
+            f"{'proxy_arp' if proxy_on else 'a proxy entry'} on {rif.name}, but forwarding "
+            f"is off there",
+            conf_source(rif, "forwarding") + "=0",
+            [w.cmd(rns, f"sysctl -w net.ipv4.conf.{rif.name}.forwarding=1")],
+            1,
+        )
+    if proxy_on:
+        return (
+            True,
+            f"proxy_arp on {rif.name}: answers for {tip}",
+            conf_source(rif, "proxy_arp") + "=1",
+            [],
+            1,
+        )
+    if pentry:
+        return True, f"proxy entry for {tip}: answers", f"neigh proxy {tip} dev {rif.name}", [], 1
+    return (
+        False,
+        f"{rif.name} routes {tip} via {res.oif.name if res.oif else '?'} but proxy_arp is off",
+        conf_source(rif, "proxy_arp") + "=0",
+        [w.cmd(rns, f"sysctl -w net.ipv4.conf.{rif.name}.proxy_arp=1")],
+        1,
+    )
+
+
+def arp(
+    w: Walker, ns: Namespace, oif: Interface, tip: str, sip: str | None
+) -> tuple[str | None, list[Hop]]:
+    """Broadcast a request for tip out of oif; the MAC that comes back (or None) and the hops."""
+    frame = bridge.Frame(oif.mac, None)
+    reached = bridge.send(w, oif, frame, [])
+    best: tuple[int, Interface, Namespace, tuple[bool, str, str, list[str], int]] | None = None
+    for rif, trail in reached.reached:
+        if rif.key == oif.key:
+            continue
+        rns = w.ns_of(rif)
+        verdict = answer(w, rns, rif, tip, sip)
+        rank = verdict[4] * 2 + (1 if verdict[0] else 0)
+        if best is None or rank > best[0]:
+            best = (rank, rif, rns, verdict)
+            best_trail = trail
+    if best is None:
+        if reached.worst():
+            return None, reached.worst()
+        return None, [
+            w.hop(
+                ns,
+                oif,
+                "arp",
+                f"who-has {tip}: the request reaches no one",
+                "",
+                "fail",
+                f"no IP stack receives a broadcast sent out of {oif.name}",
+            )
+        ]
+    _rank, rif, rns, (yes, why, source, fix, relevance) = best
+    if not yes and not relevance and reached.worst():
+        return None, reached.worst()  # the broadcast died on the way to the one that matters
+    if not yes:
+        cause = why if relevance else f"no interface answers ARP for {tip}: {why}"
+        return None, [
+            *best_trail,
+            w.hop(rns, rif, "arp", f"who-has {tip}: no answer ({why})", source, "fail", cause, fix),
+        ]
+    mac = rif.mac
+    # the reply goes back to the asker's MAC (bridges learned it from the request)
+    back = bridge.send(w, rif, bridge.Frame(mac, oif.mac), [])
+    if not any(r.key == oif.key for r, _t in back.reached):
+        return None, best_trail + _reply_lost(w, oif, rns, rif, tip, mac, source, back)
+    return mac, [*best_trail, w.hop(rns, rif, "arp", f"{tip} is-at {mac} ({why})", source)]
+
+
+def resolve(
+    w: Walker, ns: Namespace, oif: Interface, nexthop: str, sip: str | None
+) -> tuple[str | None, list[Hop]]:
+    """The MAC the packet is sent to, and the hops that decided it."""
+    if oif.kind in ("loopback", "tun", "wireguard") or oif.mac is None:
+        return None, [w.hop(ns, oif, "neigh", f"{oif.name} needs no neighbour", f"kind {oif.kind}")]
+    entry = next(
+        (n for n in ns.neighbours if n.ifindex == oif.key.ifindex and n.address == nexthop), None
+    )
+    announce = conf(ns, oif, "arp_announce")
+    asker = sip
+    if announce and sip is not None:  # prefer an address of oif in the target's subnet
+        asker = next(
+            (a.address for a in oif.addresses if a.family == 4 and ip(nexthop) in net(a.cidr)), sip
+        )
+    if entry is not None and entry.state in STABLE and entry.lladdr:
+        src = f"neigh {nexthop} dev {oif.name} lladdr {entry.lladdr} {entry.state}"
+        saved = (set(w.l2_seen), {k: dict(v) for k, v in w.learned.items()})
+        mac, _hops = arp(w, ns, oif, nexthop, asker)
+        w.l2_seen, w.learned = saved
+        if mac is not None and mac != entry.lladdr:
+            return None, [
+                w.hop(
+                    ns,
+                    oif,
+                    "neigh",
+                    f"{nexthop} at {entry.lladdr} ({entry.state})",
+                    src,
+                    "fail",
+                    f"the {entry.state.lower()} entry for {nexthop} holds {entry.lladdr}, but the "
+                    f"interface owning {nexthop} has {mac}: frames go to the wrong MAC",
+                    [
+                        w.cmd(
+                            ns,
+                            f"ip neigh replace {nexthop} lladdr {mac} dev {oif.name} nud permanent",
+                        )
+                        if entry.state == "PERMANENT"
+                        else w.cmd(ns, f"ip neigh del {nexthop} dev {oif.name}")
+                    ],
+                )
+            ]
+        return entry.lladdr, [w.hop(ns, oif, "neigh", f"{nexthop} at {entry.lladdr}", src)]
+    hops: list[Hop] = []
+    if entry is not None and entry.state in VALID and entry.lladdr:
+        src = f"neigh {nexthop} dev {oif.name} lladdr {entry.lladdr} {entry.state}"
+        hops.append(
+            w.hop(
+                ns,
+                oif,
+                "neigh",
+                f"{nexthop} cached at {entry.lladdr} ({entry.state}); confirmed by ARP",
+                src,
+            )
+        )
+    elif entry is not None:
+        hops.append(
+            w.hop(
+                ns,
+                oif,
+                "neigh",
+                f"{nexthop} {entry.state}: resolves again",
+                f"neigh {nexthop} dev {oif.name} {entry.state}",
+            )
+        )
+    else:
+        hops.append(
+            w.hop(
+                ns,
+                oif,
+                "neigh",
+                f"no entry for {nexthop}: ARP",
+                f"neigh {nexthop} dev {oif.name} (none)",
+            )
+        )
+    mac, more = arp(w, ns, oif, nexthop, asker)
+    return mac, hops + more
+
+
+def _reply_lost(
+    w: Walker,
+    oif: Interface,
+    rns: Namespace,
+    rif: Interface,
+    tip: str,
+    mac: str | None,
+    source: str,
+    back: bridge.L2Result,
+) -> list[Hop]:
+    """Why the ARP reply never reaches oif's stack: a bridge took it, or the L2 walk lost it."""
+    lost = [w.hop(rns, rif, "arp", f"{tip} is-at {mac}, but the reply is lost", source)]
+    taken = next((r for r, _t in back.reached), None)
+    ons = w.ns_of(oif)
+    master = ons.iface(oif.master) if oif.master is not None else None
+    if taken is None or master is None:
+        return lost + back.worst()
+    addrs = [a.cidr for a in oif.addresses if a.family == 4]
+    fix = [w.cmd(ons, f"ip addr del {c} dev {oif.name}") for c in addrs]
+    fix += [w.cmd(ons, f"ip addr add {c} dev {master.name}") for c in addrs]
+    cause = (
+        f"{oif.name} is a port of {master.name}: the bridge's rx_handler hands frames for "
+        f"{oif.name}'s MAC to {taken.name}'s stack, so {oif.name}'s neighbour entry for {tip} "
+        "never resolves"
+    )
+    decision = f"the reply is taken up by {taken.name}, not {oif.name}"
+    src = f"{oif.name} master {master.name}"
+    return [*lost, w.hop(ons, oif, "arp", decision, src, "fail", cause, fix)]

@@ -1,0 +1,232 @@
+"""Routing decisions as fib_lookup makes them: policy rules in priority order,
+each consulting a table (longest prefix, then lowest metric), local table
+first by default; unreachable/blackhole/prohibit routes and rule actions;
+source address selection; and the per-device sysctls the kernel combines
+with `all` (inetdevice.h: MAX for rp_filter and arp_*, OR for proxy_arp,
+arp_filter, accept_local, route_localnet; forwarding is the device's own).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from functools import lru_cache
+
+from vethtrace.model import Interface, Namespace, Route, Rule
+
+IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+TABLE_NAMES = {255: "local", 254: "main", 253: "default"}
+DEFAULT_RULES = [Rule(0, table=255), Rule(32766, table=254), Rule(32767, table=253)]
+_MAX = {"rp_filter", "arp_ignore", "arp_announce", "arp_accept"}
+_OR = {"proxy_arp", "arp_filter", "accept_local", "route_localnet"}
+
+
+@lru_cache(maxsize=65536)
+def net(cidr: str, family: int = 4) -> IPNet:
+    if cidr == "default":
+        return ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0")
+    return ipaddress.ip_network(cidr, strict=False)
+
+
+@lru_cache(maxsize=65536)
+def ip(text: str) -> IPAddr:
+    return ipaddress.ip_address(text)
+
+
+def conf(ns: Namespace, iface: Interface | None, name: str) -> int:
+    """The value the kernel acts on for net.ipv4.conf.<iface>.<name>."""
+    dev = int(iface.sysctls.get(name, "0")) if iface is not None else 0
+    if name == "forwarding":
+        if iface is None or name not in iface.sysctls:
+            return int(ns.sysctls.get("net.ipv4.ip_forward", "0"))
+        return dev
+    every = int(ns.sysctls.get(f"net.ipv4.conf.all.{name}", "0"))
+    if name in _MAX:
+        return max(every, dev)
+    if name in _OR:
+        return int(bool(every or dev))
+    return dev
+
+
+def conf_source(iface: Interface | None, name: str) -> str:
+    dev = iface.name if iface is not None else "all"
+    if name in _MAX or name in _OR:
+        return f"sysctl net.ipv4.conf.{{all,{dev}}}.{name}"
+    return f"sysctl net.ipv4.conf.{dev}.{name}"
+
+
+@dataclass
+class RouteResult:
+    kind: str  # unicast, local, broadcast, blackhole, unreachable, prohibit, none
+    route: Route | None = None
+    oif: Interface | None = None
+    gateway: str | None = None
+    table: int = 254
+    rule: Rule | None = None
+
+    def describe(self) -> str:
+        if self.route is None:
+            where = f" (rule {self.rule.priority})" if self.rule and self.kind != "none" else ""
+            return f"no route{where}"
+        r = self.route
+        text = r.dst if r.kind in ("unicast", "local", "broadcast") else f"{r.kind} {r.dst}"
+        if r.kind in ("local", "broadcast") and not text.startswith(r.kind):
+            text = f"{r.kind} {text}"
+        if r.gateway:
+            text += f" via {r.gateway}"
+        if self.oif is not None:
+            text += f" dev {self.oif.name}"
+        if r.prefsrc:
+            text += f" src {r.prefsrc}"
+        if r.metric:
+            text += f" metric {r.metric}"
+        text += f" table {TABLE_NAMES.get(self.table, self.table)}"
+        if self.rule is not None and self.rule.priority not in (0, 32766, 32767):
+            text += f" (rule {self.rule.priority})"
+        return text
+
+
+def tables(ns: Namespace) -> dict[int, list[Route]]:
+    out: dict[int, list[Route]] = {}
+    for r in (*ns.routes, *ns.other_routes):
+        out.setdefault(r.table, []).append(r)
+    if 255 not in out:  # an older snapshot: the local table follows from the addresses
+        for iface in ns.interfaces:
+            for a in iface.addresses:
+                plen = 32 if a.family == 4 else 128
+                local = Route(
+                    f"{a.address}/{plen}",
+                    iface.key.ifindex,
+                    None,
+                    a.address,
+                    a.family,
+                    "host",
+                    255,
+                    "local",
+                )
+                out.setdefault(255, []).append(local)
+    return out
+
+
+def _rule_matches(
+    rule: Rule,
+    dst: IPAddr,
+    src: str | None,
+    iif: str,
+    proto: str,
+    sport: int | None,
+    dport: int | None,
+    mark: int,
+) -> bool:
+    ok = True
+    if rule.src and (src is None or ip(src) not in net(rule.src, rule.family)):
+        ok = False
+    if ok and rule.dst and dst not in net(rule.dst, rule.family):
+        ok = False
+    if ok and rule.iif and rule.iif != iif:
+        ok = False
+    if ok and rule.oif:
+        ok = False  # only sockets bound to a device set an output interface
+    if ok and rule.fwmark is not None:
+        ok = (mark & (rule.fwmask if rule.fwmask is not None else 0xFFFFFFFF)) == rule.fwmark
+    if ok and rule.ip_proto is not None:
+        ok = {1: "icmp", 6: "tcp", 17: "udp"}.get(rule.ip_proto) == proto
+    if ok and rule.sport is not None:
+        ok = sport is not None and rule.sport[0] <= sport <= rule.sport[1]
+    if ok and rule.dport is not None:
+        ok = dport is not None and rule.dport[0] <= dport <= rule.dport[1]
+    if ok and (rule.l3mdev or rule.uid_range is not None):
+        ok = rule.uid_range is not None and rule.uid_range[0] == 0  # root's sockets
+    return ok != rule.invert
+
+
+def table_lookup(ns: Namespace, routes: list[Route], dst: IPAddr) -> Route | None:
+    best: tuple[int, int] | None = None
+    hit: Route | None = None
+    for r in routes:
+        if r.family != dst.version or dst not in net(r.dst, r.family):
+            continue
+        out = ns.iface(r.oif) if r.oif is not None else None
+        if out is not None and not out.admin_up:
+            continue
+        rank = (net(r.dst, r.family).prefixlen, -r.metric)
+        if best is None or rank > best:
+            best, hit = rank, r
+    return hit
+
+
+def lookup(
+    ns: Namespace,
+    dst: str,
+    src: str | None = None,
+    iif: str = "lo",
+    proto: str = "icmp",
+    sport: int | None = None,
+    dport: int | None = None,
+    mark: int = 0,
+) -> RouteResult:
+    """fib_lookup: rules by priority; `iif` is "lo" for locally sent packets."""
+    addr = ip(dst)
+    tabs = tables(ns)
+    rules = sorted((r for r in ns.rules if r.family == addr.version), key=lambda r: r.priority)
+    if not rules:
+        rules = DEFAULT_RULES if addr.version == 4 else [DEFAULT_RULES[0], DEFAULT_RULES[1]]
+    i = 0
+    last: Rule | None = None
+    while i < len(rules):
+        rule = rules[i]
+        i += 1
+        if not _rule_matches(rule, addr, src, iif, proto, sport, dport, mark):
+            continue
+        last = rule
+        if rule.action in ("blackhole", "unreachable", "prohibit"):
+            return RouteResult(rule.action, None, table=rule.table, rule=rule)
+        if rule.action == "goto":
+            i = next((j for j, r in enumerate(rules) if r.priority >= (rule.goto or 0)), len(rules))
+            continue
+        if rule.action != "table":
+            continue
+        r = table_lookup(ns, tabs.get(rule.table, []), addr)
+        if r is None or r.kind == "throw":
+            continue
+        if (
+            rule.suppress_prefixlen is not None
+            and net(r.dst, r.family).prefixlen <= rule.suppress_prefixlen
+        ):
+            continue
+        oif = ns.iface(r.oif) if r.oif is not None else None
+        return RouteResult(r.kind, r, oif, r.gateway, rule.table, rule)
+    return RouteResult("none", None, rule=last)
+
+
+def local_address(ns: Namespace, addr: str) -> Interface | None:
+    """The interface holding `addr` in ns (local table semantics: any interface)."""
+    want = ip(addr)
+    for iface in ns.interfaces:
+        for a in iface.addresses:
+            if ip(a.address) == want:
+                return iface
+    return None
+
+
+def select_source(ns: Namespace, res: RouteResult, dst: str) -> str | None:
+    """inet_select_addr: the route's prefsrc, else an address of the egress
+    device in the next hop's subnet, else its first global one, else any
+    global address of the namespace."""
+    if res.route is not None and res.route.prefsrc:
+        return res.route.prefsrc
+    target = ip(res.gateway or dst)
+    fam = target.version
+    if res.oif is not None:
+        mine = [a for a in res.oif.addresses if a.family == fam and a.scope != "link"]
+        for a in mine:
+            if target in net(a.cidr):
+                return a.address
+        if mine:
+            return mine[0].address
+    for iface in ns.interfaces:
+        for a in iface.addresses:
+            if a.family == fam and a.scope == "global" and not ip(a.address).is_loopback:
+                return a.address
+    return None

@@ -1,0 +1,367 @@
+"""Checking a lab scenario's TOML, table by table, into the dataclasses of scenario.py.
+
+Everything a builder could trip over later (unknown keys, namespaces or
+devices referenced but not declared, bad CIDRs, sysctls outside the
+per-namespace net.* tree) is rejected here, before anything is created, with
+one line naming the file and the problem. Format reference:
+vethtrace/lab/scenarios/README.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any
+
+from vethtrace.errors import UserError
+from vethtrace.lab import tomlcheck as tc
+from vethtrace.lab.scenario import (
+    BOND_MODES,
+    IPVLAN_MODES,
+    LINK_KINDS,
+    MACVLAN_MODES,
+    PORT_STATES,
+    SYSCTL_PREFIXES,
+    VERDICTS,
+    Culprit,
+    Expect,
+    Link,
+    Neigh,
+    Netns,
+    PingExpect,
+    PortOptions,
+    Route,
+    Scenario,
+)
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+_MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+
+
+def parse(data: dict[str, Any], path: Path) -> Scenario:
+    """Check and convert one parsed TOML document; errors name the file."""
+    try:
+        return _parse(data, path)
+    except tc.Bad as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def _parse(data: dict[str, Any], path: Path) -> Scenario:
+    top = tc.keys(
+        data,
+        "top level",
+        {"name", "summary", "netns"},
+        {"description", "bridge", "veth", "link", "route", "neigh", "expect"},
+    )
+    name = tc.typed(top["name"], str, "top level", "name")
+    if name != path.stem:
+        raise tc.Bad(f"name {name!r} must match the file name {path.stem!r}")
+    namespaces = _namespaces(top)
+    links = _bridges(top) + _veths(top) + _links(top)
+    declared = _Declared([n.name for n in namespaces], links)
+    declared.check_links()
+    routes = [_route(t, i, declared) for i, t in enumerate(tc.tables(top, "route"), 1)]
+    neighs = [_neigh(t, i, declared) for i, t in enumerate(tc.tables(top, "neigh"), 1)]
+    expect = _expect(top.get("expect", {}), declared)
+    declared.check_ping_targets(expect.pings)
+    description = tc.typed(top.get("description", ""), str, "top level", "description")
+    return Scenario(
+        name=name,
+        summary=tc.typed(top["summary"], str, "top level", "summary"),
+        description=description.strip(),
+        path=path,
+        netns=namespaces,
+        links=links,
+        routes=routes,
+        neighs=neighs,
+        expect=expect,
+    )
+
+
+def _namespaces(top: dict[str, Any]) -> list[Netns]:
+    namespaces = [_netns(t, i) for i, t in enumerate(tc.tables(top, "netns"), 1)]
+    if not namespaces:
+        raise tc.Bad("at least one [[netns]] is needed")
+    ns_names = [n.name for n in namespaces]
+    for n in ns_names:
+        if ns_names.count(n) > 1:
+            raise tc.Bad(f"netns {n!r} is declared twice")
+    return namespaces
+
+
+def _bridges(top: dict[str, Any]) -> list[Link]:
+    links = []
+    for i, t in enumerate(tc.tables(top, "bridge"), 1):
+        where = f"[[bridge]] #{i}"
+        t = tc.keys(t, where, {"netns", "name"}, _IFACE_KEYS | {"stp", "vlan_filtering"})
+        link = _iface(t, where, "bridge")
+        link.stp = tc.typed(t.get("stp", False), bool, where, "stp")
+        vlan_filtering = t.get("vlan_filtering", False)
+        link.vlan_filtering = tc.typed(vlan_filtering, bool, where, "vlan_filtering")
+        links.append(link)
+    return links
+
+
+def _veths(top: dict[str, Any]) -> list[Link]:
+    links = []
+    for i, t in enumerate(tc.tables(top, "veth"), 1):
+        where = f"[[veth]] #{i}"
+        t = tc.keys(t, where, {"a", "b"}, set())
+        a = _iface(
+            tc.keys(t["a"], f"{where} a", {"netns", "name"}, _IFACE_KEYS), f"{where} a", "veth"
+        )
+        b = _iface(
+            tc.keys(t["b"], f"{where} b", {"netns", "name"}, _IFACE_KEYS), f"{where} b", "veth"
+        )
+        a.peer, b.peer = (b.netns, b.name), (a.netns, a.name)
+        links += [a, b]
+    return links
+
+
+def _links(top: dict[str, Any]) -> list[Link]:
+    links = []
+    for i, t in enumerate(tc.tables(top, "link"), 1):
+        where = f"[[link]] #{i}"
+        t = tc.keys(t, where, {"netns", "name", "kind"}, _IFACE_KEYS | {"lower", "mode"})
+        kind = t["kind"]
+        if kind not in LINK_KINDS:
+            raise tc.Bad(
+                f"{where}: kind {kind!r} is not one of {', '.join(LINK_KINDS)}"
+                " (bridges and veths have their own tables)"
+            )
+        link = _iface(t, where, kind)
+        where = f"{where} {link.name!r}"
+        modes = {"macvlan": MACVLAN_MODES, "ipvlan": IPVLAN_MODES, "bond": BOND_MODES}.get(kind)
+        if "mode" in t:
+            if modes is None or t["mode"] not in modes:
+                allowed = ", ".join(modes) if modes else "none for this kind"
+                raise tc.Bad(f"{where}: mode {t['mode']!r} not allowed (allowed: {allowed})")
+            link.mode = t["mode"]
+        if kind in ("macvlan", "ipvlan"):
+            if "lower" not in t:
+                raise tc.Bad(f'{where}: a {kind} needs lower = "<link in the same netns>"')
+            link.lower = tc.typed(t["lower"], str, where, "lower")
+        elif "lower" in t:
+            raise tc.Bad(f"{where}: lower only applies to macvlan and ipvlan")
+        links.append(link)
+    return links
+
+
+class _Declared:
+    """The namespaces and links a scenario declares: what every later table may
+    refer to, and the checks of those references."""
+
+    def __init__(self, ns_names: list[str], links: list[Link]) -> None:
+        self.ns_names = ns_names
+        self.links = links
+
+    def check_ns(self, ns: str, where: str) -> None:
+        if ns not in self.ns_names:
+            raise tc.Bad(f"{where}: netns {ns!r} is not declared in [[netns]]")
+
+    def find(self, ns: str, dev: str) -> Link | None:
+        return next((lk for lk in self.links if lk.netns == ns and lk.name == dev), None)
+
+    def check_links(self) -> None:
+        """Each link in a declared namespace, once; masters, port options and
+        lower devices refer to suitable links of the same namespace."""
+        seen: set[tuple[str, str]] = set()
+        for link in self.links:
+            where = f"{link.kind} {link.name!r}"
+            self.check_ns(link.netns, where)
+            if (link.netns, link.name) in seen:
+                raise tc.Bad(f"{where}: declared twice in netns {link.netns!r}")
+            seen.add((link.netns, link.name))
+        for link in self.links:
+            where = f"{link.kind} {link.name!r} in {link.netns!r}"
+            if link.master is not None:
+                m = self.find(link.netns, link.master)
+                if m is None or m.kind not in ("bridge", "bond"):
+                    raise tc.Bad(
+                        f"{where}: master {link.master!r} is not a bridge or bond in the same netns"
+                    )
+            if link.port is not None:
+                m = self.find(link.netns, link.master) if link.master else None
+                if m is None or m.kind != "bridge":
+                    raise tc.Bad(f"{where}: port options need master = a bridge")
+                if link.port.state is not None and m.stp:
+                    raise tc.Bad(f"{where}: port state cannot be forced while {m.name} runs STP")
+            if link.lower is not None and self.find(link.netns, link.lower) is None:
+                raise tc.Bad(f"{where}: lower {link.lower!r} is not a link in the same netns")
+
+    def check_ping_targets(self, pings: list[PingExpect]) -> None:
+        """Each expected ping goes to an address its target namespace holds."""
+        for i, ping in enumerate(pings, 1):
+            owned = {
+                str(ipaddress.ip_interface(a).ip)
+                for lk in self.links
+                if lk.netns == ping.netns
+                for a in lk.addresses
+            }
+            if ping.to not in owned:
+                raise tc.Bad(
+                    f"[[expect.ping]] #{i}: {ping.to} is not an address of netns "
+                    f"{ping.netns!r} (it has: {', '.join(sorted(owned)) or 'none'})"
+                )
+
+
+def _route(t: Any, i: int, declared: _Declared) -> Route:
+    where = f"[[route]] #{i}"
+    t = tc.keys(t, where, {"netns", "dst"}, {"via", "dev", "metric"})
+    declared.check_ns(t["netns"], where)
+    dst = tc.typed(t["dst"], str, where, "dst")
+    if dst != "default":
+        try:
+            ipaddress.ip_network(dst)
+        except ValueError:
+            raise tc.Bad(f'{where}: dst {dst!r} is not "default" or a network CIDR') from None
+    route = Route(netns=t["netns"], dst=dst)
+    if "via" in t:
+        route.via = tc.ip(t["via"], where, "via")
+    if "dev" in t:
+        route.dev = tc.typed(t["dev"], str, where, "dev")
+        if route.dev != "lo" and declared.find(route.netns, route.dev) is None:
+            raise tc.Bad(f"{where}: dev {route.dev!r} is not a link in netns {route.netns!r}")
+    if route.via is None and route.dev is None:
+        raise tc.Bad(f"{where}: a route needs via, dev or both")
+    if "metric" in t:
+        route.metric = tc.typed(t["metric"], int, where, "metric")
+    return route
+
+
+def _neigh(t: Any, i: int, declared: _Declared) -> Neigh:
+    where = f"[[neigh]] #{i}"
+    t = tc.keys(t, where, {"netns", "dev", "ip", "mac"}, set())
+    declared.check_ns(t["netns"], where)
+    if declared.find(t["netns"], t["dev"]) is None:
+        raise tc.Bad(f"{where}: dev {t['dev']!r} is not a link in netns {t['netns']!r}")
+    if not isinstance(t["mac"], str) or not _MAC.match(t["mac"]):
+        raise tc.Bad(f"{where}: mac {t['mac']!r} is not like 02:00:00:00:00:01")
+    return Neigh(t["netns"], t["dev"], tc.ip(t["ip"], where, "ip"), t["mac"])
+
+
+
+
+def _port(value: Any, where: str) -> PortOptions:
+    t = tc.keys(value, f"{where} port", set(), {"state", "isolated", "hairpin", "learning"})
+    state = t.get("state")
+    if state == "blocking":
+        raise tc.Bad(
+            f"{where}: port state 'blocking' cannot be forced without STP (the kernel "
+            "makes a designated port forwarding again at once); use stp = true"
+        )
+    if state is not None and state not in PORT_STATES:
+        raise tc.Bad(f"{where}: port state {state!r} is not one of {', '.join(PORT_STATES)}")
+    opts = PortOptions(state=state)
+    for key in ("isolated", "hairpin", "learning"):
+        if key in t:
+            setattr(opts, key, tc.typed(t[key], bool, where, f"port {key}"))
+    return opts
+
+
+_IFACE_KEYS = {"addresses", "master", "up", "mtu", "mac", "port"}
+
+
+def _iface(t: dict[str, Any], where: str, kind: str) -> Link:
+    name = tc.typed(t["name"], str, where, "name")
+    if not _IFNAME.match(name) or name == "lo":
+        raise tc.Bad(f"{where}: {name!r} is not a usable interface name (1-15 chars, not lo)")
+    link = Link(netns=tc.typed(t["netns"], str, where, "netns"), name=name, kind=kind)
+    where = f"{where} {name!r}"
+    link.addresses = [
+        tc.cidr(a, where) for a in tc.typed(t.get("addresses", []), list, where, "addresses")
+    ]
+    if "master" in t:
+        link.master = tc.typed(t["master"], str, where, "master")
+    link.up = tc.typed(t.get("up", True), bool, where, "up")
+    if "mtu" in t:
+        link.mtu = tc.typed(t["mtu"], int, where, "mtu")
+        if not 68 <= link.mtu <= 65535:
+            raise tc.Bad(f"{where}: mtu {link.mtu} out of range 68-65535")
+    if "mac" in t:
+        link.mac = tc.typed(t["mac"], str, where, "mac")
+        if not _MAC.match(link.mac):
+            raise tc.Bad(f"{where}: mac {link.mac!r} is not like 02:00:00:00:00:01")
+    if "port" in t:
+        link.port = _port(t["port"], where)
+    return link
+
+
+def _netns(t: Any, i: int) -> Netns:
+    where = f"[[netns]] #{i}"
+    t = tc.keys(t, where, {"name"}, {"lo", "sysctl", "nft"})
+    name = tc.typed(t["name"], str, where, "name")
+    if not _NAME.match(name):
+        raise tc.Bad(f"{where}: name {name!r} must be lower-case letters, digits, '-'")
+    where = f"netns {name!r}"
+    lo = t.get("lo", "up")
+    if lo not in ("up", "down"):
+        raise tc.Bad(f'{where}: lo must be "up" or "down"')
+    sysctl: dict[str, str] = {}
+    raw = t.get("sysctl", {})
+    if not isinstance(raw, dict):
+        raise tc.Bad(f'{where}: sysctl must be a table like {{ "net.ipv4.ip_forward" = 1 }}')
+    for key, value in raw.items():
+        if isinstance(value, bool):
+            value = int(value)
+        if not isinstance(value, str | int):
+            raise tc.Bad(
+                f"{where}: sysctl {key!r} must be a string or an integer"
+                ' (quote dotted names: "net.ipv4.ip_forward" = 1)'
+            )
+        if not key.startswith(SYSCTL_PREFIXES) or ".." in key or "/" in key:
+            raise tc.Bad(f"{where}: sysctl {key!r} is not a per-namespace net.* setting")
+        sysctl[key] = str(value)
+    nft = t.get("nft")
+    if nft is not None:
+        tc.typed(nft, str, where, "nft")
+    return Netns(name=name, lo=lo == "up", sysctl=sysctl, nft=nft)
+
+
+def _expect(t: Any, declared: _Declared) -> Expect:
+    t = tc.keys(t, "[expect]", set(), {"ping", "verdict", "culprit", "reason", "rules"})
+    expect = Expect()
+    pings = t.get("ping", [])
+    if not isinstance(pings, list):
+        raise tc.Bad("[[expect.ping]] must be an array of tables")
+    for i, p in enumerate(pings, 1):
+        where = f"[[expect.ping]] #{i}"
+        p = tc.keys(p, where, {"from", "netns", "to", "ok"}, {"size"})
+        declared.check_ns(p["from"], f"{where} from")
+        declared.check_ns(p["netns"], where)
+        ping = PingExpect(
+            source=p["from"],
+            netns=p["netns"],
+            to=tc.ip(p["to"], where, "to"),
+            ok=tc.typed(p["ok"], bool, where, "ok"),
+        )
+        if "size" in p:
+            ping.size = tc.typed(p["size"], int, where, "size")
+        expect.pings.append(ping)
+    if "verdict" in t:
+        if t["verdict"] not in VERDICTS:
+            raise tc.Bad(f"[expect]: verdict {t['verdict']!r} is not one of {', '.join(VERDICTS)}")
+        expect.verdict = t["verdict"]
+    if "culprit" in t:
+        c = tc.keys(t["culprit"], "[expect] culprit", {"netns"}, {"interface"})
+        declared.check_ns(c["netns"], "[expect] culprit")
+        iface = c.get("interface")
+        if iface is not None and iface != "lo" and declared.find(c["netns"], iface) is None:
+            raise tc.Bad(
+                f"[expect] culprit: interface {iface!r} is not a link in netns {c['netns']!r}"
+            )
+        expect.culprit = Culprit(netns=c["netns"], interface=iface)
+    if "reason" in t:
+        expect.reason = tc.typed(t["reason"], str, "[expect]", "reason")
+    rules = tc.typed(t.get("rules", []), list, "[expect]", "rules")
+    for r in rules:
+        if not isinstance(r, str) or not re.match(r"^[a-z0-9]+(-[a-z0-9]+)*$", r):
+            raise tc.Bad(f"[expect]: rule id {r!r} must be kebab-case")
+    expect.rules = list(rules)
+    if expect.verdict not in (None, "delivered") and (
+        expect.culprit is None or expect.reason is None
+    ):
+        raise tc.Bad("[expect]: a broken scenario (verdict) needs culprit and reason")
+    return expect
