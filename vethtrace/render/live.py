@@ -23,7 +23,7 @@ from rich.text import Text
 
 from vethtrace.model import Interface, Namespace, Topology
 from vethtrace.render.live_state import WatchState
-from vethtrace.render.paths import (
+from vethtrace.render.packet_rows import (
     OUTCOME_MARK,
     OUTCOME_STYLE,
     NameShortener,

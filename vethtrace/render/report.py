@@ -20,7 +20,7 @@ from vethtrace.model import Finding, PacketPath, Topology, to_dict
 from vethtrace.record import Recording
 from vethtrace.render import findings as render_findings
 from vethtrace.render import trace as render_trace
-from vethtrace.render.paths import NameShortener, hop_chain, outcome_text, short_packet
+from vethtrace.render.packet_rows import NameShortener, hop_chain, outcome_text, short_packet
 
 
 def trace_json(
