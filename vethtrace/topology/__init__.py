@@ -81,6 +81,9 @@ def discover(netns: list[str] | None = None, firewall: bool = True) -> Topology:
     )
     cap.notes[:0] = notes
     topo = _build.build(cap)
+    from vethtrace.topology.runtimes import annotate
+
+    annotate(topo)
     if full is not None:
         _keep_selection(topo, full)
     return topo
