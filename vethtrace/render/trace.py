@@ -1,15 +1,15 @@
 """Lines for `vethtrace trace`: one aligned row per kernel event, JSON per line, summary.
 
 Namespaces are shown by name (people know `vt-host`, not 4026532451); the
-name map is built from /run/netns and refreshed when an unknown inode shows
-up, at most once a second, because namespaces come and go while tracing.
+name map is topology's (/run/netns names, containers as their runtime calls
+them) and is refreshed when an unknown inode shows up, at most once a second,
+because namespaces come and go while tracing.
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import os
 import time
 from typing import Any
 
@@ -29,12 +29,13 @@ class NetnsNames:
         self.refresh()
 
     def refresh(self) -> None:
+        """/run/netns names, then containers as their runtime names them (docker:web)
+        and other process-held namespaces (pid:N(comm)): topology's own labels."""
+        from vethtrace.topology.namespaces import enumerate_namespaces
+
         names = {netns.ROOT_INODE: netns.ROOT}
-        for name in netns.named():
-            try:
-                names.setdefault(os.stat(netns.path_of(name)).st_ino, name)
-            except OSError:
-                continue
+        for ref in enumerate_namespaces([]):
+            names.setdefault(ref.inode, ref.name)
         self._names = names
         self._refreshed = time.monotonic()
 
