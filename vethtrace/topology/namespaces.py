@@ -91,11 +91,16 @@ def enumerate_namespaces(notes: list[str], with_processes: bool = True) -> list[
         refs[inode] = NsRef(inode, name, path)
     if with_processes:
         held = process_namespaces(notes)
-        containers = label_namespaces({i: p for i, p in held.items() if i not in refs}, notes)
+        containers = label_namespaces(
+            {i: p for i, p in held.items() if i != netns.ROOT_INODE}, notes
+        )
         for inode, pids in held.items():
             if inode in refs:
                 if inode != netns.ROOT_INODE:  # everything runs there: not worth listing
                     refs[inode].pids = pids[:MAX_PIDS]
+                if inode in containers:  # a runtime's bind mount (Podman's netns-UUID)
+                    ref = refs[inode]
+                    ref.name, ref.container, ref.named = containers[inode], containers[inode], False
                 continue
             pid = pids[0]
             container = containers.get(inode)
@@ -110,7 +115,7 @@ def lookup(refs: list[NsRef], wanted: str) -> NsRef | None:
     """Find a namespace by the names a user may type: its name/label, 'pid:N', a
     /proc/N/ns/net or /run/netns path, or an inode number."""
     for ref in refs:
-        if wanted in (ref.name, ref.path):
+        if wanted in (ref.name, ref.path) or ref.path == os.path.join(netns.NETNS_RUN_DIR, wanted):
             return ref
     m = re.fullmatch(r"pid:(\d+)(\(.*\))?|/proc/(\d+)/ns/net", wanted)
     if m:

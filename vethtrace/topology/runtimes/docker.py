@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from vethtrace.model import PublishedPort, RuntimeNetwork
-from vethtrace.topology.runtimes.api import Client
+from vethtrace.topology.runtimes.api import Client, NotFound
 
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 BRIDGE_OPTION = "com.docker.network.bridge.name"
@@ -75,7 +75,7 @@ def parse_network(runtime: str, doc: dict[str, Any]) -> RuntimeNetwork:
     nid = str(doc.get("Id", ""))
     driver = str(doc.get("Driver", ""))
     bridge = opts.get(BRIDGE_OPTION) or doc.get("network_interface")
-    if not bridge and driver == "bridge":
+    if not bridge and driver == "bridge" and runtime == "docker":
         bridge = f"br-{nid[:12]}"
     cfg = (doc.get("IPAM") or {}).get("Config") or doc.get("subnets") or []
     subnets = [str(c.get("Subnet") or c.get("subnet")) for c in cfg
@@ -110,10 +110,26 @@ def networks(client: Client, listing: list[dict[str, Any]] | None = None) -> lis
     """Every network with its members and the ports published into it."""
     out = []
     ports = parse_ports(listing if listing is not None else running(client))
+    bridges = _podman_bridges(client) if client.endpoint.runtime == "podman" else {}
     for summary in client.get("/networks") or []:
         nid = summary.get("Id") or summary.get("id") or summary.get("Name")
         doc = client.get(f"/networks/{quote(str(nid))}")
         net = parse_network(client.endpoint.runtime, doc)
+        net.bridge = net.bridge or bridges.get(net.id)
         net.published = ports.get(net.id, [])
         out.append(net)
     return out
+
+
+def parse_libpod_networks(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """Podman's own GET /libpod/networks/json -> {network id: Linux bridge}: the
+    compatible answer leaves the bridge's name out."""
+    return {str(d["id"]): str(d["network_interface"]) for d in docs or []
+            if d.get("id") and d.get("network_interface")}  # fmt: skip
+
+
+def _podman_bridges(client: Client) -> dict[str, str]:
+    try:
+        return parse_libpod_networks(client.get("/v4.0.0/libpod/networks/json"))
+    except NotFound:  # Podman 3 (CNI era) answers under another version
+        return {}
