@@ -20,7 +20,8 @@ PKGS=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools libbpfcc iprout
       python3-nftables
       iptables tshark graphviz plotnetcfg bpftrace bpftool iperf3 tmux ethtool iputils-ping
       procps kmod make ca-certificates tcpdump
-      qemu-system-x86 mmdebstrap cpio busybox-static e2fsprogs xz-utils zstd)  # last line: kernel matrix
+      qemu-system-x86 mmdebstrap cpio busybox-static e2fsprogs xz-utils zstd  # kernel matrix
+      docker.io podman)  # container tests: daemons started in a namespace of their own
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -33,7 +34,16 @@ apt_update() { [ "$apt_updated" = 1 ] || { say "apt-get update"; apt-get update 
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_update
     say "installing ${missing[*]}"
+    # docker.io's and containerd's maintainer scripts start their daemons in the
+    # root namespace (iptables rules, docker0) where init scripts run; tests start
+    # their own in a namespace of theirs, so forbid service starts while installing.
+    own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
     apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    [ "$own_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 # Kernel headers. bcc needs *some* headers to compile; the struct layouts we use

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"vethtrace {__version__}")
+    for runtime, env in (("docker", "DOCKER_HOST"), ("podman", "CONTAINER_HOST")):
+        parser.add_argument(
+            f"--{runtime}-host", metavar="URL", help=f"{runtime}'s API socket (default ${env})"
+        )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -129,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     options = vars(args)
     command = options.pop("command")
+    for runtime, env in (("docker", "DOCKER_HOST"), ("podman", "CONTAINER_HOST")):
+        url = options.pop(f"{runtime}_host")
+        if url:  # read where the runtimes are asked (vethtrace.topology.runtimes.api)
+            os.environ[env] = url if "://" in url else f"unix://{url}"
     try:
         module = importlib.import_module(f"vethtrace.commands.{command}")
         return int(module.run(**options))

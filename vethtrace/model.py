@@ -156,6 +156,33 @@ class FdbEntry:
 
 
 @dataclass
+class PublishedPort:
+    proto: str  # tcp, udp
+    host_ip: str  # "0.0.0.0" for every address
+    host_port: int
+    container: str  # the container's name
+    container_port: int
+
+
+@dataclass
+class RuntimeNetwork:
+    """A container network as its runtime's API describes it (Docker, Podman): what
+    the bridge and the firewall rules in the daemon's namespace are meant to do, so
+    check can tell Docker's deliberate isolation from an accident."""
+
+    runtime: str  # docker, podman
+    name: str
+    id: str
+    driver: str  # bridge, macvlan, ...
+    bridge: str | None = None  # the Linux bridge in the daemon's namespace
+    subnets: list[str] = field(default_factory=list)
+    internal: bool = False  # no route out, isolation rules drop the rest
+    icc: bool = True  # inter-container communication (enable_icc)
+    containers: dict[str, str] = field(default_factory=dict)  # name -> "172.18.0.2/16"
+    published: list[PublishedPort] = field(default_factory=list)
+
+
+@dataclass
 class Namespace:
     inode: int
     name: str  # /run/netns name, "root", or a label such as "pid:1234(sleep)"
@@ -176,6 +203,7 @@ class Namespace:
     sockets: list[Socket] = field(default_factory=list)  # listening tcp, bound udp
     nft: list[dict[str, Any]] | None = None  # `nft -j list ruleset`'s "nftables" array
     nft_error: str | None = None  # why the ruleset could not be printed
+    runtime_networks: list[RuntimeNetwork] = field(default_factory=list)  # a daemon's, here
 
     def iface(self, ifindex: int | None) -> Interface | None:
         return next((i for i in self.interfaces if i.key.ifindex == ifindex), None)

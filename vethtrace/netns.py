@@ -49,9 +49,26 @@ def path_of(name: str) -> str:
     because /proc/1/ns/net may be unreadable on hardened machines."""
     if name == ROOT:
         return _ROOT_PATH
-    if "/" in name:
+    if "/" in name and not name.startswith("pod:"):
         return name  # already a path (/proc/PID/ns/net)
-    return os.path.join(NETNS_RUN_DIR, name)
+    plain = os.path.join(NETNS_RUN_DIR, name)
+    if ":" in name and not os.path.exists(plain):
+        return _container_path(name)
+    return plain
+
+
+_RESOLVED: dict[str, str] = {}
+
+
+def _container_path(name: str) -> str:
+    """docker:web, podman:ID, pod:NS/NAME, pid:N -> /proc/PID/ns/net, asking the
+    runtime once per command (again only if that process has gone)."""
+    path = _RESOLVED.get(name)
+    if path is None or not os.path.exists(path):
+        from vethtrace.topology.runtimes import netns_path
+
+        path = _RESOLVED[name] = netns_path(name)
+    return path
 
 
 def inode_of(name: str) -> int:

@@ -58,17 +58,21 @@ class PcapngWriter:
         shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _options([(_SHB_USERAPPL, b"vethtrace")])
         self._f.write(_block(_SHB, shb))
 
-    def interface(self, netns_inode: int, ifindex: int, netns: str, ifname: str) -> int:
+    def interface(
+        self, netns_inode: int, ifindex: int, netns: str, ifname: str, container: str | None = None
+    ) -> int:
         """Interface id for (netns inode, ifindex), writing its IDB the first time."""
         key = (netns_inode, ifindex)
         if key in self._ifaces:
             return self._ifaces[key]
+        held = f", container {container}" if container else ""
+        where = f"in netns {netns} (inode {netns_inode}){held}"
         body = struct.pack("<HHI", LINKTYPE_ETHERNET, 0, self._snaplen) + _options(
             [
                 (_IF_NAME, f"{netns}/{ifname}".encode()),
                 (
                     _IF_DESCRIPTION,
-                    f"{ifname} (ifindex {ifindex}) in netns {netns} (inode {netns_inode})".encode(),
+                    f"{ifname} (ifindex {ifindex}) {where}".encode(),
                 ),
                 (_IF_TSRESOL, bytes([9])),
             ]
@@ -124,12 +128,24 @@ class PcapngWriter:
         self.close()
 
 
-def write_frames(path: str, frames: list) -> int:  # list[sniff.Frame]
-    """Write sniffed frames (vethtrace.collect.sniff.Frame) in time order; returns count."""
+def write_frames(
+    path: str,
+    frames: list,  # list[sniff.Frame]
+    names: dict[int, tuple[str, str | None]] | None = None,
+) -> int:
+    """Write sniffed frames (vethtrace.collect.sniff.Frame) in time order; returns count.
+
+    `names`: netns inode -> (the namespace's name, the container holding it or None),
+    from the topology: a container's namespace is then named as everywhere else
+    (docker:web, not /proc/PID/ns/net), and each of its packets carries a comment
+    naming the container, as ptcpdump does."""
+    names = names or {}
     with PcapngWriter(path) as w:
         for fr in sorted(frames, key=lambda f: f.event.ts_ns):
             ev = fr.event
-            iid = w.interface(ev.netns, ev.ifindex, fr.netns, ev.ifname)
+            name, container = names.get(ev.netns, (fr.netns, None))
+            iid = w.interface(ev.netns, ev.ifindex, name, ev.ifname, container)
             wall = int(ev.extra.get("wall_ns") or 0)
-            w.packet(iid, wall, fr.data, outgoing=fr.outgoing)
+            comment = f"container {container} (netns {name})" if container else None
+            w.packet(iid, wall, fr.data, outgoing=fr.outgoing, comment=comment)
         return w.count

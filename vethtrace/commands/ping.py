@@ -333,7 +333,8 @@ def run(
         from vethtrace.collect.pcapng import write_frames
 
         try:
-            write_frames(pcap, r.frames)
+            names = {n.inode: (n.name, n.container) for n in r.topo.namespaces}
+            write_frames(pcap, r.frames, names)
         except OSError as exc:
             raise UserError(f"cannot write {pcap}: {exc.strerror}") from None
     if write:

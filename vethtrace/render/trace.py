@@ -1,8 +1,9 @@
 """Lines for `vethtrace trace`: one aligned row per kernel event, JSON per line, summary.
 
-Namespaces are shown by name (people know `vt-host`, not 4026532451); live,
-the names come from /run/netns and are re-read when an unknown inode shows
-up, at most once a second, because namespaces come and go while tracing.
+Namespaces are shown by name (people know `vt-host`, not 4026532451); the
+name map is topology's (/run/netns names, containers as their runtime calls
+them) and is refreshed when an unknown inode shows up, at most once a second,
+because namespaces come and go while tracing.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from vethtrace.model import ProbeEvent, Topology, to_dict
+from vethtrace.model import Namespace, ProbeEvent, Topology, to_dict
 
 
 class NetnsNames:
     """inode -> namespace name for trace's lines, by Topology.netns_name.
 
-    Live (no topology given): over the namespaces named in /run/netns and the
-    initial one, re-read when an unknown inode shows up, at most once a
+    Live (no topology given): over /run/netns names, containers as their
+    runtime names them (docker:web) and other process-held namespaces
+    (pid:N(comm)), re-read when an unknown inode shows up, at most once a
     second. Given a topology (a recording's), over its namespaces, fixed:
     those of the machine that recorded, not of this one."""
 
@@ -35,9 +37,12 @@ class NetnsNames:
             self.refresh()
 
     def refresh(self) -> None:
-        from vethtrace.topology import named_namespaces
+        """/run/netns names, then containers as their runtime names them (docker:web)
+        and other process-held namespaces (pid:N(comm)): topology's own labels."""
+        from vethtrace.topology.namespaces import enumerate_namespaces
 
-        self._topo = named_namespaces()
+        refs = enumerate_namespaces([])
+        self._topo = Topology(namespaces=[Namespace(r.inode, r.name) for r in refs])
         self._known = {}
         self._refreshed = time.monotonic()
 

@@ -102,6 +102,9 @@ def discover(netns: list[str] | None = None, firewall: bool = True) -> Topology:
         from vethtrace.topology.pathfacts import attach_rulesets
 
         attach_rulesets(topo, refs)
+    from vethtrace.topology.runtimes import annotate
+
+    annotate(topo)
     if full is not None:
         _keep_selection(topo, full)
     return topo

@@ -3,19 +3,21 @@
 Three sources, deduplicated by inode: our start-up namespace ("root"), the
 names in /run/netns, and /proc/PID/ns/net of every process (that is how
 containers hold theirs). A namespace held only by a process gets the
-container's name when its runtime's metadata is readable, else
-"pid:1234(cmd)". Processes come and go while we look: every read here may
-fail, and failures become notes, never exceptions.
+container's name when its runtime answers (vethtrace.topology.runtimes asks
+it), else "pid:1234(cmd)". Processes come and go while we look: every read
+here may fail, and failures become notes, never exceptions.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 
 from vethtrace import netns
+from vethtrace.topology.runtimes import container_id, label_namespaces, split
+
+__all__ = ["NsRef", "container_id", "enumerate_namespaces", "lookup"]
 
 PROC = "/proc"
 MAX_PIDS = 64  # pids listed per namespace (a label needs one; a container may have many)
@@ -72,65 +74,6 @@ def _comm(pid: int) -> str:
         return "?"
 
 
-_CGROUP_PATTERNS = [
-    ("docker", re.compile(r"docker[-/]([0-9a-f]{64})")),
-    ("podman", re.compile(r"libpod-(?:conmon-)?([0-9a-f]{64})")),
-    ("containerd", re.compile(r"cri-containerd-([0-9a-f]{64})")),
-    ("containerd", re.compile(r"kubepods.*/([0-9a-f]{64})")),
-    ("lxc", re.compile(r"lxc\.payload\.([^/\s]+)")),
-]
-
-
-def container_of(pid: int) -> str | None:
-    """'docker:web'-style label from the runtime's metadata, None when not a container
-    or the metadata is unreadable."""
-    try:
-        with open(f"{PROC}/{pid}/cgroup") as f:
-            found = container_id(f.read())
-    except OSError:
-        return None
-    if found is None:
-        return None
-    runtime, ident = found
-    if runtime == "lxc":
-        return f"lxc:{ident}"
-    return f"{runtime}:{_runtime_name(runtime, ident) or ident[:12]}"
-
-
-def container_id(cgroup: str) -> tuple[str, str] | None:
-    """(runtime, container id or name) from the text of /proc/PID/cgroup."""
-    for runtime, pattern in _CGROUP_PATTERNS:
-        m = pattern.search(cgroup)
-        if m:
-            return runtime, m.group(1)
-    return None
-
-
-def _runtime_name(runtime: str, ident: str) -> str | None:
-    try:
-        if runtime == "docker":
-            with open(f"/var/lib/docker/containers/{ident}/config.v2.json") as f:
-                return str(json.load(f).get("Name", "")).lstrip("/") or None
-        if runtime == "podman":
-            with open("/var/lib/containers/storage/overlay-containers/containers.json") as f:
-                for entry in json.load(f):
-                    if entry.get("id") == ident and entry.get("names"):
-                        return str(entry["names"][0])
-        if runtime == "containerd":
-            base = "/run/containerd/io.containerd.runtime.v2.task"
-            for ns in os.listdir(base):
-                path = f"{base}/{ns}/{ident}/config.json"
-                if os.path.exists(path):
-                    with open(path) as f:
-                        ann = json.load(f).get("annotations", {})
-                    return ann.get("io.kubernetes.cri.sandbox-name") or ann.get(
-                        "io.kubernetes.cri.container-name"
-                    )
-    except (OSError, ValueError, AttributeError):
-        return None
-    return None
-
-
 def enumerate_namespaces(notes: list[str], with_processes: bool = True) -> list[NsRef]:
     """Root first, then /run/netns names (sorted), then process-held ones by pid."""
     refs: dict[int, NsRef] = {}
@@ -147,13 +90,20 @@ def enumerate_namespaces(notes: list[str], with_processes: bool = True) -> list[
             continue
         refs[inode] = NsRef(inode, name, path)
     if with_processes:
-        for inode, pids in process_namespaces(notes).items():
+        held = process_namespaces(notes)
+        containers = label_namespaces(
+            {i: p for i, p in held.items() if i != netns.ROOT_INODE}, notes
+        )
+        for inode, pids in held.items():
             if inode in refs:
                 if inode != netns.ROOT_INODE:  # everything runs there: not worth listing
                     refs[inode].pids = pids[:MAX_PIDS]
+                if inode in containers:  # a runtime's bind mount (Podman's netns-UUID)
+                    ref = refs[inode]
+                    ref.name, ref.container, ref.named = containers[inode], containers[inode], False
                 continue
             pid = pids[0]
-            container = container_of(pid)
+            container = containers.get(inode)
             label = container or f"pid:{pid}({_comm(pid)})"
             refs[inode] = NsRef(
                 inode, label, f"{PROC}/{pid}/ns/net", False, pids[:MAX_PIDS], container
@@ -165,7 +115,7 @@ def lookup(refs: list[NsRef], wanted: str) -> NsRef | None:
     """Find a namespace by the names a user may type: its name/label, 'pid:N', a
     /proc/N/ns/net or /run/netns path, or an inode number."""
     for ref in refs:
-        if wanted in (ref.name, ref.path):
+        if wanted in (ref.name, ref.path) or ref.path == os.path.join(netns.NETNS_RUN_DIR, wanted):
             return ref
     m = re.fullmatch(r"pid:(\d+)(\(.*\))?|/proc/(\d+)/ns/net", wanted)
     if m:
@@ -179,4 +129,7 @@ def lookup(refs: list[NsRef], wanted: str) -> NsRef | None:
         for ref in refs:
             if ref.inode == int(wanted):
                 return ref
+    if split(wanted) is not None:  # docker:ID-prefix, pod:NS/NAME...: ask the runtime
+        inode = os.stat(netns.path_of(wanted)).st_ino
+        return next((ref for ref in refs if ref.inode == inode), None)
     return None

@@ -320,8 +320,10 @@ def firewall(chains: bytes | None, rules: bytes | None, legacy: list[str]) -> di
     rules live there too) with their policy, how many rules they hold and how
     many of those end in drop/reject. The `*_drop` booleans say whether any
     chain at that hook can drop (policy drop or a drop rule); rules reached by
-    jump/goto are not followed. `iptables_legacy` names x_tables tables loaded
-    in the namespace (their rules are not read).
+    jump/goto are not followed, but `regular_chains` (when there are any) names
+    those chains ("ip filter DOCKER-USER": whose firewall this is).
+    `iptables_legacy` names x_tables tables loaded in the namespace (their rules
+    are not read).
     """
     fw: dict[str, Any] = {"nftables": chains is not None, "chains": []}
     if chains is not None:
@@ -343,9 +345,13 @@ def firewall(chains: bytes | None, rules: bytes | None, legacy: list[str]) -> di
                 continue
             family = chains[off]
             a = nl.attrs(chains, off + nl.NFGENMSG.size, end)
-            if NFTA_CHAIN_HOOK not in a:
-                continue  # a regular chain: only reached by jumps
             fam = NFT_FAMILIES.get(family, str(family))
+            if NFTA_CHAIN_HOOK not in a:  # a regular chain: only reached by jumps
+                if NFTA_CHAIN_TABLE in a and NFTA_CHAIN_NAME in a:
+                    table = nl.string(chains, a[NFTA_CHAIN_TABLE])
+                    name = nl.string(chains, a[NFTA_CHAIN_NAME])
+                    fw.setdefault("regular_chains", []).append(f"{fam} {table} {name}")
+                continue
             hook = nl.nested(chains, a[NFTA_CHAIN_HOOK])
             hooknum = nl.be32(chains, hook[NFTA_HOOK_HOOKNUM]) if NFTA_HOOK_HOOKNUM in hook else -1
             names = _HOOKS.get(fam, _HOOKS_INET)

@@ -17,6 +17,7 @@ from vethtrace.diagnose.rules.base import (
     rule,
     sysctl_w,
 )
+from vethtrace.diagnose.rules.containers import runtime_firewall
 from vethtrace.diagnose.rules.netfilter import ForwardChain, forward_chains
 from vethtrace.model import Finding, Severity
 
@@ -182,8 +183,8 @@ def _chain_finding(ctx: Context, br: Where, chain: ForwardChain) -> Iterator[Fin
         return
     keys = BRIDGE_NF_KEYS.get(chain.family, [])
     on = [k for k in keys if (ctx.sysctl(ns, k) or "").strip() == "1"]
-    if not on:
-        return
+    if not on or runtime_firewall(ns):
+        return  # a container runtime's isolation, on purpose: rules/containers.py
     tail = (f" (the ruleset names {join_names(sorted(mentioned))}, so it may be)." if mentioned
             else " (its accept/jump rules may already let it through)." if deliberate else ".")
     yield finding(

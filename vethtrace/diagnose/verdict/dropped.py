@@ -168,7 +168,10 @@ def _explain_drop(
                 f"IP forward hook; {it.name if it else ev.ifname} is the port it was headed for)"
             )
         fix = [f"ip netns exec {ns} nft list ruleset   # find the rule that drops it"]
-        if bridged:
+        runtime = _runtime_words(topo, ev.netns, bridge.name if bridged and bridge else None)
+        if runtime:  # a container runtime's isolation: never advise switching it off
+            words, fix = f"{words}; {runtime}", []
+        elif bridged:
             fix.append(f"ip netns exec {ns} sysctl -w net.bridge.bridge-nf-call-iptables=0")
     elif reason == "IP_RPFILTER":
         ns = topo.netns_name(ev.netns)
@@ -191,3 +194,20 @@ def _explain_drop(
         ),
         fix=static + [f for f in fix if f not in static],
     )
+
+
+def _runtime_words(topo: Topology, inode: int, bridge: str | None) -> str | None:
+    """What a container runtime's firewall in this namespace means by the drop."""
+    from vethtrace.diagnose.rules.containers import managed_network, runtime_firewall
+
+    ns = topo.netns(inode)
+    owner = runtime_firewall(ns) if ns else None
+    if ns is None or owner is None:
+        return None
+    net = managed_network(ns, bridge) if bridge else None
+    if net is not None and not net.icc:
+        return (f"{owner} network {net.name} has inter-container communication off "
+                f"(enable_icc=false): its rules drop traffic between its containers on purpose")
+    if net is not None and net.internal:
+        return f"{owner} network {net.name} is internal: its rules drop what would leave it"
+    return f"the firewall is {owner}'s (its isolation rules; see DOCKER-USER for exceptions)"

@@ -1,0 +1,89 @@
+"""Container runtimes' networks (Docker, Podman): isolation they build on purpose.
+
+Docker puts every bridge network's traffic through iptables (br_netfilter with
+bridge-nf-call-iptables=1, FORWARD policy drop, its DOCKER, DOCKER-USER and
+DOCKER-ISOLATION-STAGE-* chains); a network created with
+com.docker.network.bridge.enable_icc=false drops traffic between its own
+containers, an --internal one everything leaving it. None of that is a
+mistake, so the generic rule that calls a dropping forward path on a bridge an
+accident stays quiet where a runtime's firewall is (bridge.py asks
+`runtime_firewall`), and these rules say what the runtime's settings mean,
+as info, with no fix that would undo the isolation.
+
+What a network is meant to do comes from the runtime's API
+(Namespace.runtime_networks, see vethtrace.topology.runtimes); the chains from
+the firewall facts, so a daemon that does not answer is still recognised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from vethtrace.diagnose.rules.base import Context, Where, finding, join_names, rule
+from vethtrace.model import Finding, Namespace, RuntimeNetwork
+
+# The regular chains runtimes create (Docker; Podman's netavark and CNI plugins).
+RUNTIME_CHAINS = {
+    "DOCKER": "docker", "DOCKER-USER": "docker", "DOCKER-ISOLATION-STAGE-1": "docker",
+    "DOCKER-ISOLATION-STAGE-2": "docker", "NETAVARK_FORWARD": "podman",
+    "CNI-FORWARD": "podman", "CNI-ISOLATION-STAGE-1": "podman",
+}  # fmt: skip
+
+
+def runtime_firewall(ns: Namespace) -> str | None:
+    """'docker' or 'podman' when that runtime manages this namespace's firewall."""
+    for net in ns.runtime_networks:
+        return net.runtime
+    for chain in ns.firewall.get("regular_chains") or []:
+        owner = RUNTIME_CHAINS.get(chain.rsplit(" ", 1)[-1])
+        if owner:
+            return owner
+    return None
+
+
+def managed_network(ns: Namespace, bridge: str) -> RuntimeNetwork | None:
+    """The runtime network whose Linux bridge is `bridge` in ns, if any."""
+    return next((n for n in ns.runtime_networks if n.bridge == bridge), None)
+
+
+def _networks(ctx: Context) -> Iterator[tuple[Where | Namespace, RuntimeNetwork]]:
+    for ns in ctx.topo.namespaces:
+        for net in ns.runtime_networks:
+            br = ns.iface_by_name(net.bridge or "")
+            yield (Where(ns, br) if br is not None else ns), net
+
+
+@rule("container-icc-disabled",
+      "a container network with inter-container communication off (enable_icc=false)")
+def icc_disabled(ctx: Context) -> Iterator[Finding]:
+    for where, net in _networks(ctx):
+        if net.icc or len(net.containers) < 2:
+            continue
+        names = join_names(sorted(net.containers))
+        yield finding(
+            "container-icc-disabled", "info", where,
+            f"{net.runtime} network {net.name} has ICC off: {names} cannot reach each other",
+            f"{net.name} was created with com.docker.network.bridge.enable_icc=false, so "
+            f"{net.runtime}'s FORWARD rules drop every packet {net.bridge} bridges from one of "
+            f"its containers to another (br_netfilter sends bridged frames through them; "
+            f"reason NETFILTER_DROP). They still reach the gateway and the outside. That is "
+            f"the network's purpose: containers that must talk share another network "
+            f"(`{net.runtime} network connect`).",
+        )
+
+
+@rule("container-network-internal",
+      "an internal container network: its containers reach only each other")
+def internal_network(ctx: Context) -> Iterator[Finding]:
+    for where, net in _networks(ctx):
+        if not net.internal or not net.containers:
+            continue
+        yield finding(
+            "container-network-internal", "info", where,
+            f"{net.runtime} network {net.name} is internal: "
+            f"{join_names(sorted(net.containers))} reach only each other through it",
+            f"An --internal network gets no default route and {net.runtime}'s isolation "
+            f"rules drop what would leave {net.bridge} for another interface, so its "
+            f"containers reach nothing outside {join_names(net.subnets) or 'its subnet'} "
+            f"through it. Connect a container to a second network for outside access.",
+        )
