@@ -42,6 +42,18 @@ def _netns_opt(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _tracing_opts(p: argparse.ArgumentParser) -> None:
+    """What trace and watch both take: a filter, namespaces, a duration."""
+    p.add_argument("filter", nargs="*", metavar="FILTER", help="pcap-filter expression")
+    _netns_opt(p)
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+
+
+def _json_opt(p: argparse._ActionsContainer, help: str = "") -> None:
+    """--json, passed to commands as `as_json` (so `json` stays the module's name)."""
+    p.add_argument("--json", dest="as_json", action="store_true", help=help or None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vethtrace",
@@ -55,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("topo", help="show the veth/bridge/netns topology")
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="the complete model as JSON (snapshot)")
+    _json_opt(out, "the complete model as JSON (snapshot)")
     out.add_argument("--dot", action="store_true", help="Graphviz DOT on stdout")
     out.add_argument("--svg", metavar="FILE", help="render an SVG with Graphviz")
     _netns_opt(p)
 
     p = sub.add_parser("check", help="find misconfigurations; exit 0 clean, 1 findings, 2 error")
-    p.add_argument("--json", action="store_true", help='print {"findings": [...]}')
+    _json_opt(p, 'print {"findings": [...]}')
     _netns_opt(p)
 
     p = sub.add_parser("ping", help="ping IP in NETNS and explain where the frames went")
@@ -73,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-s", "--size", type=int, default=56, help="echo payload bytes, as ping -s (default 56)"
     )
-    p.add_argument("--json", action="store_true", help="verdict, path and findings as JSON")
+    _json_opt(p, "verdict, path and findings as JSON")
     p.add_argument("--write", metavar="FILE", help="write a recording of this run")
     p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
 
@@ -83,24 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", metavar="DEST", nargs="?", help="address to reach (with NETNS)")
     p.add_argument("--proto", choices=["icmp", "tcp", "udp", "arp"], default="icmp")
     p.add_argument("--port", type=int, help="destination port (tcp/udp)")
-    p.add_argument("--json", dest="as_json", action="store_true", help="both paths as JSON")
+    _json_opt(p, "both paths as JSON")
 
     p = sub.add_parser("trace", help="stream kernel packet events")
-    p.add_argument("filter", nargs="*", metavar="FILTER", help="pcap-filter expression")
-    _netns_opt(p)
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    p.add_argument("--json", action="store_true", help="one JSON object per event")
+    _tracing_opts(p)
+    _json_opt(p, "one JSON object per event")
     p.add_argument("--write", metavar="FILE", help="write a recording")
     p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
 
     p = sub.add_parser("watch", help="live terminal UI of packet paths")
-    p.add_argument("filter", nargs="*", metavar="FILTER", help="pcap-filter expression")
-    _netns_opt(p)
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    _tracing_opts(p)
 
     p = sub.add_parser("report", help="offline report from a recording (no root needed)")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--json", action="store_true")
+    _json_opt(p)
 
     p = sub.add_parser("lab", help="build known topologies, good and broken")
     lab = p.add_subparsers(dest="action", metavar="ACTION")
@@ -113,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name", metavar="NAME", nargs="?")
 
     p = sub.add_parser("doctor", help="what this machine lets vethtrace see")
-    p.add_argument("--json", action="store_true")
+    _json_opt(p)
     return parser
 
 

@@ -47,21 +47,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from vethtrace.model import Hop, PacketPath, PacketSummary, ProbeEvent, Topology
+from vethtrace.points import (
+    DROP_POINT,
+    FREE_POINTS,
+    RX_POINTS,
+    SNIFF,
+    TX_DONE,
+    TX_POINTS,
+    is_benign_drop,
+)
 
-TX_POINTS = {"net_dev_queue", "net_dev_start_xmit", "veth_xmit", "br_dev_xmit", "dev_queue_xmit"}
-TX_DONE = {"net_dev_xmit"}
-RX_POINTS = {
-    "netif_rx",
-    "netif_rx_entry",
-    "netif_receive_skb",
-    "netif_receive_skb_entry",
-    "napi_gro_receive_entry",
-    "netif_receive_skb_list_entry",
-    "br_handle_frame",
-    "__netif_receive_skb_core",
-}
-FREE_POINTS = {"kfree_skb", "consume_skb", "skb_drop", "skb_consume"}
-SNIFF = "sniff"
 # Signature matches further apart than this are different packets (ARP and ping
 # retransmit after >= 1 s, so 200 ms cannot join two transmissions).
 MATCH_WINDOW_NS = 200_000_000
@@ -69,10 +64,11 @@ MATCH_WINDOW_NS = 200_000_000
 # every second while ARP retries) are the same packet however far apart.
 ECHO_WINDOW_NS = 10_000_000_000
 
+# Without a topology, namespaces are named by inode (Topology.netns_name).
+_NO_TOPOLOGY = Topology()
+
 # A transmit completes within this long after its last inner event (nested veth xmit).
 NEST_WINDOW_NS = 5_000_000
-
-BENIGN_DROPS = {("NO_SOCKET", "ping_rcv")}
 
 
 def signature(p: PacketSummary | None) -> tuple | None:
@@ -103,16 +99,11 @@ def phase(ev: ProbeEvent) -> str:
         return "tx-done"
     if ev.point in RX_POINTS:
         return "rx"
-    if ev.point in FREE_POINTS or ev.point.startswith("kfree_skb"):
-        if ev.point.startswith("consume") or ev.drop_reason in (None, "", "CONSUMED"):
+    if ev.point in FREE_POINTS:
+        if ev.point != DROP_POINT or ev.drop_reason in (None, "", "CONSUMED"):
             return "consume"
         return "drop"
     return "other"
-
-
-def is_benign_drop(ev: ProbeEvent) -> bool:
-    loc = (ev.location or "").split("+")[0]
-    return (ev.drop_reason or "", loc) in BENIGN_DROPS
 
 
 @dataclass
@@ -123,7 +114,6 @@ class Packet:
     summary: PacketSummary | None = None
     events: list[ProbeEvent] = field(default_factory=list)
     keys: set[tuple[int, int]] = field(default_factory=set)  # live (skb, head)
-    heads: set[int] = field(default_factory=set)
     first_ns: int = 0
     last_ns: int = 0
     crossed: set[tuple[str, int, int]] = field(default_factory=set)  # (point, netns, ifindex)
@@ -216,14 +206,8 @@ def group(events: Iterable[ProbeEvent]) -> list[Packet]:
                 pkt.keys.add(key)
                 by_key[key] = pkt
                 if ev.head:
-                    pkt.heads.add(ev.head)
                     by_head[ev.head] = pkt
     return [p for p in packets if p.summary is not None]
-
-
-def netns_name(topo: Topology | None, inode: int) -> str:
-    ns = topo.netns(inode) if topo else None
-    return ns.name if ns else (f"netns:{inode}" if inode else "?")
 
 
 def _iface_name(topo: Topology | None, ev: ProbeEvent) -> str:
@@ -307,7 +291,7 @@ def hops_of(pkt: Packet, topo: Topology | None) -> list[Hop]:
                 hop.note = _join(hop.note, f"also at {ev.location}")
             continue
         hop = Hop(
-            netns=netns_name(topo, ev.netns),
+            netns=(topo or _NO_TOPOLOGY).netns_name(ev.netns),
             interface=_iface_name(topo, ev),
             point=ev.point,
             packet=describe,
@@ -349,18 +333,14 @@ def _mark_handed_up(index: dict[tuple[int, int, str], Hop], topo: Topology | Non
                 hop.ts_ns = max(hop.ts_ns, phop.ts_ns + 1)  # after the port, even if sniffed
 
 
-def _key(netns: int, ifindex: int):  # -> IfaceKey, kept local to avoid a cycle in typing
-    from vethtrace.model import IfaceKey
-
-    return IfaceKey(netns, ifindex)
-
-
 def _join(a: str, b: str) -> str:
     return f"{a}; {b}" if a else b
 
 
-def outcome_of(pkt: Packet, hops: list[Hop]) -> tuple[str, str | None]:
-    """delivered | diverted | dropped | consumed | in-flight, and the drop reason."""
+def outcome_of(pkt: Packet) -> tuple[str, str | None]:
+    """dropped | consumed | delivered | in-flight, and the drop reason, from the
+    packet's events. `diverted` is not decided here: it needs the topology's
+    reading of the hops (diagnose.verdict.diverted.mark_diversion)."""
     reason = None
     for ev in pkt.events:
         if phase(ev) == "drop" and not is_benign_drop(ev):
@@ -381,7 +361,7 @@ def correlate_packets(
     out = []
     for pkt in group(events):
         hops = hops_of(pkt, topo)
-        outcome, reason = outcome_of(pkt, hops)
+        outcome, reason = outcome_of(pkt)
         path = PacketPath(
             kind=pkt.kind,
             hops=hops,

@@ -20,9 +20,9 @@ from typing import Any
 from rich.text import Text
 
 from vethtrace import lab as labs
-from vethtrace.commands.lab import build_tree
 from vethtrace.console import make_console
 from vethtrace.errors import ExitStatus, UserError
+from vethtrace.render.lab import build_tree
 
 PREFIX = "vt-demo-"
 

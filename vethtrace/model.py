@@ -8,6 +8,10 @@ dataclasses lets snapshots and recordings round-trip through JSON with
 The join key between netlink, BPF and sniffers is `IfaceKey(netns inode,
 ifindex)`: interface names repeat across namespaces (many hosts have a `br0`
 or `eth0` in several), ifindexes repeat too, the pair does not.
+
+Over 400 lines on purpose: these types are the contract between the stages
+and, through to_dict/from_dict below, the schema of snapshots and
+recordings; one file keeps every field of that schema in one place.
 """
 
 from __future__ import annotations
@@ -199,12 +203,23 @@ class Topology:
         ns = self.netns(key.netns)
         return ns.iface(key.ifindex) if ns else None
 
+    def netns_name(self, inode: int, fallback: str | None = None) -> str:
+        """How every stage names a namespace it knows by inode: its name here;
+        else `fallback` when the caller has a better word for it (the name it
+        was asked by); else `netns:<inode>` (an inode this snapshot lacks,
+        e.g. a namespace created after discovery), or `?` for inode 0 (an
+        event with no device, so no namespace)."""
+        ns = self.netns(inode)
+        if ns is not None:
+            return ns.name
+        if fallback is not None:
+            return fallback
+        return f"netns:{inode}" if inode else "?"
+
     def label(self, key: IfaceKey) -> str:
         """'netns/ifname', the way people name an interface across namespaces."""
-        ns = self.netns(key.netns)
-        iface = ns.iface(key.ifindex) if ns else None
-        nsname = ns.name if ns else f"netns:{key.netns}"
-        return f"{nsname}/{iface.name if iface else f'if{key.ifindex}'}"
+        iface = self.iface(key)
+        return f"{self.netns_name(key.netns)}/{iface.name if iface else f'if{key.ifindex}'}"
 
 
 # --- packets and probe events -------------------------------------------------

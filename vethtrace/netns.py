@@ -3,7 +3,7 @@
 A socket belongs to the namespace of the thread that created it, so every
 per-namespace job (netlink dump, sniffer, sender) runs in a thread that
 setns()'d into the namespace. Pitfalls this module exists for (see
-shared/notes/kernel-signatures.md): Python 3.11 has no os.setns; pyroute2's
+docs/kernel-notes.md): Python 3.11 has no os.setns; pyroute2's
 setns creates a missing namespace unless flags=0; /proc/self shows the thread
 group leader, so checks use /proc/thread-self.
 """

@@ -55,8 +55,6 @@ from vethtrace.model import Finding, ProbeEvent, Topology, Verdict, from_dict, t
 
 FORMAT = "vethtrace-recording"
 VERSION = 1
-SUFFIX = ".vtrec"
-RECORD_TYPES = ("topology", "topology-change", "event", "finding", "verdict", "end")
 
 # Events come in bursts of thousands per second; flushing each one would cost
 # a syscall per event. Flushing at least this often bounds what a crash loses.
@@ -303,3 +301,48 @@ def _apply(rec: Recording, kind: str, data: Any, unknown: dict[str, int]) -> Non
         rec.complete = True
     else:
         unknown[kind] = unknown.get(kind, 0) + 1
+
+
+def write_ping(
+    path: str,
+    *,
+    command: list[str],
+    probe_plan: Any,
+    pcap: str | None,
+    plan: Any,
+    topology: Topology,
+    events: list[ProbeEvent],
+    findings: list[Finding],
+    verdict: Verdict | None,
+    lost: int,
+    warnings: list[str],
+    notes: list[str],
+    timings: dict[str, float],
+) -> None:
+    """The recording of a finished `ping`: its context in the header's "ping"
+    key (`plan` is ping's expected path, a diagnose.verdict.PingPlan, from
+    which `report` re-decides the verdict; warnings, notes and timings are
+    what the live run printed besides it), then the topology, every event,
+    the findings and the verdict. `probe_plan` is the probe plan's describe()
+    (the header's "plan", as `trace --write` writes it), or None."""
+    context = {
+        "source": plan.source,
+        "target_netns": plan.target_netns,
+        "ip": plan.ip,
+        "count": plan.count,
+        "timeout": plan.timeout,
+        "size": plan.size,
+        "plan": to_dict(plan),
+        "warnings": warnings,
+        "notes": notes,
+        "timings": timings,
+    }
+    with Recorder(path, command=command, plan=probe_plan, pcap=pcap, ping=context) as rec:
+        rec.topology(topology)
+        for ev in sorted(events, key=lambda e: e.ts_ns):
+            rec.event(ev)
+        for f in findings:
+            rec.finding(f)
+        if verdict is not None:
+            rec.verdict(verdict)
+        rec.close(lost=lost)

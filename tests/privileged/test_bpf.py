@@ -1,5 +1,5 @@
 """The BPF collector on real labs and the real kernel: the sequences and drop
-reasons measured in shared/notes/kernel-signatures.md, names checked against
+reasons described in docs/kernel-notes.md, names checked against
 `ip -j` (independent of our netlink code), filters, and clean detaching.
 
 Each lab is built once per test (few, slow-ish tests); collectors are limited

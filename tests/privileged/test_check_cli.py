@@ -1,5 +1,5 @@
 """`vethtrace check` as a user runs it: the seed's three stages read like an
-expert's answer, --json follows DESIGN.md's schema, exit codes mean what the
+expert's answer, --json has the fields README's check section lists, exit codes mean what the
 CLI contract says, and this machine's own root namespace is clean."""
 
 from __future__ import annotations

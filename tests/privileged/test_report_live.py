@@ -57,3 +57,23 @@ def test_report_of_a_ping_recording_matches_the_live_output(
         assert banner.startswith("recording run.vtrec: vethtrace ")
         assert rest == live.stdout.splitlines()
         assert any(line.startswith("DIVERTED") for line in rest)
+
+
+def test_ping_and_trace_recordings_describe_the_probe_plan_alike(
+    seed_lab: BuiltLab, tmp_path: Path
+) -> None:
+    """The header's "plan" is the probe plan's describe() for both writers (ping
+    once wrote its dataclass fields instead), so readers need one shape."""
+    from vethtrace.record import read
+
+    host, song = seed_lab.ns("host"), seed_lab.ns("song")
+    ping = _run("ping", "--from", host, song, "192.168.122.102", "-c", "1",
+                "--write", "ping.vtrec", cwd=tmp_path)  # fmt: skip
+    assert ping.returncode == 1, ping.stderr
+    trace = _run("trace", "-n", host, "--duration", "0.5", "--write", "trace.vtrec",
+                 cwd=tmp_path)  # fmt: skip
+    assert trace.returncode == 0, trace.stderr
+    plans = [read(tmp_path / f"{n}.vtrec").header["plan"] for n in ("ping", "trace")]
+    assert set(plans[0]) == set(plans[1]) == {"delivery", "headers", "points"}
+    fields = [{tuple(sorted(p)) for p in plan["points"]} for plan in plans]
+    assert fields[0] == fields[1] == {("blind_spot", "hooks", "mechanism", "point", "tried")}

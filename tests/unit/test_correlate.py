@@ -1,6 +1,6 @@
 """correlate: skb identity, clones, address reuse, nesting, sniffer joins — pure logic.
 
-Small event lists modelled on shared/notes/kernel-signatures.md, and the
+Small event lists modelled on the sequences in docs/kernel-notes.md, and the
 real seed recording (samples/events/ping-seed.jsonl, made by
 `vethtrace ping --write` on the seed lab)."""
 

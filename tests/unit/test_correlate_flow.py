@@ -31,7 +31,7 @@ def udp(ip_id: int | None = None) -> PacketSummary:
 
 
 def datagram(t: int, skb: int, head: int, pkt: PacketSummary) -> list[ProbeEvent]:
-    """What the probes see of one datagram over a veth pair (see kernel-signatures.md)."""
+    """What the probes see of one datagram over a veth pair (docs/kernel-notes.md)."""
     return [
         ProbeEvent(t, "net_dev_queue", H, 2, "veth0", skb, head, 53, pkt),
         ProbeEvent(t + 1_000, "net_dev_start_xmit", H, 2, "veth0", skb, head, 53, pkt),

@@ -8,49 +8,26 @@ which namespaces' findings are shown.
 
 from __future__ import annotations
 
-import json as jsonlib
+import json
 import sys
-
-from rich.text import Text
 
 from vethtrace.console import make_console
 from vethtrace.diagnose.check import run_rules
-from vethtrace.errors import ExitStatus, UserError, require_root
-from vethtrace.model import Topology
-from vethtrace.render.findings import findings_json, render_findings
+from vethtrace.errors import ExitStatus, require_root
+from vethtrace.render.findings import findings_json, show_check
 from vethtrace.topology import discover
+from vethtrace.topology.query import netns_names
 
 
-def resolve(topo: Topology, wanted: list[str]) -> list[str]:
-    """Namespace names for what a user typed: a name, 'root', pid:N or an inode."""
-    names = []
-    for w in wanted:
-        pid = w.removeprefix("pid:").split("(")[0]
-        ns = topo.netns_by_name(w) or next(
-            (n for n in topo.namespaces
-             if str(n.inode) == w or (pid.isdigit() and int(pid) in n.pids)),
-            None,
-        )
-        if ns is None:
-            raise UserError(f"no network namespace named {w!r} (see `ip netns list`)")
-        names.append(ns.name)
-    return names
-
-
-def run(json: bool = False, netns: list[str] | None = None) -> int:
+def run(as_json: bool = False, netns: list[str] | None = None) -> int:
     require_root("vethtrace check")
     topo = discover()
-    names = resolve(topo, netns) if netns else None
+    names = netns_names(topo, netns) if netns else None
     findings = run_rules(topo, names)
-    if json:
-        sys.stdout.write(jsonlib.dumps(findings_json(findings), indent=2) + "\n")
+    if as_json:
+        sys.stdout.write(json.dumps(findings_json(findings), indent=2) + "\n")
     else:
-        scope = (", ".join(names) if names
-                 else f"{len(topo.namespaces)} namespace{'s' * (len(topo.namespaces) != 1)}")
-        console = make_console()
-        render_findings(console, findings, scope)
-        for note in topo.notes:  # what discovery skipped, so silence is not overread
-            console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
+        show_check(make_console(), findings, topo, names)
     if any(f.severity in ("error", "warning") for f in findings):
         return int(ExitStatus.FINDINGS)
     return int(ExitStatus.OK)

@@ -8,19 +8,18 @@ capabilities and refused fentry. Exit 0 when tracing is possible at all,
 
 from __future__ import annotations
 
-import json as jsonmod
+import json
 import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
-
-from rich.table import Table
 
 from vethtrace.collect import btf as btfmod
 from vethtrace.collect import headers as headersmod
 from vethtrace.collect import plan as planmod
 from vethtrace.console import make_console
 from vethtrace.errors import ExitStatus
+from vethtrace.render.doctor import show
 
 CAPS = {12: "CAP_NET_ADMIN", 21: "CAP_SYS_ADMIN", 38: "CAP_PERFMON", 39: "CAP_BPF"}
 
@@ -126,40 +125,12 @@ def gather() -> dict[str, Any]:
     }
 
 
-def run(json: bool = False, **_: object) -> int:
+def run(as_json: bool = False, **_: object) -> int:
     started = time.monotonic()
     report = gather()
     status = ExitStatus.OK if report["tracing_possible"] else ExitStatus.FINDINGS
-    if json:
-        print(jsonmod.dumps(report, indent=2))
+    if as_json:
+        print(json.dumps(report, indent=2))
         return int(status)
-    console = make_console()
-    table = Table(title=f"vethtrace doctor — kernel {report['kernel']}", title_justify="left")
-    table.add_column("check", style="bold", no_wrap=True)
-    table.add_column("", no_wrap=True)
-    table.add_column("detail", overflow="fold")
-    for c in report["checks"].values():
-        table.add_row(c["name"], "[green]ok[/]" if c["ok"] else "[red]no[/]", c["detail"])
-    console.print(table)
-    plan = report["plan"]
-    if plan:
-        ptable = Table(title="probe plan", title_justify="left", show_lines=True)
-        ptable.add_column("probe point", style="bold", no_wrap=True)
-        ptable.add_column("via", no_wrap=True)
-        ptable.add_column("hooks; what this choice cannot see", overflow="fold")
-        for p in plan["points"]:
-            text = ", ".join(p["hooks"]) or "-"
-            if p["blind_spot"]:
-                text += f"\n[yellow]cannot see:[/] {p['blind_spot']}"
-            if p["tried"]:
-                text += "\n[dim]" + "; ".join(p["tried"]) + "[/]"
-            ptable.add_row(p["point"], p["mechanism"], text)
-        console.print(ptable)
-        console.print(f"delivery: {plan['delivery']}", highlight=False)
-    verdict = (
-        "[green]tracing possible[/]"
-        if report["tracing_possible"]
-        else "[red]no tracing possible here[/] (see the checks marked no)"
-    )
-    console.print(f"{verdict}  ({time.monotonic() - started:.1f} s)")
+    show(make_console(), report, time.monotonic() - started)
     return int(status)

@@ -8,9 +8,12 @@ is re-evaluated every few milliseconds and the run stops as soon as it is
 certain (first echo reply; ARP reply taken by a bridge while the port's entry
 stays INCOMPLETE; a kernel drop of our packet), or at --timeout.
 
-This module is the wiring; the collectors live in vethtrace.collect: `pinger`
+This module is the wiring. The collectors live in vethtrace.collect: `pinger`
 (the echo sender, a raw socket in the source namespace so the kernel does ARP
-itself), `neighwatch` (the next hop's neighbour entry), `sniff` and `bpf`.
+itself), `neighwatch` (the next hop's neighbour entry), `sniff` and `bpf`; the
+namespaces on the way come from `topology.discover_between`, the expected
+path from `diagnose.verdict.make_plan`, the verdict from `judge`, the output
+from `render.ping` and the recording from `record.write_ping`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import queue
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,16 +34,14 @@ from vethtrace import netns
 from vethtrace.collect.neighwatch import NeighWatch
 from vethtrace.collect.pinger import Pinger
 from vethtrace.collect.sniff import Frame, SnifferSet, Target, load_scapy
-from vethtrace.diagnose.verdict import PingPlan, decide
+from vethtrace.diagnose.verdict import Analysis, PingPlan, decide, judge, make_plan
 from vethtrace.errors import ExitStatus, UserError, require_root
 from vethtrace.model import Finding, IfaceKey, ProbeEvent, Topology, Verdict
-from vethtrace.topology.query import owners_of_ip
 
 if TYPE_CHECKING:
     from vethtrace.render.ping import PingReport
 
 TICK_S = 0.01
-MAX_SNIFFED = 32
 
 
 # --- input ------------------------------------------------------------------
@@ -77,97 +79,6 @@ def route_get(source: str, ip: str) -> dict[str, Any]:
         return {"error": msg}
     data = json.loads(res.stdout or "[]")
     return data[0] if data else {"error": "no route"}
-
-
-def l2_reach(topo: Topology, start: IfaceKey, limit: int = MAX_SNIFFED) -> list[IfaceKey]:
-    """Interfaces a frame leaving `start` can cross without routing: veth peers,
-    bridge/bond masters and their ports, lower devices, transitively (breadth
-    first, so the nearest are sniffed when the bound cuts the walk short).
-
-    Why not topology.query.l2_domain: that one answers "which stacks share this
-    broadcast domain" for check and watch — bridges only, loopback included,
-    unbounded, members sorted by key. Ping needs "where could our frame be
-    seen": bonds and macvlan/vlan lower devices carry the frame even if no
-    bridge is involved, loopback never does, and the walk order matters
-    because at most MAX_SNIFFED sniffers open (nearest first). Widening the
-    topology walk would change check's and watch's answers, so both stay."""
-    seen: list[IfaceKey] = []
-    todo = [start]
-    while todo and len(seen) < limit:
-        key = todo.pop(0)
-        if key in seen:
-            continue
-        it = topo.iface(key)
-        if it is None or it.kind == "loopback":
-            continue
-        seen.append(key)
-        nxt: list[IfaceKey] = []
-        if it.peer is not None:
-            nxt.append(it.peer)
-        if it.master is not None:
-            nxt.append(IfaceKey(key.netns, it.master))
-        if it.link is not None:  # macvlan/ipvlan/vlan: frames leave through the lower device
-            nxt.append(it.link)
-        ns = topo.netns(key.netns)
-        if ns is not None and it.kind in ("bridge", "bond"):
-            nxt += [p.key for p in ns.interfaces if p.master == key.ifindex]
-        todo += [k for k in nxt if k not in seen]
-    return seen
-
-
-def make_plan(
-    source: str,
-    target_netns: str,
-    ip: str,
-    topo: Topology,
-    route: dict[str, Any],
-    count: int,
-    timeout: float,
-) -> tuple[PingPlan, list[str]]:
-    """Work out what should happen, and warnings for the user."""
-    warnings: list[str] = []
-    src_inode = netns.inode_of(source)
-    tgt_inode = netns.inode_of(target_netns)
-    plan = PingPlan(
-        source=_name_in(topo, src_inode, source),
-        source_inode=src_inode,
-        target_netns=_name_in(topo, tgt_inode, target_netns),
-        target_inode=tgt_inode,
-        ip=ip,
-        count=count,
-        timeout=timeout,
-    )
-    # one entry per interface even if it holds ip twice (same address, two prefix lengths)
-    owners = list(dict.fromkeys((ns.name, it.key, it.name) for ns, it in owners_of_ip(topo, ip)))
-    plan.owners = [f"{n}/{i}" for n, _k, i in owners]
-    in_target = [k for _n, k, _i in owners if k.netns == tgt_inode]
-    if in_target:
-        plan.target_iface = in_target[0]
-    elif owners:
-        warnings.append(f"{ip} is not in {plan.target_netns}: it lives on {', '.join(plan.owners)}")
-    else:
-        warnings.append(f"no interface in any namespace holds {ip} (nothing can answer)")
-    if "error" in route:
-        plan.route_error = str(route["error"])
-        return plan, warnings
-    if route.get("type") == "local" or route.get("dev") == "lo":
-        warnings.append(f"{ip} is a local address of {plan.source}: the ping never leaves it")
-    plan.gateway = route.get("gateway")
-    plan.src_addr = route.get("prefsrc")
-    src_ns = topo.netns(src_inode)
-    dev = src_ns.iface_by_name(route.get("dev", "")) if src_ns else None
-    if dev is not None:
-        plan.egress, plan.egress_name = dev.key, dev.name
-        path = l2_reach(topo, dev.key)
-        if plan.target_iface is not None and plan.target_iface not in path:
-            path += l2_reach(topo, plan.target_iface, limit=MAX_SNIFFED - len(path))
-        plan.path = path
-    return plan, warnings
-
-
-def _name_in(topo: Topology, inode: int, fallback: str) -> str:
-    ns = topo.netns(inode)
-    return ns.name if ns else fallback
 
 
 # --- kernel probes (PROBES' collector), optional -------------------------------
@@ -210,14 +121,15 @@ class Run:
     notes: list[str] = field(default_factory=list)
     lost: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-    plan_desc: Any = None
+    probe_plan: Any = None  # the probe plan's describe(), for the recording header
+    analysis: Analysis | None = None  # what the final verdict was drawn from
 
     def report(self) -> PingReport:
         from vethtrace.render.ping import PingReport
 
         return PingReport(
             self.plan, self.verdict, self.events, self.topo, self.findings,
-            self.warnings, self.notes, self.timings,
+            self.warnings, self.notes, self.timings, self.analysis,
         )  # fmt: skip
 
     @property
@@ -225,27 +137,6 @@ class Run:
         """Namespaces on the path: kernel events elsewhere are someone else's traffic."""
         p = self.plan
         return {p.source_inode, p.target_inode} | {k.netns for k in p.path}
-
-
-def discover_topology(source: str, target: str, rounds: int = 4) -> Topology:
-    """The namespaces a ping between source and target can cross, not the whole host.
-
-    Reading every namespace costs time proportional to the machine (hundreds of
-    containers), so start from the two ends and follow veth cables outwards:
-    each round adds the namespaces the previous one connects to (discover adds
-    peers' namespaces as partial ones; reading those in full reveals their
-    bridges' other ports and where those lead)."""
-    from vethtrace.topology import discover
-
-    selection = {source, target}
-    topo = discover(sorted(selection))
-    for _ in range(rounds):
-        more = {ns.name for ns in topo.namespaces} - selection
-        if not more:
-            break
-        selection |= more
-        topo = discover(sorted(selection))
-    return topo
 
 
 def static_findings(topo: Topology, names: list[str]) -> tuple[list[Finding], str | None]:
@@ -270,38 +161,51 @@ def execute(
     `collector`: an already started BpfCollector to reuse (tests run dozens of pings
     in one process; the compile is the expensive part). It is drained of older
     events first and left open; without it, ping compiles, attaches and closes
-    its own."""
+    its own.
+
+    Whatever starts is stopped by the exit stack, also on Ctrl-C and errors:
+    nothing may stay attached, open or running. On the normal path the
+    sniffers, watch and pinger are stopped earlier, in order, so their last
+    frames and events are collected (stopping twice is harmless)."""
     t0 = time.monotonic()
     timings: dict[str, float] = {}
-    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ping-setup")
-    coll: Any = None
-    sniffers: SnifferSet | None = None
-    pinger: Pinger | None = None
-    watch: NeighWatch | None = None
-    kernel_f: Future[tuple[Any, str | None]] | None = None
-    try:
+    with contextlib.ExitStack() as stack:
+        pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ping-setup")
+        stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+        kernel_f: Future[tuple[Any, str | None]] | None = None
         if collector is None:
             kernel_f = pool.submit(_start_kernel, "arp or icmp", None)
+            # our own collector is closed when we leave, or when it finishes
+            # attaching if that is after we gave up
+            stack.callback(kernel_f.add_done_callback, _close_late)
         else:
             collector.drain()  # what happened before this ping is not its evidence
         pool.submit(load_scapy)  # ~0.4 s of imports, off the critical path
         route_f = pool.submit(route_get, source, ip)
-        topo = discover_topology(source, target_netns)
+        from vethtrace.topology import discover_between  # imported while probes compile
+
+        topo = discover_between(source, target_netns)
         timings["topology"] = time.monotonic() - t0
-        plan, warnings = make_plan(source, target_netns, ip, topo, route_f.result(), count, timeout)
+        plan, warnings = make_plan(
+            source, netns.inode_of(source), target_netns, netns.inode_of(target_netns),
+            ip, topo, route_f.result(), count, timeout,
+        )  # fmt: skip
         plan.size = size
         run = Run(plan=plan, topo=topo, warnings=warnings)
-        path_names = sorted({_name_in(topo, k.netns, "") for k in plan.path} - {""})
+        path_names = sorted({topo.netns_name(k.netns, "") for k in plan.path} - {""})
         findings_f = pool.submit(static_findings, topo, path_names or [plan.source])
         events: queue.Queue[ProbeEvent] = queue.Queue()
+        coll: Any = None
         if plan.route_error is None:
             targets = [_target(topo, k) for k in plan.path]
             sniffers = SnifferSet([t for t in targets if t is not None])
+            stack.callback(_quietly, sniffers.stop)
             sniffers.start()
             timings["sniffers"] = time.monotonic() - t0
             src_ns = topo.netns(plan.source_inode)
             names = {i.key.ifindex: i.name for i in src_ns.interfaces} if src_ns else {}
             watch = NeighWatch(source, plan.source_inode, plan.nexthop, names, events.put)
+            stack.callback(_quietly, watch.stop)
             watch.start()
             coll, why = kernel_f.result() if kernel_f is not None else (collector, None)
             timings["probes"] = time.monotonic() - t0
@@ -312,6 +216,7 @@ def execute(
                 run.notes.append(why)
             plan.started_ns = time.monotonic_ns()
             pinger = Pinger(source, ip, count, events.put, plan.source_inode, size)
+            stack.callback(_quietly, pinger.stop)
             pinger.start()
             deadline = time.monotonic() + timeout
             while True:
@@ -323,46 +228,34 @@ def execute(
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(TICK_S)
-        if pinger is not None:
             pinger.stop()
-            pinger = None
-        if watch is not None:
             watch.stop()
-            watch = None
-        if sniffers is not None:
             rest = sniffers.stop()
             run.frames += rest
             run.events += [f.event for f in rest]
             run.notes += sniffers.failed
-            sniffers = None
         _collect(run, events, coll, None)
         if coll is not None:
             run.lost = int(getattr(coll, "lost", 0) or 0)
-            run.plan_desc = _describe(coll)
+            run.probe_plan = _describe(coll)
             if coll is not collector:
                 coll.close()
-            coll = None
         run.findings, why = findings_f.result()
         if why:
             run.notes.append(why)
         run.events.sort(key=lambda e: e.ts_ns)
-        run.verdict = decide(plan, run.events, topo, run.findings, final=True)
+        decision = judge(plan, run.events, topo, run.findings, final=True)
+        run.verdict, run.analysis = decision.verdict, decision.analysis
         timings.setdefault("verdict", time.monotonic() - t0)
         timings["total"] = time.monotonic() - t0
         run.timings = timings
         return run
-    finally:
-        # also on Ctrl-C and errors: nothing may stay attached, open or running
-        for stopper in (pinger, watch, sniffers):
-            if stopper is not None:
-                with contextlib.suppress(Exception):
-                    stopper.stop()
-        if coll is not None and coll is not collector:
-            with contextlib.suppress(Exception):
-                coll.close()
-        elif coll is None and kernel_f is not None:
-            kernel_f.add_done_callback(_close_late)
-        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _quietly(stop: Callable[[], object]) -> None:
+    """Stop something while leaving: an error here must not hide the first one."""
+    with contextlib.suppress(Exception):
+        stop()
 
 
 def _close_late(f: Future[tuple[Any, str | None]]) -> None:
@@ -374,15 +267,10 @@ def _close_late(f: Future[tuple[Any, str | None]]) -> None:
 
 
 def _describe(coll: Any) -> Any:
-    """The probe plan as JSON-able data for the recording header."""
-    import dataclasses
-
-    from vethtrace.model import to_dict
-
+    """The probe plan as JSON-able data for the recording header (Plan.describe(),
+    the shape `trace --write` writes too)."""
     plan = getattr(coll, "plan", None)
-    if plan is None:
-        return None
-    return to_dict(plan) if dataclasses.is_dataclass(plan) else str(plan)
+    return plan.describe() if plan is not None else None
 
 
 def _target(topo: Topology, key: IfaceKey) -> Target | None:
@@ -425,7 +313,7 @@ def run(
     count: int = 3,
     timeout: float = 5.0,
     size: int = 56,
-    json: bool = False,
+    as_json: bool = False,
     write: str | None = None,
     pcap: str | None = None,
 ) -> int:
@@ -449,14 +337,20 @@ def run(
         except OSError as exc:
             raise UserError(f"cannot write {pcap}: {exc.strerror}") from None
     if write:
-        _record(write, pcap, r)
+        from vethtrace.record import write_ping
+
+        write_ping(
+            write, command=sys.argv, probe_plan=r.probe_plan, pcap=pcap, plan=r.plan,
+            topology=r.topo, events=r.events, findings=r.findings, verdict=r.verdict,
+            lost=r.lost, warnings=r.warnings, notes=r.notes, timings=r.timings,
+        )  # fmt: skip
     from vethtrace.render import ping as render
 
     for w in r.warnings:
         print(f"vethtrace ping: warning: {w}", file=sys.stderr)
     report = r.report()
-    if json:
-        print(_json_dumps(render.to_json(report)))
+    if as_json:
+        print(json.dumps(render.to_json(report), indent=2))
     else:
         from vethtrace.console import make_console
 
@@ -464,40 +358,3 @@ def run(
         render.show(make_console(), report)
     assert r.verdict is not None
     return int(ExitStatus.OK if r.verdict.reachable else ExitStatus.FINDINGS)
-
-
-def _json_dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2)
-
-
-def _record(path: str, pcap: str | None, r: Run) -> None:
-    from vethtrace.record import Recorder
-
-    header_ping = {
-        "source": r.plan.source,
-        "target_netns": r.plan.target_netns,
-        "ip": r.plan.ip,
-        "count": r.plan.count,
-        "timeout": r.plan.timeout,
-        "size": r.plan.size,
-        "plan": _plan_dict(r.plan),
-        "warnings": r.warnings,
-        "notes": r.notes,
-        "timings": r.timings,
-    }
-    with Recorder(path, command=sys.argv, plan=r.plan_desc, pcap=pcap, ping=header_ping) as rec:
-        rec.topology(r.topo)
-        for ev in sorted(r.events, key=lambda e: e.ts_ns):
-            rec.event(ev)
-        for f in r.findings:
-            rec.finding(f)
-        if r.verdict is not None:
-            rec.verdict(r.verdict)
-        rec.close(lost=r.lost)
-
-
-def _plan_dict(plan: PingPlan) -> dict[str, Any]:
-    from vethtrace.model import to_dict
-
-    out: dict[str, Any] = to_dict(plan)
-    return out

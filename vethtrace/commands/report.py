@@ -13,34 +13,30 @@ findings differ from what was recorded, a note says so.
 
 from __future__ import annotations
 
-import json as jsonlib
-import os
+import json
 from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from vethtrace.console import make_console
 from vethtrace.errors import ExitStatus, UserError
-from vethtrace.model import Finding, PacketPath, Topology, from_dict, to_dict
+from vethtrace.model import Finding, Topology, from_dict
 from vethtrace.record import Recording, read
+from vethtrace.render.trace import NetnsNames
 
 
-def run(file: str, json: bool = False) -> int:
+def run(file: str, as_json: bool = False) -> int:
     rec = read(file)
     notes = list(rec.notes)
     if isinstance(rec.header.get("ping"), dict):
         if rec.topology is None:
             raise UserError(f"{file}: the ping recording has no topology record (cut short?)")
-        return _ping(rec, notes, json)
+        return _ping(rec, notes, as_json)
     if rec.topology is None:  # trace records events even when discovery failed
         notes.append("no topology was recorded: namespaces appear as inodes, no static checks")
         rec.topology = Topology()
     findings, check_note = _findings(rec, _trace_scope(rec))
     if check_note:
         notes.append(check_note)
-    return _trace(rec, findings, notes, json)
+    return _trace(rec, findings, notes, as_json)
 
 
 def _trace_scope(rec: Recording) -> list[str] | None:
@@ -79,9 +75,10 @@ def _findings(rec: Recording, names: list[str] | None) -> tuple[list[Finding], s
 # --- ping recordings ---------------------------------------------------------------
 
 
-def _ping(rec: Recording, notes: list[str], json: bool) -> int:
-    from vethtrace.diagnose.verdict import PingPlan, decide
+def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
+    from vethtrace.diagnose.verdict import PingPlan, judge
     from vethtrace.render import ping as render
+    from vethtrace.render import report as render_report
 
     assert rec.topology is not None
     meta: dict[str, Any] = rec.header["ping"]
@@ -92,7 +89,8 @@ def _ping(rec: Recording, notes: list[str], json: bool) -> int:
     findings, check_note = _findings(rec, _ping_scope(meta, plan, rec.topology))
     if check_note:
         notes.append(check_note)
-    verdict = decide(plan, rec.events, rec.topology, findings, final=True)
+    decision = judge(plan, rec.events, rec.topology, findings, final=True)
+    verdict = decision.verdict
     if rec.verdict is not None and verdict is not None and rec.verdict.kind != verdict.kind:
         notes.append(
             f"the recorded run said {rec.verdict.kind}; rebuilt from its events: {verdict.kind}"
@@ -106,15 +104,16 @@ def _ping(rec: Recording, notes: list[str], json: bool) -> int:
     notes = [*(meta.get("notes") or []), *notes]
     timings = meta.get("timings") or None
     report = render.PingReport(
-        plan, verdict, rec.events, rec.topology, findings, warnings, notes, timings
-    )
-    if json:
+        plan, verdict, rec.events, rec.topology, findings, warnings, notes, timings,
+        decision.analysis,
+    )  # fmt: skip
+    if as_json:
         obj = render.to_json(report)
-        obj["recording"] = _recording_json(rec)
-        print(jsonlib.dumps(obj, indent=2))
+        obj["recording"] = render_report.recording_json(rec)
+        print(json.dumps(obj, indent=2))
     else:
         console = make_console()
-        _banner(console, rec)
+        render_report.banner(console, rec)
         render.show(console, report)
     if verdict is None:
         return int(ExitStatus.FINDINGS)
@@ -136,13 +135,14 @@ def _ping_scope(meta: dict[str, Any], plan: Any, topo: Topology) -> list[str]:
 # --- trace recordings --------------------------------------------------------------
 
 
-def _trace(rec: Recording, findings: list[Finding], notes: list[str], json: bool) -> int:
+def _trace(
+    rec: Recording, findings: list[Finding], notes: list[str], as_json: bool
+) -> int:
     """trace's event lines and summary, then what trace cannot show while it
     streams: the packet paths the events make up, and the static findings."""
     from vethtrace.correlate import correlate
-    from vethtrace.render import findings as render_findings
-    from vethtrace.render import trace as render_trace
-    from vethtrace.render.live_state import mark_diversion
+    from vethtrace.diagnose.verdict import mark_diversion
+    from vethtrace.render import report as render_report
 
     assert rec.topology is not None
     paths = correlate(rec.events, rec.topology)
@@ -151,124 +151,19 @@ def _trace(rec: Recording, findings: list[Finding], notes: list[str], json: bool
     if not rec.complete:
         notes.append("events after the cut are missing")
     names = _recorded_names(rec.topology, rec.topology_changes)
-    if json:
-        obj = {
-            "recording": _recording_json(rec),
-            "events": [jsonlib.loads(render_trace.json_line(e, names)) for e in rec.events],
-            "lost": rec.lost if rec.complete else None,
-            "paths": [_path_json(p) for p in paths],
-            "findings": [to_dict(f) for f in findings],
-            "notes": notes,
-        }
-        print(jsonlib.dumps(obj, indent=2))
+    if as_json:
+        obj = render_report.trace_json(rec, names, paths, findings, notes)
+        print(json.dumps(obj, indent=2))
     else:
-        console = make_console()
-        _banner(console, rec)
-        console.print(render_trace.HEADER, style="bold", highlight=False)
-        summary = render_trace.Summary()
-        t0 = rec.events[0].ts_ns if rec.events else 0
-        for ev in rec.events:
-            summary.add(ev)
-            console.print(render_trace.line(ev, t0, names), soft_wrap=True)
-        span = (rec.events[-1].ts_ns - t0) / 1e9 if rec.events else 0.0
-        summary.render(console, rec.lost, span)
-        console.print()
-        _print_paths(console, paths, rec.topology)
-        console.print()
-        render_findings.render_findings(console, findings, show_info=False)
-        for n in notes:
-            console.print(Text(f"note: {n}", "dim"))
+        render_report.show_trace(make_console(), rec, names, paths, findings, notes)
     bad = [p for p in paths if p.outcome in ("diverted", "dropped")]
     serious = [f for f in findings if f.severity != "info"]
     return int(ExitStatus.FINDINGS if bad or serious else ExitStatus.OK)
 
 
-def _recorded_names(topo: Topology, later: list[Topology]) -> Any:
+def _recorded_names(topo: Topology, later: list[Topology]) -> NetnsNames:
     """trace's inode -> name lookup, answered from the recorded topology (the
-    namespaces of the machine that recorded, not those of this one)."""
-    from vethtrace.render.trace import NetnsNames
-
-    class RecordedNames(NetnsNames):
-        def __init__(self) -> None:
-            # Namespaces that appeared during the run are named by later snapshots.
-            self._names = {ns.inode: ns.name for t in (*later, topo) for ns in t.namespaces}
-            self._refreshed = float("inf")
-
-        def refresh(self) -> None:
-            pass
-
-    return RecordedNames()
-
-
-def _path_json(p: PacketPath) -> dict[str, Any]:
-    return {
-        "kind": p.kind,
-        "outcome": p.outcome,
-        "drop_reason": p.drop_reason,
-        "packet": p.summary.describe() if p.summary else None,
-        "hops": [to_dict(h) for h in p.hops],
-    }
-
-
-def _print_paths(console: Console, paths: list[PacketPath], topo: Topology) -> None:
-    """One row per packet, as watch shows them (same hop chains and words)."""
-    from vethtrace.render.live import NameShortener, hop_chain, outcome_text, short_packet
-
-    short = NameShortener(topo)
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    table.add_column("ms", justify="right", no_wrap=True, min_width=8)
-    table.add_column("packet", no_wrap=True, overflow="ellipsis", max_width=32)
-    table.add_column("path", no_wrap=True, overflow="ellipsis", min_width=24)
-    table.add_column("outcome", no_wrap=True, min_width=22)
-    t0 = paths[0].first_ns if paths else 0
-    for p in paths:
-        table.add_row(
-            f"{(p.first_ns - t0) / 1e6:+.1f}",
-            short_packet(p),
-            hop_chain(p, short),
-            outcome_text(p),
-        )
-    console.print(Text(f"{len(paths)} packet path(s)", "bold"))
-    if paths:
-        console.print(table)
-
-
-# --- common --------------------------------------------------------------------------
-
-
-def _banner(console: Console, rec: Recording) -> None:
-    """Which run this is: the reader may be far from the machine it came from."""
-    h = rec.header
-    command = " ".join(h.get("command") or []) or "?"
-    console.print(
-        Text.assemble(
-            ("recording ", "dim"),
-            (os.path.basename(rec.path), "dim bold"),
-            (f": {h.get('tool', '?')} on kernel {h.get('kernel', '?')}, ", "dim"),
-            (f"{h.get('started', '?')}, `{_short_command(command)}`", "dim"),
-        )
-    )
-
-
-def _short_command(command: str) -> str:
-    parts = command.split()
-    if parts and parts[0].endswith("/vethtrace"):
-        parts[0] = "vethtrace"
-    return " ".join(parts)
-
-
-def _recording_json(rec: Recording) -> dict[str, Any]:
-    h = rec.header
-    return {
-        "file": os.path.basename(rec.path),
-        "version": h.get("version"),
-        "tool": h.get("tool"),
-        "kernel": h.get("kernel"),
-        "started": h.get("started"),
-        "command": h.get("command"),
-        "plan": h.get("plan"),
-        "pcap": h.get("pcap"),
-        "complete": rec.complete,
-        "lost": rec.lost if rec.complete else None,
-        "notes": rec.notes,
-    }
+    namespaces of the machine that recorded, not those of this one); namespaces
+    that appeared during the run are named by later snapshots."""
+    ordered = [ns for t in (topo, *reversed(later)) for ns in t.namespaces]
+    return NetnsNames(Topology(namespaces=ordered))

@@ -9,14 +9,14 @@ from vethtrace.topology import discover, snapshot
 
 
 def run(
-    json: bool = False,
+    as_json: bool = False,
     dot: bool = False,
     svg: str | None = None,
     netns: list[str] | None = None,
 ) -> int:
     require_root("reading every namespace")
     topo = discover(netns or None)
-    if json:
+    if as_json:
         # Indented for a person at a terminal; compact (5x faster) for scripts.
         sys.stdout.write(snapshot.dumps(topo, indent=2 if sys.stdout.isatty() else None) + "\n")
         return int(ExitStatus.OK)

@@ -49,7 +49,7 @@ def run(
     filter: list[str] | str | None = None,
     netns: list[str] | None = None,
     duration: float | None = None,
-    json: bool = False,
+    as_json: bool = False,
     write: str | None = None,
     pcap: str | None = None,
     **_: object,
@@ -61,7 +61,7 @@ def run(
         raise UserError("--duration must be positive")
     require_root("tracing")
     out = make_console()
-    status = make_console(stderr=True) if json or not out.is_terminal else out
+    status = make_console(stderr=True) if as_json or not out.is_terminal else out
     collector = BpfCollector(filter or "", _inodes(netns))  # bad filter fails here
     names = render.NetnsNames()
     summary = render.Summary()
@@ -91,7 +91,7 @@ def run(
                 status.print(f"cannot see: {plan.blind_line()}", style="dim", highlight=False)
             if write:
                 rec = _recorder(write, plan, netns, collector.filter.text)
-            if not json:
+            if not as_json:
                 out.print(render.HEADER, style="bold", highlight=False)
             t0: int | None = None
             started = time.monotonic()
@@ -102,9 +102,9 @@ def run(
                     if remaining is not None and remaining <= 0:
                         break
                     wait = 100 if remaining is None else max(1, min(100, int(remaining * 1000)))
-                    t0 = _emit(collector.poll(wait), t0, out, json, names, summary, rec)
+                    t0 = _emit(collector.poll(wait), t0, out, as_json, names, summary, rec)
             finally:
-                t0 = _emit(collector.drain(), t0, out, json, names, summary, rec)
+                t0 = _emit(collector.drain(), t0, out, as_json, names, summary, rec)
                 lost = collector.lost
                 collector.close()
                 if rec is not None:

@@ -62,7 +62,7 @@ def run(
                 filter=filter_words,
                 netns=names,
                 duration=duration,
-                json=False,
+                as_json=False,
                 write=None,
                 pcap=None,
             )

@@ -1,7 +1,8 @@
 """Findings for people (grouped by severity, the fix ready to paste) and for
-scripts (`{"findings": [...]}` with DESIGN.md's field names).
+scripts (`{"findings": [...]}` with the field names README's check section lists).
 
-`ping` reuses `print_finding`/`finding_lines` for the findings behind its verdict.
+`check` shows them with `show_check`, trace reports with `render_findings`
+(ping lists its path's findings one line each, in render/ping).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from vethtrace.model import SEVERITY_ORDER, Finding, to_dict
+from vethtrace.model import SEVERITY_ORDER, Finding, Topology, to_dict
 
 STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
 MARK = {"error": "✗", "warning": "!", "info": "i"}
@@ -64,6 +65,18 @@ def render_findings(
             print_finding(console, f)
             console.print()
     console.print(tally(findings, scope))
+
+
+def show_check(
+    console: Console, findings: list[Finding], topo: Topology, names: list[str] | None
+) -> None:
+    """`vethtrace check`: the findings over the namespaces asked for (all when
+    `names` is None), then what discovery skipped, so silence is not overread."""
+    count = len(topo.namespaces)
+    scope = ", ".join(names) if names else f"{count} namespace{'s' * (count != 1)}"
+    render_findings(console, findings, scope)
+    for note in topo.notes:
+        console.print(Text(f"note: {note}", style="dim"), soft_wrap=True)
 
 
 def tally(findings: list[Finding], scope: str = "") -> Text:

@@ -20,26 +20,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vethtrace.model import Finding, Hop, IfaceKey, PacketPath, ProbeEvent, Topology
+from vethtrace.diagnose.verdict.diverted import mark_diversion
+from vethtrace.model import Finding, IfaceKey, PacketPath, ProbeEvent, Topology
+from vethtrace.points import COUNTED_RX_POINTS, COUNTED_TX_POINTS, DROP_POINT, is_benign_drop
 
 if TYPE_CHECKING:
     from vethtrace.record import Recording
-
-# Which probe points count a frame as transmitted / received on the device:
-# one point per direction, so a frame that fires several tracepoints on its way
-# (queue, start_xmit, xmit) is counted once. netif_receive_skb fires for veths
-# and bridges alike (see notes/kernel-signatures.md); sniffed frames are not
-# counted, they duplicate what the kernel probes saw.
-TX_POINTS = frozenset({"net_dev_start_xmit"})
-RX_POINTS = frozenset({"netif_receive_skb"})
-DROP_POINTS = frozenset({"kfree_skb"})
-# Receive points a packet path's hops can carry (see correlate.RX_POINTS).
-RX_HOP_POINTS = frozenset(
-    {"netif_rx", "netif_rx_entry", "netif_receive_skb", "netif_receive_skb_entry", "sniff"}
-)
-# The kernel reports every answered root ping as NO_SOCKET at ping_rcv (the raw
-# socket took it, the ping socket layer did not): not a drop anyone should see.
-BENIGN_DROPS = frozenset({("NO_SOCKET", "ping_rcv")})
 
 ADD_CHUNK = 2000  # events added per lock hold
 SPARK_SECONDS = 16  # per-second history kept for the rate sparkline
@@ -137,21 +123,21 @@ class WatchState:
             if ev.source != "bpf":
                 return
             second = ev.ts_ns // 1_000_000_000
-            if ev.point in DROP_POINTS:
-                reason = ev.drop_reason or "UNKNOWN"
-                if (reason, (ev.location or "")) in BENIGN_DROPS:
+            if ev.point == DROP_POINT:
+                if is_benign_drop(ev):
                     return
+                reason = ev.drop_reason or "UNKNOWN"
                 self.drops[reason] += 1
                 where = self.drop_where.setdefault(reason, Counter())
                 where[self.iface_label(ev.key, ev.ifname)] += 1
                 if ev.ifindex:
                     self._counters(ev.key).dropped += 1
                 return
-            if ev.point in TX_POINTS:
+            if ev.point in COUNTED_TX_POINTS:
                 c = self._counters(ev.key)
                 c.tx += 1
                 c.count(second)
-            elif ev.point in RX_POINTS:
+            elif ev.point in COUNTED_RX_POINTS:
                 c = self._counters(ev.key)
                 c.rx += 1
                 c.count(second)
@@ -232,39 +218,6 @@ class WatchState:
     def current_notices(self, now: float | None = None) -> list[Notice]:
         now = time.time() if now is None else now
         return [n for n in self.notices if now - n.wall <= NOTICE_SECONDS]
-
-
-def mark_diversion(path: PacketPath, topo: Topology | None) -> None:
-    """Mark a path `diverted` when a bridge port received a packet addressed to
-    the port's own address and the bridge's rx_handler handed it up to the
-    bridge's stack: the seed bug, where the port (which asked) never hears the
-    answer. A packet for the bridge's own address taking the same way is
-    normal, and so is a broadcast the bridge also floods."""
-    if topo is None or path.summary is None:
-        return
-    s = path.summary
-    dst = s.arp_tpa if s.arp_op is not None else s.ip_dst
-    if not dst:
-        return
-    prev: Hop | None = None
-    for hop in path.hops:
-        if hop.point not in RX_HOP_POINTS:
-            continue
-        if prev is not None and prev.netns == hop.netns:
-            ns = topo.netns_by_name(hop.netns)
-            port = ns.iface_by_name(prev.interface) if ns else None
-            bridge = ns.iface_by_name(hop.interface) if ns else None
-            if (
-                port is not None
-                and bridge is not None
-                and port.master == bridge.key.ifindex
-                and any(a.address == dst for a in port.addresses)
-            ):
-                path.outcome = "diverted"
-                hop.ok = False
-                hop.note = f"taken by {bridge.name}'s rx_handler: {port.name} never gets it"
-                return
-        prev = hop
 
 
 def diff_topology(old: Topology, new: Topology) -> list[str]:

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
 from rich.text import Text
 
-from vethtrace.diagnose.verdict import PingPlan, annotated_paths
-from vethtrace.model import Finding, Hop, ProbeEvent, Topology, Verdict, to_dict
+from vethtrace.diagnose.verdict import Analysis, PingPlan, analyse, annotated_paths
+from vethtrace.model import Finding, Hop, PacketPath, ProbeEvent, Topology, Verdict, to_dict
 
 
 @dataclass
 class PingReport:
     """Everything a ping's output shows: built live by `ping` and from a
-    recording by `report`, so both print the same thing."""
+    recording by `report`, so both print the same thing. `analysis` is the
+    one judge() drew the verdict from; without it (a report put together by
+    hand) the events are analysed here, once."""
 
     plan: PingPlan
     verdict: Verdict | None
@@ -33,11 +35,12 @@ class PingReport:
     warnings: Sequence[str] = ()
     notes: Sequence[str] = ()
     timings: dict[str, float] | None = None
+    analysis: Analysis | None = None
+    paths: list[PacketPath] = field(init=False)  # our packets, hops marked for the verdict
 
-    def unpack(
-        self,
-    ) -> tuple[PingPlan, Verdict | None, Sequence[ProbeEvent], Topology, list[Finding]]:
-        return self.plan, self.verdict, self.events, self.topo, self.findings
+    def __post_init__(self) -> None:
+        a = self.analysis or analyse(self.plan, list(self.events), self.topo)
+        self.paths = annotated_paths(a, self.topo, self.verdict)
 
 
 VERDICT_STYLE = {
@@ -85,24 +88,19 @@ def socket_hops(plan: PingPlan, events: Sequence[ProbeEvent]) -> list[Hop]:
     return out
 
 
-def hop_rows(
-    plan: PingPlan, events: Sequence[ProbeEvent], topo: Topology, verdict: Verdict | None
-) -> list[Hop]:
-    paths = annotated_paths(plan, list(events), topo, verdict)
-    hops = [h for p in paths for h in p.hops] + socket_hops(plan, events)
+def hop_rows(report: PingReport) -> list[Hop]:
+    hops = [h for p in report.paths for h in p.hops] + socket_hops(report.plan, report.events)
     return sorted(hops, key=lambda h: h.ts_ns)
 
 
-def packet_groups(
-    plan: PingPlan, events: Sequence[ProbeEvent], topo: Topology, verdict: Verdict | None
-) -> list[tuple[str, list[Hop]]]:
+def packet_groups(report: PingReport) -> list[tuple[str, list[Hop]]]:
     """(packet description, its hops) in order of first appearance; ping's socket
     view first. Grouping by packet reads better than one interleaved time line."""
     groups: list[tuple[str, list[Hop]]] = []
-    sock = socket_hops(plan, events)
+    sock = socket_hops(report.plan, report.events)
     if sock:
-        groups.append((f"ping's socket in {plan.source}", sock))
-    paths = annotated_paths(plan, list(events), topo, verdict)
+        groups.append((f"ping's socket in {report.plan.source}", sock))
+    paths = report.paths
     for p in sorted(paths, key=lambda p: min((h.ts_ns for h in p.hops), default=p.first_ns)):
         if p.hops:
             groups.append((p.summary.describe() if p.summary else p.kind, p.hops))
@@ -110,8 +108,9 @@ def packet_groups(
 
 
 def to_json(report: PingReport) -> dict[str, Any]:
-    """The --json object (DESIGN.md): reachable, verdict, summary, culprit, path, findings."""
-    plan, verdict, events, topo, findings = report.unpack()
+    """The --json object (fields listed in README's ping section): reachable, verdict,
+    summary, culprit, path, findings, ..."""
+    plan, verdict, events, findings = report.plan, report.verdict, report.events, report.findings
     warnings, notes, timings = report.warnings, report.notes, report.timings
     t0 = _t0(plan, events)
     culprit = None
@@ -128,7 +127,7 @@ def to_json(report: PingReport) -> dict[str, Any]:
             "note": h.note,
             "sniffed": h.sniffed,
         }
-        for h in hop_rows(plan, events, topo, verdict)
+        for h in hop_rows(report)
     ]
     return {
         "reachable": bool(verdict and verdict.reachable),
@@ -186,7 +185,7 @@ def _ms(ns: int, t0: int) -> str:
 
 
 def show(console: Console, report: PingReport) -> None:
-    plan, verdict, events, topo, findings = report.unpack()
+    plan, verdict, events, findings = report.plan, report.verdict, report.events, report.findings
     warnings, notes, timings = report.warnings, report.notes, report.timings
     t0 = _t0(plan, events)
     route = (
@@ -202,7 +201,7 @@ def show(console: Console, report: PingReport) -> None:
         ),
         soft_wrap=False,
     )
-    groups = packet_groups(plan, events, topo, verdict)
+    groups = packet_groups(report)
     if groups:
         _print_groups(console, groups, t0)
     else:

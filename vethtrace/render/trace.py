@@ -1,7 +1,7 @@
 """Lines for `vethtrace trace`: one aligned row per kernel event, JSON per line, summary.
 
-Namespaces are shown by name (people know `vt-host`, not 4026532451); the
-name map is built from /run/netns and refreshed when an unknown inode shows
+Namespaces are shown by name (people know `vt-host`, not 4026532451); live,
+the names come from /run/netns and are re-read when an unknown inode shows
 up, at most once a second, because namespaces come and go while tracing.
 """
 
@@ -9,41 +9,48 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import time
 from typing import Any
 
 from rich.console import Console
 from rich.text import Text
 
-from vethtrace import netns
-from vethtrace.model import ProbeEvent, to_dict
+from vethtrace.model import ProbeEvent, Topology, to_dict
 
 
 class NetnsNames:
-    """inode -> namespace name ("root" for the initial one), cached."""
+    """inode -> namespace name for trace's lines, by Topology.netns_name.
 
-    def __init__(self) -> None:
-        self._names: dict[int, str] = {}
+    Live (no topology given): over the namespaces named in /run/netns and the
+    initial one, re-read when an unknown inode shows up, at most once a
+    second. Given a topology (a recording's), over its namespaces, fixed:
+    those of the machine that recorded, not of this one."""
+
+    def __init__(self, topo: Topology | None = None) -> None:
+        self._live = topo is None
+        self._topo = topo if topo is not None else Topology()
+        self._known: dict[int, str] = {}  # answers for inodes the topology has
         self._refreshed = 0.0
-        self.refresh()
+        if self._live:
+            self.refresh()
 
     def refresh(self) -> None:
-        names = {netns.ROOT_INODE: netns.ROOT}
-        for name in netns.named():
-            try:
-                names.setdefault(os.stat(netns.path_of(name)).st_ino, name)
-            except OSError:
-                continue
-        self._names = names
+        from vethtrace.topology import named_namespaces
+
+        self._topo = named_namespaces()
+        self._known = {}
         self._refreshed = time.monotonic()
 
     def name(self, inode: int) -> str:
-        if inode not in self._names and time.monotonic() - self._refreshed > 1.0:
+        name = self._known.get(inode)
+        if name is not None:
+            return name
+        if self._live and time.monotonic() - self._refreshed > 1.0:
             self.refresh()
-        if inode == 0:
-            return "?"
-        return self._names.get(inode, f"netns:{inode}")
+        name = self._topo.netns_name(inode)
+        if self._topo.netns(inode) is not None:
+            self._known[inode] = name
+        return name
 
 
 POINT_STYLE = {"kfree_skb": "bold red", "consume_skb": "dim", "br_fdb_update": "magenta"}

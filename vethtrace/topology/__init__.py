@@ -2,6 +2,8 @@
 route, neighbour and forwarding sysctl, read through netlink.
 
     discover(netns=None) -> Topology
+    discover_between(source, target) -> Topology   (what a ping between them can cross)
+    named_namespaces() -> Topology                 (inodes and names only, no netlink)
 
 Layers (each testable alone): `namespaces` finds and names namespaces;
 `capture` does the socket I/O and returns raw netlink bytes; `parse`/`build`
@@ -16,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vethtrace.errors import UserError
-from vethtrace.model import Topology
+from vethtrace.model import Namespace, Topology
 from vethtrace.topology import build as _build
 from vethtrace.topology import capture as _capture
 from vethtrace.topology.namespaces import enumerate_namespaces, lookup
@@ -26,12 +28,23 @@ if TYPE_CHECKING:
         L2Domain,
         RouteHit,
         l2_domain,
+        l2_reach,
+        netns_names,
         owner_of_ip,
         owners_of_ip,
         route_lookup,
     )
 
-_QUERY = {"L2Domain", "RouteHit", "l2_domain", "owner_of_ip", "owners_of_ip", "route_lookup"}
+_QUERY = {
+    "L2Domain",
+    "RouteHit",
+    "l2_domain",
+    "l2_reach",
+    "netns_names",
+    "owner_of_ip",
+    "owners_of_ip",
+    "route_lookup",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -47,7 +60,11 @@ __all__ = [
     "L2Domain",
     "RouteHit",
     "discover",
+    "discover_between",
     "l2_domain",
+    "l2_reach",
+    "named_namespaces",
+    "netns_names",
     "owner_of_ip",
     "owners_of_ip",
     "route_lookup",
@@ -88,6 +105,33 @@ def discover(netns: list[str] | None = None, firewall: bool = True) -> Topology:
     if full is not None:
         _keep_selection(topo, full)
     return topo
+
+
+def discover_between(source: str, target: str, rounds: int = 4) -> Topology:
+    """The namespaces traffic between source and target can cross, not the whole host.
+
+    Reading every namespace costs time proportional to the machine (hundreds of
+    containers), so start from the two ends and follow veth cables outwards:
+    each round adds the namespaces the previous one connects to (discover adds
+    peers' namespaces as partial ones; reading those in full reveals their
+    bridges' other ports and where those lead)."""
+    selection = {source, target}
+    topo = discover(sorted(selection))
+    for _ in range(rounds):
+        more = {ns.name for ns in topo.namespaces} - selection
+        if not more:
+            break
+        selection |= more
+        topo = discover(sorted(selection))
+    return topo
+
+
+def named_namespaces() -> Topology:
+    """The initial namespace and those named in /run/netns, with nothing but
+    their inode and name: no netlink, cheap enough to re-read while tracing
+    (to name the namespaces events come from)."""
+    refs = enumerate_namespaces([], with_processes=False)
+    return Topology(namespaces=[Namespace(r.inode, r.name) for r in refs])
 
 
 def _keep_selection(topo: Topology, full: set[int]) -> None:

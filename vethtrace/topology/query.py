@@ -1,10 +1,12 @@
 """Questions the other stages ask of a Topology (pure functions, no I/O).
 
+- netns_names: the namespaces a user meant by -n (name, 'root', pid:N, inode);
 - owner_of_ip / owners_of_ip: which namespace/interface holds an address;
 - route_lookup: what the kernel's main table would pick for a destination
   in a namespace (longest prefix, then lowest metric);
 - l2_domain: everything a frame sent out of an interface can reach without
-  being routed (bridge ports, the bridge itself, veth peers, and so on).
+  being routed (bridge ports, the bridge itself, veth peers, and so on);
+- l2_reach: where a frame leaving an interface could be seen (ping's sniffers).
 """
 
 from __future__ import annotations
@@ -13,7 +15,25 @@ import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
 
+from vethtrace.errors import UserError
 from vethtrace.model import IfaceKey, Interface, Namespace, Route, Topology
+
+
+def netns_names(topo: Topology, wanted: list[str]) -> list[str]:
+    """Namespace names for what a user typed: a name, 'root', pid:N or an inode;
+    UserError (one line, exit 2) for what names none."""
+    names = []
+    for w in wanted:
+        pid = w.removeprefix("pid:").split("(")[0]
+        ns = topo.netns_by_name(w) or next(
+            (n for n in topo.namespaces
+             if str(n.inode) == w or (pid.isdigit() and int(pid) in n.pids)),
+            None,
+        )
+        if ns is None:
+            raise UserError(f"no network namespace named {w!r} (see `ip netns list`)")
+        names.append(ns.name)
+    return names
 
 
 def owners_of_ip(topo: Topology, ip: str) -> list[tuple[Namespace, Interface]]:
@@ -49,10 +69,6 @@ class RouteHit:
     gateway: str | None  # next hop, None when the destination is on-link
     local: bool = False  # destination is one of the namespace's own addresses
     kind: str = "unicast"  # route type: unicast, blackhole, unreachable, prohibit, local
-
-    @property
-    def next_hop(self) -> str | None:
-        return self.gateway
 
 
 def _netns(topo: Topology, netns: str | int | Namespace) -> Namespace | None:
@@ -156,3 +172,39 @@ def _enslaved_to_bridge(topo: Topology, iface: Interface) -> bool:
     ns = topo.netns(iface.key.netns)
     master = ns.iface(iface.master) if ns and iface.master is not None else None
     return master is not None and master.kind == "bridge"
+
+
+def l2_reach(topo: Topology, start: IfaceKey, limit: int) -> list[IfaceKey]:
+    """Interfaces a frame leaving `start` can cross without routing: veth peers,
+    bridge/bond masters and their ports, lower devices, transitively (breadth
+    first, so the nearest come first when `limit` cuts the walk short).
+
+    Why not l2_domain: that one answers "which stacks share this broadcast
+    domain" for check and watch — bridges only, loopback included, unbounded,
+    members sorted by key. Ping needs "where could our frame be seen": bonds
+    and macvlan/vlan lower devices carry the frame even if no bridge is
+    involved, loopback never does, and the walk order matters because only
+    so many sniffers open (nearest first). Widening l2_domain would change
+    check's and watch's answers, so both stay."""
+    seen: list[IfaceKey] = []
+    todo = [start]
+    while todo and len(seen) < limit:
+        key = todo.pop(0)
+        if key in seen:
+            continue
+        it = topo.iface(key)
+        if it is None or it.kind == "loopback":
+            continue
+        seen.append(key)
+        nxt: list[IfaceKey] = []
+        if it.peer is not None:
+            nxt.append(it.peer)
+        if it.master is not None:
+            nxt.append(IfaceKey(key.netns, it.master))
+        if it.link is not None:  # macvlan/ipvlan/vlan: frames leave through the lower device
+            nxt.append(it.link)
+        ns = topo.netns(key.netns)
+        if ns is not None and it.kind in ("bridge", "bond"):
+            nxt += [p.key for p in ns.interfaces if p.master == key.ifindex]
+        todo += [k for k in nxt if k not in seen]
+    return seen

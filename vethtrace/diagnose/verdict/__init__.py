@@ -5,7 +5,7 @@ next hop, target), the topology snapshot, and the events (kernel probes,
 sniffed frames, and ping's own observations: `ping-send`, `ping-reply`,
 `ping-error`, `neigh-state` from netlink). Nothing here touches the live
 system, so `report` reaches the same verdict from a recording, and ping can
-call `decide(..., final=False)` while traffic flows to stop as soon as the
+call `judge(..., final=False)` while traffic flows to stop as soon as the
 answer is certain.
 
 Order of the questions, and why:
@@ -23,29 +23,28 @@ Order of the questions, and why:
    mismatch). NO_SOCKET at ping_rcv is benign (every root ping reply).
 5. no-reply    — a request reached the target interface and nothing came back.
 
-Layout: `analysis` (the plan and the evidence every family reads), one module
+Layout: `plan` (what ping expects), `analysis` (the evidence every family reads), one module
 per verdict family (`diverted`, `dropped`, `no_reply` incl. stalled/lost), and
 `decide` (the order above).
 """
 
 from __future__ import annotations
 
-from vethtrace.diagnose.verdict.analysis import (
-    Analysis,
-    PingPlan,
-    analyse,
-    neighbour_timeline,
-    ours,
-)
-from vethtrace.diagnose.verdict.decide import decide
-from vethtrace.diagnose.verdict.diverted import annotated_paths
+from vethtrace.diagnose.verdict.analysis import Analysis, analyse, neighbour_timeline, ours
+from vethtrace.diagnose.verdict.decide import Decision, decide, judge
+from vethtrace.diagnose.verdict.diverted import annotated_paths, mark_diversion
+from vethtrace.diagnose.verdict.plan import PingPlan, make_plan
 
 __all__ = [
     "Analysis",
+    "Decision",
     "PingPlan",
     "analyse",
     "annotated_paths",
     "decide",
+    "judge",
+    "make_plan",
+    "mark_diversion",
     "neighbour_timeline",
     "ours",
 ]

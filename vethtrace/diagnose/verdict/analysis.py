@@ -1,4 +1,4 @@
-"""What every verdict family reads: the plan, our packets, the neighbour timeline.
+"""What every verdict family reads: our packets and the neighbour timeline.
 
 Kept apart from the verdicts so each family module (diverted, dropped,
 no_reply) sees the same evidence, and render can show the same table and
@@ -11,41 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vethtrace.correlate import Packet, correlate_packets
+from vethtrace.diagnose.verdict.plan import PingPlan
 from vethtrace.model import Finding, IfaceKey, Interface, PacketPath, ProbeEvent, Topology
 
 SETTLE_NS = 30_000_000  # live: evidence this old (and not undone) makes a verdict certain
-
-
-@dataclass
-class PingPlan:
-    """What ping expects, worked out from the route lookup and the topology."""
-
-    source: str  # netns name ("root" by default)
-    source_inode: int
-    target_netns: str
-    target_inode: int
-    ip: str
-    src_addr: str | None = None  # the source address the kernel picked
-    egress: IfaceKey | None = None
-    egress_name: str | None = None
-    gateway: str | None = None
-    route_error: str | None = None
-    owners: list[str] = field(default_factory=list)  # "netns/ifname" holding ip
-    target_iface: IfaceKey | None = None
-    path: list[IfaceKey] = field(default_factory=list)  # interfaces sniffed
-    count: int = 1
-    timeout: float = 5.0
-    size: int = 56  # echo payload bytes
-    started_ns: int = 0  # monotonic ns when sending began
-
-    @property
-    def nexthop(self) -> str:
-        return self.gateway or self.ip
-
-
-def _ns_name(topo: Topology, inode: int) -> str:
-    ns = topo.netns(inode)
-    return ns.name if ns else f"netns:{inode}"
 
 
 def _label(topo: Topology, key: IfaceKey | None) -> str:
@@ -53,7 +22,7 @@ def _label(topo: Topology, key: IfaceKey | None) -> str:
 
 
 def _ns_flag(topo: Topology, ns_inode: int) -> str:
-    name = _ns_name(topo, ns_inode)
+    name = topo.netns_name(ns_inode)
     return "" if name == "root" else f"-n {name} "
 
 
@@ -74,7 +43,7 @@ def ours(path: PacketPath, plan: PingPlan) -> bool:
 
 @dataclass
 class Analysis:
-    """Everything decide() worked out; render uses it for the table and timeline."""
+    """Everything judge() worked out; render shows its paths and timeline."""
 
     paths: list[PacketPath]
     packets: list[Packet]  # aligned with paths: the raw events of each
@@ -125,7 +94,7 @@ def neighbour_timeline(
         out.append(
             {
                 "time_ns": ev.ts_ns,
-                "netns": _ns_name(topo, ev.netns),
+                "netns": topo.netns_name(ev.netns),
                 "interface": ev.ifname or f"if{ev.ifindex}",
                 "address": n.address,
                 "state": state,

@@ -1,4 +1,4 @@
-"""decide(): asks the verdict families in order and returns the first certain answer.
+"""judge()/decide(): ask the verdict families in order; the first certain answer wins.
 
 The order is the point (see the package docstring): unreachable and delivered
 are answered here; the others live in their own modules.
@@ -6,11 +6,38 @@ are answered here; the others live in their own modules.
 
 from __future__ import annotations
 
-from vethtrace.diagnose.verdict.analysis import Analysis, PingPlan, _fixes_from, analyse
+from dataclasses import dataclass
+
+from vethtrace.diagnose.verdict.analysis import Analysis, _fixes_from, analyse
 from vethtrace.diagnose.verdict.diverted import _diverted
 from vethtrace.diagnose.verdict.dropped import _dropped
 from vethtrace.diagnose.verdict.no_reply import _lost, _no_reply, _stalled
+from vethtrace.diagnose.verdict.plan import PingPlan
 from vethtrace.model import Finding, ProbeEvent, Topology, Verdict
+
+
+@dataclass
+class Decision:
+    """A verdict (None: not certain yet) and the analysis it was drawn from,
+    which render shows (the packet table, the timeline) without correlating
+    the events a second time."""
+
+    verdict: Verdict | None
+    analysis: Analysis
+
+
+def judge(
+    plan: PingPlan,
+    events: list[ProbeEvent],
+    topo: Topology,
+    findings: list[Finding] | None = None,
+    final: bool = True,
+    now_ns: int | None = None,
+) -> Decision:
+    """The verdict with its analysis; verdict None when final is False and the
+    evidence is not yet certain."""
+    a = analyse(plan, events, topo)
+    return Decision(_verdict(plan, topo, a, findings or [], final, now_ns), a)
 
 
 def decide(
@@ -21,11 +48,21 @@ def decide(
     final: bool = True,
     now_ns: int | None = None,
 ) -> Verdict | None:
-    """The verdict, or None when final is False and the evidence is not yet certain."""
-    findings = findings or []
+    """The verdict alone (judge() without the analysis), or None when final is
+    False and the evidence is not yet certain."""
+    return judge(plan, events, topo, findings, final, now_ns).verdict
+
+
+def _verdict(
+    plan: PingPlan,
+    topo: Topology,
+    a: Analysis,
+    findings: list[Finding],
+    final: bool,
+    now_ns: int | None,
+) -> Verdict | None:
     if plan.route_error:
         return _unreachable(plan, topo, findings)
-    a = analyse(plan, events, topo)
     now = now_ns if now_ns is not None else a.last_ns
     if a.replies:
         return _delivered(plan, topo, a)

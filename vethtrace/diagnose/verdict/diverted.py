@@ -1,31 +1,61 @@
 """Diverted: the ARP reply arrived on the interface that asked, but a master took it.
 
 Its own module because it is the seed case and the subtlest verdict: tcpdump
-on the port shows the reply, yet the port's stack never gets it. Also marks
-the hops that show this for display (annotated_paths).
+on the port shows the reply, yet the port's stack never gets it. Two readings
+of it: `_diverted`, ping's verdict (which knows what it asked for), and
+`mark_diversion`, the same judgement on any packet path without a plan
+(watch and trace reports). `annotated_paths` marks the hops that show a
+ping's diversion for display.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from vethtrace.diagnose.verdict.analysis import (
-    SETTLE_NS,
-    Analysis,
-    PingPlan,
-    _fixes_from,
-    analyse,
-)
-from vethtrace.model import Finding, Interface, PacketPath, ProbeEvent, Topology, Verdict
+from vethtrace.diagnose.verdict.analysis import SETTLE_NS, Analysis, _fixes_from
+from vethtrace.diagnose.verdict.plan import PingPlan
+from vethtrace.model import Finding, Hop, Interface, PacketPath, Topology, Verdict
+from vethtrace.points import ARRIVAL_POINTS
 
 RESOLVED_STATES = {"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP"}
 
 
-def annotated_paths(
-    plan: PingPlan, events: list[ProbeEvent], topo: Topology, verdict: Verdict | None
-) -> list[PacketPath]:
-    """Our packets' paths with the hops that explain the verdict marked ✗ (for display)."""
-    a = analyse(plan, events, topo)
+def mark_diversion(path: PacketPath, topo: Topology | None) -> None:
+    """Mark a path `diverted` when a bridge port received a packet addressed to
+    the port's own address and the bridge's rx_handler handed it up to the
+    bridge's stack: the seed bug, where the port (which asked) never hears the
+    answer. A packet for the bridge's own address taking the same way is
+    normal, and so is a broadcast the bridge also floods."""
+    if topo is None or path.summary is None:
+        return
+    s = path.summary
+    dst = s.arp_tpa if s.arp_op is not None else s.ip_dst
+    if not dst:
+        return
+    prev: Hop | None = None
+    for hop in path.hops:
+        if hop.point not in ARRIVAL_POINTS:
+            continue
+        if prev is not None and prev.netns == hop.netns:
+            ns = topo.netns_by_name(hop.netns)
+            port = ns.iface_by_name(prev.interface) if ns else None
+            bridge = ns.iface_by_name(hop.interface) if ns else None
+            if (
+                port is not None
+                and bridge is not None
+                and port.master == bridge.key.ifindex
+                and any(a.address == dst for a in port.addresses)
+            ):
+                path.outcome = "diverted"
+                hop.ok = False
+                hop.note = f"taken by {bridge.name}'s rx_handler: {port.name} never gets it"
+                return
+        prev = hop
+
+
+def annotated_paths(a: Analysis, topo: Topology, verdict: Verdict | None) -> list[PacketPath]:
+    """The analysis' paths with the hops that explain the verdict marked ✗ (for
+    display). Marks them in place: call once per analysis."""
     if verdict is None or verdict.kind != "diverted" or verdict.culprit is None:
         return a.paths
     port = topo.iface(verdict.culprit)

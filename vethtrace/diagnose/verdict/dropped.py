@@ -8,20 +8,20 @@ culprits and fixes.
 
 from __future__ import annotations
 
-from vethtrace.correlate import is_benign_drop, phase
+from vethtrace.correlate import phase
 from vethtrace.diagnose.verdict.analysis import (
     SETTLE_NS,
     Analysis,
-    PingPlan,
     _events_of,
     _fixes_from,
     _label,
     _master,
     _ns_flag,
-    _ns_name,
     _peer_down_culprit,
 )
+from vethtrace.diagnose.verdict.plan import PingPlan
 from vethtrace.model import Finding, IfaceKey, PacketPath, ProbeEvent, Topology, Verdict
+from vethtrace.points import is_benign_drop
 
 # Plain words for kernel drop reasons we meet on veth/bridge/netns paths.
 REASON_TEXT = {
@@ -84,7 +84,7 @@ def _explain_drop(
     loc = (ev.location or "").split("+")[0]
     dev = ev.key
     it = topo.iface(dev)
-    where = _label(topo, dev) if it else f"{_ns_name(topo, ev.netns)}/{ev.ifname}"
+    where = _label(topo, dev) if it else f"{topo.netns_name(ev.netns)}/{ev.ifname}"
     culprit: IfaceKey | None = dev
     words = REASON_TEXT.get(reason, reason.replace("_", " ").lower())
     fix: list[str] = []
@@ -99,7 +99,7 @@ def _explain_drop(
         )
         fix = [f"ip {_ns_flag(topo, bridge.key.netns)}link set {bridge.name} up"]
     elif it is not None and it.kind == "loopback" and not it.admin_up:
-        ns = _ns_name(topo, ev.netns)
+        ns = topo.netns_name(ev.netns)
         words = (
             f"lo is down in {ns}, and traffic to the namespace's own addresses is looped "
             "back through lo"
@@ -130,7 +130,7 @@ def _explain_drop(
                 "stp_state 0   # if nothing can loop"
             ]
     elif reason == "IP_INADDRERRORS" and _forwarding_off(topo, ev.netns):
-        ns = _ns_name(topo, ev.netns)
+        ns = topo.netns_name(ev.netns)
         words = (
             f"{ns} would have to route it, but net.ipv4.ip_forward=0 there: the kernel drops "
             "every packet it is not the destination of"
@@ -156,7 +156,7 @@ def _explain_drop(
             )
             fix = [f"ip {_ns_flag(topo, peer.key.netns)}link set {peer.name} mtu {it.mtu}"]
     elif reason == "NETFILTER_DROP":
-        ns = _ns_name(topo, ev.netns)
+        ns = topo.netns_name(ev.netns)
         bridged = bridge is not None and bridge.kind == "bridge"
         words = f"a firewall rule in {ns} dropped it"
         if bridged and bridge is not None:
@@ -171,19 +171,19 @@ def _explain_drop(
         if bridged:
             fix.append(f"ip netns exec {ns} sysctl -w net.bridge.bridge-nf-call-iptables=0")
     elif reason == "IP_RPFILTER":
-        ns = _ns_name(topo, ev.netns)
+        ns = topo.netns_name(ev.netns)
         name = it.name if it else ev.ifname
         fix = [
             f"ip netns exec {ns} sysctl -w net.ipv4.conf.{name}.rp_filter=2",
             f"ip netns exec {ns} sysctl -w net.ipv4.conf.all.rp_filter=2",
         ]
-    static = _fixes_from(findings, _ns_name(topo, culprit.netns) if culprit else None, None)
+    static = _fixes_from(findings, topo.netns_name(culprit.netns) if culprit else None, None)
     c_it = topo.iface(culprit) if culprit else None
     return Verdict(
         kind="dropped",
         summary=f"{what} was dropped at {where}: {words}",
         culprit=culprit,
-        culprit_netns=_ns_name(topo, culprit.netns) if culprit else None,
+        culprit_netns=topo.netns_name(culprit.netns) if culprit else None,
         culprit_interface=c_it.name if c_it else (ev.ifname if culprit == dev else None),
         explanation=(
             f"The kernel freed the {p.kind} at {where} with reason {reason}"

@@ -13,14 +13,13 @@ from typing import Any
 
 from vethtrace.diagnose.verdict.analysis import (
     Analysis,
-    PingPlan,
     _events_of,
     _fixes_from,
     _master,
     _ns_flag,
-    _ns_name,
     _peer_down_culprit,
 )
+from vethtrace.diagnose.verdict.plan import PingPlan
 from vethtrace.model import Finding, IfaceKey, PacketPath, ProbeEvent, Topology, Verdict
 from vethtrace.topology.query import route_lookup
 
@@ -46,7 +45,7 @@ def _no_reply(
             arrived = (holder or at_target)[0]
             if not final and now - at_target[0].ts_ns < NO_REPLY_GRACE_NS:
                 return None
-            at = [e for e in _events_of(p, a) if _ns_name(topo, e.netns) == plan.target_netns]
+            at = [e for e in _events_of(p, a) if topo.netns_name(e.netns) == plan.target_netns]
             return _explain_no_reply(plan, topo, p, arrived, findings, at)
     return None
 
@@ -225,11 +224,11 @@ def _stalled(
         kind="no-reply",
         summary=summary,
         culprit=culprit,
-        culprit_netns=_ns_name(topo, culprit.netns),
+        culprit_netns=topo.netns_name(culprit.netns),
         culprit_interface=c.name if c else None,
         explanation=explanation
         + f" Our frames were last seen at {last.netns}/{last.interface} ({last.note}).",
-        fix=_fixes_from(findings, _ns_name(topo, culprit.netns), None) or fix,
+        fix=_fixes_from(findings, topo.netns_name(culprit.netns), None) or fix,
     )
 
 
@@ -271,7 +270,7 @@ def _no_carrier(plan: PingPlan, topo: Topology, findings: list[Finding]) -> Verd
     found = _peer_down_culprit(topo, plan.egress)
     culprit, words = found if found else (plan.egress, f"{egress.name} has no carrier")
     c = topo.iface(culprit)
-    ns = _ns_name(topo, culprit.netns)
+    ns = topo.netns_name(culprit.netns)
     return Verdict(
         kind="dropped",
         summary=f"nothing left {plan.source}/{egress.name}: {words}",
