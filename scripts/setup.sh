@@ -20,6 +20,7 @@ PKGS=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools libbpfcc iprout
       python3-nftables
       iptables tshark graphviz plotnetcfg bpftrace bpftool iperf3 tmux ethtool iputils-ping
       procps kmod make ca-certificates tcpdump
+      containernetworking-plugins  # lab [[cni]] steps: bridge, ptp, macvlan, portmap, tuning, firewall
       qemu-system-x86 mmdebstrap cpio busybox-static e2fsprogs xz-utils zstd  # kernel matrix
       docker.io podman)  # container tests: daemons started in a namespace of their own
 

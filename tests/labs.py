@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import new_prefix
 from vethtrace.lab import BuiltLab, up
-from vethtrace.lab.scenario import PingExpect
+from vethtrace.lab.scenario import PingExpect, TcpExpect
 from vethtrace.netns import exists
 
 
@@ -76,3 +76,20 @@ def check_pings(lab: BuiltLab, tries: int = 3) -> list[tuple[PingExpect, bool]]:
     with ThreadPoolExecutor(max_workers=max(1, len(pings))) as pool:
         results = list(pool.map(one, pings))
     return list(zip(pings, results, strict=True))
+
+
+def connect(src_ns: str, ip: str, port: int, timeout: int = 1) -> bool:
+    """One TCP connect from namespace src_ns (bash's /dev/tcp, not our code); True
+    when the connection was accepted."""
+    script = f"exec 3<>/dev/tcp/{ip}/{port}"
+    cmd = ["ip", "netns", "exec", src_ns, "timeout", str(timeout), "bash", "-c", script]
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+def check_tcp(lab: BuiltLab, tries: int = 3) -> list[tuple[TcpExpect, bool]]:
+    """Every stated TCP connection of the lab; (expectation, accepted), retried like pings."""
+
+    def one(t: TcpExpect) -> bool:
+        return any(connect(lab.ns(t.source), t.to, t.port) for _ in range(tries if t.ok else 1))
+
+    return [(t, one(t)) for t in lab.scenario.expect.tcp]

@@ -24,8 +24,27 @@ from vethtrace.topology import discover
 
 pytestmark = pytest.mark.privileged
 
+# Container networks (#15) on which today's check is known to be wrong: a false
+# "missing-route" error on NAT'd networks (outside needs no route back), rules that
+# do not exist yet (the decision is only visible to the path model) or do not see
+# across namespaces. strict: each flips to a failure once `check` gets it right.
+PATH_MODEL = pytest.mark.xfail(strict=True, reason="needs the path model (#15)")
+CHECK_WRONG = {
+    "cni-bridge-nomasq", "cni-macvlan-host", "cni-portmap-down", "cni-ptp-forward-drop",
+    "cni-tuning-arp", "cni-tuning-mtu", "calico-no-proxy-arp", "docker-forward-drop",
+    "bridge-flood-off", "neigh-wrong-mac",
+    "cni-bridge-masq", "cni-firewall", "cni-portmap", "cni-tuning", "docker-forward",
+}  # fmt: skip
+
+
+def _params(names: list[str]) -> list:
+    return [pytest.param(n, marks=PATH_MODEL) if n in CHECK_WRONG else n for n in names]
+
+
 BROKEN = [n for n in scenarios() if load(n).expect.rules]
-HEALTHY = ["seed-fixed", "seed-uplink", "bridge-two"]
+HEALTHY = ["seed-fixed", "seed-uplink", "bridge-two", "cni-bridge-masq", "cni-firewall",
+           "cni-macvlan", "cni-portmap", "cni-ptp", "cni-tuning", "calico-routed",
+           "docker-forward", "bridge-flood-off-learning", "neigh-static"]  # fmt: skip
 NOT_IN_LABS = {"address-on-bond-slave", "macvlan-lower-address", "orphan-veth",
                # a real Docker daemon's networks: test_containers.py builds them
                "container-icc-disabled", "container-network-internal"}  # fmt: skip
@@ -65,7 +84,7 @@ def test_every_rule_has_a_lab_scenario() -> None:
     assert set(rule_ids()) - covered <= NOT_IN_LABS
 
 
-@pytest.mark.parametrize("name", BROKEN)
+@pytest.mark.parametrize("name", _params(BROKEN))
 def test_rule_fires_on_culprit_and_fix_works(name: str) -> None:
     scn = load(name)
     with built_lab(name) as lab:
@@ -95,7 +114,7 @@ def test_rule_fires_on_culprit_and_fix_works(name: str) -> None:
             assert reaches(lab.ns(p.source), p.to, p.size), f"{name}: {p} still fails after fix"
 
 
-@pytest.mark.parametrize("name", HEALTHY)
+@pytest.mark.parametrize("name", _params(HEALTHY))
 def test_healthy_scenarios_are_clean(name: str) -> None:
     with built_lab(name) as lab:
         findings = check(lab.namespaces)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, new_prefix
-from tests.labs import built_lab, check_pings, lab_fixture, ping
+from tests.labs import built_lab, check_pings, check_tcp, lab_fixture, ping
 from vethtrace.lab import state
 from vethtrace.lab.scenario import load, shipped_dir
 
@@ -64,6 +64,8 @@ def test_scenario_up_pings_down(name: str, prefix: str) -> None:
         results = check_pings(lab)
         wrong = [(p.source, p.to, p.size, p.ok) for p, reached in results if reached != p.ok]
         assert not wrong, f"pings that did not behave as stated (from, to, size, expected): {wrong}"
+        wrong_tcp = [(t.source, t.to, t.port, t.ok) for t, ok in check_tcp(lab) if ok != t.ok]
+        assert not wrong_tcp, f"tcp not as stated (from, to, port, expected): {wrong_tcp}"
     assert ours(prefix) == []
     assert state.find(name, prefix) is None
 

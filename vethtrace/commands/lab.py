@@ -52,4 +52,6 @@ def _down(name: str | None, prefix: str) -> int:
     console = make_console()
     for st in labs.down(name, prefix):
         console.print(f"removed lab {st.name}: {', '.join(st.namespaces) or 'nothing built'}")
+        for note in st.notes:  # CNI DELs that failed (lab/cni.py teardown)
+            console.print(f"note: {note}", style="yellow", markup=False)
     return int(ExitStatus.OK)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vethtrace import netns
 from vethtrace.errors import UserError, require_root
-from vethtrace.lab import namespaces, state
+from vethtrace.lab import cni, listen, namespaces, state
 from vethtrace.lab.builder import build
 from vethtrace.lab.scenario import Scenario, load, scenarios
 
@@ -117,6 +117,8 @@ def up(name: str, prefix: str = DEFAULT_PREFIX) -> BuiltLab:
 
 
 def _remove(st: state.LabState) -> list[str]:
+    listen.stop_all(st)  # a process would keep its namespace alive
+    st.notes = cni.teardown(st)  # DEL while the node namespaces still exist
     removed = [n for n in reversed(st.namespaces) if namespaces.remove(n)]
     st.remove()
     return removed
@@ -159,4 +161,5 @@ def _forget_vanished() -> None:
     run's safety net); called under the lock, so no `up` is between record and create."""
     for st in state.all_states():
         if not any(netns.exists(n) for n in st.namespaces):
+            cni.teardown(st)  # nothing left to DEL; its IPAM directory goes
             st.remove()

@@ -9,8 +9,12 @@ namespace) and nft rulesets are loaded by an `nft -f -` forked from it.
 
 The order matters: links exist before masters, MTUs and sysctls naming them;
 everything is enslaved while still down (bonds insist); bridge-port options
-come last, after carrier is up, or the bridge would reset a forced port state
-when the link comes up.
+come after carrier is up, or the bridge would reset a forced port state when
+the link comes up. Then LAB_STEPS, over the whole lab: the CNI plugins
+(lab/cni.py) run after everything the scenario declares (a macvlan master or
+the node's uplink must exist), in file order (host-local hands out addresses in
+that order), recording each attachment in the lab's state before its ADD; then
+the TCP listeners (lab/listen.py) start.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vethtrace import netns
 from vethtrace.errors import UserError
-from vethtrace.lab import namespaces
+from vethtrace.lab import cni, listen, namespaces
 from vethtrace.lab.scenario import (
     BOND_MODES,
     IPVLAN_MODES,
@@ -45,6 +49,7 @@ from vethtrace.lab.state import LabState
 
 T = TypeVar("T")
 NUD_PERMANENT = 0x80
+RTNH_F_ONLINK = 4  # rtnetlink.h: the gateway is on the link, whatever the subnets
 # netlink constants for _set_port_state (linux/rtnetlink.h, if_link.h, netlink.h)
 NETLINK_ROUTE, RTM_SETLINK, IFLA_PROTINFO, IFLA_BRPORT_STATE = 0, 19, 12, 1
 NLM_F_REQUEST, NLM_F_ACK, NLA_F_NESTED = 1, 4, 1 << 15
@@ -75,6 +80,8 @@ def build(scn: Scenario, prefix: str, st: LabState) -> None:
     for what, step in STEPS:
         for ns in scn.netns:
             _in(real[ns.name], what, functools.partial(_run_step, step, scn, ns.name, real))
+    for _what, lab_step in LAB_STEPS:
+        lab_step(scn, real, st)
 
 
 def _run_step(step: Step, scn: Scenario, ns: str, real: dict[str, str], ipr: IPRoute) -> None:
@@ -120,7 +127,7 @@ def _stacked(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None
 
 
 def _configure(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
-    """Per-link settings while everything is down, then sysctls, addresses, nft."""
+    """Per-link settings while everything is down, then sysctls, addresses, nft, iptables."""
     links = scn.links_in(ns)
     for link in links:
         if link.mac:
@@ -143,9 +150,12 @@ def _configure(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> No
                 address=str(iface.ip),
                 prefixlen=iface.network.prefixlen,
             )
-    nft = next(n.nft for n in scn.netns if n.name == ns)
-    if nft:
-        _nft(nft, ns)
+    netns_ = next(n for n in scn.netns if n.name == ns)
+    if netns_.nft:
+        _load("nft", ["-f", "-"], netns_.nft, f"nft ruleset of {ns}", "nftables")
+    if netns_.iptables:  # the nft backend: the rules land in nftables, where vethtrace reads them
+        what = f"iptables rules of {ns}"
+        _load("iptables-nft-restore", [], netns_.iptables, what, "iptables")
 
 
 def _bring_up(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
@@ -172,6 +182,7 @@ def _ports(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
             ("isolated", "IFLA_BRPORT_ISOLATED"),
             ("hairpin", "IFLA_BRPORT_MODE"),
             ("learning", "IFLA_BRPORT_LEARNING"),
+            ("flood", "IFLA_BRPORT_UNICAST_FLOOD"),
         ):
             value = getattr(link.port, key)
             if value is not None:
@@ -199,6 +210,8 @@ def _routes(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
             spec["oif"] = _index(ipr, r.dev)
         if r.metric is not None:
             spec["priority"] = r.metric
+        if r.onlink:
+            spec["flags"] = RTNH_F_ONLINK
         what = f"adding route {r.dst}" + (f" via {r.via}" if r.via else "")
         _do(what, ipr.route, "add", **spec)
     for n in (n for n in scn.neighs if n.netns == ns):
@@ -224,6 +237,29 @@ STEPS: list[tuple[str, Step]] = [
     ("bringing links up", _bring_up),
     ("setting bridge-port options", _ports),
     ("adding routes and neighbours", _routes),
+]
+
+
+def _cni(scn: Scenario, real: dict[str, str], st: LabState) -> None:
+    """[[cni]] steps, in file order, each run from its node namespace (lab/cni.py)."""
+    cni.add_all(scn.cni, real, st)
+
+
+def _listeners(scn: Scenario, real: dict[str, str], st: LabState) -> None:
+    """[[listen]]: TCP listeners kept running for the lab's lifetime (lab/listen.py)."""
+    for lst in scn.listen:
+        listen.start(real[lst.netns], lst.port, st)
+
+
+#: A step over the whole lab, after STEPS: it runs in file order across namespaces
+#: and records what it starts in the lab's state `st` (so `down` can undo it).
+LabStep = Callable[[Scenario, dict[str, str], LabState], None]
+
+#: Steps after STEPS, in order: plugins need the node's own links; listeners may
+#: listen on addresses the plugins gave.
+LAB_STEPS: list[tuple[str, LabStep]] = [
+    ("running CNI plugins", _cni),
+    ("starting TCP listeners", _listeners),
 ]
 
 
@@ -337,14 +373,13 @@ def _sysctls(scn: Scenario, ns: str) -> None:
             raise BuildError(f"sysctl {key}={value}: {exc.strerror}") from None
 
 
-def _nft(ruleset: str, ns: str) -> None:
-    """Load an nft ruleset; `nft` forked from this thread lands in its namespace."""
-    nft = shutil.which("nft") or "/usr/sbin/nft"
-    if not os.path.exists(nft):
-        raise BuildError("nft not found (install nftables) to load this scenario's ruleset")
-    res = subprocess.run(
-        [nft, "-f", "-"], input=ruleset, capture_output=True, text=True, check=False
-    )
+def _load(tool: str, args: list[str], text: str, what: str, package: str) -> None:
+    """Feed a ruleset to `tool` (nft, iptables-nft-restore) forked from this thread,
+    so it lands in this thread's namespace."""
+    path = shutil.which(tool) or f"/usr/sbin/{tool}"
+    if not os.path.exists(path):
+        raise BuildError(f"{tool} not found (install {package}) to load the {what}")
+    res = subprocess.run([path, *args], input=text, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         first = (res.stderr.strip().splitlines() or ["failed"])[0]
-        raise BuildError(f"nft ruleset of {ns}: {first}")
+        raise BuildError(f"{what}: {first}")

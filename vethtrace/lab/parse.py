@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vethtrace.errors import UserError
+from vethtrace.lab import cni, parse_expect
 from vethtrace.lab import tomlcheck as tc
 from vethtrace.lab.scenario import (
     BOND_MODES,
@@ -23,16 +25,16 @@ from vethtrace.lab.scenario import (
     MACVLAN_MODES,
     PORT_STATES,
     SYSCTL_PREFIXES,
-    VERDICTS,
-    Culprit,
-    Expect,
+    CniStep,
     Link,
+    Listen,
     Neigh,
     Netns,
     PingExpect,
     PortOptions,
     Route,
     Scenario,
+    TcpExpect,
 )
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
@@ -53,7 +55,7 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         data,
         "top level",
         {"name", "summary", "netns"},
-        {"description", "bridge", "veth", "link", "route", "neigh", "expect"},
+        {"description", "bridge", "veth", "link", "route", "neigh", "cni", "listen", "expect"},
     )
     name = tc.typed(top["name"], str, "top level", "name")
     if name != path.stem:
@@ -64,8 +66,11 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
     declared.check_links()
     routes = [_route(t, i, declared) for i, t in enumerate(tc.tables(top, "route"), 1)]
     neighs = [_neigh(t, i, declared) for i, t in enumerate(tc.tables(top, "neigh"), 1)]
-    expect = _expect(top.get("expect", {}), declared)
-    declared.check_ping_targets(expect.pings)
+    declared.cni = [_cni(t, i, declared) for i, t in enumerate(tc.tables(top, "cni"), 1)]
+    listens = [_listen(t, i, declared) for i, t in enumerate(tc.tables(top, "listen"), 1)]
+    expect = parse_expect.expect(top.get("expect", {}), declared)
+    declared.check_targets("ping", expect.pings)
+    declared.check_targets("tcp", expect.tcp)
     description = tc.typed(top.get("description", ""), str, "top level", "description")
     return Scenario(
         name=name,
@@ -76,6 +81,8 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         links=links,
         routes=routes,
         neighs=neighs,
+        cni=declared.cni,
+        listen=listens,
         expect=expect,
     )
 
@@ -156,6 +163,7 @@ class _Declared:
     def __init__(self, ns_names: list[str], links: list[Link]) -> None:
         self.ns_names = ns_names
         self.links = links
+        self.cni: list[CniStep] = []  # set once parsed: they add interfaces and addresses
 
     def check_ns(self, ns: str, where: str) -> None:
         if ns not in self.ns_names:
@@ -163,6 +171,11 @@ class _Declared:
 
     def find(self, ns: str, dev: str) -> Link | None:
         return next((lk for lk in self.links if lk.netns == ns and lk.name == dev), None)
+
+    def named(self, ns: str, dev: str) -> bool:
+        """A declared link, or an interface a CNI step makes (a culprit may name it)."""
+        made = {pair for step in self.cni for pair in step.interfaces()}
+        return self.find(ns, dev) is not None or (ns, dev) in made
 
     def check_links(self) -> None:
         """Each link in a declared namespace, once; masters, port options and
@@ -191,25 +204,23 @@ class _Declared:
             if link.lower is not None and self.find(link.netns, link.lower) is None:
                 raise tc.Bad(f"{where}: lower {link.lower!r} is not a link in the same netns")
 
-    def check_ping_targets(self, pings: list[PingExpect]) -> None:
-        """Each expected ping goes to an address its target namespace holds."""
-        for i, ping in enumerate(pings, 1):
-            owned = {
-                str(ipaddress.ip_interface(a).ip)
-                for lk in self.links
-                if lk.netns == ping.netns
-                for a in lk.addresses
-            }
-            if ping.to not in owned:
+    def check_targets(self, kind: str, targets: Sequence[PingExpect | TcpExpect]) -> None:
+        """Each expected ping or connection goes to an address its target namespace
+        holds: one of its links' or one a CNI step pins."""
+        for i, target in enumerate(targets, 1):
+            cidrs = [a for lk in self.links if lk.netns == target.netns for a in lk.addresses]
+            cidrs += [a for c in self.cni if c.container == target.netns for a in c.addresses]
+            owned = {str(ipaddress.ip_interface(a).ip) for a in cidrs}
+            if target.to not in owned:
                 raise tc.Bad(
-                    f"[[expect.ping]] #{i}: {ping.to} is not an address of netns "
-                    f"{ping.netns!r} (it has: {', '.join(sorted(owned)) or 'none'})"
+                    f"[[expect.{kind}]] #{i}: {target.to} is not an address of netns "
+                    f"{target.netns!r} (it has: {', '.join(sorted(owned)) or 'none'})"
                 )
 
 
 def _route(t: Any, i: int, declared: _Declared) -> Route:
     where = f"[[route]] #{i}"
-    t = tc.keys(t, where, {"netns", "dst"}, {"via", "dev", "metric"})
+    t = tc.keys(t, where, {"netns", "dst"}, {"via", "dev", "metric", "onlink"})
     declared.check_ns(t["netns"], where)
     dst = tc.typed(t["dst"], str, where, "dst")
     if dst != "default":
@@ -228,6 +239,9 @@ def _route(t: Any, i: int, declared: _Declared) -> Route:
         raise tc.Bad(f"{where}: a route needs via, dev or both")
     if "metric" in t:
         route.metric = tc.typed(t["metric"], int, where, "metric")
+    route.onlink = tc.typed(t.get("onlink", False), bool, where, "onlink")
+    if route.onlink and (route.via is None or route.dev is None):
+        raise tc.Bad(f"{where}: onlink needs both via and dev")
     return route
 
 
@@ -242,10 +256,51 @@ def _neigh(t: Any, i: int, declared: _Declared) -> Neigh:
     return Neigh(t["netns"], t["dev"], tc.ip(t["ip"], where, "ip"), t["mac"])
 
 
+_CNI_KEYS = {"runtime", "addresses", "up"}
+
+
+def _cni(t: Any, i: int, declared: _Declared) -> CniStep:
+    """A [[cni]] table; what its `config` may say is lab/cni.py's (plugins_of)."""
+    where = f"[[cni]] #{i}"
+    t = tc.keys(t, where, {"netns", "container", "ifname", "config"}, _CNI_KEYS)
+    for key in ("netns", "container", "ifname", "config"):
+        tc.typed(t[key], str, where, key)
+    for key in ("netns", "container"):
+        declared.check_ns(t[key], f"{where} {key}")
+    if t["netns"] == t["container"]:
+        raise tc.Bad(f"{where}: container must be another namespace than netns")
+    if not _IFNAME.match(t["ifname"]) or t["ifname"] == "lo":
+        raise tc.Bad(f"{where}: ifname {t['ifname']!r} is not a usable interface name")
+    name, version, plugins = cni.plugins_of(t["config"], where)
+    runtime = t.get("runtime", {})
+    if not isinstance(runtime, dict):
+        raise tc.Bad(f"{where}: runtime must be a table (e.g. portMappings = [...])")
+    addresses = tc.typed(t.get("addresses", []), list, where, "addresses")
+    return CniStep(
+        netns=t["netns"],
+        container=t["container"],
+        ifname=t["ifname"],
+        name=name,
+        version=version,
+        plugins=plugins,
+        runtime=dict(runtime),
+        addresses=[tc.cidr(a, where) for a in addresses],
+        up=tc.typed(t.get("up", True), bool, where, "up"),
+    )
+
+
+def _listen(t: Any, i: int, declared: _Declared) -> Listen:
+    where = f"[[listen]] #{i}"
+    t = tc.keys(t, where, {"netns", "port"}, set())
+    declared.check_ns(t["netns"], where)
+    return Listen(t["netns"], tc.port(t["port"], where))
+
+
+_PORT_FLAGS = ("isolated", "hairpin", "learning", "flood")
 
 
 def _port(value: Any, where: str) -> PortOptions:
-    t = tc.keys(value, f"{where} port", set(), {"state", "isolated", "hairpin", "learning"})
+    t = tc.keys(value, f"{where} port", set(), {"state", *_PORT_FLAGS})
     state = t.get("state")
     if state == "blocking":
         raise tc.Bad(
@@ -255,7 +310,7 @@ def _port(value: Any, where: str) -> PortOptions:
     if state is not None and state not in PORT_STATES:
         raise tc.Bad(f"{where}: port state {state!r} is not one of {', '.join(PORT_STATES)}")
     opts = PortOptions(state=state)
-    for key in ("isolated", "hairpin", "learning"):
+    for key in _PORT_FLAGS:
         if key in t:
             setattr(opts, key, tc.typed(t[key], bool, where, f"port {key}"))
     return opts
@@ -291,7 +346,7 @@ def _iface(t: dict[str, Any], where: str, kind: str) -> Link:
 
 def _netns(t: Any, i: int) -> Netns:
     where = f"[[netns]] #{i}"
-    t = tc.keys(t, where, {"name"}, {"lo", "sysctl", "nft"})
+    t = tc.keys(t, where, {"name"}, {"lo", "sysctl", "nft", "iptables"})
     name = tc.typed(t["name"], str, where, "name")
     if not _NAME.match(name):
         raise tc.Bad(f"{where}: name {name!r} must be lower-case letters, digits, '-'")
@@ -314,54 +369,11 @@ def _netns(t: Any, i: int) -> Netns:
         if not key.startswith(SYSCTL_PREFIXES) or ".." in key or "/" in key:
             raise tc.Bad(f"{where}: sysctl {key!r} is not a per-namespace net.* setting")
         sysctl[key] = str(value)
-    nft = t.get("nft")
+    nft, iptables = t.get("nft"), t.get("iptables")
     if nft is not None:
         tc.typed(nft, str, where, "nft")
-    return Netns(name=name, lo=lo == "up", sysctl=sysctl, nft=nft)
-
-
-def _expect(t: Any, declared: _Declared) -> Expect:
-    t = tc.keys(t, "[expect]", set(), {"ping", "verdict", "culprit", "reason", "rules"})
-    expect = Expect()
-    pings = t.get("ping", [])
-    if not isinstance(pings, list):
-        raise tc.Bad("[[expect.ping]] must be an array of tables")
-    for i, p in enumerate(pings, 1):
-        where = f"[[expect.ping]] #{i}"
-        p = tc.keys(p, where, {"from", "netns", "to", "ok"}, {"size"})
-        declared.check_ns(p["from"], f"{where} from")
-        declared.check_ns(p["netns"], where)
-        ping = PingExpect(
-            source=p["from"],
-            netns=p["netns"],
-            to=tc.ip(p["to"], where, "to"),
-            ok=tc.typed(p["ok"], bool, where, "ok"),
-        )
-        if "size" in p:
-            ping.size = tc.typed(p["size"], int, where, "size")
-        expect.pings.append(ping)
-    if "verdict" in t:
-        if t["verdict"] not in VERDICTS:
-            raise tc.Bad(f"[expect]: verdict {t['verdict']!r} is not one of {', '.join(VERDICTS)}")
-        expect.verdict = t["verdict"]
-    if "culprit" in t:
-        c = tc.keys(t["culprit"], "[expect] culprit", {"netns"}, {"interface"})
-        declared.check_ns(c["netns"], "[expect] culprit")
-        iface = c.get("interface")
-        if iface is not None and iface != "lo" and declared.find(c["netns"], iface) is None:
-            raise tc.Bad(
-                f"[expect] culprit: interface {iface!r} is not a link in netns {c['netns']!r}"
-            )
-        expect.culprit = Culprit(netns=c["netns"], interface=iface)
-    if "reason" in t:
-        expect.reason = tc.typed(t["reason"], str, "[expect]", "reason")
-    rules = tc.typed(t.get("rules", []), list, "[expect]", "rules")
-    for r in rules:
-        if not isinstance(r, str) or not re.match(r"^[a-z0-9]+(-[a-z0-9]+)*$", r):
-            raise tc.Bad(f"[expect]: rule id {r!r} must be kebab-case")
-    expect.rules = list(rules)
-    if expect.verdict not in (None, "delivered") and (
-        expect.culprit is None or expect.reason is None
-    ):
-        raise tc.Bad("[expect]: a broken scenario (verdict) needs culprit and reason")
-    return expect
+    if iptables is not None:
+        tc.typed(iptables, str, where, "iptables")
+        if "COMMIT" not in iptables:
+            raise tc.Bad(f"{where}: iptables is iptables-save text (*filter ... COMMIT)")
+    return Netns(name=name, lo=lo == "up", sysctl=sysctl, nft=nft, iptables=iptables)

@@ -14,6 +14,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vethtrace.errors import UserError
 from vethtrace.packaged import packaged
@@ -37,7 +38,6 @@ BOND_MODES = {
 SYSCTL_PREFIXES = ("net.ipv4.", "net.ipv6.", "net.bridge.", "net.netfilter.", "net.core.")
 
 
-
 @dataclass
 class PortOptions:
     """Bridge-port settings; `state` can only be forced while the bridge runs no STP."""
@@ -46,6 +46,7 @@ class PortOptions:
     isolated: bool | None = None
     hairpin: bool | None = None
     learning: bool | None = None
+    flood: bool | None = None  # unknown-unicast flooding to this port
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Netns:
     lo: bool = True  # lo up (a fresh namespace has it down; real hosts have it up)
     sysctl: dict[str, str] = field(default_factory=dict)
     nft: str | None = None  # an nft ruleset loaded inside the namespace
+    iptables: str | None = None  # iptables-save text loaded by iptables-nft-restore
 
 
 @dataclass
@@ -83,6 +85,47 @@ class Route:
     via: str | None = None
     dev: str | None = None
     metric: int | None = None
+    onlink: bool = False  # gateway taken as on the link, whatever the device's subnets
+
+
+@dataclass
+class Listen:
+    """A TCP listener the lab keeps running in `netns` (for [[expect.tcp]])."""
+
+    netns: str
+    port: int
+
+
+@dataclass
+class CniStep:
+    """One `[[cni]]` table: attach `container` to the network `config` from `netns`
+    (lab/cni.py runs it)."""
+
+    netns: str  # node namespace the plugin runs in
+    container: str  # namespace given as CNI_NETNS
+    ifname: str  # CNI_IFNAME
+    name: str  # the network's name
+    version: str  # cniVersion
+    plugins: list[dict[str, Any]]  # each plugin's own config, in ADD order
+    runtime: dict[str, Any] = field(default_factory=dict)  # capability args (portMappings…)
+    addresses: list[str] = field(default_factory=list)  # what IPAM must hand out (checked)
+    up: bool = True  # False: the container's interface is set down after ADD
+
+    @property
+    def types(self) -> list[str]:
+        return [str(p["type"]) for p in self.plugins]
+
+    def interfaces(self) -> list[tuple[str, str]]:
+        """(scenario namespace, interface) names this step is known to create or use,
+        so a scenario may name them as culprits: the container's interface, the
+        bridge plugin's bridge and the macvlan plugin's master in the node."""
+        out = [(self.container, self.ifname)]
+        for p in self.plugins:
+            if p["type"] == "bridge":
+                out.append((self.netns, str(p.get("bridge", "cni0"))))
+            if p["type"] in ("macvlan", "ipvlan") and "master" in p:
+                out.append((self.netns, str(p["master"])))
+        return out
 
 
 @dataclass
@@ -105,6 +148,17 @@ class PingExpect:
 
 
 @dataclass
+class TcpExpect:
+    """A TCP connection from SOURCE to TO:PORT should (ok) or should not be accepted."""
+
+    source: str
+    netns: str
+    to: str
+    port: int
+    ok: bool
+
+
+@dataclass
 class Culprit:
     netns: str
     interface: str | None
@@ -113,6 +167,7 @@ class Culprit:
 @dataclass
 class Expect:
     pings: list[PingExpect] = field(default_factory=list)
+    tcp: list[TcpExpect] = field(default_factory=list)
     verdict: str | None = None
     culprit: Culprit | None = None
     reason: str | None = None
@@ -129,6 +184,8 @@ class Scenario:
     links: list[Link]
     routes: list[Route] = field(default_factory=list)
     neighs: list[Neigh] = field(default_factory=list)
+    cni: list[CniStep] = field(default_factory=list)  # run after everything else
+    listen: list[Listen] = field(default_factory=list)
     expect: Expect = field(default_factory=Expect)
 
     @property
@@ -138,7 +195,12 @@ class Scenario:
         exp = self.expect
         if exp.verdict not in (None, "delivered") or exp.culprit or exp.rules:
             return True
-        return any(not p.ok for p in exp.pings)
+        return any(not p.ok for p in exp.pings) or any(not t.ok for t in exp.tcp)
+
+    def addresses_in(self, netns: str) -> list[str]:
+        """CIDRs the lab gives namespace `netns`: its links' and its CNI attachments'."""
+        own = [a for lk in self.links_in(netns) for a in lk.addresses]
+        return own + [a for c in self.cni if c.container == netns for a in c.addresses]
 
     def links_in(self, netns: str) -> list[Link]:
         return [link for link in self.links if link.netns == netns]

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 STATE_DIR = Path(os.environ.get("VETHTRACE_LAB_STATE", "/run/vethtrace/labs"))
 
@@ -23,6 +24,9 @@ class LabState:
     namespaces: list[str] = field(default_factory=list)  # real names, creation order
     complete: bool = False  # up finished
     source: str = ""  # scenario file it was built from
+    cni: list[dict[str, Any]] = field(default_factory=list)  # CNI attachments (lab/cni.py)
+    listeners: list[dict[str, Any]] = field(default_factory=list)  # lab/listen.py
+    notes: list[str] = field(default_factory=list)  # what went wrong tearing down (not saved)
 
     @property
     def path(self) -> Path:
@@ -32,7 +36,8 @@ class LabState:
         """Write atomically, so a crash never leaves half a state file."""
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
+        data = {k: v for k, v in asdict(self).items() if k != "notes"}
+        tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, self.path)
 
     def remove(self) -> None:
@@ -52,6 +57,8 @@ def all_states() -> list[LabState]:
                     namespaces=[str(n) for n in data.get("namespaces", [])],
                     complete=bool(data.get("complete", False)),
                     source=str(data.get("source", "")),
+                    cni=[dict(c) for c in data.get("cni", [])],
+                    listeners=[dict(c) for c in data.get("listeners", [])],
                 )
             )
         except (OSError, ValueError, KeyError, TypeError):

@@ -65,3 +65,11 @@ def ip(value: Any, where: str, what: str) -> str:
     except ValueError:
         raise Bad(f"{where}: {what} {value!r} is not an IP address") from None
     return str(value)
+
+
+def port(value: Any, where: str) -> int:
+    """A TCP/UDP port number, 1-65535."""
+    number = typed(value, int, where, "port")
+    if not 1 <= number <= 65535:
+        raise Bad(f"{where}: port {number} out of range 1-65535")
+    return int(number)

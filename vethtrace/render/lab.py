@@ -16,7 +16,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from vethtrace.lab import DEFAULT_PREFIX, BuiltLab
-from vethtrace.lab.scenario import Link, PingExpect, Scenario
+from vethtrace.lab.scenario import Link, PingExpect, Scenario, TcpExpect
 
 
 def scenario_table(rows: list[tuple[Path, Scenario | str]], up: set[str]) -> Table:
@@ -94,6 +94,11 @@ def build_tree(scn: Scenario, prefix: str) -> Tree:
             branch.add(Text(line, style="blue"))
         for n in (n for n in scn.neighs if n.netns == ns.name):
             branch.add(Text(f"neighbour {n.ip} lladdr {n.mac} dev {n.dev} (permanent)"))
+        for c in (c for c in scn.cni if c.netns == ns.name):
+            line = f"CNI {c.name} ({' -> '.join(c.types)}): {prefix}{c.container}/{c.ifname}"
+            line += f" {' '.join(c.addresses)}" if c.addresses else ""
+            line += ", left down" if not c.up else ""
+            branch.add(Text(line, style="cyan"))
     return tree
 
 
@@ -105,24 +110,24 @@ def describe(scn: Scenario, prefix: str) -> Tree:
         root.add(Text(" ".join(scn.description.split())))
     root.add(build_tree(scn, prefix))
     exp = scn.expect
-    works = [p for p in exp.pings if p.ok]
     fails = [p for p in exp.pings if not p.ok]
 
-    def ping_text(p: PingExpect, mark: str, style: str) -> Text:
+    def ping_text(p: PingExpect | TcpExpect, mark: str, style: str) -> Text:
         t = Text(f"{mark} ", style=style)
-        t.append(f"from {prefix}{p.source} to {p.to} ({prefix}{p.netns})")
-        if p.size:
+        port = f" tcp port {p.port}" if isinstance(p, TcpExpect) else ""
+        t.append(f"from {prefix}{p.source} to {p.to}{port} ({prefix}{p.netns})")
+        if isinstance(p, PingExpect) and p.size:
             t.append(f", {p.size}-byte payload, don't fragment")
         return t
 
-    if works:
-        b = root.add(Text("should work", style="bold green"))
-        for p in works:
-            b.add(ping_text(p, "ok  ", "green"))
-    if fails:
-        b = root.add(Text("should fail", style="bold red"))
-        for p in fails:
-            b.add(ping_text(p, "FAIL", "red"))
+    stated: list[PingExpect | TcpExpect] = [*exp.pings, *exp.tcp]
+    for ok, title, mark, style in ((True, "should work", "ok  ", "green"),
+                                   (False, "should fail", "FAIL", "red")):  # fmt: skip
+        these = [p for p in stated if p.ok == ok]
+        if these:
+            b = root.add(Text(title, style=f"bold {style}"))
+            for p in these:
+                b.add(ping_text(p, mark, style))
     if exp.verdict and exp.verdict != "delivered":
         why = root.add(Text("why", style="bold"))
         where = ""
