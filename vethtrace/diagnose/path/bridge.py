@@ -551,8 +551,44 @@ def bridge_forward(
                 continue
         else:
             hops = []
+        if frame.dst_mac is None and _bystander(w, q, frame):
+            continue
         hop = w.hop(
             ns, at, "bridge", decision if len(targets) == 1 else f"{decision}: {q.name}", hop_src
         )
-        out.add(send(w, q, frame, trail + hops + [hop]))
+        out.add(_flood_to(w, q, frame, trail + hops + [hop]))
     return out
+
+
+def _bystander(w: Walker, q: Interface, frame: Frame) -> bool:
+    """An ARP request flooded to a port whose veth peer is a plain stack that can
+    neither answer for the address asked (w.arp_for) nor proxy it: the frame ends
+    there unanswered, so the walk need not follow it (a flood on a 500-port
+    bridge otherwise follows 500 of them). neigh.arp walks again without this
+    when nobody answers, to say who heard the request."""
+    if w.arp_for is None or frame.pkt is not None or q.kind != "veth":
+        return False
+    peer = w.topo.iface(q.peer)
+    if peer is None or peer.master is not None or not peer.admin_up:
+        return False
+    from vethtrace.diagnose.path.neigh import may_answer
+
+    return not may_answer(w.ns_of(peer), peer, w.arp_for)
+
+
+def _flood_to(w: Walker, q: Interface, frame: Frame, trail: list[Hop]) -> L2Result:
+    """send(w, q, frame, trail), remembered across walks for an ARP broadcast
+    to a port whose veth peer is a plain stack (no bridge behind it, so the send
+    learns nothing and cannot loop): check floods the same 500-port bridge for
+    every container, and this keeps each flood to a copy per port."""
+    peer = w.topo.iface(q.peer) if q.kind == "veth" and frame.dst_mac is None else None
+    if frame.pkt is not None or peer is None or peer.master is not None:
+        return send(w, q, frame, trail)
+    key = (q.key, frame.src_mac, frame.size)
+    cached = w.floods.get(key)
+    if cached is None:
+        cached = w.floods[key] = send(w, q, frame, [])
+    return L2Result(
+        [(r, trail + t) for r, t in cached.reached],
+        [Dead(trail + d.hops, d.weight) for d in cached.dead],
+    )
