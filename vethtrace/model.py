@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import types
-import weakref
 import typing
-from dataclasses import dataclass, field
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 Severity = Literal["error", "warning", "info"]
@@ -183,7 +183,7 @@ class Namespace:
         # An index, because the path model asks thousands of times (a hub with 500
         # ports); rebuilt whenever it misses or holds a stale entry, so callers may
         # still edit interfaces and keys freely.
-        return _indexed(self, "interfaces", lambda i: i.key.ifindex, ifindex)  # type: ignore[no-any-return]
+        return _indexed(self, "interfaces", lambda i: i.key.ifindex, ifindex)
 
     def iface_by_name(self, name: str) -> Interface | None:
         return next((i for i in self.interfaces if i.name == name), None)
@@ -221,7 +221,7 @@ class Topology:
     kernel: str = ""
 
     def netns(self, inode: int) -> Namespace | None:
-        return _indexed(self, "namespaces", lambda n: n.inode, inode)  # type: ignore[no-any-return]
+        return _indexed(self, "namespaces", lambda n: n.inode, inode)
 
     def netns_by_name(self, name: str) -> Namespace | None:
         return next((n for n in self.namespaces if n.name == name), None)

@@ -568,12 +568,45 @@ def _bystander(w: Walker, q: Interface, frame: Frame) -> bool:
     when nobody answers, to say who heard the request."""
     if w.arp_for is None or frame.pkt is not None or q.kind != "veth":
         return False
-    peer = w.topo.iface(q.peer)
-    if peer is None or peer.master is not None or not peer.admin_up:
+    memo = w.floods  # shared by a Predictor's walks: both answers are per topology
+    plain = memo.get(("plain", q.key))
+    if plain is None:
+        peer = w.topo.iface(q.peer)
+        plain = memo[("plain", q.key)] = (
+            peer is not None and peer.master is None and peer.admin_up
+        )
+    if not plain:
         return False
-    from vethtrace.diagnose.path.neigh import may_answer
+    idx = memo.get("answerers")
+    if idx is None:
+        idx = memo["answerers"] = _answerers(w)
+    holders, proxies = idx
+    peer_key = q.peer
+    assert peer_key is not None
+    return peer_key.netns not in holders.get(w.arp_for, ()) and peer_key not in proxies.get(
+        w.arp_for, proxies[None]
+    )
 
-    return not may_answer(w.ns_of(peer), peer, w.arp_for)
+
+def _answerers(w: Walker) -> tuple[dict[str, set[int]], dict[str | None, set[object]]]:
+    """Who might answer ARP at all, once per topology: address -> namespaces
+    holding it; and the interfaces that proxy (proxy_arp on: any address, key
+    None; a proxy entry: that address)."""
+    from vethtrace.diagnose.path.route import conf, ip
+
+    holders: dict[str, set[int]] = {}
+    proxies: dict[str | None, set[object]] = {None: set()}
+    for ns in w.topo.namespaces:
+        for i in ns.interfaces:
+            for a in i.addresses:
+                holders.setdefault(str(ip(a.address)), set()).add(ns.inode)
+            if conf(ns, i, "proxy_arp"):
+                proxies[None].add(i.key)
+    for ns in w.topo.namespaces:
+        for p in ns.proxy_neighbours:
+            for i in ns.interfaces:
+                proxies.setdefault(p.address, set(proxies[None])).add(i.key)
+    return holders, proxies
 
 
 def _flood_to(w: Walker, q: Interface, frame: Frame, trail: list[Hop]) -> L2Result:

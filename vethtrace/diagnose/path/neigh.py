@@ -181,15 +181,19 @@ def arp(
     back = bridge.send(w, rif, bridge.Frame(mac, oif.mac), [])
     if not any(r.key == oif.key for r, _t in back.reached):
         return None, best_trail + _reply_lost(w, oif, rns, rif, tip, mac, source, back)
+    if sip is not None and rif.mac is not None and local_address(rns, tip) is not None:
+        # arp_process: a request for one of our addresses creates the sender's entry,
+        # so the reply needs no ARP of its own
+        w.neigh_learned[(rif.key, sip)] = oif.mac or ""
     return mac, [*best_trail, w.hop(rns, rif, "arp", f"{tip} is-at {mac} ({why})", source)]
 
 
 def may_answer(rns: Namespace, rif: Interface, tip: str) -> bool:
     """Could rif answer ARP for tip at all: tip local to rns, or proxying on rif?"""
     return (
-        local_address(rns, tip) is not None
-        or bool(conf(rns, rif, "proxy_arp"))
+        bool(conf(rns, rif, "proxy_arp"))
         or any(p.address == tip for p in rns.proxy_neighbours)
+        or local_address(rns, tip) is not None
     )
 
 
@@ -202,6 +206,10 @@ def resolve(
     entry = next(
         (n for n in ns.neighbours if n.ifindex == oif.key.ifindex and n.address == nexthop), None
     )
+    learned = w.neigh_learned.get((oif.key, nexthop))
+    if learned and (entry is None or entry.state not in STABLE):  # permanent entries stay
+        src = f"neigh {nexthop} dev {oif.name} lladdr {learned} (from its ARP request)"
+        return learned, [w.hop(ns, oif, "neigh", f"{nexthop} at {learned}", src)]
     announce = conf(ns, oif, "arp_announce")
     asker = sip
     if announce and sip is not None:  # prefer an address of oif in the target's subnet

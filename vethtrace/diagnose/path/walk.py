@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import ip_interface
-from typing import cast
+from typing import Any, cast
 
 from vethtrace.diagnose.path import bridge, neigh
 from vethtrace.diagnose.path.flow import Flow, Hop, Packet, PathPrediction, Status
@@ -46,7 +46,7 @@ class Walker:
         topo: Topology,
         rulesets: dict[int, Ruleset | None] | None = None,
         by_inode: dict[int, Namespace] | None = None,
-        floods: dict[object, bridge.L2Result] | None = None,
+        floods: dict[object, Any] | None = None,
     ) -> None:
         self.topo = topo
         self.hops: list[Hop] = []
@@ -55,8 +55,10 @@ class Walker:
         # parsed rulesets and the namespace index outlive one walk (Predictor shares them)
         self._rulesets: dict[int, Ruleset | None] = {} if rulesets is None else rulesets
         self._by_inode = by_inode or {ns.inode: ns for ns in topo.namespaces}
-        self.floods: dict[object, bridge.L2Result] = {} if floods is None else floods
+        self.floods: dict[object, Any] = {} if floods is None else floods
         self.arp_for: str | None = None  # the address an ARP flood being walked asks for
+        # neighbour entries the walk created: (interface, address) -> MAC
+        self.neigh_learned: dict[tuple[IfaceKey, str], str] = {}
         # conntrack: namespace inode -> (packet as it entered, packet as it left)
         self.ct: dict[int, list[tuple[Packet, Packet]]] = {}
         self.forwarders: list[tuple[Namespace, Interface]] = []  # (namespace, egress) on the way
@@ -689,7 +691,7 @@ class Predictor:
         self._rulesets: dict[int, Ruleset | None] = {}
         self._by_inode = {ns.inode: ns for ns in topo.namespaces}
         self._by_name = {ns.name: ns for ns in topo.namespaces}
-        self._floods: dict[object, bridge.L2Result] = {}
+        self._floods: dict[object, Any] = {}
 
     def predict(self, flow: Flow) -> PathPrediction:
         src = self._by_name.get(flow.src_netns)
@@ -705,7 +707,6 @@ def predict(topo: Topology, flow: Flow) -> PathPrediction:
 
 
 def _predict(w: Walker, src: Namespace, flow: Flow) -> PathPrediction:
-    topo = w.topo
     pred = PathPrediction(flow)
     if flow.proto == "arp":
         res = lookup(src, flow.dst)

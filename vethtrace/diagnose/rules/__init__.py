@@ -9,8 +9,14 @@ lab scenarios list them): add new ones, never rename.
 from __future__ import annotations
 
 # Importing the rule modules registers their rules.
-from vethtrace.diagnose.rules import addresses, arp, bridge, links, routing  # noqa: F401
-from vethtrace.diagnose.rules import paths  # noqa: F401  (phase 1: after the static rules)
+from vethtrace.diagnose.rules import (  # noqa: F401
+    addresses,
+    arp,
+    bridge,
+    links,
+    paths,
+    routing,
+)
 from vethtrace.diagnose.rules.base import RULES, Context, Rule, rule
 
 __all__ = ["RULES", "Context", "Rule", "rule"]

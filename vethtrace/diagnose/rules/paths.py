@@ -12,7 +12,7 @@ twice. Paths the model cannot finish (*unknown* hops: an unreadable ruleset,
 a match it does not evaluate, traffic leaving the host) raise nothing.
 
 Cost: on a segment of more than SEGMENT_ALL endpoints, each endpoint checks
-its RING_PEERS next neighbours in a ring ordered by address (so every
+its RING_PEERS next neighbour(s) in a ring ordered by address (so every
 endpoint is checked as a source and as a destination) plus every address it
 holds a static neighbour entry for: linear in the segment, not quadratic.
 """
@@ -32,7 +32,7 @@ from vethtrace.model import Finding, Namespace
 # Devices through which a namespace hangs off the host rather than forwarding for it.
 LINK_KINDS = ("veth", "macvlan", "macvtap", "ipvlan", "ipvtap", "tap", "tun")
 SEGMENT_ALL = 8  # segments up to this many endpoints: every pair
-RING_PEERS = 2
+RING_PEERS = 1
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def _stacks_of_domain(
                 if not a.ip.is_loopback:
                     out.append((a.ip, other.ns.inode, other.ns.name))
         cache[domain] = sorted(out)
-    return cache[domain]  # type: ignore[no-any-return]
+    return cache[domain]
 
 
 def failures(ctx: Context) -> list[Failure]:
