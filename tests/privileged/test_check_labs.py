@@ -27,6 +27,12 @@ pytestmark = pytest.mark.privileged
 BROKEN = [n for n in scenarios() if load(n).expect.rules]
 HEALTHY = ["seed-fixed", "seed-uplink", "bridge-two"]
 NOT_IN_LABS = {"address-on-bond-slave", "macvlan-lower-address", "orphan-veth"}
+# The path rules' ids whose labs are the CNI/Calico/Docker scenarios of branch cni-port
+# (cni-bridge-nomasq, calico-no-proxy-arp, cni-ptp-forward-drop/docker-forward-drop,
+# neigh-wrong-mac, bridge-flood-off): drop this set once that branch is merged.
+# path-broken is the catch-all for decisions no other id names.
+NOT_IN_LABS |= {"missing-masquerade", "proxy-arp-missing", "netfilter-forward-drop",
+                "neighbour-wrong-mac", "bridge-port-flood-off", "path-broken"}
 
 
 def check(namespaces: list[str]) -> list[Finding]:

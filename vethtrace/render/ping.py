@@ -36,6 +36,7 @@ class PingReport:
     notes: Sequence[str] = ()
     timings: dict[str, float] | None = None
     analysis: Analysis | None = None
+    predicted: dict[str, Any] | None = None  # the path model's prediction (PathPrediction.to_dict)
     paths: list[PacketPath] = field(init=False)  # our packets, hops marked for the verdict
 
     def __post_init__(self) -> None:
@@ -145,6 +146,7 @@ def to_json(report: PingReport) -> dict[str, Any]:
             "error": plan.route_error,
         },
         "path": path,
+        "predicted": report.predicted,
         "neighbour_timeline": [
             {**t, "time": round((t["time_ns"] - t0) / 1e9, 6)}
             for t in (verdict.timeline if verdict else [])
