@@ -146,7 +146,6 @@ def to_json(report: PingReport) -> dict[str, Any]:
             "error": plan.route_error,
         },
         "path": path,
-        "predicted": report.predicted,
         "neighbour_timeline": [
             {**t, "time": round((t["time_ns"] - t0) / 1e9, 6)}
             for t in (verdict.timeline if verdict else [])
@@ -155,6 +154,8 @@ def to_json(report: PingReport) -> dict[str, Any]:
         "warnings": list(warnings),
         "notes": list(notes),
         "timings": {k: round(v, 3) for k, v in (timings or {}).items()},
+        # the path model's prediction (live pings; a recording has none)
+        **({"predicted": report.predicted} if report.predicted is not None else {}),
     }
 
 
