@@ -167,10 +167,21 @@ def failures(ctx: Context) -> list[Failure]:
         for p in probes(ctx, ns):
             pred: PathPrediction = predictor.predict(Flow(ns.name, p.dst, p.proto))
             hop = pred.first_failure
-            if hop is not None:
+            if hop is not None and not _deliberate(ctx, ns, p.dst, hop):
                 out.append(Failure(p, hop))
     ctx.cache["path-failures"] = out
     return out
+
+
+def _deliberate(ctx: Context, src: Namespace, dst: str, hop: Hop) -> bool:
+    """A container runtime's isolation dropping what it is meant to drop (an internal
+    network's way out, ICC off): rules/containers.py says so as info, not an error."""
+    daemon = ctx.topo.netns_by_name(hop.netns)
+    if hop.step != "nft" or daemon is None or not daemon.runtime_networks:
+        return False
+    from vethtrace.diagnose.rules.containers import isolating_network
+
+    return isolating_network(daemon, src, dst) is not None
 
 
 def rule_of(hop: Hop) -> str:
