@@ -31,8 +31,7 @@ pytestmark = pytest.mark.privileged
 PATH_MODEL = pytest.mark.xfail(strict=True, reason="needs the path model (#15)")
 CHECK_WRONG = {
     "cni-bridge-nomasq", "cni-macvlan-host", "cni-portmap-down", "cni-ptp-forward-drop",
-    "cni-tuning-arp", "cni-tuning-mtu", "calico-no-proxy-arp", "docker-forward-drop",
-    "bridge-flood-off", "neigh-wrong-mac",
+    "cni-tuning-arp", "cni-tuning-mtu", "docker-forward-drop",
     "cni-bridge-masq", "cni-firewall", "cni-portmap", "cni-tuning", "docker-forward",
 }  # fmt: skip
 

@@ -77,6 +77,7 @@ def _findings(rec: Recording, names: list[str] | None) -> tuple[list[Finding], s
 
 def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
     from vethtrace.diagnose.verdict import PingPlan, judge
+    from vethtrace.diagnose.verdict.model import compare
     from vethtrace.render import ping as render
     from vethtrace.render import report as render_report
 
@@ -90,7 +91,9 @@ def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
     if check_note:
         notes.append(check_note)
     decision = judge(plan, rec.events, rec.topology, findings, final=True)
-    verdict = decision.verdict
+    checked = compare(decision.verdict, plan, rec.topology)
+    verdict = checked.verdict
+    notes.extend(n for n in checked.notes if n not in (meta.get("notes") or []))
     if rec.verdict is not None and verdict is not None and rec.verdict.kind != verdict.kind:
         notes.append(
             f"the recorded run said {rec.verdict.kind}; rebuilt from its events: {verdict.kind}"
@@ -105,7 +108,7 @@ def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
     timings = meta.get("timings") or None
     report = render.PingReport(
         plan, verdict, rec.events, rec.topology, findings, warnings, notes, timings,
-        decision.analysis,
+        decision.analysis, checked.predicted,
     )  # fmt: skip
     if as_json:
         obj = render.to_json(report)

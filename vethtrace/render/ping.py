@@ -154,7 +154,7 @@ def to_json(report: PingReport) -> dict[str, Any]:
         "warnings": list(warnings),
         "notes": list(notes),
         "timings": {k: round(v, 3) for k, v in (timings or {}).items()},
-        # the path model's prediction (live pings; a recording has none)
+        # the path model's prediction from the same topology (live and re-judged alike)
         **({"predicted": report.predicted} if report.predicted is not None else {}),
     }
 

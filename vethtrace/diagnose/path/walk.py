@@ -114,7 +114,11 @@ class Walker:
         """Run the hook's base chains; NAT rewrites pkt. ("accept"|"drop", hops)."""
         rs = self.ruleset(ns)
         if rs is None:
-            if ns.nft_error and ns.inode not in self._unreadable:
+            why = ns.nft_error or (
+                "the snapshot lists nftables chains but not the ruleset (taken before "
+                "vethtrace recorded rulesets)" if ns.nft is None and ns.firewall.get("chains")
+                else None)
+            if why and ns.inode not in self._unreadable:
                 # the chains exist but nft could not print them: say so, never guess
                 self._unreadable.add(ns.inode)
                 return "accept", [
@@ -125,7 +129,7 @@ class Walker:
                         f"{hook}: ruleset not readable, taken as accepting",
                         "nft list ruleset",
                         "unknown",
-                        f"nft could not print {ns.name}'s ruleset: {ns.nft_error}",
+                        f"{ns.name}'s ruleset is unknown: {why}",
                     )
                 ]
             return "accept", []

@@ -20,6 +20,7 @@ holds a static neighbour entry for: linear in the segment, not quadratic.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -227,11 +228,14 @@ def rule_of(hop: Hop) -> str:
     return "path-broken"
 
 
-def _covered(ctx: Context, netns: str, iface: str | None) -> bool:
-    """Does a static finding (warning or worse) already name this culprit?"""
+def _covered(ctx: Context, netns: str, iface: str | None, dst: str) -> bool:
+    """Does a static finding (warning or worse) already name this culprit, or speak
+    of this destination in the namespace that decided (e.g. same-subnet names the
+    gateway that the one connected route sends out of the wrong interface)?"""
     return any(
-        f.netns == netns and (f.interface == iface or f.interface is None or iface is None)
-        and f.severity in ("error", "warning")
+        f.netns == netns and f.severity in ("error", "warning")
+        and (f.interface == iface or f.interface is None or iface is None
+             or re.search(rf"(?<![\d.]){re.escape(dst)}(?![\d.]|/\d)", f.explanation))
         for f in ctx.findings
     )  # fmt: skip
 
@@ -245,7 +249,7 @@ def path_findings(ctx: Context, ids: set[str] | None) -> Iterator[Finding]:
         if (rid not in ids) if ids is not None else (rid in PATH_RULES and rid != "path-broken"):
             continue
         netns, iface = f.hop.culprit
-        if _covered(ctx, netns, iface) or any(
+        if _covered(ctx, netns, iface, f.probe.dst) or any(
             g.rule == rid and g.netns in (netns, f.hop.netns, f.probe.src.name)
             for g in ctx.findings
         ):
