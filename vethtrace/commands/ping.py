@@ -355,6 +355,6 @@ def run(
         from vethtrace.console import make_console
 
         report.warnings = ()  # already on stderr
-        render.show(make_console(), report)
+        render.show(make_console(), report, notes_to=make_console(stderr=True))
     assert r.verdict is not None
     return int(ExitStatus.OK if r.verdict.reachable else ExitStatus.FINDINGS)

@@ -114,7 +114,7 @@ def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
     else:
         console = make_console()
         render_report.banner(console, rec)
-        render.show(console, report)
+        render.show(console, report, notes_to=make_console(stderr=True))
     if verdict is None:
         return int(ExitStatus.FINDINGS)
     return int(ExitStatus.OK if verdict.reachable else ExitStatus.FINDINGS)
@@ -155,7 +155,9 @@ def _trace(
         obj = render_report.trace_json(rec, names, paths, findings, notes)
         print(json.dumps(obj, indent=2))
     else:
-        render_report.show_trace(make_console(), rec, names, paths, findings, notes)
+        render_report.show_trace(
+            make_console(), rec, names, paths, findings, notes, make_console(stderr=True)
+        )
     bad = [p for p in paths if p.outcome in ("diverted", "dropped")]
     serious = [f for f in findings if f.severity != "info"]
     return int(ExitStatus.FINDINGS if bad or serious else ExitStatus.OK)
