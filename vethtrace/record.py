@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import threading
 import time
@@ -282,22 +283,76 @@ def _header(name: str, line: str, truncated: bool) -> dict[str, Any]:
             f"{name}: recording format version {version!r}; this vethtrace reads version "
             f"{VERSION} (use a matching vethtrace)"
         )
+    for key, check in _HEADER.items():
+        value = header.get(key)
+        if value is not None and not check(value):
+            raise UserError(f"{name}: malformed header: {key!r} is {_short(value)}")
+    for section, fields in (("ping", _PING), ("trace", _TRACE)):
+        ctx = header.get(section)
+        if ctx is None:
+            continue
+        if not isinstance(ctx, dict):
+            raise UserError(f"{name}: malformed header: {section!r} is not an object")
+        for key, check in fields.items():
+            value = ctx.get(key)
+            if value is not None and not check(value):
+                raise UserError(f"{name}: malformed header: {section}.{key} is {_short(value)}")
     return header
 
 
+# What `report` reads from the header, and what each must be (absent is fine).
+def _str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _strs(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+_HEADER = {
+    "tool": _str, "kernel": _str, "started": _str, "pcap": _str, "command": _strs,
+    "clock": lambda v: isinstance(v, dict) and all(_num(x) for x in v.values()),
+}  # fmt: skip
+_PING = {
+    "source": _str, "target_netns": _str, "ip": _str, "count": _int, "timeout": _num,
+    "size": _int, "plan": lambda v: isinstance(v, dict), "warnings": _strs, "notes": _strs,
+    "timings": lambda v: isinstance(v, dict) and all(_num(x) for x in v.values()),
+    "check_netns": _strs,
+}  # fmt: skip
+_TRACE = {"filter": _str, "netns": _strs}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _apply(rec: Recording, kind: str, data: Any, unknown: dict[str, int]) -> None:
+    # strict: every field is checked against its type (a hand-edited recording
+    # fails here, on its line, not later in a sort or a renderer)
     if kind == "event":
-        rec.events.append(from_dict(ProbeEvent, data))
+        rec.events.append(from_dict(ProbeEvent, data, strict=True))
     elif kind == "topology":
-        rec.topology = from_dict(Topology, data)
+        rec.topology = from_dict(Topology, data, strict=True)
     elif kind == "topology-change":
-        rec.topology_changes.append(from_dict(Topology, data))
+        rec.topology_changes.append(from_dict(Topology, data, strict=True))
     elif kind == "finding":
-        rec.findings.append(from_dict(Finding, data))
+        rec.findings.append(from_dict(Finding, data, strict=True))
     elif kind == "verdict":
-        rec.verdict = from_dict(Verdict, data)
+        rec.verdict = from_dict(Verdict, data, strict=True)
     elif kind == "end":
-        rec.lost = int(data.get("lost", 0))
+        lost = data.get("lost", 0)
+        if not _int(lost) or lost < 0:
+            raise ValueError(f"lost: expected a count, got {_short(lost)}")
+        rec.lost = lost
         rec.complete = True
     else:
         unknown[kind] = unknown.get(kind, 0) + 1

@@ -57,6 +57,34 @@ def parse_ip(text: str) -> str:
     return str(addr)
 
 
+def refuse_non_unicast(ip: str, source: str, target: str) -> None:
+    """ping follows one unicast echo to the one namespace that holds the address;
+    any other kind of target would get a verdict about the wrong thing (a
+    broadcast is refused by the socket, 0.0.0.0 is answered by the sender
+    itself, a multicast group has no single owner). Refuse them with one line.
+    Subnet broadcasts are the kernel's call: `ip route get` in the source and
+    the target namespace says `broadcast` for any connected subnet's."""
+    addr = ipaddress.IPv4Address(ip)
+    why = None
+    if addr.is_unspecified:
+        why = "the unspecified address (Linux answers it from the sender itself)"
+    elif addr == ipaddress.IPv4Address("255.255.255.255"):
+        why = "the limited broadcast address"
+    elif addr.is_multicast:
+        why = "a multicast address (a group has no one owner)"
+    elif addr.is_loopback:
+        why = "a loopback address (it never leaves the sending namespace)"
+    else:
+        for ns in dict.fromkeys((source, target)):
+            if route_get(ns, ip).get("type") == "broadcast":
+                why = f"the broadcast address of a subnet connected in {ns}"
+                break
+    if why:
+        raise UserError(
+            f"{ip} is {why}; ping needs the unicast address a namespace holds"
+        )
+
+
 def _check_netns(name: str) -> None:
     if not netns.exists(name):
         raise UserError(f"no network namespace named {name!r} (see `ip netns list`)")
@@ -317,17 +345,12 @@ def run(
     write: str | None = None,
     pcap: str | None = None,
 ) -> int:
-    ip = parse_ip(ip)
-    if count < 1:
-        raise UserError("--count must be at least 1")
-    if not 0 <= size <= 65507:
-        raise UserError("--size must be between 0 and 65507 bytes")
-    if not 0 < timeout <= 600:
-        raise UserError("--timeout must be between 0 and 600 seconds")
+    ip = parse_ip(ip)  # --count, --size, --timeout: checked by cli's validators
     require_root("vethtrace ping")
     source = source or netns.ROOT
     _check_netns(source)
     _check_netns(target_netns)
+    refuse_non_unicast(ip, source, target_netns)
     r = execute(source, target_netns, ip, count, timeout, size)
     if pcap:
         from vethtrace.collect.pcapng import write_frames

@@ -83,7 +83,7 @@ def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
     assert rec.topology is not None
     meta: dict[str, Any] = rec.header["ping"]
     try:
-        plan = from_dict(PingPlan, meta["plan"])
+        plan = from_dict(PingPlan, meta["plan"], strict=True)
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{rec.path}: the ping header has no usable plan ({exc})") from None
     findings, check_note = _findings(rec, _ping_scope(meta, plan, rec.topology))
