@@ -280,8 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     result is known, late signals are ignored (the exit status stays the
     command's). Called with argv (tests), signal handlers are put back."""
     command = next((a for a in (sys.argv[1:] if argv is None else argv) if a[:1] != "-"), "")
-    restore = sigs.install(command)
+    restore: Callable[[], None] | None = None
     try:
+        restore = sigs.install(command)  # inside the try: a signal may land at once
         args = build_parser().parse_args(argv)
         options = vars(args)
         command = options.pop("command")
@@ -303,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if argv is None:
             sigs.hold()
-        else:
+        elif restore is not None:
             restore()
 
 

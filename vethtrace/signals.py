@@ -86,14 +86,14 @@ def install(command: str = "") -> Callable[[], None]:
         st.signum = signum
         raise Interrupted(signum)
 
-    for s in SIGNALS:
-        signal.signal(s, handler)
     r, w = os.pipe()
     os.set_blocking(w, False)
-    old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(st, r, stop), daemon=True, name="signals")
     watcher.start()
+    old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    for s in SIGNALS:  # last: from here on a signal interrupts the command
+        signal.signal(s, handler)
 
     def restore() -> None:
         stop.set()
