@@ -19,7 +19,9 @@ Layout (documented for users in README "Recordings, watch and report"):
              {"type": "event", "data": <model.ProbeEvent>}            kernel time order
              {"type": "finding", "data": <model.Finding>}
              {"type": "verdict", "data": <model.Verdict>}
-             {"type": "end", "data": {"lost": N, "ended": "...Z", "events": N}}
+             {"type": "end", "data": {"lost": N, "ended": "...Z", "events": N,
+                                      "interrupted": "SIGINT" (only when cut short),
+                                      "ping": {"notes": [...], "timings": {...}}}}
 
 Writers call `Recorder`; readers call `read`. Unknown record types are skipped
 with a note (newer minor additions stay readable); a different major
@@ -153,18 +155,32 @@ class Recorder:
     def verdict(self, verdict: Verdict) -> None:
         self._record("verdict", verdict, flush=True)
 
-    def close(self, lost: int = 0) -> None:
+    def flush(self) -> None:
+        """Push what was written to the file now (a kill loses nothing before it)."""
+        with self._lock:
+            if not self.closed:
+                self._file.flush()
+                self._last_flush = time.monotonic()
+
+    def abandon(self) -> None:
+        """Close without an end record (the file is about to be rewritten)."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self._file.close()
+
+    def close(self, lost: int = 0, interrupted: str | None = None, **extra: Any) -> None:
         """Write the end record (lost = events the kernel dropped before we read
-        them) and close. Idempotent: the second call does nothing."""
+        them; interrupted = the signal that cut the run short, e.g. "SIGTERM";
+        `extra` keys as they are, e.g. ping's "ping": {"notes", "timings"}) and
+        close. Idempotent: the second call does nothing."""
         if self.closed:
             return
-        self._write(
-            {
-                "type": "end",
-                "data": {"lost": int(lost), "events": self.events, "ended": _now_iso()},
-            },
-            flush=True,
-        )
+        data: dict[str, Any] = {"lost": int(lost), "events": self.events, "ended": _now_iso()}
+        if interrupted:
+            data["interrupted"] = interrupted
+        data.update(extra)
+        self._write({"type": "end", "data": data}, flush=True)
         with self._lock:
             self.closed = True
             self._file.close()
@@ -201,6 +217,7 @@ class Recording:
     verdict: Verdict | None = None
     lost: int = 0
     complete: bool = False
+    interrupted: str | None = None  # the signal that cut the run short (end record)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -354,8 +371,36 @@ def _apply(rec: Recording, kind: str, data: Any, unknown: dict[str, int]) -> Non
             raise ValueError(f"lost: expected a count, got {_short(lost)}")
         rec.lost = lost
         rec.complete = True
+        interrupted = data.get("interrupted")
+        if interrupted is not None and not _str(interrupted):
+            raise ValueError(f"interrupted: expected a string, got {_short(interrupted)}")
+        rec.interrupted = interrupted
+        # ping writes what it learns only at the end (its notes and timings) here;
+        # older recordings had them in the header: the reader sees them there.
+        extra = data.get("ping")
+        if isinstance(extra, dict) and isinstance(rec.header.get("ping"), dict):
+            for key, value in extra.items():
+                check = _PING.get(key)
+                if check is not None and not check(value):
+                    raise ValueError(f"ping.{key}: unexpected {_short(value)}")
+            rec.header["ping"].update(extra)
     else:
         unknown[kind] = unknown.get(kind, 0) + 1
+
+
+def ping_context(plan: Any, warnings: list[str]) -> dict[str, Any]:
+    """The header's "ping" key: ping's context (`plan` is its expected path, a
+    diagnose.verdict.PingPlan, from which `report` re-decides the verdict)."""
+    return {
+        "source": plan.source,
+        "target_netns": plan.target_netns,
+        "ip": plan.ip,
+        "count": plan.count,
+        "timeout": plan.timeout,
+        "size": plan.size,
+        "plan": to_dict(plan),
+        "warnings": warnings,
+    }
 
 
 def write_ping(
@@ -374,24 +419,12 @@ def write_ping(
     notes: list[str],
     timings: dict[str, float],
 ) -> None:
-    """The recording of a finished `ping`: its context in the header's "ping"
-    key (`plan` is ping's expected path, a diagnose.verdict.PingPlan, from
-    which `report` re-decides the verdict; warnings, notes and timings are
-    what the live run printed besides it), then the topology, every event,
-    the findings and the verdict. `probe_plan` is the probe plan's describe()
-    (the header's "plan", as `trace --write` writes it), or None."""
-    context = {
-        "source": plan.source,
-        "target_netns": plan.target_netns,
-        "ip": plan.ip,
-        "count": plan.count,
-        "timeout": plan.timeout,
-        "size": plan.size,
-        "plan": to_dict(plan),
-        "warnings": warnings,
-        "notes": notes,
-        "timings": timings,
-    }
+    """The recording of a finished `ping` in one go (tests, tools); the ping
+    command itself writes as it goes (commands/ping_files.py), in the same
+    shape: the header with the context, the topology, every event, the
+    findings, the verdict, and the end record with the run's notes and timings.
+    `probe_plan` is the probe plan's describe() (the header's "plan"), or None."""
+    context = ping_context(plan, warnings)
     with Recorder(path, command=command, plan=probe_plan, pcap=pcap, ping=context) as rec:
         rec.topology(topology)
         for ev in sorted(events, key=lambda e: e.ts_ns):
@@ -400,4 +433,4 @@ def write_ping(
             rec.finding(f)
         if verdict is not None:
             rec.verdict(verdict)
-        rec.close(lost=lost)
+        rec.close(lost=lost, ping={"notes": notes, "timings": timings})

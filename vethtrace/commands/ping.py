@@ -13,7 +13,8 @@ This module is the wiring. The collectors live in vethtrace.collect: `pinger`
 itself), `neighwatch` (the next hop's neighbour entry), `sniff` and `bpf`; the
 namespaces on the way come from `topology.discover_between`, the expected
 path from `diagnose.verdict.make_plan`, the verdict from `judge`, the output
-from `render.ping` and the recording from `record.write_ping`.
+from `render.ping`; `ping_files` writes the recording and the pcapng as the
+run goes (and closes them as valid files when it is interrupted).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import ipaddress
 import json
 import queue
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +41,7 @@ from vethtrace.errors import ExitStatus, UserError, require_root
 from vethtrace.model import Finding, IfaceKey, ProbeEvent, Topology, Verdict
 
 if TYPE_CHECKING:
+    from vethtrace.commands.ping_files import PingFiles
     from vethtrace.render.ping import PingReport
 
 TICK_S = 0.01
@@ -150,6 +153,7 @@ class Run:
     lost: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     probe_plan: Any = None  # the probe plan's describe(), for the recording header
+    files: PingFiles | None = None  # --write/--pcap: evidence written as it arrives
     analysis: Analysis | None = None  # what the final verdict was drawn from
 
     def report(self) -> PingReport:
@@ -183,6 +187,7 @@ def execute(
     timeout: float,
     size: int = 56,
     collector: Any = None,
+    files: PingFiles | None = None,
 ) -> Run:
     """Everything but rendering; returns the finished run (also used by the tests).
 
@@ -219,7 +224,7 @@ def execute(
             ip, topo, route_f.result(), count, timeout,
         )  # fmt: skip
         plan.size = size
-        run = Run(plan=plan, topo=topo, warnings=warnings)
+        run = Run(plan=plan, topo=topo, warnings=warnings, files=files)
         path_names = sorted({topo.netns_name(k.netns, "") for k in plan.path} - {""})
         findings_f = pool.submit(static_findings, topo, path_names or [plan.source])
         events: queue.Queue[ProbeEvent] = queue.Queue()
@@ -243,6 +248,8 @@ def execute(
             if why:
                 run.notes.append(why)
             plan.started_ns = time.monotonic_ns()
+            if files is not None:
+                files.start(run, _describe(coll))
             pinger = Pinger(source, ip, count, events.put, plan.source_inode, size)
             stack.callback(_quietly, pinger.stop)
             pinger.start()
@@ -261,6 +268,8 @@ def execute(
             rest = sniffers.stop()
             run.frames += rest
             run.events += [f.event for f in rest]
+            if files is not None:
+                files.add([f.event for f in rest], rest)
             run.notes += sniffers.failed
         _collect(run, events, coll, None)
         if coll is not None:
@@ -317,21 +326,26 @@ def _target(topo: Topology, key: IfaceKey) -> Target | None:
 def _collect(
     run: Run, events: queue.Queue[ProbeEvent], coll: Any, sniffers: SnifferSet | None
 ) -> None:
+    new: list[ProbeEvent] = []
+    frames: list[Frame] = []
     while True:
         try:
-            run.events.append(events.get_nowait())
+            new.append(events.get_nowait())
         except queue.Empty:
             break
     if sniffers is not None:
-        for fr in sniffers.drain():
-            run.frames.append(fr)
-            run.events.append(fr.event)
+        frames = sniffers.drain()
+        new += [fr.event for fr in frames]
     if coll is not None:
         # probes see every namespace (they compile before the path is known);
         # keep what happened on the path
         keep = run.relevant
         fresh = coll.poll(0) if sniffers is not None else coll.drain()
-        run.events += [e for e in fresh if e.netns in keep]
+        new += [e for e in fresh if e.netns in keep]
+    run.frames += frames
+    run.events += new
+    if run.files is not None:
+        run.files.add(new, frames)
 
 
 def run(
@@ -351,22 +365,20 @@ def run(
     _check_netns(source)
     _check_netns(target_netns)
     refuse_non_unicast(ip, source, target_netns)
-    r = execute(source, target_netns, ip, count, timeout, size)
-    if pcap:
-        from vethtrace.collect.pcapng import write_frames
+    files = None
+    try:
+        if write or pcap:
+            from vethtrace.commands.ping_files import PingFiles
 
-        try:
-            write_frames(pcap, r.frames)
-        except OSError as exc:
-            raise UserError(f"cannot write {pcap}: {exc.strerror}") from None
-    if write:
-        from vethtrace.record import write_ping
-
-        write_ping(
-            write, command=sys.argv, probe_plan=r.probe_plan, pcap=pcap, plan=r.plan,
-            topology=r.topo, events=r.events, findings=r.findings, verdict=r.verdict,
-            lost=r.lost, warnings=r.warnings, notes=r.notes, timings=r.timings,
-        )  # fmt: skip
+            files = PingFiles(write, pcap)  # opened now: a bad path fails before the run
+        r = execute(source, target_netns, ip, count, timeout, size, files=files)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (vethtrace.signals)
+        if files is not None:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            files.interrupted(signal.Signals(signum).name)
+        raise
+    if files is not None:
+        files.finish(r)
     from vethtrace.render import ping as render
 
     for w in r.warnings:

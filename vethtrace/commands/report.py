@@ -26,6 +26,11 @@ from vethtrace.render.trace import NetnsNames
 def run(file: str, as_json: bool = False) -> int:
     rec = read(file)
     notes = list(rec.notes)
+    if rec.interrupted:
+        notes.append(
+            f"the run was interrupted ({rec.interrupted}): what it would have seen "
+            "after that is missing"
+        )
     if isinstance(rec.header.get("ping"), dict):
         if rec.topology is None:
             raise UserError(f"{file}: the ping recording has no topology record (cut short?)")

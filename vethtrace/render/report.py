@@ -135,6 +135,7 @@ def recording_json(rec: Recording) -> dict[str, Any]:
         "plan": h.get("plan"),
         "pcap": h.get("pcap"),
         "complete": rec.complete,
+        "interrupted": rec.interrupted,
         "lost": rec.lost if rec.complete else None,
         "notes": rec.notes,
     }
