@@ -1,5 +1,8 @@
 """Recordings: what `ping --write` / `trace --write` leave behind for `report`.
 
+(Over 400 lines on purpose: the writer, the reader and the reader's checks of
+every header and record field are one file format, kept in one place.)
+
 A recording must let someone reason about an incident later, on another
 machine, without root, bcc or scapy. So it is plain JSON lines (greppable,
 `jq`-able, appendable while the tool runs, and a crash loses at most the line
