@@ -29,6 +29,7 @@ import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 ANNOUNCE_AFTER_S = 0.2
@@ -92,6 +93,19 @@ def install(command: str = "") -> Callable[[], None]:
     watcher = threading.Thread(target=_watch, args=(st, r, stop), daemon=True, name="signals")
     watcher.start()
     old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    previous_hook = sys.unraisablehook
+
+    def unraisable(u: Any) -> None:
+        # The handler ran inside a weakref callback or __del__, where Python
+        # cannot raise ("Exception ignored in ..."): the interruption would be
+        # lost. Re-arm and send the signal again, to land somewhere it can raise.
+        if isinstance(u.exc_value, Interrupted):
+            signum, st.signum = u.exc_value.signum, None
+            threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+            return
+        previous_hook(u)
+
+    sys.unraisablehook = unraisable
     for s in SIGNALS:  # last: from here on a signal interrupts the command
         signal.signal(s, handler)
 
@@ -102,6 +116,7 @@ def install(command: str = "") -> Callable[[], None]:
             os.write(w, b"\0")  # wake the watcher so it ends
         for s, h in previous.items():
             signal.signal(s, h)
+        sys.unraisablehook = previous_hook
         with contextlib.suppress(OSError):
             os.close(w)
 

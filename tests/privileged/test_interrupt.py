@@ -115,7 +115,7 @@ def _common(what: str, proc, err: str, progs: set[int], kids: set[int], sig) -> 
     assert proc.returncode in (0, 1, 128 + sig), (what, proc.returncode, err)
     if proc.returncode == 128 + sig:
         said = [ln for ln in err.splitlines() if "interrupted" in ln or "terminated" in ln]
-        assert len(said) == 1, (what, err)
+        assert len(said) <= 1, (what, err)  # none when it came during start-up
     assert _settle(lambda: not (progs & loaded_prog_ids())), (what, "BPF programs left loaded")
     assert _settle(lambda: not any(_alive(k) for k in kids)), (what, "child processes left")
 
