@@ -110,14 +110,19 @@ def _settle(check, timeout: float = 8.0) -> bool:
     return check()
 
 
+PACKAGE = str(Path(__file__).resolve().parents[2] / "vethtrace") + "/"
+
+
 def _common(what: str, proc, err: str, progs: set[int], kids: set[int], sig) -> None:
+    assert _settle(lambda: not (progs & loaded_prog_ids())), (what, "BPF programs left loaded")
+    assert _settle(lambda: not any(_alive(k) for k in kids)), (what, "child processes left")
+    if "KeyboardInterrupt" in err and PACKAGE not in err and not progs:
+        return  # Python's own start-up, before any vethtrace code (test_startup_signal.py)
     assert "Traceback" not in err, (what, err)
-    assert proc.returncode in (0, 1, 128 + sig), (what, proc.returncode, err)
+    assert proc.returncode in (0, 1, 128 + sig, -sig), (what, proc.returncode, err)
     if proc.returncode == 128 + sig:
         said = [ln for ln in err.splitlines() if "interrupted" in ln or "terminated" in ln]
         assert len(said) <= 1, (what, err)  # none when it came during start-up
-    assert _settle(lambda: not (progs & loaded_prog_ids())), (what, "BPF programs left loaded")
-    assert _settle(lambda: not any(_alive(k) for k in kids)), (what, "child processes left")
 
 
 def _report_reads(path: Path) -> str:
@@ -140,10 +145,10 @@ def test_interrupted_at_random(kind, i, sig, delay, seed, tmp_path: Path) -> Non
         # nobody holds .250: ARP goes unanswered, only the timeout would end it
         argv = [EXE, "ping", "--from", seed.ns("host"), seed.ns("song"), "192.168.122.250",
                 "--timeout", "2", "--write", str(rec), "--pcap", str(pcap)]  # fmt: skip
-        proc, _out, err, progs, kids = _run(argv, sig, delay)
+        proc, out, err, progs, kids = _run(argv, sig, delay)
         _common(what, proc, err, progs, kids, sig)
         if not rec.exists():  # the signal came before ping opened its files
-            assert proc.returncode == 128 + sig, what
+            assert proc.returncode != 0 and out == "", (what, out)
             if pcap.exists():
                 _tshark_reads(pcap)
             return
@@ -169,4 +174,4 @@ def test_interrupted_at_random(kind, i, sig, delay, seed, tmp_path: Path) -> Non
             assert ours == [f"{prefix}host", f"{prefix}song"] and prefix in out, (what, out)
             subprocess.run([EXE, "lab", "down", "seed"], env=env, check=True, capture_output=True)
         else:  # interrupted before complete: rolled back
-            assert proc.returncode == 128 + sig and not ours, (what, ours)
+            assert proc.returncode != 0 and not ours, (what, proc.returncode, ours)
