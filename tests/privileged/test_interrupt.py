@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bpf_progs import held_prog_ids, loaded_prog_ids
+from tests.bpf_progs import held_prog_ids, loaded_prog_ids, settle
 from tests.conftest import VENV_BIN, new_prefix
 from tests.labs import built_lab
 
@@ -101,13 +101,7 @@ def _run(argv: list[str], sig: signal.Signals, delay: float, env: dict | None = 
     return proc, out, err, progs, kids
 
 
-def _settle(check, timeout: float = 8.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
+_settle = settle
 
 
 PACKAGE = str(Path(__file__).resolve().parents[2] / "vethtrace") + "/"
