@@ -491,29 +491,65 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def from_dict(cls: type[T], data: Any) -> T:
+def from_dict(cls: type[T], data: Any, strict: bool = False) -> T:
     """Inverse of to_dict for the dataclasses above (unknown keys are ignored,
-    so newer snapshots still load into older code)."""
+    so newer snapshots still load into older code).
+
+    strict=True (files a person may have edited: recordings) also checks every
+    value against its field's type (int, float, str, bool, Literal, list,
+    dict, nested dataclasses) and raises TypeError naming the field, so a
+    `"ts_ns": "12"` is one clear error instead of a crash far away."""
+    if strict and not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected an object, got {_short(data)}")
     hints = _type_hints(cls)
     kwargs = {}
     for name in _field_names(cls):
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name])
+            try:
+                kwargs[name] = _convert(hints[name], data[name], strict)
+            except TypeError as exc:
+                raise TypeError(f"{name}: {exc}") from None
     return cls(**kwargs)
 
 
-def _convert(tp: Any, value: Any) -> Any:
+_SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_scalar(tp: Any, value: Any) -> None:
+    ok = (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+        if tp is not float
+        else isinstance(value, int | float) and not isinstance(value, bool)
+    )
+    if not ok:
+        raise TypeError(f"expected {_SCALARS[tp]}, got {_short(value)}")
+
+
+def _convert(tp: Any, value: Any, strict: bool = False) -> Any:
     if value is None:
         return None
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(args[0], value) if len(args) == 1 else value
+        return _convert(args[0], value, strict) if len(args) == 1 else value
+    if strict:
+        if tp in _SCALARS:
+            _check_scalar(tp, value)
+        elif origin is Literal and value not in typing.get_args(tp):
+            raise TypeError(f"expected one of {typing.get_args(tp)}, got {_short(value)}")
+        elif origin in (list, dict) and not isinstance(value, origin):
+            raise TypeError(f"expected a {'list' if origin is list else 'object'}, got "
+                            f"{_short(value)}")  # fmt: skip
     if origin is list:
         (inner,) = typing.get_args(tp)
-        return [_convert(inner, v) for v in value]
+        return [_convert(inner, v, strict) for v in value]
     if origin is dict:
         return dict(value)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value)  # type: ignore[arg-type]
+        return from_dict(tp, value, strict)  # type: ignore[arg-type]
     return value

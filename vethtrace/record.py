@@ -1,5 +1,8 @@
 """Recordings: what `ping --write` / `trace --write` leave behind for `report`.
 
+(Over 400 lines on purpose: the writer, the reader and the reader's checks of
+every header and record field are one file format, kept in one place.)
+
 A recording must let someone reason about an incident later, on another
 machine, without root, bcc or scapy. So it is plain JSON lines (greppable,
 `jq`-able, appendable while the tool runs, and a crash loses at most the line
@@ -19,7 +22,9 @@ Layout (documented for users in README "Recordings, watch and report"):
              {"type": "event", "data": <model.ProbeEvent>}            kernel time order
              {"type": "finding", "data": <model.Finding>}
              {"type": "verdict", "data": <model.Verdict>}
-             {"type": "end", "data": {"lost": N, "ended": "...Z", "events": N}}
+             {"type": "end", "data": {"lost": N, "ended": "...Z", "events": N,
+                                      "interrupted": "SIGINT" (only when cut short),
+                                      "ping": {"notes": [...], "timings": {...}}}}
 
 Writers call `Recorder`; readers call `read`. Unknown record types are skipped
 with a note (newer minor additions stay readable); a different major
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import threading
 import time
@@ -152,18 +158,32 @@ class Recorder:
     def verdict(self, verdict: Verdict) -> None:
         self._record("verdict", verdict, flush=True)
 
-    def close(self, lost: int = 0) -> None:
+    def flush(self) -> None:
+        """Push what was written to the file now (a kill loses nothing before it)."""
+        with self._lock:
+            if not self.closed:
+                self._file.flush()
+                self._last_flush = time.monotonic()
+
+    def abandon(self) -> None:
+        """Close without an end record (the file is about to be rewritten)."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self._file.close()
+
+    def close(self, lost: int = 0, interrupted: str | None = None, **extra: Any) -> None:
         """Write the end record (lost = events the kernel dropped before we read
-        them) and close. Idempotent: the second call does nothing."""
+        them; interrupted = the signal that cut the run short, e.g. "SIGTERM";
+        `extra` keys as they are, e.g. ping's "ping": {"notes", "timings"}) and
+        close. Idempotent: the second call does nothing."""
         if self.closed:
             return
-        self._write(
-            {
-                "type": "end",
-                "data": {"lost": int(lost), "events": self.events, "ended": _now_iso()},
-            },
-            flush=True,
-        )
+        data: dict[str, Any] = {"lost": int(lost), "events": self.events, "ended": _now_iso()}
+        if interrupted:
+            data["interrupted"] = interrupted
+        data.update(extra)
+        self._write({"type": "end", "data": data}, flush=True)
         with self._lock:
             self.closed = True
             self._file.close()
@@ -200,6 +220,7 @@ class Recording:
     verdict: Verdict | None = None
     lost: int = 0
     complete: bool = False
+    interrupted: str | None = None  # the signal that cut the run short (end record)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -282,25 +303,107 @@ def _header(name: str, line: str, truncated: bool) -> dict[str, Any]:
             f"{name}: recording format version {version!r}; this vethtrace reads version "
             f"{VERSION} (use a matching vethtrace)"
         )
+    for key, check in _HEADER.items():
+        value = header.get(key)
+        if value is not None and not check(value):
+            raise UserError(f"{name}: malformed header: {key!r} is {_short(value)}")
+    for section, fields in (("ping", _PING), ("trace", _TRACE)):
+        ctx = header.get(section)
+        if ctx is None:
+            continue
+        if not isinstance(ctx, dict):
+            raise UserError(f"{name}: malformed header: {section!r} is not an object")
+        for key, check in fields.items():
+            value = ctx.get(key)
+            if value is not None and not check(value):
+                raise UserError(f"{name}: malformed header: {section}.{key} is {_short(value)}")
     return header
 
 
+# What `report` reads from the header, and what each must be (absent is fine).
+def _str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _strs(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+_HEADER = {
+    "tool": _str, "kernel": _str, "started": _str, "pcap": _str, "command": _strs,
+    "clock": lambda v: isinstance(v, dict) and all(_num(x) for x in v.values()),
+}  # fmt: skip
+_PING = {
+    "source": _str, "target_netns": _str, "ip": _str, "count": _int, "timeout": _num,
+    "size": _int, "plan": lambda v: isinstance(v, dict), "warnings": _strs, "notes": _strs,
+    "timings": lambda v: isinstance(v, dict) and all(_num(x) for x in v.values()),
+    "check_netns": _strs,
+}  # fmt: skip
+_TRACE = {"filter": _str, "netns": _strs}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _apply(rec: Recording, kind: str, data: Any, unknown: dict[str, int]) -> None:
+    # strict: every field is checked against its type (a hand-edited recording
+    # fails here, on its line, not later in a sort or a renderer)
     if kind == "event":
-        rec.events.append(from_dict(ProbeEvent, data))
+        rec.events.append(from_dict(ProbeEvent, data, strict=True))
     elif kind == "topology":
-        rec.topology = from_dict(Topology, data)
+        rec.topology = from_dict(Topology, data, strict=True)
     elif kind == "topology-change":
-        rec.topology_changes.append(from_dict(Topology, data))
+        rec.topology_changes.append(from_dict(Topology, data, strict=True))
     elif kind == "finding":
-        rec.findings.append(from_dict(Finding, data))
+        rec.findings.append(from_dict(Finding, data, strict=True))
     elif kind == "verdict":
-        rec.verdict = from_dict(Verdict, data)
+        rec.verdict = from_dict(Verdict, data, strict=True)
     elif kind == "end":
-        rec.lost = int(data.get("lost", 0))
+        lost = data.get("lost", 0)
+        if not _int(lost) or lost < 0:
+            raise ValueError(f"lost: expected a count, got {_short(lost)}")
+        rec.lost = lost
         rec.complete = True
+        interrupted = data.get("interrupted")
+        if interrupted is not None and not _str(interrupted):
+            raise ValueError(f"interrupted: expected a string, got {_short(interrupted)}")
+        rec.interrupted = interrupted
+        # ping writes what it learns only at the end (its notes and timings) here;
+        # older recordings had them in the header: the reader sees them there.
+        extra = data.get("ping")
+        if isinstance(extra, dict) and isinstance(rec.header.get("ping"), dict):
+            for key, value in extra.items():
+                check = _PING.get(key)
+                if check is not None and not check(value):
+                    raise ValueError(f"ping.{key}: unexpected {_short(value)}")
+            rec.header["ping"].update(extra)
     else:
         unknown[kind] = unknown.get(kind, 0) + 1
+
+
+def ping_context(plan: Any, warnings: list[str]) -> dict[str, Any]:
+    """The header's "ping" key: ping's context (`plan` is its expected path, a
+    diagnose.verdict.PingPlan, from which `report` re-decides the verdict)."""
+    return {
+        "source": plan.source,
+        "target_netns": plan.target_netns,
+        "ip": plan.ip,
+        "count": plan.count,
+        "timeout": plan.timeout,
+        "size": plan.size,
+        "plan": to_dict(plan),
+        "warnings": warnings,
+    }
 
 
 def write_ping(
@@ -319,24 +422,12 @@ def write_ping(
     notes: list[str],
     timings: dict[str, float],
 ) -> None:
-    """The recording of a finished `ping`: its context in the header's "ping"
-    key (`plan` is ping's expected path, a diagnose.verdict.PingPlan, from
-    which `report` re-decides the verdict; warnings, notes and timings are
-    what the live run printed besides it), then the topology, every event,
-    the findings and the verdict. `probe_plan` is the probe plan's describe()
-    (the header's "plan", as `trace --write` writes it), or None."""
-    context = {
-        "source": plan.source,
-        "target_netns": plan.target_netns,
-        "ip": plan.ip,
-        "count": plan.count,
-        "timeout": plan.timeout,
-        "size": plan.size,
-        "plan": to_dict(plan),
-        "warnings": warnings,
-        "notes": notes,
-        "timings": timings,
-    }
+    """The recording of a finished `ping` in one go (tests, tools); the ping
+    command itself writes as it goes (commands/ping_files.py), in the same
+    shape: the header with the context, the topology, every event, the
+    findings, the verdict, and the end record with the run's notes and timings.
+    `probe_plan` is the probe plan's describe() (the header's "plan"), or None."""
+    context = ping_context(plan, warnings)
     with Recorder(path, command=command, plan=probe_plan, pcap=pcap, ping=context) as rec:
         rec.topology(topology)
         for ev in sorted(events, key=lambda e: e.ts_ns):
@@ -345,4 +436,4 @@ def write_ping(
             rec.finding(f)
         if verdict is not None:
             rec.verdict(verdict)
-        rec.close(lost=lost)
+        rec.close(lost=lost, ping={"notes": notes, "timings": timings})

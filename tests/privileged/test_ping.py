@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bpf_progs import held_prog_ids, loaded_prog_ids
+from tests.bpf_progs import held_prog_ids, loaded_prog_ids, settle
 from tests.conftest import VENV_BIN
 from tests.labs import built_lab
 from vethtrace.collect.bpf import BpfCollector
@@ -208,13 +208,7 @@ def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def _settle(check, timeout: float = 8.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
+_settle = settle
 
 
 def test_nothing_left_after_a_run_or_ctrl_c(seed) -> None:

@@ -13,7 +13,8 @@ This module is the wiring. The collectors live in vethtrace.collect: `pinger`
 itself), `neighwatch` (the next hop's neighbour entry), `sniff` and `bpf`; the
 namespaces on the way come from `topology.discover_between`, the expected
 path from `diagnose.verdict.make_plan`, the verdict from `judge`, the output
-from `render.ping` and the recording from `record.write_ping`.
+from `render.ping`; `ping_files` writes the recording and the pcapng as the
+run goes (and closes them as valid files when it is interrupted).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import ipaddress
 import json
 import queue
+import signal
 import subprocess
 import sys
 import time
@@ -40,6 +42,7 @@ from vethtrace.errors import ExitStatus, UserError, require_root
 from vethtrace.model import Finding, IfaceKey, ProbeEvent, Topology, Verdict
 
 if TYPE_CHECKING:
+    from vethtrace.commands.ping_files import PingFiles
     from vethtrace.render.ping import PingReport
 
 TICK_S = 0.01
@@ -56,6 +59,34 @@ def parse_ip(text: str) -> str:
     if addr.version != 4:
         raise UserError(f"{text}: only IPv4 is supported by ping for now")
     return str(addr)
+
+
+def refuse_non_unicast(ip: str, source: str, target: str) -> None:
+    """ping follows one unicast echo to the one namespace that holds the address;
+    any other kind of target would get a verdict about the wrong thing (a
+    broadcast is refused by the socket, 0.0.0.0 is answered by the sender
+    itself, a multicast group has no single owner). Refuse them with one line.
+    Subnet broadcasts are the kernel's call: `ip route get` in the source and
+    the target namespace says `broadcast` for any connected subnet's."""
+    addr = ipaddress.IPv4Address(ip)
+    why = None
+    if addr.is_unspecified:
+        why = "the unspecified address (Linux answers it from the sender itself)"
+    elif addr == ipaddress.IPv4Address("255.255.255.255"):
+        why = "the limited broadcast address"
+    elif addr.is_multicast:
+        why = "a multicast address (a group has no one owner)"
+    elif addr.is_loopback:
+        why = "a loopback address (it never leaves the sending namespace)"
+    else:
+        for ns in dict.fromkeys((source, target)):
+            if route_get(ns, ip).get("type") == "broadcast":
+                why = f"the broadcast address of a subnet connected in {ns}"
+                break
+    if why:
+        raise UserError(
+            f"{ip} is {why}; ping needs the unicast address a namespace holds"
+        )
 
 
 def _check_netns(name: str) -> None:
@@ -123,6 +154,7 @@ class Run:
     lost: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     probe_plan: Any = None  # the probe plan's describe(), for the recording header
+    files: PingFiles | None = None  # --write/--pcap: evidence written as it arrives
     analysis: Analysis | None = None  # what the final verdict was drawn from
     predicted: dict[str, Any] | None = None  # the path model's prediction, for --json
 
@@ -157,6 +189,7 @@ def execute(
     timeout: float,
     size: int = 56,
     collector: Any = None,
+    files: PingFiles | None = None,
 ) -> Run:
     """Everything but rendering; returns the finished run (also used by the tests).
 
@@ -193,7 +226,7 @@ def execute(
             ip, topo, route_f.result(), count, timeout,
         )  # fmt: skip
         plan.size = size
-        run = Run(plan=plan, topo=topo, warnings=warnings)
+        run = Run(plan=plan, topo=topo, warnings=warnings, files=files)
         path_names = sorted({topo.netns_name(k.netns, "") for k in plan.path} - {""})
         findings_f = pool.submit(static_findings, topo, path_names or [plan.source])
         events: queue.Queue[ProbeEvent] = queue.Queue()
@@ -217,6 +250,8 @@ def execute(
             if why:
                 run.notes.append(why)
             plan.started_ns = time.monotonic_ns()
+            if files is not None:
+                files.start(run, _describe(coll))
             pinger = Pinger(source, ip, count, events.put, plan.source_inode, size)
             stack.callback(_quietly, pinger.stop)
             pinger.start()
@@ -235,6 +270,8 @@ def execute(
             rest = sniffers.stop()
             run.frames += rest
             run.events += [f.event for f in rest]
+            if files is not None:
+                files.add([f.event for f in rest], rest)
             run.notes += sniffers.failed
         _collect(run, events, coll, None)
         if coll is not None:
@@ -294,21 +331,26 @@ def _target(topo: Topology, key: IfaceKey) -> Target | None:
 def _collect(
     run: Run, events: queue.Queue[ProbeEvent], coll: Any, sniffers: SnifferSet | None
 ) -> None:
+    new: list[ProbeEvent] = []
+    frames: list[Frame] = []
     while True:
         try:
-            run.events.append(events.get_nowait())
+            new.append(events.get_nowait())
         except queue.Empty:
             break
     if sniffers is not None:
-        for fr in sniffers.drain():
-            run.frames.append(fr)
-            run.events.append(fr.event)
+        frames = sniffers.drain()
+        new += [fr.event for fr in frames]
     if coll is not None:
         # probes see every namespace (they compile before the path is known);
         # keep what happened on the path
         keep = run.relevant
         fresh = coll.poll(0) if sniffers is not None else coll.drain()
-        run.events += [e for e in fresh if e.netns in keep]
+        new += [e for e in fresh if e.netns in keep]
+    run.frames += frames
+    run.events += new
+    if run.files is not None:
+        run.files.add(new, frames)
 
 
 def run(
@@ -322,34 +364,26 @@ def run(
     write: str | None = None,
     pcap: str | None = None,
 ) -> int:
-    ip = parse_ip(ip)
-    if count < 1:
-        raise UserError("--count must be at least 1")
-    if not 0 <= size <= 65507:
-        raise UserError("--size must be between 0 and 65507 bytes")
-    if not 0 < timeout <= 600:
-        raise UserError("--timeout must be between 0 and 600 seconds")
+    ip = parse_ip(ip)  # --count, --size, --timeout: checked by cli's validators
     require_root("vethtrace ping")
     source = source or netns.ROOT
     _check_netns(source)
     _check_netns(target_netns)
-    r = execute(source, target_netns, ip, count, timeout, size)
-    if pcap:
-        from vethtrace.collect.pcapng import write_frames
+    refuse_non_unicast(ip, source, target_netns)
+    files = None
+    try:
+        if write or pcap:
+            from vethtrace.commands.ping_files import PingFiles
 
-        try:
-            names = {n.inode: (n.name, n.container) for n in r.topo.namespaces}
-            write_frames(pcap, r.frames, names)
-        except OSError as exc:
-            raise UserError(f"cannot write {pcap}: {exc.strerror}") from None
-    if write:
-        from vethtrace.record import write_ping
-
-        write_ping(
-            write, command=sys.argv, probe_plan=r.probe_plan, pcap=pcap, plan=r.plan,
-            topology=r.topo, events=r.events, findings=r.findings, verdict=r.verdict,
-            lost=r.lost, warnings=r.warnings, notes=r.notes, timings=r.timings,
-        )  # fmt: skip
+            files = PingFiles(write, pcap)  # opened now: a bad path fails before the run
+        r = execute(source, target_netns, ip, count, timeout, size, files=files)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (vethtrace.signals)
+        if files is not None:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            files.interrupted(signal.Signals(signum).name)
+        raise
+    if files is not None:
+        files.finish(r)
     from vethtrace.render import ping as render
 
     for w in r.warnings:
@@ -361,6 +395,6 @@ def run(
         from vethtrace.console import make_console
 
         report.warnings = ()  # already on stderr
-        render.show(make_console(), report)
+        render.show(make_console(), report, notes_to=make_console(stderr=True))
     assert r.verdict is not None
     return int(ExitStatus.OK if r.verdict.reachable else ExitStatus.FINDINGS)

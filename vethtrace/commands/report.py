@@ -26,6 +26,11 @@ from vethtrace.render.trace import NetnsNames
 def run(file: str, as_json: bool = False) -> int:
     rec = read(file)
     notes = list(rec.notes)
+    if rec.interrupted:
+        notes.append(
+            f"the run was interrupted ({rec.interrupted}): what it would have seen "
+            "after that is missing"
+        )
     if isinstance(rec.header.get("ping"), dict):
         if rec.topology is None:
             raise UserError(f"{file}: the ping recording has no topology record (cut short?)")
@@ -84,7 +89,7 @@ def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
     assert rec.topology is not None
     meta: dict[str, Any] = rec.header["ping"]
     try:
-        plan = from_dict(PingPlan, meta["plan"])
+        plan = from_dict(PingPlan, meta["plan"], strict=True)
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{rec.path}: the ping header has no usable plan ({exc})") from None
     findings, check_note = _findings(rec, _ping_scope(meta, plan, rec.topology))
@@ -117,7 +122,7 @@ def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
     else:
         console = make_console()
         render_report.banner(console, rec)
-        render.show(console, report)
+        render.show(console, report, notes_to=make_console(stderr=True))
     if verdict is None:
         return int(ExitStatus.FINDINGS)
     return int(ExitStatus.OK if verdict.reachable else ExitStatus.FINDINGS)
@@ -158,7 +163,9 @@ def _trace(
         obj = render_report.trace_json(rec, names, paths, findings, notes)
         print(json.dumps(obj, indent=2))
     else:
-        render_report.show_trace(make_console(), rec, names, paths, findings, notes)
+        render_report.show_trace(
+            make_console(), rec, names, paths, findings, notes, make_console(stderr=True)
+        )
     bad = [p for p in paths if p.outcome in ("diverted", "dropped")]
     serious = [f for f in findings if f.severity != "info"]
     return int(ExitStatus.FINDINGS if bad or serious else ExitStatus.OK)

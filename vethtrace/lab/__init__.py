@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,11 +73,17 @@ def _check_prefix(prefix: str) -> None:
         raise UserError(f"bad lab prefix {prefix!r} (e.g. vt- or vtx-alice-)")
 
 
-def up(name: str, prefix: str = DEFAULT_PREFIX) -> BuiltLab:
+def up(
+    name: str, prefix: str = DEFAULT_PREFIX, on_built: Callable[[], object] | None = None
+) -> BuiltLab:
     """Build scenario `name` with namespace prefix `prefix`; idempotent.
 
     Raises UserError (nothing left behind) on a bad scenario, a name clash, or
-    a failure while building; a failed build is rolled back before raising.
+    a failure while building; a failed build, or one interrupted (Ctrl-C,
+    SIGTERM: the command turns both into KeyboardInterrupt), is rolled back
+    before raising. `on_built` runs once everything is built, before the lab is
+    recorded complete: the command makes signals harmless there, so a lab is
+    either rolled back or complete and kept, never left half-way.
     """
     _check_prefix(prefix)
     scn = load(name)
@@ -106,13 +112,15 @@ def up(name: str, prefix: str = DEFAULT_PREFIX) -> BuiltLab:
         st.save()
         try:
             build(scn, prefix, st)
+            if on_built is not None:
+                on_built()
+            st.complete = True
+            st.save()
         except BaseException as exc:
             _remove(st)
             if isinstance(exc, UserError):
                 raise UserError(f"lab {scn.name}: {exc} (rolled back, nothing left)") from None
             raise
-        st.complete = True
-        st.save()
         return BuiltLab(scn, prefix, list(st.namespaces))
 
 

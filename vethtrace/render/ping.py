@@ -187,7 +187,9 @@ def _ms(ns: int, t0: int) -> str:
     return f"{(ns - t0) / 1e6:+.2f}"
 
 
-def show(console: Console, report: PingReport) -> None:
+def show(console: Console, report: PingReport, notes_to: Console | None = None) -> None:
+    """The report on `console`; warnings and notes (about the run, not the
+    network) on `notes_to`, stderr for the commands, so stdout is the report."""
     plan, verdict, events, findings = report.plan, report.verdict, report.events, report.findings
     warnings, notes, timings = report.warnings, report.notes, report.timings
     t0 = _t0(plan, events)
@@ -252,6 +254,6 @@ def show(console: Console, report: PingReport) -> None:
                 f"  [{f.severity}] {where}: {f.summary} ({f.rule})", markup=False, soft_wrap=False
             )
     for n in [*warnings, *notes]:
-        console.print(Text(f"note: {n}", "dim"), soft_wrap=False)
+        (notes_to or console).print(Text(f"note: {n}", "dim"), soft_wrap=False)
     if timings and "verdict" in timings:
         console.print(Text(f"verdict after {timings['verdict']:.2f} s", "dim"))

@@ -49,9 +49,10 @@ def show_trace(
     paths: list[PacketPath],
     findings: list[Finding],
     notes: list[str],
+    notes_to: Console | None = None,
 ) -> None:
     """trace's event lines and summary, then what trace cannot show while it
-    streams: the packet paths, and the static findings."""
+    streams: the packet paths, and the static findings; notes on `notes_to`."""
     assert rec.topology is not None
     banner(console, rec)
     console.print(render_trace.HEADER, style="bold", highlight=False)
@@ -67,7 +68,7 @@ def show_trace(
     console.print()
     render_findings.render_findings(console, findings, show_info=False)
     for n in notes:
-        console.print(Text(f"note: {n}", "dim"))
+        (notes_to or console).print(Text(f"note: {n}", "dim"))
 
 
 def path_json(p: PacketPath) -> dict[str, Any]:
@@ -134,6 +135,7 @@ def recording_json(rec: Recording) -> dict[str, Any]:
         "plan": h.get("plan"),
         "pcap": h.get("pcap"),
         "complete": rec.complete,
+        "interrupted": rec.interrupted,
         "lost": rec.lost if rec.complete else None,
         "notes": rec.notes,
     }
