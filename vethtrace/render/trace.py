@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.text import Text
 
 from vethtrace.model import ProbeEvent, Topology, to_dict
+from vethtrace.points import benign_drop_reason
 
 
 class NetnsNames:
@@ -83,7 +84,10 @@ def line(ev: ProbeEvent, t0: int, names: NetnsNames) -> Text:
     text.append(f"{(ev.ifname or '-')[:10]:<10} ", style="bold")
     text.append(f"{ev.point:<21} ", style=POINT_STYLE.get(ev.point, ""))
     text.append(detail(ev))
-    if ev.drop_reason:
+    benign = benign_drop_reason(ev) if ev.drop_reason else None
+    if benign:
+        text.append(f"  freed ({ev.drop_reason}: {benign})", style="dim")
+    elif ev.drop_reason:
         text.append(f"  DROP {ev.drop_reason}", style="bold red")
     if ev.location and ev.point in ("kfree_skb", "consume_skb"):
         text.append(f" @{ev.location}", style="dim")
@@ -104,14 +108,21 @@ def json_line(ev: ProbeEvent, names: NetnsNames) -> str:
 
 
 class Summary:
+    """Counts for the end of a trace: drops by reason, benign frees apart
+    (points.BENIGN_DROPS: a ping's replies are not drops)."""
+
     def __init__(self) -> None:
         self.events = 0
         self.drops: collections.Counter[str] = collections.Counter()
+        self.benign = 0
 
     def add(self, ev: ProbeEvent) -> None:
         self.events += 1
         if ev.drop_reason:
-            self.drops[ev.drop_reason] += 1
+            if benign_drop_reason(ev):
+                self.benign += 1
+            else:
+                self.drops[ev.drop_reason] += 1
 
     def render(self, console: Console, lost: int, seconds: float) -> None:
         text = Text(f"{self.events} events in {seconds:.1f} s, ")
@@ -122,3 +133,7 @@ class Summary:
             console.print(Text("drops by reason: ", style="bold").append(drops, style="red"))
         else:
             console.print("drops by reason: none")
+        if self.benign:
+            console.print(
+                Text(f"benign frees (not drops): {self.benign}", style="dim"), highlight=False
+            )
