@@ -366,7 +366,7 @@ class Hop:
 class PacketPath:
     kind: str  # arp-request, arp-reply, echo, echo-reply, ...
     hops: list[Hop] = field(default_factory=list)
-    outcome: str = "delivered"  # delivered | diverted | dropped | consumed | in-flight
+    outcome: str = "delivered"  # delivered | diverted | dropped | consumed | queued | in-flight
     drop_reason: str | None = None
     summary: PacketSummary | None = None  # decoded headers of the packet
     first_ns: int = 0  # kernel monotonic time of its first event

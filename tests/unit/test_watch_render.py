@@ -64,8 +64,10 @@ def test_seed_recording_shows_the_diverted_arp_reply(seed_state: WatchState, wid
     assert "diverted to br0" in row
     assert "song/" in row.split("ARP reply")[1]  # the chain starts in song
     # Meanwhile the echo request waits in veth0's ARP queue (ping stopped at the
-    # verdict, before the entry turned FAILED): nothing was dropped yet.
-    assert "consumed" in _row(screen, "ICMP echo", "host/veth0")
+    # verdict, before the entry turned FAILED): nothing was dropped yet, and
+    # nothing consumed it either (issue #20: it showed "consumed").
+    row = _row(screen, "ICMP echo", "host/veth0")
+    assert "queued for ARP" in row and "consumed" not in row
     assert "no drops" in screen
     # The topology panel shows veth0 as a port of br0, holding the address.
     assert "192.168.122.101/24" in _row(screen, "veth0", "⇄")
