@@ -223,3 +223,24 @@ def test_events_of_a_recycled_inode_are_not_shown_under_n() -> None:
     assert state.foreign == 2  # veth1's two events in the recycled inode
     assert IfaceKey(S, 2) not in state.counters
     assert state.counters[IfaceKey(H, 3)].rx == 1
+
+
+def test_sparklines_after_30_s_at_steady_rates_tell_the_rates_apart() -> None:
+    """Issue #20: at a steady rate each row saturated to full blocks (scaled to
+    its own maximum). One scale for the visible window keeps a busy interface
+    and a quiet one apart, and says the scale in the column header."""
+    state = WatchState(correlate=None)
+    state.set_topology(_topo(ip_on_bridge=False), [])
+    start = (state.now_ns // 1_000_000_000 - 30) * 1_000_000_000
+    for second in range(30):
+        base = start + second * 1_000_000_000
+        for i in range(1000):  # veth0 receives 1000 frames/s
+            state.add_event(ProbeEvent(base + i * 1000, "netif_receive_skb", H, 3, "veth0"))
+        for i in range(100):  # veth1 receives 100 frames/s
+            state.add_event(ProbeEvent(base + i * 1000, "netif_receive_skb", S, 2, "veth1"))
+    state.now_ns = start + 30 * 1_000_000_000 - 1  # the last full second shown
+    screen = draw(state)
+    busy, quiet = _row(screen, "192.168.122.101"), _row(screen, "192.168.122.102")
+    assert "█" in busy
+    assert "█" not in quiet and "▂" in quiet, quiet
+    assert "≤1,000" in screen

@@ -149,15 +149,29 @@ def _num(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n < 100_000_000 else f"{n // 1_000_000}M"
 
 
-def _spark(history: list[int]) -> Text:
-    top = max(history) if history else 0
+SPARK_WIDTH = 10  # seconds shown per sparkline
+
+
+def _spark(history: list[int], top: int) -> Text:
+    """One column per second, scaled to `top`, the busiest second of any
+    interface in the visible window: each row's own maximum would draw any
+    steady rate as a row of full blocks, and every row alike."""
     t = Text(no_wrap=True)
     for n in history:
-        if n == 0:
+        if n == 0 or top <= 0:
             t.append("▁", style="bright_black")
         else:
-            t.append(SPARKS[min(len(SPARKS) - 1, 1 + (n * (len(SPARKS) - 2)) // top)], style="cyan")
+            level = 1 + (min(n, top) * (len(SPARKS) - 2)) // top
+            t.append(SPARKS[min(len(SPARKS) - 1, level)], style="cyan")
     return t
+
+
+def _window_top(state: WatchState, second: int) -> int:
+    """The busiest second of any interface over the sparklines' window."""
+    return max(
+        (max(c.history(second)[-SPARK_WIDTH:], default=0) for c in state.counters.values()),
+        default=0,
+    )
 
 
 def _busiest_first(state: WatchState, topo: Topology) -> list[Namespace]:
@@ -187,12 +201,14 @@ def _topology(state: WatchState, short: NameShortener, rows: int) -> Panel:
     table.add_column("rx", justify="right", no_wrap=True, width=6)
     table.add_column("tx", justify="right", no_wrap=True, width=6)
     table.add_column("drop", justify="right", no_wrap=True, width=6)
-    table.add_column("frames/s", no_wrap=True, width=10)
+    second = state.now_ns // 1_000_000_000
+    top = _window_top(state, second)
+    # the scale is in the header: the top block is this many frames in a second
+    table.add_column(f"/s ≤{_num(top)}" if top else "frames/s", no_wrap=True, width=SPARK_WIDTH)
     topo = state.topology
     if topo is None:
         table.add_row(Text("discovering…", style="dim"))
         return Panel(table, title="topology", title_align="left", border_style="blue")
-    second = state.now_ns // 1_000_000_000
     namespaces = _busiest_first(state, topo)
     used = 0
     subtitle = None
@@ -224,7 +240,7 @@ def _topology(state: WatchState, short: NameShortener, rows: int) -> Panel:
                 _num(c.rx) if c else "",
                 _num(c.tx) if c else "",
                 Text(_num(c.dropped), style="bold red") if c and c.dropped else "",
-                _spark(c.history(second)[-10:]) if c else "",
+                _spark(c.history(second)[-SPARK_WIDTH:], top) if c else "",
             )
     return Panel(
         table,
