@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vethtrace import __version__
+from vethtrace.clock import Clock
 from vethtrace.errors import UserError
 from vethtrace.model import Finding, ProbeEvent, Topology, Verdict, from_dict, to_dict
 
@@ -106,7 +107,7 @@ class Recorder:
             "plan": to_dict(plan),  # the probe plan object, or whatever JSON the caller has
             "started": _now_iso(),
             # Event times are kernel CLOCK_MONOTONIC; this pair maps them to wall time.
-            "clock": {"monotonic_ns": time.monotonic_ns(), "realtime": time.time()},
+            "clock": Clock().header(),
             "command": list(command) if command is not None else None,
             "pcap": self._relative(pcap) if pcap else None,
         }

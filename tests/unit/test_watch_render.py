@@ -244,3 +244,18 @@ def test_sparklines_after_30_s_at_steady_rates_tell_the_rates_apart() -> None:
     assert "█" in busy
     assert "█" not in quiet and "▂" in quiet, quiet
     assert "≤1,000" in screen
+
+
+def test_a_path_without_hops_is_stamped_with_its_time_not_boot_time() -> None:
+    """Issue #20: a row stamped with the boot time (a monotonic 0 converted)."""
+    from vethtrace.model import PacketPath
+
+    state = _state(_topo(ip_on_bridge=False))
+    now = state.now_ns
+    echo = PacketSummary(ip_src="192.168.122.101", ip_dst="192.168.122.102", ip_proto=1,
+                         icmp_type=8, icmp_id=1, icmp_seq=9)  # fmt: skip
+    state.paths.append(PacketPath(kind="echo", hops=[], outcome="consumed", summary=echo,
+                                  first_ns=now))  # fmt: skip
+    row = _row(draw(state), "#9")
+    expected = state.clock.clock_text(now)
+    assert row.split()[1] == expected, row

@@ -327,13 +327,13 @@ def _paths(state: WatchState, short: NameShortener, width: int) -> Panel:
     if not paths:
         table.add_row("", Text("waiting for packets…", style="dim"))
     for path in reversed(paths[-60:]):  # newest first; the panel clips the rest
-        ts = path.hops[0].ts_ns if path.hops else 0
-        clock = time.strftime("%H:%M:%S", time.localtime(state.wall(ts)))
-        millis = int((state.wall(ts) % 1) * 1000)
+        # a path with no hops still has the time of its first event (never 0,
+        # which would convert to the boot moment)
+        ts = path.hops[0].ts_ns if path.hops else path.first_ns
         packet = short_packet(path)
         style = OUTCOME_STYLE.get(path.outcome, "")
         table.add_row(
-            Text(f"{clock}.{millis:03d}", style="dim"),
+            Text(state.clock.clock_text(ts), style="dim"),
             Text(packet, style="" if path.outcome == "delivered" else style),
             hop_chain(path, short),
             outcome_text(path),

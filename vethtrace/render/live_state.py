@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vethtrace.clock import Clock
 from vethtrace.diagnose.verdict.diverted import mark_diversion
 from vethtrace.model import Finding, IfaceKey, PacketPath, ProbeEvent, Topology
 from vethtrace.points import COUNTED_RX_POINTS, COUNTED_TX_POINTS, DROP_POINT, is_benign_drop
@@ -92,7 +93,7 @@ class WatchState:
         self.plan = ""
         self.status = "starting"  # shown in the header: starting / tracing / ended
         # Kernel times are CLOCK_MONOTONIC; this maps them to wall time for display.
-        self.wall_offset = time.time() - time.monotonic()
+        self.clock = Clock()
         self.now_ns = time.monotonic_ns()
         self._dirty = False
         self._rate_events: deque[tuple[int, int]] = deque(maxlen=SPARK_SECONDS + 2)
@@ -203,7 +204,9 @@ class WatchState:
         return fallback or str(key)
 
     def wall(self, ts_ns: int) -> float:
-        return ts_ns / 1e9 + self.wall_offset
+        """Wall time of a kernel stamp (now for a missing one): for the header's clock."""
+        wall = self.clock.wall(ts_ns)
+        return time.time() if wall is None else wall
 
     def rate(self) -> float:
         """Events per second over the last few seconds (for the header)."""
@@ -252,9 +255,7 @@ def replay(
     """A WatchState as `watch` would have had it at the end of a recorded run:
     the screen of an incident, reproducible (tests draw it at a fixed size)."""
     state = WatchState(correlate=correlate)
-    clock = recording.header.get("clock") or {}
-    if "monotonic_ns" in clock and "realtime" in clock:
-        state.wall_offset = float(clock["realtime"]) - clock["monotonic_ns"] / 1e9
+    state.clock = Clock.from_header(recording.header.get("clock")) or state.clock
     if recording.topology is not None:
         chosen = findings if findings is not None else recording.findings
         state.set_topology(recording.topology, chosen)
