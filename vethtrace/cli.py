@@ -47,6 +47,17 @@ def _tracing_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("filter", nargs="*", metavar="FILTER", help="pcap-filter expression")
     _netns_opt(p)
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="keep running when every namespace of -n is gone (default: say so and exit 1)",
+    )
+    p.add_argument(
+        "--buffer",
+        type=int,
+        metavar="KIB",
+        help="kernel ring buffer size in KiB, a power of two (default 8192)",
+    )
 
 
 def _json_opt(p: argparse._ActionsContainer, help: str = "") -> None:
@@ -101,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     _tracing_opts(p)
     _json_opt(p, "one JSON object per event")
     p.add_argument("--write", metavar="FILE", help="write a recording")
-    p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
+    p.add_argument(
+        "--pcap", metavar="FILE", help="write every matching frame in scope as pcapng"
+    )
 
     p = sub.add_parser("watch", help="live terminal UI of packet paths")
     _tracing_opts(p)

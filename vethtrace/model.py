@@ -402,6 +402,16 @@ class Verdict:
 
 # --- JSON round-trip ----------------------------------------------------------
 
+# ProbeEvent's 64-bit kernel addresses: JSON numbers above 2**53 are rounded by
+# jq and JavaScript, so `trace --json`, `report --json` and recordings write them
+# as hex strings ("0xffff8881..."); recordings made before hold integers.
+ID_FIELDS = ("skb", "head")
+
+
+def hex_id(value: int) -> str:
+    return f"0x{value:x}"
+
+
 T = TypeVar("T")
 
 

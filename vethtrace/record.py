@@ -19,6 +19,9 @@ Layout (documented for users in README "Recordings, watch and report"):
              {"type": "event", "data": <model.ProbeEvent>}            kernel time order
              {"type": "finding", "data": <model.Finding>}
              {"type": "verdict", "data": <model.Verdict>}
+             {"type": "lost", "data": {"lost", "total", "ts_ns", "time"}}   as it happens
+             {"type": "scope", "data": {"change", "netns", "inode", "interface", "left",
+                                        "ts_ns", "time"}}               a namespace vanished…
              {"type": "end", "data": {"lost": N, "ended": "...Z", "events": N}}
 
 Writers call `Recorder`; readers call `read`. Unknown record types are skipped
@@ -52,9 +55,19 @@ from typing import IO, Any
 from vethtrace import __version__
 from vethtrace.clock import Clock
 from vethtrace.errors import UserError
-from vethtrace.model import Finding, ProbeEvent, Topology, Verdict, from_dict, to_dict
+from vethtrace.model import (
+    ID_FIELDS,
+    Finding,
+    ProbeEvent,
+    Topology,
+    Verdict,
+    from_dict,
+    hex_id,
+    to_dict,
+)
 
 FORMAT = "vethtrace-recording"
+NOTICES = ("lost", "scope")  # record types about the run itself (Recorder.notice)
 VERSION = 1
 
 # Events come in bursts of thousands per second; flushing each one would cost
@@ -147,6 +160,12 @@ class Recorder:
         # from_dict restores as defaults, to keep floods small.
         self._write({"type": "event", "data": _event_dict(event)})
 
+    def notice(self, kind: str, data: dict[str, Any]) -> None:
+        """What happened to the run itself, when it happened: "lost" (events
+        the kernel could not deliver since the last one: lost, total) or
+        "scope" (a traced namespace or interface vanished or came back)."""
+        self._write({"type": kind, "data": data}, flush=True)
+
     def finding(self, finding: Finding) -> None:
         self._record("finding", finding, flush=True)
 
@@ -180,6 +199,8 @@ def _event_dict(event: ProbeEvent) -> dict[str, Any]:
     """to_dict(event) minus None fields, hand-rolled: at flood rates the generic
     to_dict costs ~20 us an event, this ~4 (same JSON shape, from_dict reads both)."""
     data = {k: v for k, v in event.__dict__.items() if v is not None}
+    for key in ID_FIELDS:  # 64-bit addresses as hex strings, as trace --json has them
+        data[key] = hex_id(data[key])
     if "packet" in data:  # every PacketSummary field defaults to None
         data["packet"] = {k: v for k, v in data["packet"].__dict__.items() if v is not None}
     if "neigh" in data:  # NeighChange has required fields that may be None: keep all
@@ -202,6 +223,8 @@ class Recording:
     lost: int = 0
     complete: bool = False
     notes: list[str] = field(default_factory=list)
+    # "lost" and "scope" records, as written: {"type": ..., **data}, in file order
+    notices: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def pcap_path(self) -> Path | None:
@@ -286,9 +309,17 @@ def _header(name: str, line: str, truncated: bool) -> dict[str, Any]:
     return header
 
 
+def _ids(data: dict[str, Any]) -> dict[str, Any]:
+    """skb/head: hex strings since issue #20, integers in older recordings."""
+    for key in ID_FIELDS:
+        if isinstance(data.get(key), str):
+            data[key] = int(data[key], 16)
+    return data
+
+
 def _apply(rec: Recording, kind: str, data: Any, unknown: dict[str, int]) -> None:
     if kind == "event":
-        rec.events.append(from_dict(ProbeEvent, data))
+        rec.events.append(from_dict(ProbeEvent, _ids(data)))
     elif kind == "topology":
         rec.topology = from_dict(Topology, data)
     elif kind == "topology-change":
@@ -297,6 +328,8 @@ def _apply(rec: Recording, kind: str, data: Any, unknown: dict[str, int]) -> Non
         rec.findings.append(from_dict(Finding, data))
     elif kind == "verdict":
         rec.verdict = from_dict(Verdict, data)
+    elif kind in NOTICES:
+        rec.notices.append({"type": kind, **dict(data)})
     elif kind == "end":
         rec.lost = int(data.get("lost", 0))
         rec.complete = True

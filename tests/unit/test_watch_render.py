@@ -259,3 +259,16 @@ def test_a_path_without_hops_is_stamped_with_its_time_not_boot_time() -> None:
     row = _row(draw(state), "#9")
     expected = state.clock.clock_text(now)
     assert row.split()[1] == expected, row
+
+
+def test_loss_while_it_happens_is_in_the_header_in_red() -> None:
+    state = _state(_topo(ip_on_bridge=False))
+    assert "LOSING EVENTS" not in draw(state).splitlines()[0]
+    state.set_lost(1234)
+    console = Console(width=120, height=40, record=True, file=io.StringIO(), force_terminal=True)
+    with state.lock:
+        console.print(render(state, now_wall=state.wall(state.now_ns)))
+    header = console.export_text(styles=True).splitlines()[0]
+    assert "LOSING EVENTS: 1,234 lost" in header and "\x1b[1;37;41m" in header
+    state.lost_at = (state.lost_at or 0) - 10  # three seconds on: lost, still red, no banner
+    assert "LOSING" not in draw(state).splitlines()[0]

@@ -86,8 +86,11 @@ def _header(state: WatchState, short: NameShortener, now_wall: float) -> Text:
     # Most important first: what is narrower than the screen is cut at the right.
     t.append(" vethtrace watch ", style="bold reverse")
     t.append(f" {state.status} ", style="cyan")
-    t.append(" lost ")
-    t.append(f"{state.lost:,}", style="bold red" if state.lost else "green")
+    if state.losing():  # first, in red: the screen is missing events right now
+        t.append(f" LOSING EVENTS: {state.lost:,} lost ", style="bold white on red")
+    else:
+        t.append(" lost ")
+        t.append(f"{state.lost:,}", style="bold red" if state.lost else "green")
     t.append(f"  events {state.events_total:,}")
     t.append(f" ({state.rate():,.0f}/s)", style="dim")
     t.append("  ")

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 ADD_CHUNK = 2000  # events added per lock hold
 SPARK_SECONDS = 16  # per-second history kept for the rate sparkline
 NOTICE_SECONDS = 30.0  # how long "veth3 appeared" stays on screen
+LOSING_SECONDS = 3.0  # the header's "losing events" stays this long after a loss
 
 Correlate = Callable[[list[ProbeEvent], Topology | None], list[PacketPath]]
 
@@ -83,6 +84,7 @@ class WatchState:
         self.drop_where: dict[str, Counter[str]] = {}  # reason -> "netns/if" -> n
         self.events_total = 0
         self.lost = 0
+        self.lost_at: float | None = None  # monotonic time the loss count last grew
         self.window: deque[ProbeEvent] = deque(maxlen=window)
         self.paths: list[PacketPath] = []
         self.max_paths = max_paths
@@ -168,9 +170,16 @@ class WatchState:
                 del self.counters[key]  # vanished interfaces; their ifindex may be reused
             return changes
 
-    def set_lost(self, lost: int) -> None:
+    def set_lost(self, lost: int, now: float | None = None) -> None:
         with self.lock:
+            if lost > self.lost:
+                self.lost_at = time.monotonic() if now is None else now
             self.lost = lost
+
+    def losing(self, now: float | None = None) -> bool:
+        """Were events lost in the last LOSING_SECONDS? (the header says so in red)"""
+        now = time.monotonic() if now is None else now
+        return self.lost_at is not None and now - self.lost_at <= LOSING_SECONDS
 
     def refresh_paths(self) -> None:
         """Rebuild packet paths from the event window when new events came in.

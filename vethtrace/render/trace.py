@@ -15,7 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from vethtrace.model import ProbeEvent, Topology, to_dict
+from vethtrace.clock import Clock
+from vethtrace.model import ID_FIELDS, ProbeEvent, Topology, hex_id, to_dict
 from vethtrace.points import benign_drop_reason
 
 
@@ -77,13 +78,54 @@ def detail(ev: ProbeEvent) -> str:
     return ev.packet.describe() if ev.packet else "-"
 
 
-def line(ev: ProbeEvent, t0: int, names: NetnsNames) -> Text:
+# Column widths (time, namespace, interface, point) for a wide terminal and for
+# a narrow one (< 110 columns): an ICMP line is ~107 characters wide, and a
+# terminal wraps it mid-word. Narrow lines use ms, shorter names and words;
+# what still does not fit is cut with an ellipsis, never wrapped. Piped
+# output (no terminal) has no width: wide columns, never cut.
+WIDE = (10, 16, 10, 21)
+NARROW = (8, 12, 9, 17)
+NARROW_BELOW = 110
+
+
+def line_width(console: Console) -> int | None:
+    """The width lines must fit, or None when not writing to a terminal."""
+    return console.width if console.is_terminal else None
+
+
+def _columns(width: int | None) -> tuple[int, int, int, int]:
+    return NARROW if width is not None and width < NARROW_BELOW else WIDE
+
+
+def _short_point(point: str, room: int) -> str:
+    """Tracepoint names as the kernel spells them, cut from the middle words
+    only when they do not fit (neigh_event_send_done -> neigh_ev_send_done)."""
+    if len(point) <= room:
+        return point
+    words = point.split("_")
+    while len("_".join(words)) > room and any(len(w) > 3 for w in words[1:-1]):
+        i = max(range(1, len(words) - 1), key=lambda k: len(words[k]))
+        words[i] = words[i][:3] if len(words[i]) > 3 else words[i]
+    return "_".join(words)[:room]
+
+
+def _short_detail(text: str) -> str:
+    return text.replace("echo request", "echo req").replace(" is-at ", " at ")
+
+
+def line(ev: ProbeEvent, t0: int, names: NetnsNames, width: int | None = None) -> Text:
+    tw, nw, iw, pw = _columns(width)
+    narrow = (tw, nw, iw, pw) == NARROW
     rel = (ev.ts_ns - t0) / 1e9
-    text = Text(f"{rel:10.6f} ", style="dim")
-    text.append(f"{names.name(ev.netns)[:16]:<16} ", style="cyan")
-    text.append(f"{(ev.ifname or '-')[:10]:<10} ", style="bold")
-    text.append(f"{ev.point:<21} ", style=POINT_STYLE.get(ev.point, ""))
-    text.append(detail(ev))
+    stamp = f"{rel * 1000:{tw}.1f} " if narrow else f"{rel:{tw}.6f} "
+    text = Text(stamp, style="dim")
+    if width is not None:
+        text.no_wrap, text.overflow = True, "ellipsis"
+    text.append(f"{names.name(ev.netns)[:nw]:<{nw}} ", style="cyan")
+    text.append(f"{(ev.ifname or '-')[:iw]:<{iw}} ", style="bold")
+    text.append(f"{_short_point(ev.point, pw):<{pw}} ", style=POINT_STYLE.get(ev.point, ""))
+    what = detail(ev)
+    text.append(_short_detail(what) if narrow else what)
     benign = benign_drop_reason(ev) if ev.drop_reason else None
     if benign:
         text.append(f"  freed ({ev.drop_reason}: {benign})", style="dim")
@@ -93,18 +135,51 @@ def line(ev: ProbeEvent, t0: int, names: NetnsNames) -> Text:
         text.append(f" @{ev.location}", style="dim")
     if ev.cloned:
         text.append(" (clone)", style="dim")
+    if width is not None and len(text) > width:
+        text.truncate(width - 1)
+        text.append("…", style="dim")
     return text
 
 
-HEADER = f"{'TIME(s)':>10} {'NETNS':<16} {'IFACE':<10} {'POINT':<21} WHAT"
+def header(width: int | None = None) -> str:
+    tw, nw, iw, pw = _columns(width)
+    stamp = "TIME(ms)" if (tw, nw, iw, pw) == NARROW else "TIME(s)"
+    return f"{stamp:>{tw}} {'NETNS':<{nw}} {'IFACE':<{iw}} {'POINT':<{pw}} WHAT"
 
 
-def json_line(ev: ProbeEvent, names: NetnsNames) -> str:
+HEADER = header()
+
+
+def json_line(ev: ProbeEvent, names: NetnsNames, clock: Clock | None = None) -> str:
+    """One event as `trace --json` prints it: model.ProbeEvent's fields (skb and
+    head as hex strings), `time` (RFC 3339 UTC beside the kernel's `ts_ns`,
+    when the clock is known), `netns_name` and the packet's `summary`."""
     d: dict[str, Any] = to_dict(ev)
+    for key in ID_FIELDS:
+        d[key] = hex_id(d[key])
+    if clock is not None:
+        d["time"] = clock.rfc3339(ev.ts_ns)
     d["netns_name"] = names.name(ev.netns)
     if ev.packet is not None:
         d["summary"] = ev.packet.describe()
     return json.dumps(d, separators=(",", ":"))
+
+
+def notice_line(kind: str, record: dict[str, Any]) -> str:
+    """A notice in the --json stream: {"type": "lost" | "scope", ...}. Event
+    lines have no "type" key, so a reader tells them apart by it."""
+    return json.dumps({"type": kind, **record}, separators=(",", ":"))
+
+
+def notice_text(notice: dict[str, Any]) -> str:
+    """A recorded notice in words, for `report`'s notes."""
+    when = notice.get("time") or "?"
+    if notice.get("type") == "lost":
+        return f"{when}: {notice.get('lost')} events lost (ring buffer full)"
+    where = notice.get("netns", "?")
+    if notice.get("interface"):
+        where += f"/{notice['interface']}"
+    return f"{when}: scope {notice.get('change')} {where}"
 
 
 class Summary:
