@@ -229,3 +229,32 @@ def test_pcap_has_every_matching_frame_with_its_interface(prefix: str, tmp_path:
     per_iface = {n: sum(1 for r in rows if r[0] == n) for n in names}
     assert all(count >= 4 for count in per_iface.values()), per_iface  # 2 requests + 2 replies
     assert "frames written to" in err
+
+
+@pytest.mark.parametrize("width", [100, 80])
+def test_trace_lines_fit_the_terminal(prefix: str, width: int) -> None:
+    """Issue #20: `trace icmp` lines were ~107 characters and wrapped mid-word
+    in a 100-column terminal. In tmux at 100 and 80 columns every event is one
+    screen row that starts with its time."""
+    from tests.tmux import Tmux
+
+    with built_lab("bridge-two", prefix) as lab:
+        a = lab.ns("a")
+        term = Tmux(f"{prefix}tmux", f"{VENV_BIN / 'vethtrace'} trace icmp -n {a} "
+                    f"--duration 6; sleep 30", width=width, height=50)  # fmt: skip
+        try:
+            term.wait_for(lambda s: "tracing" in s, 30, "tracing")
+            assert netns_exec(a, "ping", "-c2", "-i0.2", "-W1", "10.0.0.2").returncode == 0
+            screen = term.wait_for(lambda s: " events in " in s, 30, "the summary")
+        finally:
+            term.kill()
+    rows = screen.splitlines()
+    start = next(i for i, r in enumerate(rows) if r.strip().startswith("TIME"))
+    end = next(i for i, r in enumerate(rows) if " events in " in r)
+    events = [r for r in rows[start + 1 : end] if r.strip()]
+    assert len(events) >= 8, screen  # 2 requests + 2 replies, several points each
+    for row in events:
+        assert len(row) <= width
+        assert row.split()[0].replace(".", "").isdigit(), f"wrapped or cut row: {row!r}"
+    assert any("echo req" in r for r in events), screen
+    assert ("echo req id" in screen) is (width >= 90), screen  # ids where they fit

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import time
 from typing import Any
 
@@ -78,54 +79,69 @@ def detail(ev: ProbeEvent) -> str:
     return ev.packet.describe() if ev.packet else "-"
 
 
-# Column widths (time, namespace, interface, point) for a wide terminal and for
-# a narrow one (< 110 columns): an ICMP line is ~107 characters wide, and a
-# terminal wraps it mid-word. Narrow lines use ms, shorter names and words;
-# what still does not fit is cut with an ellipsis, never wrapped. Piped
-# output (no terminal) has no width: wide columns, never cut.
-WIDE = (10, 16, 10, 21)
-NARROW = (8, 12, 9, 17)
-NARROW_BELOW = 110
+# Column widths (time, namespace, interface, point) by terminal width: an ICMP
+# line is ~107 characters wide, and a terminal wraps it mid-word. Narrower
+# terminals get shorter times, names and words; what still does not fit is cut
+# with an ellipsis, never wrapped. Piped output (no terminal) has no width:
+# the wide layout, never cut.
+LAYOUTS = (  # (at least this wide, (time, netns, iface, point) columns, level)
+    (110, (10, 16, 10, 21), 0),
+    (90, (8, 12, 9, 18), 1),
+    (0, (7, 10, 8, 15), 2),
+)
+# Kernel tracepoint names, shortened where a narrow column cannot hold them.
+SHORT_POINTS = {
+    "net_dev_queue": "dev_queue",
+    "net_dev_start_xmit": "dev_start_xmit",
+    "net_dev_xmit": "dev_xmit",
+    "netif_receive_skb": "netif_rcv_skb",
+    "neigh_event_send_done": "neigh_send_done",
+    "neigh_timer_handler": "neigh_timer",
+    "neigh_update_done": "neigh_upd_done",
+}
 
 
 def line_width(console: Console) -> int | None:
-    """The width lines must fit, or None when not writing to a terminal."""
-    return console.width if console.is_terminal else None
+    """The width lines must fit, or None when not writing to a terminal. The
+    terminal's own size, not COLUMNS: shells export that at start-up, and a
+    terminal resized since (or a tmux pane) has another width."""
+    if not console.is_terminal:
+        return None
+    try:
+        return os.get_terminal_size(console.file.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return console.width
 
 
-def _columns(width: int | None) -> tuple[int, int, int, int]:
-    return NARROW if width is not None and width < NARROW_BELOW else WIDE
+def _layout(width: int | None) -> tuple[tuple[int, int, int, int], int]:
+    for least, columns, level in LAYOUTS:
+        if width is None or width >= least:
+            return columns, level
+    return LAYOUTS[-1][1], LAYOUTS[-1][2]
 
 
-def _short_point(point: str, room: int) -> str:
-    """Tracepoint names as the kernel spells them, cut from the middle words
-    only when they do not fit (neigh_event_send_done -> neigh_ev_send_done)."""
-    if len(point) <= room:
-        return point
-    words = point.split("_")
-    while len("_".join(words)) > room and any(len(w) > 3 for w in words[1:-1]):
-        i = max(range(1, len(words) - 1), key=lambda k: len(words[k]))
-        words[i] = words[i][:3] if len(words[i]) > 3 else words[i]
-    return "_".join(words)[:room]
+def _point(point: str, room: int) -> str:
+    return point if len(point) <= room else SHORT_POINTS.get(point, point)[:room]
 
 
-def _short_detail(text: str) -> str:
-    return text.replace("echo request", "echo req").replace(" is-at ", " at ")
+def _detail(ev: ProbeEvent, level: int) -> str:
+    """detail(ev), in fewer words for narrower terminals."""
+    p = ev.packet
+    if level >= 2 and p is not None and p.icmp_type in (0, 8) and ev.neigh is None:
+        name = "echo req" if p.icmp_type == 8 else "echo reply"
+        return f"ICMP {p.ip_src} > {p.ip_dst} {name} #{p.icmp_seq}"
+    text = detail(ev)
+    return text.replace("echo request", "echo req").replace(" is-at ", " at ") if level else text
 
 
 def line(ev: ProbeEvent, t0: int, names: NetnsNames, width: int | None = None) -> Text:
-    tw, nw, iw, pw = _columns(width)
-    narrow = (tw, nw, iw, pw) == NARROW
+    (tw, nw, iw, pw), level = _layout(width)
     rel = (ev.ts_ns - t0) / 1e9
-    stamp = f"{rel * 1000:{tw}.1f} " if narrow else f"{rel:{tw}.6f} "
-    text = Text(stamp, style="dim")
-    if width is not None:
-        text.no_wrap, text.overflow = True, "ellipsis"
+    text = Text(f"{rel:{tw}.{6 if level == 0 else 3}f} ", style="dim")
     text.append(f"{names.name(ev.netns)[:nw]:<{nw}} ", style="cyan")
     text.append(f"{(ev.ifname or '-')[:iw]:<{iw}} ", style="bold")
-    text.append(f"{_short_point(ev.point, pw):<{pw}} ", style=POINT_STYLE.get(ev.point, ""))
-    what = detail(ev)
-    text.append(_short_detail(what) if narrow else what)
+    text.append(f"{_point(ev.point, pw):<{pw}} ", style=POINT_STYLE.get(ev.point, ""))
+    text.append(_detail(ev, level))
     benign = benign_drop_reason(ev) if ev.drop_reason else None
     if benign:
         text.append(f"  freed ({ev.drop_reason}: {benign})", style="dim")
@@ -142,9 +158,8 @@ def line(ev: ProbeEvent, t0: int, names: NetnsNames, width: int | None = None) -
 
 
 def header(width: int | None = None) -> str:
-    tw, nw, iw, pw = _columns(width)
-    stamp = "TIME(ms)" if (tw, nw, iw, pw) == NARROW else "TIME(s)"
-    return f"{stamp:>{tw}} {'NETNS':<{nw}} {'IFACE':<{iw}} {'POINT':<{pw}} WHAT"
+    (tw, nw, iw, pw), _ = _layout(width)
+    return f"{'TIME(s)':>{tw}} {'NETNS':<{nw}} {'IFACE':<{iw}} {'POINT':<{pw}} WHAT"
 
 
 HEADER = header()
