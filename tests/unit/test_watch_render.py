@@ -269,6 +269,6 @@ def test_loss_while_it_happens_is_in_the_header_in_red() -> None:
     with state.lock:
         console.print(render(state, now_wall=state.wall(state.now_ns)))
     header = console.export_text(styles=True).splitlines()[0]
-    assert "LOSING EVENTS: 1,234 lost" in header and "\x1b[1;37;41m" in header
+    assert "LOSING EVENTS  lost 1,234" in header and "\x1b[1;37;41m" in header
     state.lost_at = (state.lost_at or 0) - 10  # three seconds on: lost, still red, no banner
     assert "LOSING" not in draw(state).splitlines()[0]

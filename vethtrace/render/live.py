@@ -87,7 +87,7 @@ def _header(state: WatchState, short: NameShortener, now_wall: float) -> Text:
     t.append(" vethtrace watch ", style="bold reverse")
     t.append(f" {state.status} ", style="cyan")
     if state.losing():  # first, in red: the screen is missing events right now
-        t.append(f" LOSING EVENTS: {state.lost:,} lost ", style="bold white on red")
+        t.append(f" LOSING EVENTS  lost {state.lost:,} ", style="bold white on red")
     else:
         t.append(" lost ")
         t.append(f"{state.lost:,}", style="bold red" if state.lost else "green")
