@@ -147,6 +147,7 @@ TIMEOUT_S = _number(float, 0, 600, low_open=True)
 SIZE = _number(int, 0, 65_507)  # the largest ICMP payload in an IPv4 packet
 PORT = _number(int, 1, 65_535)
 DURATION_S = _number(float, 0, 7 * 86_400, low_open=True)
+BUFFER_KIB = _number(int, 4, 1_048_576)  # a power of two: checked by trace.ring_pages_of
 
 
 # --- options shared by several subcommands -------------------------------------------
@@ -171,6 +172,17 @@ def _tracing_opts(p: argparse.ArgumentParser) -> None:
     _netns_opt(p)
     p.add_argument(
         "--duration", type=DURATION_S, metavar="S", help="stop after S seconds (default: Ctrl-C)"
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="keep running when every namespace of -n is gone (default: say so and exit 1)",
+    )
+    p.add_argument(
+        "--buffer",
+        type=BUFFER_KIB,
+        metavar="KIB",
+        help="kernel ring buffer size in KiB, a power of two (default 8192)",
     )
 
 
@@ -251,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     _tracing_opts(p)
     _json_opt(p, "one JSON object per event")
     p.add_argument("--write", metavar="FILE", help="write a recording")
-    p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
+    p.add_argument(
+        "--pcap", metavar="FILE", help="write every matching frame in scope as pcapng"
+    )
 
     p = _sub(sub, "watch", "live terminal UI of packet paths")
     _tracing_opts(p)

@@ -423,7 +423,7 @@ class Hop:
 class PacketPath:
     kind: str  # arp-request, arp-reply, echo, echo-reply, ...
     hops: list[Hop] = field(default_factory=list)
-    outcome: str = "delivered"  # delivered | diverted | dropped | consumed | in-flight
+    outcome: str = "delivered"  # delivered | diverted | dropped | consumed | queued | in-flight
     drop_reason: str | None = None
     summary: PacketSummary | None = None  # decoded headers of the packet
     first_ns: int = 0  # kernel monotonic time of its first event
@@ -458,6 +458,16 @@ class Verdict:
 
 
 # --- JSON round-trip ----------------------------------------------------------
+
+# ProbeEvent's 64-bit kernel addresses: JSON numbers above 2**53 are rounded by
+# jq and JavaScript, so `trace --json`, `report --json` and recordings write them
+# as hex strings ("0xffff8881..."); recordings made before hold integers.
+ID_FIELDS = ("skb", "head")
+
+
+def hex_id(value: int) -> str:
+    return f"0x{value:x}"
+
 
 T = TypeVar("T")
 

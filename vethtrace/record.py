@@ -22,6 +22,9 @@ Layout (documented for users in README "Recordings, watch and report"):
              {"type": "event", "data": <model.ProbeEvent>}            kernel time order
              {"type": "finding", "data": <model.Finding>}
              {"type": "verdict", "data": <model.Verdict>}
+             {"type": "lost", "data": {"lost", "total", "ts_ns", "time"}}   as it happens
+             {"type": "scope", "data": {"change", "netns", "inode", "interface", "left",
+                                        "ts_ns", "time"}}               a namespace vanished…
              {"type": "end", "data": {"lost": N, "ended": "...Z", "events": N,
                                       "interrupted": "SIGINT" (only when cut short),
                                       "ping": {"notes": [...], "timings": {...}}}}
@@ -56,10 +59,21 @@ from pathlib import Path
 from typing import IO, Any
 
 from vethtrace import __version__
+from vethtrace.clock import Clock
 from vethtrace.errors import UserError
-from vethtrace.model import Finding, ProbeEvent, Topology, Verdict, from_dict, to_dict
+from vethtrace.model import (
+    ID_FIELDS,
+    Finding,
+    ProbeEvent,
+    Topology,
+    Verdict,
+    from_dict,
+    hex_id,
+    to_dict,
+)
 
 FORMAT = "vethtrace-recording"
+NOTICES = ("lost", "scope")  # record types about the run itself (Recorder.notice)
 VERSION = 1
 
 # Events come in bursts of thousands per second; flushing each one would cost
@@ -112,7 +126,7 @@ class Recorder:
             "plan": to_dict(plan),  # the probe plan object, or whatever JSON the caller has
             "started": _now_iso(),
             # Event times are kernel CLOCK_MONOTONIC; this pair maps them to wall time.
-            "clock": {"monotonic_ns": time.monotonic_ns(), "realtime": time.time()},
+            "clock": Clock().header(),
             "command": list(command) if command is not None else None,
             "pcap": self._relative(pcap) if pcap else None,
         }
@@ -151,6 +165,12 @@ class Recorder:
         # Events are most of a recording: leave out unset (None) fields, which
         # from_dict restores as defaults, to keep floods small.
         self._write({"type": "event", "data": _event_dict(event)})
+
+    def notice(self, kind: str, data: dict[str, Any]) -> None:
+        """What happened to the run itself, when it happened: "lost" (events
+        the kernel could not deliver since the last one: lost, total) or
+        "scope" (a traced namespace or interface vanished or came back)."""
+        self._write({"type": kind, "data": data}, flush=True)
 
     def finding(self, finding: Finding) -> None:
         self._record("finding", finding, flush=True)
@@ -199,6 +219,8 @@ def _event_dict(event: ProbeEvent) -> dict[str, Any]:
     """to_dict(event) minus None fields, hand-rolled: at flood rates the generic
     to_dict costs ~20 us an event, this ~4 (same JSON shape, from_dict reads both)."""
     data = {k: v for k, v in event.__dict__.items() if v is not None}
+    for key in ID_FIELDS:  # 64-bit addresses as hex strings, as trace --json has them
+        data[key] = hex_id(data[key])
     if "packet" in data:  # every PacketSummary field defaults to None
         data["packet"] = {k: v for k, v in data["packet"].__dict__.items() if v is not None}
     if "neigh" in data:  # NeighChange has required fields that may be None: keep all
@@ -222,6 +244,8 @@ class Recording:
     complete: bool = False
     interrupted: str | None = None  # the signal that cut the run short (end record)
     notes: list[str] = field(default_factory=list)
+    # "lost" and "scope" records, as written: {"type": ..., **data}, in file order
+    notices: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def pcap_path(self) -> Path | None:
@@ -355,11 +379,24 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _ids(data: dict[str, Any]) -> dict[str, Any]:
+    """skb/head: hex strings since issue #20, integers in older recordings."""
+    if not isinstance(data, dict):
+        return data  # from_dict(strict=True) says what is wrong with it
+    for key in ID_FIELDS:
+        if isinstance(data.get(key), str):
+            try:
+                data[key] = int(data[key], 16)
+            except ValueError:
+                raise ValueError(f"{key}: expected a hex id, got {_short(data[key])}") from None
+    return data
+
+
 def _apply(rec: Recording, kind: str, data: Any, unknown: dict[str, int]) -> None:
     # strict: every field is checked against its type (a hand-edited recording
     # fails here, on its line, not later in a sort or a renderer)
     if kind == "event":
-        rec.events.append(from_dict(ProbeEvent, data, strict=True))
+        rec.events.append(from_dict(ProbeEvent, _ids(data), strict=True))
     elif kind == "topology":
         rec.topology = from_dict(Topology, data, strict=True)
     elif kind == "topology-change":
@@ -368,6 +405,8 @@ def _apply(rec: Recording, kind: str, data: Any, unknown: dict[str, int]) -> Non
         rec.findings.append(from_dict(Finding, data, strict=True))
     elif kind == "verdict":
         rec.verdict = from_dict(Verdict, data, strict=True)
+    elif kind in NOTICES:
+        rec.notices.append({"type": kind, **dict(data)})
     elif kind == "end":
         lost = data.get("lost", 0)
         if not _int(lost) or lost < 0:

@@ -20,12 +20,12 @@ from vethtrace.console import make_console
 from vethtrace.errors import ExitStatus, UserError
 from vethtrace.model import Finding, Topology, from_dict
 from vethtrace.record import Recording, read
-from vethtrace.render.trace import NetnsNames
+from vethtrace.render.trace import NetnsNames, notice_text
 
 
 def run(file: str, as_json: bool = False) -> int:
     rec = read(file)
-    notes = list(rec.notes)
+    notes = list(rec.notes) + [notice_text(n) for n in rec.notices]
     if rec.interrupted:
         notes.append(
             f"the run was interrupted ({rec.interrupted}): what it would have seen "

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from vethtrace.clock import Clock
 from vethtrace.model import Finding, PacketPath, Topology, to_dict
 from vethtrace.record import Recording
 from vethtrace.render import findings as render_findings
@@ -32,9 +33,10 @@ def trace_json(
 ) -> dict[str, Any]:
     """A trace recording's --json object: its events as `trace --json` printed
     them, then the paths they make up and the findings."""
+    clock = Clock.from_header(rec.header.get("clock"))
     return {
         "recording": recording_json(rec),
-        "events": [json.loads(render_trace.json_line(e, names)) for e in rec.events],
+        "events": [json.loads(render_trace.json_line(e, names, clock)) for e in rec.events],
         "lost": rec.lost if rec.complete else None,
         "paths": [path_json(p) for p in paths],
         "findings": [to_dict(f) for f in findings],
