@@ -33,6 +33,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,6 +261,8 @@ class NftraceSession:
         rule = iptables = None
         if raw.kind == "policy":
             rule = f"policy {raw.verdict}"
+            if chain is not None and chain.by_iptables:
+                iptables = f"-P {raw.chain} {raw.verdict.upper()}"
         elif chain is not None and raw.handle is not None:
             rule = chain.rules.get(raw.handle)
             iptables = chain.iptables.get(raw.handle)
@@ -315,3 +318,23 @@ def _in(ns: _Ns, fn: Any) -> Any:
         return None
     finally:
         os.close(fd)
+
+
+def scopes(topo: Any, inodes: Iterable[int]) -> list[Scope]:
+    """Scopes for these namespaces of a topology: how to open each (its
+    /run/netns name, the initial one, or a process holding it) and whether it
+    has a bridge."""
+    out = []
+    for inode in sorted(set(inodes)):
+        ns = topo.netns(inode)
+        if ns is None:
+            continue
+        if ns.named or ns.name == netnsmod.ROOT:
+            path = netnsmod.path_of(ns.name)
+        elif ns.pids:
+            path = f"/proc/{ns.pids[0]}/ns/net"
+        else:
+            continue
+        bridge = any(i.kind == "bridge" for i in ns.interfaces)
+        out.append(Scope(topo.netns_name(inode), path, inode, bridge))
+    return out

@@ -34,6 +34,7 @@ class ChainInfo:
     priority: str | None = None
     rules: dict[int, str] = field(default_factory=dict)  # handle -> text, in order
     iptables: dict[int, str] = field(default_factory=dict)  # handle -> `iptables -S` line
+    by_iptables: bool = False  # its table was made by iptables-nft (policy as `-P`)
 
 
 Key = tuple[str, str, str]  # family, table, chain
@@ -92,6 +93,7 @@ def attach_iptables(chains: dict[Key, ChainInfo], family: str, table: str, listi
         return False
     for name, c in mine.items():
         c.iptables = dict(zip(c.rules, lines.get(name, []), strict=True))
+        c.by_iptables = True
     return True
 
 
