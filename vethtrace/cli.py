@@ -48,6 +48,16 @@ def _tracing_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("filter", nargs="*", metavar="FILTER", help="pcap-filter expression")
     _netns_opt(p)
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    _nftrace_opt(p)
+
+
+def _nftrace_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nftrace",
+        action="store_true",
+        help="name the nftables/iptables rule behind each verdict (adds a table of its own "
+        "per namespace while it runs; `vethtrace nftrace cleanup` after a crash)",
+    )
 
 
 def _json_opt(p: argparse._ActionsContainer, help: str = "") -> None:
@@ -93,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json_opt(p, "verdict, path and findings as JSON")
     p.add_argument("--write", metavar="FILE", help="write a recording of this run")
     p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
+    _nftrace_opt(p)
 
     p = sub.add_parser("path", help="predict a packet's path from the kernel's tables (no packet)")
     p.add_argument("--from", dest="source", metavar="NETNS", help="send from here (default root)")
@@ -124,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("name", metavar="NAME")
     q = lab.add_parser("down", help="remove a scenario (all built ones without NAME)")
     q.add_argument("name", metavar="NAME", nargs="?")
+
+    p = sub.add_parser("nftrace", help="undo what a killed --nftrace run left in firewalls")
+    act = p.add_subparsers(dest="action", metavar="ACTION")
+    act.required = True
+    q = act.add_parser("cleanup", help="delete tables of --nftrace runs that are gone")
+    q.add_argument(
+        "--all-namespaces",
+        dest="everywhere",
+        action="store_true",
+        help="look in every /run/netns namespace and the initial one, not only recorded ones",
+    )
 
     p = sub.add_parser("doctor", help="what this machine lets vethtrace see")
     _json_opt(p)

@@ -51,7 +51,15 @@ from typing import IO, Any
 
 from vethtrace import __version__
 from vethtrace.errors import UserError
-from vethtrace.model import Finding, ProbeEvent, Topology, Verdict, from_dict, to_dict
+from vethtrace.model import (
+    Finding,
+    NftraceEvent,
+    ProbeEvent,
+    Topology,
+    Verdict,
+    from_dict,
+    to_dict,
+)
 
 FORMAT = "vethtrace-recording"
 VERSION = 1
@@ -146,6 +154,11 @@ class Recorder:
         # from_dict restores as defaults, to keep floods small.
         self._write({"type": "event", "data": _event_dict(event)})
 
+    def nftrace(self, event: NftraceEvent) -> None:
+        """A rule verdict from the kernel's nftables trace (`--nftrace`)."""
+        data = {k: v for k, v in to_dict(event).items() if v is not None}
+        self._write({"type": "nftrace", "data": data})
+
     def finding(self, finding: Finding) -> None:
         self._record("finding", finding, flush=True)
 
@@ -196,6 +209,7 @@ class Recording:
     topology: Topology | None = None
     topology_changes: list[Topology] = field(default_factory=list)
     events: list[ProbeEvent] = field(default_factory=list)
+    nftrace: list[NftraceEvent] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     verdict: Verdict | None = None
     lost: int = 0
@@ -292,6 +306,8 @@ def _apply(rec: Recording, kind: str, data: Any, unknown: dict[str, int]) -> Non
         rec.topology = from_dict(Topology, data)
     elif kind == "topology-change":
         rec.topology_changes.append(from_dict(Topology, data))
+    elif kind == "nftrace":
+        rec.nftrace.append(from_dict(NftraceEvent, data))
     elif kind == "finding":
         rec.findings.append(from_dict(Finding, data))
     elif kind == "verdict":
@@ -318,6 +334,7 @@ def write_ping(
     warnings: list[str],
     notes: list[str],
     timings: dict[str, float],
+    nftrace: list[NftraceEvent] | None = None,
 ) -> None:
     """The recording of a finished `ping`: its context in the header's "ping"
     key (`plan` is ping's expected path, a diagnose.verdict.PingPlan, from
@@ -341,6 +358,8 @@ def write_ping(
         rec.topology(topology)
         for ev in sorted(events, key=lambda e: e.ts_ns):
             rec.event(ev)
+        for nev in nftrace or []:
+            rec.nftrace(nev)
         for f in findings:
             rec.finding(f)
         if verdict is not None:

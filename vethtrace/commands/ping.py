@@ -36,7 +36,7 @@ from vethtrace.collect.pinger import Pinger
 from vethtrace.collect.sniff import Frame, SnifferSet, Target, load_scapy
 from vethtrace.diagnose.verdict import Analysis, PingPlan, decide, judge, make_plan
 from vethtrace.errors import ExitStatus, UserError, require_root
-from vethtrace.model import Finding, IfaceKey, ProbeEvent, Topology, Verdict
+from vethtrace.model import Finding, IfaceKey, NftraceEvent, ProbeEvent, Topology, Verdict
 
 if TYPE_CHECKING:
     from vethtrace.render.ping import PingReport
@@ -123,6 +123,8 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     probe_plan: Any = None  # the probe plan's describe(), for the recording header
     analysis: Analysis | None = None  # what the final verdict was drawn from
+    nftrace: list[NftraceEvent] = field(default_factory=list)  # --nftrace's rule verdicts
+    rule: dict[str, Any] | None = None  # the rule that dropped it (diagnose/nftrace.py)
 
     def report(self) -> PingReport:
         from vethtrace.render.ping import PingReport
@@ -130,6 +132,7 @@ class Run:
         return PingReport(
             self.plan, self.verdict, self.events, self.topo, self.findings,
             self.warnings, self.notes, self.timings, self.analysis,
+            nftrace=self.nftrace, rule=self.rule,
         )  # fmt: skip
 
     @property
@@ -155,6 +158,7 @@ def execute(
     timeout: float,
     size: int = 56,
     collector: Any = None,
+    nftrace: bool = False,
 ) -> Run:
     """Everything but rendering; returns the finished run (also used by the tests).
 
@@ -166,7 +170,11 @@ def execute(
     Whatever starts is stopped by the exit stack, also on Ctrl-C and errors:
     nothing may stay attached, open or running. On the normal path the
     sniffers, watch and pinger are stopped earlier, in order, so their last
-    frames and events are collected (stopping twice is harmless)."""
+    frames and events are collected (stopping twice is harmless).
+
+    `nftrace`: mark this flow's packets for the kernel's nftables tracer in
+    every namespace on the path (collect/nftrace.py; its tables are removed
+    when we leave) and name the rule that dropped them."""
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
@@ -196,6 +204,7 @@ def execute(
         findings_f = pool.submit(static_findings, topo, path_names or [plan.source])
         events: queue.Queue[ProbeEvent] = queue.Queue()
         coll: Any = None
+        session = _start_nftrace(run, stack) if nftrace else None
         if plan.route_error is None:
             targets = [_target(topo, k) for k in plan.path]
             sniffers = SnifferSet([t for t in targets if t is not None])
@@ -221,6 +230,8 @@ def execute(
             deadline = time.monotonic() + timeout
             while True:
                 _collect(run, events, coll, sniffers)
+                if session is not None:
+                    run.nftrace += session.poll()
                 v = decide(plan, run.events, topo, final=False, now_ns=time.monotonic_ns())
                 if v is not None:
                     timings["verdict"] = time.monotonic() - t0
@@ -235,6 +246,11 @@ def execute(
             run.events += [f.event for f in rest]
             run.notes += sniffers.failed
         _collect(run, events, coll, None)
+        if session is not None:
+            time.sleep(0.02)  # trace messages are queued before the drop we saw
+            run.nftrace += session.poll()
+            session.close()
+            run.notes += session.notes
         if coll is not None:
             run.lost = int(getattr(coll, "lost", 0) or 0)
             run.probe_plan = _describe(coll)
@@ -246,10 +262,46 @@ def execute(
         run.events.sort(key=lambda e: e.ts_ns)
         decision = judge(plan, run.events, topo, run.findings, final=True)
         run.verdict, run.analysis = decision.verdict, decision.analysis
+        _name_rule(run, nftrace)
         timings.setdefault("verdict", time.monotonic() - t0)
         timings["total"] = time.monotonic() - t0
         run.timings = timings
         return run
+
+
+def _start_nftrace(run: Run, stack: contextlib.ExitStack) -> Any:
+    """Trace this flow (`host IP`: the echoes, their replies, ARP about it) in
+    every namespace on the path; the tables go when the stack unwinds."""
+    from vethtrace.collect.nftrace import NftraceSession, scopes
+
+    session = NftraceSession(f"host {run.plan.ip}", scopes(run.topo, run.relevant))
+    stack.callback(_quietly, session.close)
+    session.start()
+    run.timings["nftrace"] = session.timings.get("nftrace_setup", 0.0)
+    return session
+
+
+def _name_rule(run: Run, nftrace: bool) -> None:
+    """The rule culprit from the trace; without --nftrace, a hint where a
+    firewall dropped it."""
+    from vethtrace.diagnose import nftrace as nftdiag
+
+    v = run.verdict
+    if v is None or v.reachable:
+        return
+    if nftrace:
+        run.rule = nftdiag.culprit(run.nftrace, run.plan.ip, run.topo, _names(run.topo))
+        if run.rule is not None:
+            nftdiag.apply(v, run.rule)
+    elif any(e.drop_reason == "NETFILTER_DROP" for e in run.events):
+        run.notes.append(
+            "a firewall dropped it: `vethtrace ping --nftrace ...` asks the kernel's "
+            "nftables trace which rule (it adds a table of its own while it runs)"
+        )
+
+
+def _names(topo: Topology) -> dict[int, str]:
+    return {ns.inode: topo.netns_name(ns.inode) for ns in topo.namespaces}
 
 
 def _quietly(stop: Callable[[], object]) -> None:
@@ -316,6 +368,7 @@ def run(
     as_json: bool = False,
     write: str | None = None,
     pcap: str | None = None,
+    nftrace: bool = False,
 ) -> int:
     ip = parse_ip(ip)
     if count < 1:
@@ -328,7 +381,7 @@ def run(
     source = source or netns.ROOT
     _check_netns(source)
     _check_netns(target_netns)
-    r = execute(source, target_netns, ip, count, timeout, size)
+    r = execute(source, target_netns, ip, count, timeout, size, nftrace=nftrace)
     if pcap:
         from vethtrace.collect.pcapng import write_frames
 
@@ -344,6 +397,7 @@ def run(
             write, command=sys.argv, probe_plan=r.probe_plan, pcap=pcap, plan=r.plan,
             topology=r.topo, events=r.events, findings=r.findings, verdict=r.verdict,
             lost=r.lost, warnings=r.warnings, notes=r.notes, timings=r.timings,
+            nftrace=r.nftrace,
         )  # fmt: skip
     from vethtrace.render import ping as render
 

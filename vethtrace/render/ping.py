@@ -17,7 +17,17 @@ from rich.console import Console
 from rich.text import Text
 
 from vethtrace.diagnose.verdict import Analysis, PingPlan, analyse, annotated_paths
-from vethtrace.model import Finding, Hop, PacketPath, ProbeEvent, Topology, Verdict, to_dict
+from vethtrace.model import (
+    Finding,
+    Hop,
+    NftraceEvent,
+    PacketPath,
+    ProbeEvent,
+    Topology,
+    Verdict,
+    to_dict,
+)
+from vethtrace.render import nftrace as nftrender
 
 
 @dataclass
@@ -36,6 +46,8 @@ class PingReport:
     notes: Sequence[str] = ()
     timings: dict[str, float] | None = None
     analysis: Analysis | None = None
+    nftrace: Sequence[NftraceEvent] = ()  # --nftrace's rule verdicts (render/nftrace.py)
+    rule: dict[str, Any] | None = None  # the rule culprit (diagnose/nftrace.py)
     paths: list[PacketPath] = field(init=False)  # our packets, hops marked for the verdict
 
     def __post_init__(self) -> None:
@@ -150,6 +162,10 @@ def to_json(report: PingReport) -> dict[str, Any]:
             for t in (verdict.timeline if verdict else [])
         ],
         "findings": [to_dict(f) for f in findings],
+        "rule": report.rule,
+        "nftrace": [
+            nftrender.json_obj(e, report.topo.netns_name(e.netns)) for e in report.nftrace
+        ],
         "warnings": list(warnings),
         "notes": list(notes),
         "timings": {k: round(v, 3) for k, v in (timings or {}).items()},
@@ -206,6 +222,12 @@ def show(console: Console, report: PingReport) -> None:
         _print_groups(console, groups, t0)
     else:
         console.print("  (no frame of ours was seen)")
+    rows = nftrender.path_lines(report.nftrace, plan.ip, report.topo.netns_name)
+    if rows:
+        console.print(Text("  netfilter verdicts (the kernel's nftables trace)", "bold"))
+        for ok, row in rows:
+            mark = Text("  ✓ ", "green") if ok else Text("  ✗ ", "bold red")
+            console.print(mark.append(row, "" if ok else "red"), soft_wrap=True)
     if verdict is not None and verdict.timeline:
         states = " → ".join(
             f"{t['state']} ({_ms(t['time_ns'], t0)} ms)"
@@ -231,6 +253,9 @@ def show(console: Console, report: PingReport) -> None:
     if verdict.culprit_netns:
         iface = f"/{verdict.culprit_interface}" if verdict.culprit_interface else ""
         console.print(Text.assemble(("culprit: ", "bold"), f"{verdict.culprit_netns}{iface}"))
+    if report.rule is not None:
+        for i, row in enumerate(nftrender.culprit_lines(report.rule)):
+            console.print(Text(row, "bold" if i == 0 else ""), soft_wrap=True, markup=False)
     if verdict.explanation:
         console.print()
         console.print(verdict.explanation, soft_wrap=False)
