@@ -104,6 +104,9 @@ class NftraceSession:
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._trace_hooks: dict[tuple[int, int], str] = {}  # (netns, trace id) -> hook
+        # The kernel sends the packet's headers and devices once per trace id
+        # (its first event); later events of that pass get them from here.
+        self._trace_pkt: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
         self.timings: dict[str, float] = {}
 
     # --- set-up and tear-down ---------------------------------------------------
@@ -258,6 +261,13 @@ class NftraceSession:
             self._trace_hooks[tid] = hook
         else:  # a chain reached by jump: the hook of the base chain this pass began in
             hook = self._trace_hooks.get(tid)
+        if raw.packet is not None or raw.iif or raw.oif:
+            if len(self._trace_pkt) > 4096:  # passes end quickly: keep recent ones
+                self._trace_pkt.clear()
+                self._trace_hooks.clear()
+            self._trace_pkt[tid] = (raw.packet, raw.iif, raw.oif)
+        else:
+            raw.packet, raw.iif, raw.oif = self._trace_pkt.get(tid, (None, None, None))
         rule = iptables = None
         if raw.kind == "policy":
             rule = f"policy {raw.verdict}"
@@ -338,3 +348,17 @@ def scopes(topo: Any, inodes: Iterable[int]) -> list[Scope]:
         bridge = any(i.kind == "bridge" for i in ns.interfaces)
         out.append(Scope(topo.netns_name(inode), path, inode, bridge))
     return out
+
+
+def scopes_named(names: list[str]) -> list[Scope]:
+    """Scopes for trace/watch's -n names, or every namespace without them
+    (the initial one, /run/netns, process-held ones). Both families
+    everywhere: knowing which namespaces have bridges would need a
+    discovery, and a bridge chain where no bridge is costs nothing."""
+    from vethtrace.topology.namespaces import enumerate_namespaces
+
+    refs = enumerate_namespaces([])
+    if names:
+        wanted = {netnsmod.inode_of(n) for n in names}
+        refs = [r for r in refs if r.inode in wanted]
+    return [Scope(r.name, r.path, r.inode, bridge=True) for r in refs]

@@ -7,6 +7,7 @@ stderr when --json is given, so stdout stays one JSON object per line.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -52,6 +53,7 @@ def run(
     as_json: bool = False,
     write: str | None = None,
     pcap: str | None = None,
+    nftrace: bool = False,
     **_: object,
 ) -> int:
     netns = netns or []
@@ -63,6 +65,7 @@ def run(
     out = make_console()
     status = make_console(stderr=True) if as_json or not out.is_terminal else out
     collector = BpfCollector(filter or "", _inodes(netns))  # bad filter fails here
+    session = _nftrace_session(collector.filter, netns) if nftrace else None
     names = render.NetnsNames()
     summary = render.Summary()
     rec = None
@@ -89,6 +92,10 @@ def run(
             )
             if plan.blind_line():
                 status.print(f"cannot see: {plan.blind_line()}", style="dim", highlight=False)
+            if session is not None:
+                session.start()  # closed below, whatever happens
+                for note in session.notes:
+                    status.print(f"note: {note}", style="dim", highlight=False)
             if write:
                 rec = _recorder(write, plan, netns, collector.filter.text)
             if not as_json:
@@ -103,8 +110,12 @@ def run(
                         break
                     wait = 100 if remaining is None else max(1, min(100, int(remaining * 1000)))
                     t0 = _emit(collector.poll(wait), t0, out, as_json, names, summary, rec)
+                    t0 = _emit_nft(session, t0, out, as_json, names, rec)
             finally:
                 t0 = _emit(collector.drain(), t0, out, as_json, names, summary, rec)
+                t0 = _emit_nft(session, t0, out, as_json, names, rec)
+                if session is not None:
+                    session.close()
                 lost = collector.lost
                 collector.close()
                 if rec is not None:
@@ -113,6 +124,32 @@ def run(
         signal.signal(signal.SIGINT, previous)
     summary.render(status, lost, time.monotonic() - started)
     return int(ExitStatus.OK)
+
+
+def _nftrace_session(flt: Any, netns: list[str]) -> Any:
+    from vethtrace.collect.nftrace import NftraceSession, scopes_named
+
+    return NftraceSession(flt, scopes_named(netns))
+
+
+def _emit_nft(
+    session: Any, t0: int | None, out: Any, as_json: bool, names: render.NetnsNames, rec: Any
+) -> int | None:
+    """Rule verdicts from the kernel's nftables trace, as lines among the events."""
+    if session is None:
+        return t0
+    from vethtrace.render import nftrace as nftrender
+
+    for ev in session.poll():
+        if t0 is None:
+            t0 = ev.ts_ns
+        if rec is not None:
+            rec.nftrace(ev)
+        if as_json:
+            print(json.dumps(nftrender.json_obj(ev, names.name(ev.netns)), separators=(",", ":")))
+        else:
+            out.print(nftrender.line(ev, t0, names.name), soft_wrap=True)
+    return t0
 
 
 def _emit(

@@ -47,7 +47,9 @@ def verdict_word(ev: NftraceEvent) -> str:
 def rule_id(ev: NftraceEvent) -> str:
     """`inet filter input handle 4` (or `... policy drop`): the rule's identity."""
     where = f"{ev.family} {ev.table} {ev.chain}"
-    return f"{where} policy" if ev.kind == "policy" else f"{where} handle {ev.handle}"
+    if ev.kind == "policy":
+        return f"{where} policy"
+    return where if ev.handle is None else f"{where} handle {ev.handle}"
 
 
 def ours(ev: NftraceEvent, ip: str) -> bool:
@@ -177,12 +179,16 @@ def apply(verdict: Verdict, c: dict[str, Any]) -> None:
         words += f" (`{c['rule']}`)"
     if c.get("iptables"):
         words += f", made by iptables: `{c['iptables']}`"
+    runtime = "runtime" in verdict.summary or "isolation" in verdict.summary
+    advice = (
+        "It belongs to a container runtime's isolation: no fix undoes it here."
+        if runtime
+        else "The fix lets exactly this flow through before that rule (a drop rule usually "
+        "exists for other traffic); the commented line is the broad alternative."
+    )
     verdict.explanation = (verdict.explanation + " " if verdict.explanation else "") + (
-        f"The kernel's nftables trace (--nftrace) shows it: {words}. The fix lets exactly "
-        "this flow through before that rule (a drop rule usually exists for other "
-        "traffic); the commented line is the broad alternative."
+        f"The kernel's nftables trace (--nftrace) shows it: {words}. {advice}"
     )
     generic = [f for f in verdict.fix if "nft list ruleset" in f]
-    runtime = "runtime" in verdict.summary or "isolation" in verdict.summary
     kept = [f for f in verdict.fix if f not in generic]
     verdict.fix = kept if runtime else list(c["fix"]) + kept

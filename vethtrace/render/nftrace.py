@@ -70,8 +70,8 @@ def path_lines(
     """(ok, text) per rule verdict on the ping's traffic, in order."""
     out = []
     for ev in sorted(events, key=lambda e: e.ts_ns):
-        if not ours(ev, ip):
-            continue
+        if not ours(ev, ip) or (ev.kind == "rule" and ev.handle is None):
+            continue  # (a handle-less rule event: the chain ran to its end)
         pkt = f"{ev.packet.describe()}: " if ev.packet else ""
         out.append((ev.verdict != "drop", f"{netns_name(ev.netns)}  {pkt}{describe(ev)}"))
     return out
