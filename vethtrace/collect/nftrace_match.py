@@ -76,7 +76,7 @@ def _leaf(op: str, a: tuple, neg: bool, family: str) -> Dnf:
     direction = a[0]
     if op == "port":
         port = a[1]
-        fields = ["sport", "dport"] if direction is None else [direction + "port"]
+        fields = ["sport", "dport"] if direction is None else [direction[0] + "port"]
         l4 = "meta l4proto { tcp, udp }"
         alts = [[l4, f"th {f} {eq}{port}"] for f in fields]
         return _combine(alts, neg)
