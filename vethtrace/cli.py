@@ -48,7 +48,6 @@ def _tracing_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("filter", nargs="*", metavar="FILTER", help="pcap-filter expression")
     _netns_opt(p)
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    _nftrace_opt(p)
 
 
 def _nftrace_opt(p: argparse.ArgumentParser) -> None:
@@ -118,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json_opt(p, "one JSON object per event")
     p.add_argument("--write", metavar="FILE", help="write a recording")
     p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
+    _nftrace_opt(p)
 
     p = sub.add_parser("watch", help="live terminal UI of packet paths")
     _tracing_opts(p)

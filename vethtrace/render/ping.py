@@ -162,13 +162,22 @@ def to_json(report: PingReport) -> dict[str, Any]:
             for t in (verdict.timeline if verdict else [])
         ],
         "findings": [to_dict(f) for f in findings],
-        "rule": report.rule,
-        "nftrace": [
-            nftrender.json_obj(e, report.topo.netns_name(e.netns)) for e in report.nftrace
-        ],
+        **_nftrace_json(report),
         "warnings": list(warnings),
         "notes": list(notes),
         "timings": {k: round(v, 3) for k, v in (timings or {}).items()},
+    }
+
+
+def _nftrace_json(report: PingReport) -> dict[str, Any]:
+    """`rule` and `nftrace`, only in runs made with --nftrace (so the JSON of
+    other runs, and of recordings made before it, stays as it was)."""
+    if not report.nftrace and report.rule is None:
+        return {}
+    names = report.topo.netns_name
+    return {
+        "rule": report.rule,
+        "nftrace": [nftrender.json_obj(e, names(e.netns)) for e in report.nftrace],
     }
 
 
