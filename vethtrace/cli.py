@@ -62,7 +62,8 @@ EXAMPLES = {
   vethtrace ping --from vt-host vt-song 192.168.122.102
   vethtrace ping vt-song 192.168.122.102 -c 1 --timeout 2   from the root namespace
   vethtrace ping --from vt-host vt-song 192.168.122.102 --write incident.vtrec \\
-                 --pcap incident.pcapng   keep the evidence (read it with `report`)""",
+                 --pcap incident.pcapng   keep the evidence (read it with `report`)
+  vethtrace ping --from vt-a vt-b 10.0.4.2 --nftrace   name the firewall rule that drops it""",
     "path": """\
   vethtrace path --from vt-host vt-song 192.168.122.102
   vethtrace path --from vt-a 10.0.0.2 --proto tcp --port 80   the namespace holding it is found
@@ -70,7 +71,8 @@ EXAMPLES = {
     "trace": """\
   vethtrace trace arp -n vt-host -n vt-song   ARP and neighbour events in two namespaces
   vethtrace trace 'icmp and host 10.0.0.2' --json   one JSON object per event
-  vethtrace trace --duration 10 --write run.vtrec   a recording for `vethtrace report`""",
+  vethtrace trace --duration 10 --write run.vtrec   a recording for `vethtrace report`
+  vethtrace trace icmp -n vt-sw --nftrace   rule verdicts of the kernel's nftables trace too""",
     "watch": """\
   vethtrace watch                         every namespace's packet paths, live
   vethtrace watch icmp -n vt-host         only ICMP, only one namespace""",
@@ -93,6 +95,9 @@ EXAMPLES = {
   vethtrace lab down                      remove every lab built with this prefix""",
     "lab list": """\
   vethtrace lab list | grep broken""",
+    "nftrace": """\
+  vethtrace nftrace cleanup               tables of killed --nftrace runs, where recorded
+  vethtrace nftrace cleanup --all-namespaces   look in every namespace""",
     "doctor": """\
   vethtrace doctor                        the checks and the probe plan, as a table
   vethtrace doctor --json | jq .tracing_possible""",
@@ -186,6 +191,15 @@ def _tracing_opts(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _nftrace_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nftrace",
+        action="store_true",
+        help="name the nftables/iptables rule behind each verdict (adds a table of its own "
+        "per namespace while it runs; `vethtrace nftrace cleanup` after a crash)",
+    )
+
+
 def _json_opt(p: argparse._ActionsContainer, help: str = "") -> None:
     """--json, passed to commands as `as_json` (so `json` stays the module's name)."""
     p.add_argument("--json", dest="as_json", action="store_true", help=help or None)
@@ -249,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json_opt(p, "verdict, path and findings as JSON")
     p.add_argument("--write", metavar="FILE", help="write a recording of this run")
     p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
+    _nftrace_opt(p)
 
     p = _sub(sub, "path", "predict a packet's path from the kernel's tables (no packet)")
     p.add_argument("--from", dest="source", metavar="NETNS", help="send from here (default root)")
@@ -266,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pcap", metavar="FILE", help="write every matching frame in scope as pcapng"
     )
+    _nftrace_opt(p)
 
     p = _sub(sub, "watch", "live terminal UI of packet paths")
     _tracing_opts(p)
@@ -288,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name", metavar="NAME", help="a scenario name from `lab list`, or a .toml file")
     q = _sub(lab, "down", "remove a scenario (all built ones without NAME)", parent="lab")
     q.add_argument("name", metavar="NAME", nargs="?", help="the lab to remove (default: all)")
+
+    p = _sub(sub, "nftrace", "undo what a killed --nftrace run left in firewalls")
+    act = p.add_subparsers(dest="action", metavar="ACTION")
+    act.required = True
+    q = act.add_parser("cleanup", help="delete tables of --nftrace runs that are gone")
+    q.add_argument(
+        "--all-namespaces",
+        dest="everywhere",
+        action="store_true",
+        help="look in every /run/netns namespace and the initial one, not only recorded ones",
+    )
 
     p = _sub(sub, "doctor", "what this machine lets vethtrace see")
     _json_opt(p, "the checks and the probe plan as JSON")

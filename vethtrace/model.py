@@ -457,6 +457,39 @@ class Verdict:
         return self.kind == "delivered"
 
 
+@dataclass
+class NftraceEvent:
+    """One nftables trace event (the kernel's NFT_MSG_TRACE for a packet that
+    carries nftrace): which rule or policy of which chain decided what.
+
+    `verdict` is nft's word: accept, drop, continue (the rule did not end the
+    chain), jump, goto, return, queue, stolen; `kind` says whether a rule
+    (`rule`), the chain's policy (`policy`) or the end of a chain reached by
+    jump (`return`) gave it. `rule` is the rule as `nft -a list ruleset`
+    prints it; `iptables` the line `iptables -S` prints for rules made by
+    iptables-nft. `ts_ns` is CLOCK_MONOTONIC when vethtrace read the event
+    (the kernel's message carries no time), so it sorts just after the kernel
+    probe events of the same moment.
+    """
+
+    ts_ns: int
+    netns: int  # inode
+    family: str  # ip | ip6 | inet | bridge | arp | netdev
+    table: str
+    chain: str
+    kind: str  # rule | policy | return
+    verdict: str
+    trace_id: int = 0  # the kernel's id of this packet's pass through one hook
+    handle: int | None = None
+    target: str | None = None  # chain of a jump/goto
+    hook: str | None = None  # the base chain's hook (prerouting, input, forward, ...)
+    iif: str | None = None
+    oif: str | None = None
+    rule: str | None = None
+    iptables: str | None = None
+    packet: PacketSummary | None = None
+
+
 # --- JSON round-trip ----------------------------------------------------------
 
 # ProbeEvent's 64-bit kernel addresses: JSON numbers above 2**53 are rounded by

@@ -64,6 +64,7 @@ from vethtrace.errors import UserError
 from vethtrace.model import (
     ID_FIELDS,
     Finding,
+    NftraceEvent,
     ProbeEvent,
     Topology,
     Verdict,
@@ -172,6 +173,11 @@ class Recorder:
         "scope" (a traced namespace or interface vanished or came back)."""
         self._write({"type": kind, "data": data}, flush=True)
 
+    def nftrace(self, event: NftraceEvent) -> None:
+        """A rule verdict from the kernel's nftables trace (`--nftrace`)."""
+        data = {k: v for k, v in to_dict(event).items() if v is not None}
+        self._write({"type": "nftrace", "data": data})
+
     def finding(self, finding: Finding) -> None:
         self._record("finding", finding, flush=True)
 
@@ -238,6 +244,7 @@ class Recording:
     topology: Topology | None = None
     topology_changes: list[Topology] = field(default_factory=list)
     events: list[ProbeEvent] = field(default_factory=list)
+    nftrace: list[NftraceEvent] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     verdict: Verdict | None = None
     lost: int = 0
@@ -401,6 +408,8 @@ def _apply(rec: Recording, kind: str, data: Any, unknown: dict[str, int]) -> Non
         rec.topology = from_dict(Topology, data, strict=True)
     elif kind == "topology-change":
         rec.topology_changes.append(from_dict(Topology, data, strict=True))
+    elif kind == "nftrace":
+        rec.nftrace.append(from_dict(NftraceEvent, data, strict=True))
     elif kind == "finding":
         rec.findings.append(from_dict(Finding, data, strict=True))
     elif kind == "verdict":
@@ -460,6 +469,7 @@ def write_ping(
     warnings: list[str],
     notes: list[str],
     timings: dict[str, float],
+    nftrace: list[NftraceEvent] | None = None,
 ) -> None:
     """The recording of a finished `ping` in one go (tests, tools); the ping
     command itself writes as it goes (commands/ping_files.py), in the same
@@ -471,6 +481,8 @@ def write_ping(
         rec.topology(topology)
         for ev in sorted(events, key=lambda e: e.ts_ns):
             rec.event(ev)
+        for nev in nftrace or []:
+            rec.nftrace(nev)
         for f in findings:
             rec.finding(f)
         if verdict is not None:

@@ -39,7 +39,7 @@ from vethtrace.collect.sniff import Frame, SnifferSet, Target, load_scapy
 from vethtrace.diagnose.verdict import Analysis, PingPlan, decide, judge, make_plan
 from vethtrace.diagnose.verdict.model import compare
 from vethtrace.errors import ExitStatus, UserError, require_root
-from vethtrace.model import Finding, IfaceKey, ProbeEvent, Topology, Verdict
+from vethtrace.model import Finding, IfaceKey, NftraceEvent, ProbeEvent, Topology, Verdict
 
 if TYPE_CHECKING:
     from vethtrace.commands.ping_files import PingFiles
@@ -157,6 +157,8 @@ class Run:
     files: PingFiles | None = None  # --write/--pcap: evidence written as it arrives
     analysis: Analysis | None = None  # what the final verdict was drawn from
     predicted: dict[str, Any] | None = None  # the path model's prediction, for --json
+    nftrace: list[NftraceEvent] = field(default_factory=list)  # --nftrace's rule verdicts
+    rule: dict[str, Any] | None = None  # the rule that dropped it (diagnose/nftrace.py)
 
     def report(self) -> PingReport:
         from vethtrace.render.ping import PingReport
@@ -164,6 +166,7 @@ class Run:
         return PingReport(
             self.plan, self.verdict, self.events, self.topo, self.findings,
             self.warnings, self.notes, self.timings, self.analysis, self.predicted,
+            nftrace=self.nftrace, rule=self.rule,
         )  # fmt: skip
 
     @property
@@ -190,6 +193,7 @@ def execute(
     size: int = 56,
     collector: Any = None,
     files: PingFiles | None = None,
+    nftrace: bool = False,
 ) -> Run:
     """Everything but rendering; returns the finished run (also used by the tests).
 
@@ -201,7 +205,11 @@ def execute(
     Whatever starts is stopped by the exit stack, also on Ctrl-C and errors:
     nothing may stay attached, open or running. On the normal path the
     sniffers, watch and pinger are stopped earlier, in order, so their last
-    frames and events are collected (stopping twice is harmless)."""
+    frames and events are collected (stopping twice is harmless).
+
+    `nftrace`: mark this flow's packets for the kernel's nftables tracer in
+    every namespace on the path (collect/nftrace.py; its tables are removed
+    when we leave) and name the rule that dropped them."""
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
@@ -231,6 +239,7 @@ def execute(
         findings_f = pool.submit(static_findings, topo, path_names or [plan.source])
         events: queue.Queue[ProbeEvent] = queue.Queue()
         coll: Any = None
+        session = _start_nftrace(run, stack) if nftrace else None
         if plan.route_error is None:
             targets = [_target(topo, k) for k in plan.path]
             sniffers = SnifferSet([t for t in targets if t is not None])
@@ -258,6 +267,8 @@ def execute(
             deadline = time.monotonic() + timeout
             while True:
                 _collect(run, events, coll, sniffers)
+                if session is not None:
+                    run.nftrace += session.poll()
                 v = decide(plan, run.events, topo, final=False, now_ns=time.monotonic_ns())
                 if v is not None:
                     timings["verdict"] = time.monotonic() - t0
@@ -274,6 +285,11 @@ def execute(
                 files.add([f.event for f in rest], rest)
             run.notes += sniffers.failed
         _collect(run, events, coll, None)
+        if session is not None:
+            time.sleep(0.02)  # trace messages are queued before the drop we saw
+            run.nftrace += session.poll()
+            session.close()
+            run.notes += session.notes
         if coll is not None:
             run.lost = int(getattr(coll, "lost", 0) or 0)
             run.probe_plan = _describe(coll)
@@ -288,10 +304,49 @@ def execute(
         checked = compare(run.verdict, plan, topo)
         run.verdict, run.predicted = checked.verdict, checked.predicted
         run.notes.extend(checked.notes)
+        _name_rule(run, nftrace)
         timings.setdefault("verdict", time.monotonic() - t0)
         timings["total"] = time.monotonic() - t0
         run.timings = timings
         return run
+
+
+def _start_nftrace(run: Run, stack: contextlib.ExitStack) -> Any:
+    """Trace this flow (`host IP`: the echoes, their replies, ARP about it) in
+    every namespace on the path; the tables go when the stack unwinds."""
+    from vethtrace.collect.nftrace import NftraceSession, scopes
+
+    session = NftraceSession(f"host {run.plan.ip}", scopes(run.topo, run.relevant))
+    stack.callback(_quietly, session.close)
+    session.start()
+    run.timings["nftrace"] = session.timings.get("nftrace_setup", 0.0)
+    return session
+
+
+def _name_rule(run: Run, nftrace: bool) -> None:
+    """The rule culprit from the trace; without --nftrace, a hint where a
+    firewall dropped it."""
+    from vethtrace.diagnose import nftrace as nftdiag
+
+    v = run.verdict
+    if v is None or v.reachable:
+        return
+    if nftrace:
+        run.rule = nftdiag.culprit(run.nftrace, run.plan.ip, run.topo, _names(run.topo))
+        if run.rule is not None:
+            nftdiag.apply(v, run.rule)
+    elif any(e.drop_reason == "NETFILTER_DROP" for e in run.events):
+        failing = (run.predicted or {}).get("first_failure") or {}
+        said = (f"the rule named here is predicted from the ruleset ({failing.get('source')}); "
+                if failing.get("step") == "nft" else "")
+        run.notes.append(
+            f"a firewall dropped it: {said}`vethtrace ping --nftrace ...` asks the kernel's "
+            "nftables trace which rule (it adds a table of its own while it runs)"
+        )
+
+
+def _names(topo: Topology) -> dict[int, str]:
+    return {ns.inode: topo.netns_name(ns.inode) for ns in topo.namespaces}
 
 
 def _quietly(stop: Callable[[], object]) -> None:
@@ -363,6 +418,7 @@ def run(
     as_json: bool = False,
     write: str | None = None,
     pcap: str | None = None,
+    nftrace: bool = False,
 ) -> int:
     ip = parse_ip(ip)  # --count, --size, --timeout: checked by cli's validators
     require_root("vethtrace ping")
@@ -376,7 +432,8 @@ def run(
             from vethtrace.commands.ping_files import PingFiles
 
             files = PingFiles(write, pcap)  # opened now: a bad path fails before the run
-        r = execute(source, target_netns, ip, count, timeout, size, files=files)
+        r = execute(source, target_netns, ip, count, timeout, size, files=files,
+                    nftrace=nftrace)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (vethtrace.signals)
         if files is not None:
             signum = getattr(exc, "signum", signal.SIGINT)

@@ -96,6 +96,8 @@ class PingFiles:
         if self.rec is not None:
             for f in run.findings:
                 self.rec.finding(f)
+            for ev in run.nftrace:
+                self.rec.nftrace(ev)
             if run.verdict is not None:
                 self.rec.verdict(run.verdict)
             self.rec.close(lost=run.lost, ping={"notes": run.notes, "timings": run.timings})

@@ -16,6 +16,7 @@ emptied; what was read and not shown by then is counted in the summary.
 
 from __future__ import annotations
 
+import json
 import mmap
 import signal
 import sys
@@ -76,6 +77,7 @@ def run(
     pcap: str | None = None,
     wait: bool = False,
     buffer: int | None = None,
+    nftrace: bool = False,
     **_: object,
 ) -> int:
     netns = netns or []
@@ -87,6 +89,7 @@ def run(
     out = make_console()
     status = make_console(stderr=True) if as_json or not out.is_terminal else out
     collector = BpfCollector(filter or "", inodes, ringbuf_pages=pages)  # bad filter fails here
+    session = _nftrace_session(collector.filter, netns) if nftrace else None
     sink = _Sink(out, status, as_json, Clock())
     started = time.monotonic()
     # Ctrl-C only sets a flag: the loop then drains, detaches and summarises,
@@ -121,13 +124,17 @@ def run(
                 status.print(f"cannot see: {plan.blind_line()}", style="dim", highlight=False)
             for why in pcap_notes:
                 status.print(f"pcap: {why}", style="yellow", highlight=False)
+            if session is not None:
+                session.start()  # closed below, whatever happens
+                for note in session.notes:
+                    status.print(f"note: {note}", style="dim", highlight=False)
             if write:
                 sink.rec = _recorder(write, plan, netns, collector.filter.text, pcap)
             sink.header()
             started = time.monotonic()
             deadline = started + duration if duration else None
             try:
-                code = _loop(collector, sink, scope, sniffers, stop, deadline, wait)
+                code = _loop(collector, sink, scope, sniffers, session, stop, deadline, wait)
             finally:
                 late = deadline is not None and time.monotonic() >= deadline
                 # At the deadline: what the ring holds is read with a budget and
@@ -137,6 +144,9 @@ def run(
                     deadline=time.monotonic() + DRAIN_GRACE_S if late else None,
                 )
                 sink.check_lost(collector.lost, force=True)
+                if session is not None:
+                    sink.nft(session.poll())
+                    session.close()
                 collector.close()
                 if sniffers is not None:
                     sniffers.close()
@@ -154,6 +164,12 @@ def run(
     return int(code)
 
 
+def _nftrace_session(flt: Any, netns: list[str]) -> Any:
+    from vethtrace.collect.nftrace import NftraceSession, scopes_named
+
+    return NftraceSession(flt, scopes_named(netns))
+
+
 def _scope(netns: list[str]) -> Any:
     if not netns:
         return None  # every namespace: there is no scope to lose
@@ -167,6 +183,7 @@ def _loop(
     sink: _Sink,
     scope: Any,
     sniffers: Any,
+    session: Any,
     stop: threading.Event,
     deadline: float | None,
     wait: bool,
@@ -179,6 +196,8 @@ def _loop(
             break
         wait_ms = 100 if remaining is None else max(1, min(100, int(remaining * 1000)))
         sink.events(collector.poll(wait_ms), deadline)
+        if session is not None:
+            sink.nft(session.poll())
         now = time.monotonic()
         if now >= next_lost:
             sink.check_lost(collector.lost)
@@ -242,6 +261,23 @@ class _Sink:
             sys.stdout.write(render.line(ev, self.t0, self.names).plain + "\n")
         else:
             self.out.print(render.line(ev, self.t0, self.names, self.width), soft_wrap=True)
+
+    def nft(self, events: list[Any]) -> None:
+        """Rule verdicts from the kernel's nftables trace, as lines among the events."""
+        if not events:
+            return
+        from vethtrace.render import nftrace as nftrender
+
+        for ev in events:
+            if self.t0 is None:
+                self.t0 = ev.ts_ns
+            if self.rec is not None:
+                self.rec.nftrace(ev)
+            name = self.names.name(ev.netns)
+            if self.as_json:
+                print(json.dumps(nftrender.json_obj(ev, name), separators=(",", ":")))
+            else:
+                self.out.print(nftrender.line(ev, self.t0, self.names.name), soft_wrap=True)
 
     def _notice(self, kind: str, data: dict[str, Any], text: str, style: str) -> None:
         ts = time.monotonic_ns()
