@@ -150,7 +150,7 @@ def stop(d: Daemon) -> None:
     pid = d.pid()
     if pid is not None:
         _terminate(pid, 15.0)
-    for other in _processes_naming(d.root):
+    for other in processes_naming(d.root):
         _terminate(other, 5.0)
     for mount in sorted(_mounts_under(d.root), key=len, reverse=True):
         subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
@@ -176,7 +176,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def _processes_naming(root: str) -> list[int]:
+def processes_naming(root: str) -> list[int]:
     """Pids whose command line mentions our directory (containerd, its shims)."""
     found = []
     needle = root.encode()
