@@ -227,6 +227,8 @@ class _Declared:
             cidrs += [a for c in self.cni if c.container == target.netns for a in c.addresses]
             box = self.docker.container(target.netns) if self.docker else None
             cidrs += [f"{ip}/32" for ip in box.networks.values()] if box else []
+            if self.docker is not None and self.docker.netns == target.netns:
+                cidrs += self.docker.gateways()
             owned = {str(ipaddress.ip_interface(a).ip) for a in cidrs}
             if target.to not in owned:
                 raise tc.Bad(

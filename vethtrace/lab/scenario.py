@@ -10,6 +10,7 @@ Format reference: vethtrace/lab/scenarios/README.md.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -165,6 +166,14 @@ class DockerSetup:
     networks: list[DockerNetwork] = field(default_factory=list)
     containers: list[DockerContainer] = field(default_factory=list)
 
+    def gateways(self) -> list[str]:
+        """The addresses Docker gives its networks' bridges (each subnet's first host)."""
+        out = []
+        for n in self.networks:
+            net = ipaddress.ip_network(n.subnet)
+            out.append(f"{next(net.hosts())}/{net.prefixlen}")
+        return out
+
     def container(self, netns_name: str) -> DockerContainer | None:
         """The container a scenario name such as `docker:web` means, if any."""
         return next((c for c in self.containers if c.netns == netns_name), None)
@@ -244,6 +253,8 @@ class Scenario:
         """CIDRs the lab gives namespace `netns`: its links' and its CNI attachments'."""
         own = [a for lk in self.links_in(netns) for a in lk.addresses]
         own += [a for c in self.cni if c.container == netns for a in c.addresses]
+        if self.docker is not None and self.docker.netns == netns:
+            own += self.docker.gateways()
         box = self.docker.container(netns) if self.docker else None
         if box is not None and self.docker is not None:
             prefixes = {n.name: n.subnet.split("/")[1] for n in self.docker.networks}

@@ -17,6 +17,8 @@ the firewall facts, so a daemon that does not answer is still recognised.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 from collections.abc import Iterator
 
 from vethtrace.diagnose.rules.base import Context, Where, finding, join_names, rule
@@ -44,6 +46,20 @@ def runtime_firewall(ns: Namespace) -> str | None:
 def managed_network(ns: Namespace, bridge: str) -> RuntimeNetwork | None:
     """The runtime network whose Linux bridge is `bridge` in ns, if any."""
     return next((n for n in ns.runtime_networks if n.bridge == bridge), None)
+
+
+def network_of(ns: Namespace, ip: str) -> RuntimeNetwork | None:
+    """The runtime network in ns whose subnet holds address `ip`, if any."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    for net in ns.runtime_networks:
+        for subnet in net.subnets:
+            with contextlib.suppress(ValueError):
+                if addr in ipaddress.ip_network(subnet, strict=False):
+                    return net
+    return None
 
 
 def _networks(ctx: Context) -> Iterator[tuple[Where | Namespace, RuntimeNetwork]]:
