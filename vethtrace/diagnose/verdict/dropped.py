@@ -221,5 +221,5 @@ def _runtime_words(
         return (f"{owner} network {net.name} has inter-container communication off "
                 f"(enable_icc=false): its rules drop traffic between its containers on purpose")
     if net is not None and net.internal:
-        return f"{owner} network {net.name} is internal: its rules drop what would leave or enter it"
+        return f"{owner} network {net.name} is internal: its rules drop what leaves or enters it"
     return f"the firewall is {owner}'s (its isolation rules; see DOCKER-USER for exceptions)"
