@@ -91,7 +91,9 @@ EXTRA = {
     "container-as-route-netns": (
         '[[route]]\nnetns = "docker:web"\ndst = "default"\nvia = "1.2.3.4"'
     ),
-    "culprit-iface": '[expect]\nculprit = { netns = "docker:web", interface = "eth5" }\nreason = "r"',
+    "culprit-iface": (
+        '[expect]\nculprit = { netns = "docker:web", interface = "eth5" }\nreason = "r"'
+    ),
 }
 
 
