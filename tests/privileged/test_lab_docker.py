@@ -125,7 +125,7 @@ def test_isolation_between_networks_named(prefix: str) -> None:
         assert r.returncode == 1 and v["verdict"] == "dropped", v["summary"]
         assert v["culprit"] == {"netns": lab.ns("host"), "interface": "front0"}
         assert "networks front and back are isolated" in v["summary"]
-        assert v["fix"] == []
+        assert not any("bridge-nf-call" in f or "DOCKER-USER" in f for f in v["fix"]), v["fix"]
 
 
 NO_LISTENER = textwrap.dedent('''
