@@ -159,11 +159,18 @@ class FdbEntry:
 
 @dataclass
 class PublishedPort:
+    """A port the runtime publishes on the host (a DNAT to a container), and whether
+    anything can answer there: the container runs, and a socket listens on it."""
+
     proto: str  # tcp, udp
     host_ip: str  # "0.0.0.0" for every address
     host_port: int
     container: str  # the container's name
     container_port: int
+    running: bool = True  # False: the container is stopped, so the DNAT rule is gone
+    status: str = "running"  # the runtime's word: running, exited, created...
+    container_ip: str = ""  # the DNAT target on this network (empty while stopped)
+    listening: bool | None = None  # a socket on container_port in the container; None: unknown
 
 
 @dataclass
@@ -182,6 +189,7 @@ class RuntimeNetwork:
     icc: bool = True  # inter-container communication (enable_icc)
     containers: dict[str, str] = field(default_factory=dict)  # name -> "172.18.0.2/16"
     published: list[PublishedPort] = field(default_factory=list)
+    api: str = ""  # the API address it was asked at, when not the runtime's default
 
 
 @dataclass

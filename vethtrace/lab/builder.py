@@ -14,7 +14,8 @@ the link comes up. Then LAB_STEPS, over the whole lab: the CNI plugins
 (lab/cni.py) run after everything the scenario declares (a macvlan master or
 the node's uplink must exist), in file order (host-local hands out addresses in
 that order), recording each attachment in the lab's state before its ADD; then
-the TCP listeners (lab/listen.py) start.
+the lab's own Docker daemon and its containers (lab/docker.py), recorded before
+dockerd starts; then the TCP listeners (lab/listen.py) start.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vethtrace import netns
 from vethtrace.errors import UserError
-from vethtrace.lab import cni, listen, namespaces
+from vethtrace.lab import cni, docker, listen, namespaces
 from vethtrace.lab.scenario import (
     BOND_MODES,
     IPVLAN_MODES,
@@ -245,6 +246,12 @@ def _cni(scn: Scenario, real: dict[str, str], st: LabState) -> None:
     cni.add_all(scn.cni, real, st)
 
 
+def _docker(scn: Scenario, real: dict[str, str], st: LabState) -> None:
+    """[docker]: the lab's own dockerd, its networks and containers (lab/docker.py)."""
+    if scn.docker is not None:
+        docker.start(scn.docker, real, st)
+
+
 def _listeners(scn: Scenario, real: dict[str, str], st: LabState) -> None:
     """[[listen]]: TCP listeners kept running for the lab's lifetime (lab/listen.py)."""
     for lst in scn.listen:
@@ -259,6 +266,7 @@ LabStep = Callable[[Scenario, dict[str, str], LabState], None]
 #: listen on addresses the plugins gave.
 LAB_STEPS: list[tuple[str, LabStep]] = [
     ("running CNI plugins", _cni),
+    ("starting Docker and its containers", _docker),
     ("starting TCP listeners", _listeners),
 ]
 
