@@ -351,6 +351,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `vethtrace trace | head`: stop quietly, like other Unix tools.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         return int(ExitStatus.OK)
+    except Exception as exc:
+        # A signal landing inside an import or a descriptor hook comes back wrapped
+        # (e.g. RuntimeError from __set_name__): still an interruption, not a bug.
+        cause = sigs.interruption_in(exc)
+        if cause is None:
+            raise
+        sigs.announce()
+        return cause.status
     finally:
         if argv is None:
             sigs.hold()

@@ -47,6 +47,18 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+def interruption_in(exc: BaseException) -> Interrupted | None:
+    """The Interrupted an exception was raised from or during, if any."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, Interrupted):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 class _State:
     def __init__(self, command: str) -> None:
         self.command = command

@@ -275,7 +275,9 @@ def test_sigint_from_outside_exits_130_cleanly(seed) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert err.strip() == "vethtrace ping: interrupted"
+    # one line; ", stopping…" when the main thread took over 0.2 s to see the signal
+    # (a busy machine), as vethtrace.signals' watcher says then
+    assert err.strip() in ("vethtrace ping: interrupted", "vethtrace ping: interrupted, stopping…")
     assert _settle(lambda: not (held & loaded_prog_ids())), "programs still loaded"
     assert "Traceback" not in err
 

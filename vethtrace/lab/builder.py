@@ -170,14 +170,22 @@ def _bring_up(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> Non
 
 
 def _ports(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
-    """Bridge-port options, once carrier is there."""
+    """Bridge-port options, once carrier is there. Every port whose carrier will
+    come is waited for: with STP off the bridge makes it forwarding as carrier
+    arrives, so `lab up` returns a lab whose ports already forward (a ping or a
+    discovery right after it sees the steady state, not a port still disabled)."""
+    bridges = {b.name for b in scn.links_in(ns) if b.kind == "bridge"}
     for link in scn.links_in(ns):
         if link.port is None:
+            if link.master in bridges:
+                _wait_carrier(ipr, _index(ipr, link.name), link, scn)
             continue
         idx = _index(ipr, link.name)
         if link.port.state is not None:
             _wait_carrier(ipr, idx, link, scn)
             _set_port_state(idx, PORT_STATES[link.port.state], link.name)
+        elif link.master in bridges:
+            _wait_carrier(ipr, idx, link, scn)
         opts: dict[str, int] = {}
         for key, nla in (
             ("isolated", "IFLA_BRPORT_ISOLATED"),
