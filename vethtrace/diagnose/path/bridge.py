@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vethtrace.diagnose.path import netfilter
 from vethtrace.diagnose.path.flow import Hop, Packet
 from vethtrace.model import Interface, Namespace
 
@@ -455,7 +456,7 @@ def bridge_forward(
                 f"{br.name} floods unknown unicast {frame.dst_mac}",
             )
     if frame.pkt is not None and ingress is not None:
-        verdict, hops = w.br_netfilter(ns, br, frame.pkt)
+        verdict, hops = netfilter.br_netfilter(w, ns, br, frame.pkt)
         trail = trail + hops
         if verdict != "accept":
             out.dead.append(Dead(trail))
@@ -545,7 +546,9 @@ def bridge_forward(
             )
             continue
         if frame.pkt is not None and ingress is not None:
-            verdict, hops = w.nft_hook(ns, "bridge", "forward", frame.pkt, ingress.name, q.name)
+            verdict, hops = netfilter.run_hook(
+                w, ns, "bridge", "forward", frame.pkt, ingress.name, q.name
+            )
             if verdict != "accept":
                 out.dead.append(Dead(trail + hops))
                 continue
@@ -572,9 +575,7 @@ def _bystander(w: Walker, q: Interface, frame: Frame) -> bool:
     plain = memo.get(("plain", q.key))
     if plain is None:
         peer = w.topo.iface(q.peer)
-        plain = memo[("plain", q.key)] = (
-            peer is not None and peer.master is None and peer.admin_up
-        )
+        plain = memo[("plain", q.key)] = peer is not None and peer.master is None and peer.admin_up
     if not plain:
         return False
     idx = memo.get("answerers")

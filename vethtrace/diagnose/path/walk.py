@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from ipaddress import ip_interface
 from typing import Any, cast
 
-from vethtrace.diagnose.path import bridge, neigh
+from vethtrace.diagnose.path import bridge, neigh, netfilter
 from vethtrace.diagnose.path.flow import Flow, Hop, Packet, PathPrediction, Status
-from vethtrace.diagnose.path.nft import FAMILIES, Ctx, HookResult, Ruleset, evaluate
+from vethtrace.diagnose.path.nft import Ruleset
 from vethtrace.diagnose.path.route import (
     RouteResult,
     conf,
@@ -53,7 +53,7 @@ class Walker:
         self.learned: dict[IfaceKey, dict[str, int]] = {}
         self.l2_seen: set[tuple[IfaceKey, str | None]] = set()
         # parsed rulesets and the namespace index outlive one walk (Predictor shares them)
-        self._rulesets: dict[int, Ruleset | None] = {} if rulesets is None else rulesets
+        self.rulesets: dict[int, Ruleset | None] = {} if rulesets is None else rulesets
         self._by_inode = by_inode or {ns.inode: ns for ns in topo.namespaces}
         self.floods: dict[object, Any] = {} if floods is None else floods
         self.arp_for: str | None = None  # the address an ARP flood being walked asks for
@@ -63,7 +63,7 @@ class Walker:
         self.ct: dict[int, list[tuple[Packet, Packet]]] = {}
         self.forwarders: list[tuple[Namespace, Interface]] = []  # (namespace, egress) on the way
         self.budget = MAX_HOPS
-        self._unreadable: set[int] = set()  # namespaces whose unreadable ruleset was named
+        self.unreadable: set[int] = set()  # namespaces whose unreadable ruleset was named
 
     # --- helpers the other modules use ---------------------------------------------
 
@@ -103,160 +103,6 @@ class Walker:
                 return f"{tool}-n {ns.name} {command[len(tool) :]}"
         return f"ip netns exec {ns.name} {command}"
 
-    def ruleset(self, ns: Namespace) -> Ruleset | None:
-        if ns.inode not in self._rulesets:
-            self._rulesets[ns.inode] = Ruleset.parse(ns.nft) if ns.nft else None
-        return self._rulesets[ns.inode]
-
-    def nft_hook(
-        self, ns: Namespace, kind: str, hook: str, pkt: Packet, iif: str | None, oif: str | None
-    ) -> tuple[str, list[Hop]]:
-        """Run the hook's base chains; NAT rewrites pkt. ("accept"|"drop", hops)."""
-        rs = self.ruleset(ns)
-        if rs is None:
-            if ns.nft_error and ns.inode not in self._unreadable:
-                # the chains exist but nft could not print them: say so, never guess
-                self._unreadable.add(ns.inode)
-                return "accept", [
-                    self.hop(
-                        ns,
-                        ns.iface_by_name(iif or oif or ""),
-                        "nft",
-                        f"{hook}: ruleset not readable, taken as accepting",
-                        "nft list ruleset",
-                        "unknown",
-                        f"nft could not print {ns.name}'s ruleset: {ns.nft_error}",
-                    )
-                ]
-            return "accept", []
-        fam = 4 if ip(pkt.dst).version == 4 else 6
-        families = ("bridge",) if kind == "bridge" else FAMILIES[fam]
-        if not rs.base(families, hook):
-            return "accept", []
-        ctx = Ctx(
-            fam,
-            pkt.src or "0.0.0.0",
-            pkt.dst,
-            pkt.proto,
-            pkt.sport,
-            pkt.dport,
-            iif,
-            oif,
-            "established" if pkt.reply and self._tracked(ns, pkt) else "new",
-            pkt.reply,
-            ("echo-reply" if pkt.reply else "echo-request") if pkt.proto == "icmp" else None,
-        )
-        res: HookResult = evaluate(rs, families, hook, ctx)
-        hops = []
-        iface = ns.iface_by_name(iif or oif or "")
-        for st in res.steps:
-            hops.append(
-                self.hop(
-                    ns,
-                    iface,
-                    "nft",
-                    f"{hook}: {st.decision}" + (f"  [{st.rule}]" if st.rule else ""),
-                    st.source,
-                    st.status,
-                    ""
-                    if st.status == "ok"
-                    else (
-                        f"{st.source} drops it: {st.rule or 'the chain policy'}"
-                        if st.status == "fail"
-                        else f"the model cannot evaluate {st.rule}"
-                    ),
-                    self._nft_fix(ns, st.source, pkt, iif, oif) if st.status == "fail" else [],
-                )
-            )
-        if res.verdict == "drop":
-            if not any(h.status == "fail" for h in hops):
-                hops.append(
-                    self.hop(ns, iface, "nft", f"{hook}: dropped", "nft", "fail", "a rule drops it")
-                )
-            return "drop", hops
-        if res.nat is not None:
-            kind_, addr, port = res.nat
-            before = pkt.describe()
-            if kind_ in ("masquerade", "snat"):
-                out = ns.iface_by_name(oif or "")
-                new = addr or (
-                    select_source(ns, RouteResult("unicast", None, out), pkt.dst) if out else None
-                )
-                pkt.src = new
-                if port is not None:
-                    pkt.sport = port
-            elif kind_ in ("dnat", "redirect"):
-                if kind_ == "redirect":
-                    inn = ns.iface_by_name(iif or "")
-                    addr = next(
-                        (a.address for a in (inn.addresses if inn else []) if a.family == 4),
-                        "127.0.0.1",
-                    )
-                if addr:
-                    pkt.dst = addr
-                if port is not None:
-                    pkt.dport = port
-            hops.append(
-                self.hop(
-                    ns,
-                    iface,
-                    "nat",
-                    f"{hook}: {kind_}: {before} -> {pkt.describe()}",
-                    next((s.source for s in reversed(res.steps)), "nft"),
-                )
-            )
-        return "accept", hops
-
-    def _nft_fix(
-        self, ns: Namespace, source: str, pkt: Packet, iif: str | None, oif: str | None
-    ) -> list[str]:
-        parts = source.split()
-        if len(parts) >= 6 and parts[4] == "handle":
-            _nft, fam, table, chain, _h, handle = parts[:6]
-            return [self.cmd(ns, f"nft delete rule {fam} {table} {chain} handle {handle}")]
-        if len(parts) >= 4:
-            _nft, fam, table, chain = parts[:4]
-            match = f"ip saddr {pkt.src} ip daddr {pkt.dst}" if fam != "bridge" else ""
-            if (
-                (iif and chain.upper() in ("FORWARD", "INPUT"))
-                or "forward" in chain
-                or "input" in chain
-            ):
-                match = (
-                    (f"iifname {iif} " if iif else "") + (f"oifname {oif} " if oif else "") + match
-                )
-            return [self.cmd(ns, f"nft insert rule {fam} {table} {chain} {match.strip()} accept")]
-        return []
-
-    def br_netfilter(self, ns: Namespace, br: Interface, pkt: Packet) -> tuple[str, list[Hop]]:
-        if ns.sysctls.get("net.bridge.bridge-nf-call-iptables") != "1":
-            return "accept", []
-        verdict, hops = self.nft_hook(ns, "ip", "forward", pkt, br.name, br.name)
-        for h in hops:
-            h.decision = f"br_netfilter {h.decision}"
-        if hops:
-            src = "sysctl net.bridge.bridge-nf-call-iptables=1"
-            hops.insert(
-                0,
-                self.hop(
-                    ns, br, "bridge", "bridged IP passes the ip forward hook (br_netfilter)", src
-                ),
-            )
-        return verdict, hops
-
-    def _tracked(self, ns: Namespace, pkt: Packet) -> bool:
-        return any(self._reply_of(out, pkt) for _in, out in self.ct.get(ns.inode, []))
-
-    @staticmethod
-    def _reply_of(out: Packet, pkt: Packet) -> bool:
-        return (
-            pkt.src == out.dst
-            and pkt.dst == out.src
-            and pkt.proto == out.proto
-            and pkt.sport == out.dport
-            and pkt.dport == out.sport
-        )
-
     # --- the walk -----------------------------------------------------------------
 
     def output(self, ns: Namespace, pkt: Packet) -> End:
@@ -287,7 +133,7 @@ class Walker:
             res.describe(),
         )
         oif_name = res.oif.name if res.oif else None
-        verdict, hops = self.nft_hook(ns, "ip", "output", pkt, None, oif_name)
+        verdict, hops = netfilter.run_hook(self, ns, "ip", "output", pkt, None, oif_name)
         self.hops += hops
         if verdict != "accept":
             return End("failed")
@@ -310,7 +156,7 @@ class Walker:
                     [self.cmd(ns, "ip link set lo up")],
                 )
                 return End("failed")
-            self._track(ns, entered, pkt)
+            self.track(ns, entered, pkt)
             return self.deliver(ns, lo or res.oif, pkt, res)
         return self.transmit(ns, res, pkt, None, entered)
 
@@ -389,7 +235,7 @@ class Walker:
                             return a.address
         return None
 
-    def _track(self, ns: Namespace, entered: Packet, left: Packet) -> None:
+    def track(self, ns: Namespace, entered: Packet, left: Packet) -> None:
         self.ct.setdefault(ns.inode, []).append((entered, left.copy()))
 
     def transmit(
@@ -419,8 +265,8 @@ class Walker:
                 [self.cmd(ns, f"ip link set {oif.name} mtu {pkt.size}")],
             )
             return End("failed")
-        verdict, hops = self.nft_hook(
-            ns, "ip", "postrouting", pkt, iif.name if iif else None, oif.name
+        verdict, hops = netfilter.run_hook(
+            self, ns, "ip", "postrouting", pkt, iif.name if iif else None, oif.name
         )
         self.hops += hops
         if verdict != "accept":
@@ -436,7 +282,7 @@ class Walker:
             pkt.src, pkt.unnat_src = pkt.unnat_src, None
         if iif is not None:
             self.forwarders.append((ns, oif))
-        self._track(ns, entered, pkt)
+        self.track(ns, entered, pkt)
         nexthop = res.gateway or pkt.dst
         self.l2_seen = set()
         mac, hops = neigh.resolve(self, ns, oif, nexthop, pkt.src)
@@ -485,7 +331,7 @@ class Walker:
         entered = pkt.copy()
         if pkt.reply:
             for first, out in self.ct.get(ns.inode, []):
-                if self._reply_of(out, pkt):
+                if netfilter.reply_of(out, pkt):
                     if first.src != pkt.dst:
                         self.add(
                             ns,
@@ -499,7 +345,7 @@ class Walker:
                     if first.dst != pkt.src:
                         pkt.unnat_src = first.dst
                     break
-        verdict, hops = self.nft_hook(ns, "ip", "prerouting", pkt, iface.name, None)
+        verdict, hops = netfilter.run_hook(self, ns, "ip", "prerouting", pkt, iface.name, None)
         self.hops += hops
         if verdict != "accept":
             return End("failed")
@@ -527,7 +373,7 @@ class Walker:
             return End("failed")
         if res.kind in ("local", "broadcast"):
             self.add(ns, iface, "route", f"{pkt.dst}: {res.kind}", res.describe())
-            self._track(ns, entered, pkt)
+            self.track(ns, entered, pkt)
             return self.deliver(ns, iface, pkt, res)
         if not conf(ns, iface, "forwarding"):
             self.add(
@@ -551,8 +397,8 @@ class Walker:
             + f" out of {res.oif.name if res.oif else '?'}",
             res.describe(),
         )
-        verdict, hops = self.nft_hook(
-            ns, "ip", "forward", pkt, iface.name, res.oif.name if res.oif else None
+        verdict, hops = netfilter.run_hook(
+            self, ns, "ip", "forward", pkt, iface.name, res.oif.name if res.oif else None
         )
         self.hops += hops
         if verdict != "accept":
@@ -597,7 +443,7 @@ class Walker:
 
     def deliver(self, ns: Namespace, iface: Interface | None, pkt: Packet, res: RouteResult) -> End:
         name = iface.name if iface else None
-        verdict, hops = self.nft_hook(ns, "ip", "input", pkt, name, None)
+        verdict, hops = netfilter.run_hook(self, ns, "ip", "input", pkt, name, None)
         self.hops += hops
         if verdict != "accept":
             return End("failed")
