@@ -175,9 +175,7 @@ def br_netfilter(w: Walker, ns: Namespace, br: Interface, pkt: Packet) -> tuple[
 def tracked(w: Walker, ns: Namespace, pkt: Packet) -> bool:
     """A reply of a flow conntrack saw here: as it left (before the reply is
     un-NATed) or as it entered (after)."""
-    return any(
-        reply_of(out, pkt) or reply_of(first, pkt) for first, out in w.ct.get(ns.inode, [])
-    )
+    return any(reply_of(out, pkt) or reply_of(first, pkt) for first, out in w.ct.get(ns.inode, []))
 
 
 def reply_of(out: Packet, pkt: Packet) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ipaddress import ip_interface
 from typing import Any, cast
 
-from vethtrace.diagnose.path import bridge, neigh, netfilter
+from vethtrace.diagnose.path import l2, neigh, netfilter
 from vethtrace.diagnose.path.flow import Flow, Hop, Packet, PathPrediction, Status
 from vethtrace.diagnose.path.nft import Ruleset
 from vethtrace.diagnose.path.route import (
@@ -295,7 +295,7 @@ class Walker:
             unknown = any(h.status == "unknown" for h in hops)
             return End("unknown" if unknown else "failed")
         self.l2_seen = set()
-        result = bridge.send(self, oif, bridge.Frame(oif.mac, mac, pkt, pkt.size), [])
+        result = l2.send(self, oif, l2.Frame(oif.mac, mac, pkt, pkt.size), [])
         for rif, trail in result.reached:
             if rif.key != oif.key and (mac is None or rif.mac == mac or rif.kind == "bridge"):
                 self.hops += trail
