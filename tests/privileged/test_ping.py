@@ -35,9 +35,7 @@ LABS_WITH_PINGS = [n for n in scenarios() if load(n).expect.pings]
 # MASQUERADE, the macvlan lower's address, the nft forward hook of a ptp node (it
 # names the random host-side veth the packet came in by), the wrong static
 # neighbour entry. strict: each flips to a failure once ping gets it right.
-PING_WRONG = {
-    "bridge-flood-off", "bridge-port-down", "calico-no-proxy-arp", "cni-bridge-nomasq",
-    "cni-macvlan-host", "cni-ptp-forward-drop", "neigh-wrong-mac",
+PING_WRONG = {"bridge-port-down", "cni-bridge-nomasq", "cni-ptp-forward-drop",
 }  # fmt: skip
 PATH_MODEL = pytest.mark.xfail(strict=True, reason="needs the path model (#15)")
 JSON_KEYS = {"reachable", "verdict", "summary", "culprit", "path", "findings"}
