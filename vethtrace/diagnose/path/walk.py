@@ -245,7 +245,7 @@ class Walker:
         if pkt.reply:
             for first, out in self.ct.get(ns.inode, []):
                 if netfilter.reply_of(out, pkt):
-                    if first.src != pkt.dst:
+                    if first.src is not None and first.src != pkt.dst:
                         self.add(
                             ns,
                             iface,
