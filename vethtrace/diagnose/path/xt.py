@@ -17,21 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from ipaddress import ip_address
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-
-class _Ctx(Protocol):
-    family: int
-    src: str
-    dst: str
-    proto: str
-    sport: int | None
-    dport: int | None
-    iif: str | None
-    oif: str | None
-    ct_state: str
-    bridged: bool
-    addrtype: Callable[[str], str] | None
+if TYPE_CHECKING:
+    from vethtrace.diagnose.path.nft import Ctx as _Ctx
 
 
 def match(xt: dict[str, Any], ctx: _Ctx, unknown: type[Exception]) -> bool:
