@@ -83,6 +83,7 @@ class Interface:
     bridge_port: BridgePortInfo | None = None  # set when the master is a bridge
     bridge_stp: bool | None = None  # set for bridges: STP enabled?
     vlan_filtering: bool | None = None  # set for bridges
+    macvlan_mode: str | None = None  # set for macvlans: private, vepa, bridge, passthru, source
     sysctls: dict[str, str] = field(default_factory=dict)  # per-device ipv4 conf
 
     @property

@@ -30,9 +30,7 @@ pytestmark = pytest.mark.privileged
 # across namespaces. strict: each flips to a failure once `check` gets it right.
 PATH_MODEL = pytest.mark.xfail(strict=True, reason="needs the path model (#15)")
 CHECK_WRONG = {
-    "cni-bridge-nomasq", "cni-macvlan-host", "cni-portmap-down", "cni-ptp-forward-drop",
-    "cni-tuning-arp", "cni-tuning-mtu", "docker-forward-drop",
-    "cni-bridge-masq", "cni-firewall", "cni-portmap", "cni-tuning", "docker-forward",
+    "cni-bridge-nomasq", "cni-portmap-down", "cni-ptp-forward-drop", "docker-forward-drop",
 }  # fmt: skip
 
 

@@ -19,6 +19,8 @@ from vethtrace.topology import nlmsg as nl
 _inet_ntop = socket.inet_ntop
 _FAMILY = {nl.AF_INET: (socket.AF_INET, 4), nl.AF_INET6: (socket.AF_INET6, 6)}
 ARPHRD_ETHER = 1
+IFLA_MACVLAN_MODE = 1  # u32 in a macvlan's IFLA_INFO_DATA (if_link.h)
+MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
 
 
 @dataclass
@@ -72,6 +74,11 @@ def links(data: bytes, inode: int) -> list[Link]:
                 iface.bridge_stp = nl.u32(data, br[nl.IFLA_BR_STP_STATE]) != 0
             if nl.IFLA_BR_VLAN_FILTERING in br:
                 iface.vlan_filtering = nl.u8(data, br[nl.IFLA_BR_VLAN_FILTERING]) != 0
+        if kind in ("macvlan", "macvtap") and nl.IFLA_INFO_DATA in info:
+            mv = nl.nested(data, info[nl.IFLA_INFO_DATA])
+            if IFLA_MACVLAN_MODE in mv:
+                mode = nl.u32(data, mv[IFLA_MACVLAN_MODE])
+                iface.macvlan_mode = MACVLAN_MODES.get(mode, str(mode))
         if slave_kind == "bridge" and nl.IFLA_INFO_SLAVE_DATA in info:
             iface.bridge_port = _bridge_port(data, nl.nested(data, info[nl.IFLA_INFO_SLAVE_DATA]))
         if nl.IFLA_AF_SPEC in a:

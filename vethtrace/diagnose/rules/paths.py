@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from vethtrace.diagnose.path import Flow, Hop, PathPrediction
-from vethtrace.diagnose.path.walk import Predictor
+from vethtrace.diagnose.path.predict import Predictor
 from vethtrace.diagnose.rules.base import Context, Where, finding, join_names, rule
 from vethtrace.model import Finding, Namespace
 
@@ -138,9 +138,7 @@ def _segment_peers(ctx: Context, w: Where) -> list[tuple[str, str]]:
     return [(str(a), n) for a, _i, n in chosen]
 
 
-def _stacks_of_domain(
-    ctx: Context, domain: int, key: object
-) -> list[tuple[IPv4Address, int, str]]:
+def _stacks_of_domain(ctx: Context, domain: int, key: object) -> list[tuple[IPv4Address, int, str]]:
     """(address, netns inode, netns name) of every up stack in an L2 domain,
     sorted by address; computed once per domain per check run."""
     cache = ctx.cache.setdefault("segment-stacks", {})
@@ -203,8 +201,12 @@ def rule_of(hop: Hop) -> str:
             return "bridge-netfilter-drop"
         return "netfilter-forward-drop" if dec.startswith("forward") else "path-broken"
     if step == "arp":
-        for key, rid in (("proxy_arp", "proxy-arp-missing"), ("arp_ignore", "arp-ignore"),
-                         ("arp_filter", "arp-filter"), ("master", "address-on-bridge-port")):
+        for key, rid in (
+            ("proxy_arp", "proxy-arp-missing"),
+            ("arp_ignore", "arp-ignore"),
+            ("arp_filter", "arp-filter"),
+            ("master", "address-on-bridge-port"),
+        ):
             if key in src:
                 return rid
         return "path-broken"
@@ -266,7 +268,9 @@ def path_findings(ctx: Context, ids: set[str] | None) -> Iterator[Finding]:
         hop = first.hop
         place = f"{hop.netns}/{hop.interface}" if hop.interface else hop.netns
         yield finding(
-            rule_id, "error", Where(ns, it) if it is not None else ns,
+            rule_id,
+            "error",
+            Where(ns, it) if it is not None else ns,
             f"{shown} fails: {decision}",
             f"{hop.cause or decision} (decided at {place} by {hop.source or 'the walk'}). "
             f"Predicted from the kernel's tables; `vethtrace path --from "
