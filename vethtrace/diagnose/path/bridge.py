@@ -100,6 +100,10 @@ def send(w: Walker, iface: Interface, frame: Frame, trail: list[Hop]) -> L2Resul
         )
         out.dead.append(Dead([*trail, hop]))
         return out
+    if iface.kind == "vxlan":  # encapsulation: the outer packet walks the underlay
+        from vethtrace.diagnose.path import vxlan
+
+        return vxlan.send(w, iface, frame, trail)
     if iface.kind != "veth":
         out.dead.append(
             Dead(

@@ -411,6 +411,11 @@ class Walker:
                 "a route without an output device is not modelled",
             )
             return End("unknown")
+        if pkt.size > oif.mtu and oif.kind == "vxlan":  # the overlay's MTU budget
+            from vethtrace.diagnose.path import vxlan
+
+            self.hops.append(vxlan.too_big(self, ns, oif, pkt))
+            return End("failed")
         if pkt.size > oif.mtu:
             self.add(
                 ns,
@@ -588,7 +593,13 @@ class Walker:
                 f"from {pkt.src} "
                 f"arriving on {iface.name}: {how}",
                 [
-                    self.cmd(ns, f"ip route add {pkt.src} dev {iface.name}"),
+                    # never route an underlay address into a VXLAN device (it would
+                    # encapsulate its own outer packets): loose mode only
+                    *(
+                        []
+                        if iface.kind == "vxlan"
+                        else [self.cmd(ns, f"ip route add {pkt.src} dev {iface.name}")]
+                    ),
                     self.cmd(
                         ns,
                         "sysctl -w net.ipv4.conf.all.rp_filter=2 "
