@@ -214,6 +214,10 @@ def too_big(w: Walker, ns: Namespace, iface: Interface, pkt: Packet) -> Hop:
     vx = iface.vxlan
     under = ns.iface(vx.link) if vx is not None else None
     fix = underlay_mtu_fix(w, ns, iface, under, pkt.size + OVERHEAD, pkt.size) if under else []
+    sender = next((n for n in w.topo.namespaces for i in n.interfaces
+                   for a in i.addresses if a.address == pkt.src), None)  # fmt: skip
+    if fix and sender is not None:  # it cached the smaller path MTU the node told it
+        fix.append(w.cmd(sender, "ip route flush cache"))
     return w.hop(
         ns,
         iface,
