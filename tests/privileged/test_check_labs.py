@@ -51,7 +51,7 @@ NOT_IN_LABS = {"address-on-bond-slave", "macvlan-lower-address", "orphan-veth",
                # a published port with nothing listening: test_lab_docker.py builds it
                "container-port-no-listener",
                # the catch-all for decisions no other id names
-               "path-broken"}  # fmt: skip
+               "path-broken", "overlay-path-broken"}  # fmt: skip
 
 
 def check(namespaces: list[str]) -> list[Finding]:
