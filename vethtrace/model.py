@@ -66,6 +66,19 @@ class BridgePortInfo:
 
 
 @dataclass
+class VxlanInfo:
+    """A VXLAN device's own settings (IFLA_VXLAN_*): what it encapsulates with and
+    what it accepts when decapsulating (diagnose/path/vxlan.py walks both)."""
+
+    vni: int
+    port: int = 4789  # UDP destination port it sends to and listens on
+    local: str | None = None  # source address of the outer packet (None: routing picks)
+    group: str | None = None  # default remote (unicast) or multicast group
+    link: int | None = None  # ifindex of the underlay device it is tied to (same netns)
+    learning: bool = True  # learns remote MACs from received packets
+
+
+@dataclass
 class Interface:
     key: IfaceKey
     name: str
@@ -85,6 +98,7 @@ class Interface:
     vlan_filtering: bool | None = None  # set for bridges
     macvlan_mode: str | None = None  # set for macvlans: private, vepa, bridge, passthru, source
     sysctls: dict[str, str] = field(default_factory=dict)  # per-device ipv4 conf
+    vxlan: VxlanInfo | None = None  # set for vxlan devices
 
     @property
     def is_up(self) -> bool:
@@ -156,6 +170,8 @@ class FdbEntry:
     master: int | None = None  # the bridge
     vlan: int | None = None
     flags: list[str] = field(default_factory=list)  # local/permanent/static/self/master
+    dst: str | None = None  # vxlan: the remote VTEP (underlay address) frames to mac go to
+    vni: int | None = None  # vxlan: a per-entry VNI, when it differs from the device's
 
 
 @dataclass

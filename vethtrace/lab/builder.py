@@ -37,7 +37,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vethtrace import netns
 from vethtrace.errors import UserError
-from vethtrace.lab import cni, docker, listen, namespaces
+from vethtrace.lab import cni, docker, listen, namespaces, overlay
 from vethtrace.lab.scenario import (
     BOND_MODES,
     IPVLAN_MODES,
@@ -242,10 +242,12 @@ STEPS: list[tuple[str, Step]] = [
     ("creating bridges, bonds and dummies", _masters),
     ("creating veth pairs", _veths),
     ("creating macvlan/ipvlan links", _stacked),
+    ("creating vxlan links", overlay.links),
     ("configuring links", _configure),
     ("bringing links up", _bring_up),
     ("setting bridge-port options", _ports),
     ("adding routes and neighbours", _routes),
+    ("adding vxlan fdb entries", overlay.fdb),
 ]
 
 

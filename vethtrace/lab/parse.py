@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vethtrace.errors import UserError
-from vethtrace.lab import cni, parse_docker, parse_expect
+from vethtrace.lab import cni, parse_docker, parse_expect, parse_overlay
 from vethtrace.lab import tomlcheck as tc
 from vethtrace.lab.scenario import (
     BOND_MODES,
@@ -56,8 +56,8 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         data,
         "top level",
         {"name", "summary", "netns"},
-        {"description", "bridge", "veth", "link", "route", "neigh", "cni", "listen", "docker",
-         "expect"},
+        {"description", "bridge", "veth", "link", "route", "neigh", "fdb", "cni", "listen",
+         "docker", "expect"},
     )
     name = tc.typed(top["name"], str, "top level", "name")
     if name != path.stem:
@@ -68,6 +68,7 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
     declared.check_links()
     routes = [_route(t, i, declared) for i, t in enumerate(tc.tables(top, "route"), 1)]
     neighs = [_neigh(t, i, declared) for i, t in enumerate(tc.tables(top, "neigh"), 1)]
+    fdb = [parse_overlay.fdb(t, i, declared) for i, t in enumerate(tc.tables(top, "fdb"), 1)]
     declared.cni = [_cni(t, i, declared) for i, t in enumerate(tc.tables(top, "cni"), 1)]
     listens = [_listen(t, i, declared) for i, t in enumerate(tc.tables(top, "listen"), 1)]
     if "docker" in top:
@@ -85,6 +86,7 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         links=links,
         routes=routes,
         neighs=neighs,
+        fdb=fdb,
         cni=declared.cni,
         listen=listens,
         docker=declared.docker,
@@ -136,7 +138,8 @@ def _links(top: dict[str, Any]) -> list[Link]:
     links = []
     for i, t in enumerate(tc.tables(top, "link"), 1):
         where = f"[[link]] #{i}"
-        t = tc.keys(t, where, {"netns", "name", "kind"}, _IFACE_KEYS | {"lower", "mode"})
+        extra = parse_overlay.VXLAN_KEYS if t.get("kind") == "vxlan" else set()
+        t = tc.keys(t, where, {"netns", "name", "kind"}, _IFACE_KEYS | {"lower", "mode"} | extra)
         kind = t["kind"]
         if kind not in LINK_KINDS:
             raise tc.Bad(
@@ -157,6 +160,8 @@ def _links(top: dict[str, Any]) -> list[Link]:
             link.lower = tc.typed(t["lower"], str, where, "lower")
         elif "lower" in t:
             raise tc.Bad(f"{where}: lower only applies to macvlan and ipvlan")
+        if kind == "vxlan":
+            link.vxlan = parse_overlay.vxlan(t, where)
         links.append(link)
     return links
 
@@ -218,6 +223,9 @@ class _Declared:
                     raise tc.Bad(f"{where}: port state cannot be forced while {m.name} runs STP")
             if link.lower is not None and self.find(link.netns, link.lower) is None:
                 raise tc.Bad(f"{where}: lower {link.lower!r} is not a link in the same netns")
+            dev = link.vxlan.dev if link.vxlan else None
+            if dev is not None and self.find(link.netns, dev) is None:
+                raise tc.Bad(f"{where}: dev {dev!r} is not a link in the same netns")
 
     def check_targets(self, kind: str, targets: Sequence[PingExpect | TcpExpect]) -> None:
         """Each expected ping or connection goes to an address its target namespace

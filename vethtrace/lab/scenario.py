@@ -21,7 +21,7 @@ from vethtrace.errors import UserError
 from vethtrace.packaged import packaged
 
 VERDICTS = ("delivered", "diverted", "dropped", "no-reply", "unreachable")
-LINK_KINDS = ("dummy", "macvlan", "ipvlan", "bond")
+LINK_KINDS = ("dummy", "macvlan", "ipvlan", "bond", "vxlan")
 PORT_STATES = {"disabled": 0, "listening": 1, "learning": 2, "forwarding": 3, "blocking": 4}
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
 IPVLAN_MODES = {"l2": 0, "l3": 1, "l3s": 2}
@@ -51,8 +51,30 @@ class PortOptions:
 
 
 @dataclass
+class VxlanSpec:
+    """A `[[link]]` of kind vxlan: `ip link add NAME type vxlan id ID local LOCAL
+    dev DEV dstport PORT [no]learning` (lab/overlay.py builds it)."""
+
+    id: int
+    dev: str | None = None  # the underlay link in the same netns
+    local: str | None = None  # outer source address
+    dstport: int = 4789
+    learning: bool = False  # flannel-style: remote MACs come from static FDB entries
+
+
+@dataclass
+class Fdb:
+    """A `[[fdb]]`: `bridge fdb append MAC dev DEV dst DST` (a vxlan device's remote VTEP)."""
+
+    netns: str
+    dev: str
+    mac: str
+    dst: str
+
+
+@dataclass
 class Link:
-    """One interface to create. kind: veth | bridge | dummy | macvlan | ipvlan | bond."""
+    """One interface to create. kind: veth | bridge | dummy | macvlan | ipvlan | bond | vxlan."""
 
     netns: str
     name: str
@@ -68,6 +90,7 @@ class Link:
     mode: str | None = None  # macvlan/ipvlan/bond mode
     stp: bool = False  # bridge
     vlan_filtering: bool = False  # bridge
+    vxlan: VxlanSpec | None = None  # vxlan
 
 
 @dataclass
@@ -235,6 +258,7 @@ class Scenario:
     links: list[Link]
     routes: list[Route] = field(default_factory=list)
     neighs: list[Neigh] = field(default_factory=list)
+    fdb: list[Fdb] = field(default_factory=list)  # vxlan remote VTEPs
     cni: list[CniStep] = field(default_factory=list)  # run after everything else
     listen: list[Listen] = field(default_factory=list)
     docker: DockerSetup | None = None  # started after the CNI steps

@@ -42,7 +42,13 @@ def rp_filter(w: Walker, ns: Namespace, iface: Interface, pkt: Packet) -> bool:
             f"from {pkt.src} "
             f"arriving on {iface.name}: {how}",
             [
-                w.cmd(ns, f"ip route add {pkt.src} dev {iface.name}"),
+                # never route an underlay address into a VXLAN device (it would
+                # encapsulate its own outer packets): loose mode only
+                *(
+                    []
+                    if iface.kind == "vxlan"
+                    else [w.cmd(ns, f"ip route add {pkt.src} dev {iface.name}")]
+                ),
                 w.cmd(
                     ns,
                     "sysctl -w net.ipv4.conf.all.rp_filter=2 "

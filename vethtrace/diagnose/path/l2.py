@@ -100,6 +100,10 @@ def send(w: Walker, iface: Interface, frame: Frame, trail: list[Hop]) -> L2Resul
         return out
     if iface.kind in ("macvlan", "macvtap"):
         return macvlan.send(w, iface, frame, trail)
+    if iface.kind == "vxlan":  # encapsulation: the outer packet walks the underlay
+        from vethtrace.diagnose.path import vxlan
+
+        return vxlan.send(w, iface, frame, trail)
     if iface.kind != "veth":
         return dead_end(
             trail,

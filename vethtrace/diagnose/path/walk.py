@@ -166,6 +166,11 @@ class Walker:
                 "a route without an output device is not modelled",
             )
             return End("unknown")
+        if pkt.size > oif.mtu and oif.kind == "vxlan":  # the overlay's MTU budget
+            from vethtrace.diagnose.path import vxlan
+
+            self.hops.append(vxlan.too_big(self, ns, oif, pkt))
+            return End("failed")
         if pkt.size > oif.mtu:
             self.add(
                 ns,
