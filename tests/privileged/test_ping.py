@@ -41,10 +41,17 @@ PING_WRONG = {"bridge-port-down", "cni-bridge-nomasq", "cni-ptp-forward-drop",
     # overlay (#19): reachability is right, but the probes do not follow a packet
     # through encapsulation yet, so ping says no-reply / names the last place seen
     # (the model names the right culprit: test_check_labs, test_path_labs)
-    "overlay-neigh-missing", "overlay-vni-mismatch", "overlay-port-filtered",
+    "overlay-vni-mismatch", "overlay-port-filtered",
     "overlay-fdb-wrong", "overlay-mtu",
 }  # fmt: skip
 PATH_MODEL = pytest.mark.xfail(strict=True, reason="needs the path model (#15)")
+# Right in 3 of 4 runs here, wrong (no-reply at the last place seen) in the 4th: which
+# events arrive before the verdict depends on ARP timing through the tunnel.
+PING_FLAKY = {
+    "overlay-neigh-missing": pytest.mark.xfail(
+        strict=False, reason="overlay: the verdict depends on ARP timing through the tunnel"
+    ),
+}
 JSON_KEYS = {"reachable", "verdict", "summary", "culprit", "path", "findings"}
 HOP_KEYS = {"netns", "interface", "point", "packet", "time"}
 FINDING_KEYS = {"rule", "severity", "netns", "interface", "summary", "explanation", "fix"}
@@ -96,7 +103,10 @@ def lab_results() -> dict[str, list]:
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=PATH_MODEL) if n in PING_WRONG else n for n in LABS_WITH_PINGS]
+    "name",
+    [pytest.param(n, marks=PATH_MODEL) if n in PING_WRONG
+     else pytest.param(n, marks=PING_FLAKY[n]) if n in PING_FLAKY else n
+     for n in LABS_WITH_PINGS],  # fmt: skip
 )
 def test_lab_expectations(name: str, lab_results) -> None:
     """Every [[expect.ping]] reaches or fails as stated; the lab's main failing ping
@@ -329,6 +339,11 @@ ORACLE_WRONG = {
     # cannot settle (the model names one holder, the kernel may use the other)
     "check-duplicate-ip": pytest.mark.xfail(
         strict=False, reason="duplicate address: the winning ARP answer is a race"
+    ),
+    # the ARP for the wrong VTEP address is flooded by the underlay bridge to every node;
+    # the model's flood walk skips stacks that cannot answer, so node-b is not in its legs
+    "overlay-fdb-wrong": pytest.mark.xfail(
+        strict=True, reason="model: a pruned ARP flood omits the stacks that do not answer"
     ),
 }
 
