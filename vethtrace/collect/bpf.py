@@ -197,8 +197,12 @@ class BpfCollector:
             plan.delivery = "perf buffer"
         ringbuf = plan.delivery == "ring buffer"
         self.timings["btf"] = time.monotonic() - t0
-        src = build_source(self.areas, fmech)
+        # with a filter the probes remember verdicts per skb, forgotten where
+        # skbs are freed: the free hooks are needed even without drop events
+        forget = self.filter.active and "drop" not in self.areas
+        src = build_source((*self.areas, "drop") if forget else self.areas, fmech)
         flags = cflags(consts, self.filter, self.netns_inodes, ringbuf, fmech, self.ringbuf_pages)
+        flags += ["-DVT_FORGET_ONLY"] if forget else []
         t1 = time.monotonic()
         # the cache holds raw tracepoint programs on a ring buffer: this kernel's plan
         cache_key = progcache.key(src, [*flags, hdr.label]) if ringbuf and not fmech else None
