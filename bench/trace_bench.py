@@ -339,6 +339,58 @@ def print_cost(cost: dict[str, dict], seconds: int, pps: int, reps: int) -> None
         print(f"| {name} | {c['ns_run']:.0f} | {c['runs_pkt']:.1f} | {c['ns_pkt']:.0f} |")
 
 
+# VETHTRACE_DECIDE_MAP (read by collect/source.py): where the probes remember
+# each skb's verdict, or "off" (read and match at every hook, as before)
+DECIDE_MAPS = {"off": "none: read and match at every hook", "0": "shared array (direct-mapped)",
+               "1": "per-CPU array (direct-mapped)", "2": "hash", "3": "LRU hash"}  # fmt: skip
+
+
+def map_table(lab: dict[str, str], seconds: int, pps: int, reps: int) -> dict[str, dict]:
+    """vethtrace with a non-matching filter per verdict memory, alternating: the
+    in-kernel cost (as cost_per_packet) and the sender's CPU per packet."""
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in DECIDE_MAPS}
+    stats_fd = enable_bpf_stats()
+    try:
+        for _ in range(reps):
+            for m in DECIDE_MAPS:
+                os.environ["VETHTRACE_DECIDE_MAP"] = m
+                try:
+                    c = cost_per_packet("vethtrace-nonmatch", lab, seconds, pps)
+                    tracer = Tracer("vethtrace-nonmatch", lab, "udp")
+                    tracer.start()
+                    try:
+                        c["cpu_pkt"] = client_cpu_per_packet(lab["a"], seconds, pps)
+                    finally:
+                        tracer.stop()
+                finally:
+                    del os.environ["VETHTRACE_DECIDE_MAP"]
+                runs[m].append(c)
+                print(f"# map {m}: {c}", file=sys.stderr)
+        for _ in range(reps):
+            runs.setdefault("untraced", []).append(
+                {"cpu_pkt": client_cpu_per_packet(lab["a"], seconds, pps)}
+            )
+    finally:
+        os.close(stats_fd)
+    return {m: {f: statistics.median(r[f] for r in rs) for f in rs[0]} for m, rs in runs.items()}
+
+
+def print_maps(maps: dict[str, dict], seconds: int, pps: int, reps: int) -> None:
+    print(
+        f"\n| verdict memory, filter matching none, UDP 64 B at {pps // 1000} kpkt/s, "
+        f"{seconds} s x {reps} | ns per program run | program runs per packet "
+        "| ns per packet | sender CPU ns per packet (median) |"
+    )
+    print("|---|---|---|---|---|")
+    for m, c in maps.items():
+        name = DECIDE_MAPS.get(m, m)
+        if "ns_run" not in c:
+            print(f"| {name} | - | - | - | {c['cpu_pkt']:.0f} |")
+            continue
+        print(f"| {name} | {c['ns_run']:.0f} | {c['runs_pkt']:.1f} | {c['ns_pkt']:.0f} "
+              f"| {c['cpu_pkt']:.0f} |")  # fmt: skip
+
+
 def header(args: argparse.Namespace) -> str:
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     cmd = " ".join(a for a in sys.argv[1:] if a)
@@ -399,7 +451,7 @@ def main() -> int:
     ap.add_argument(
         "--parts",
         default="throughput,capacity,cost,attach",
-        help="comma-separated: throughput, capacity, cost, attach (default: all)",
+        help="comma-separated: throughput, capacity, cost, attach, maps (default: all but maps)",
     )
     ap.add_argument("--cost-only", action="store_true", help="same as --parts cost")
     ap.add_argument(
@@ -428,7 +480,7 @@ def main() -> int:
     )
     time.sleep(0.5)
     parts = {"cost"} if args.cost_only else set(args.parts.split(","))
-    unknown = parts - {"throughput", "capacity", "cost", "attach"}
+    unknown = parts - {"throughput", "capacity", "cost", "attach", "maps"}
     if unknown:
         ap.error(f"unknown part(s) {sorted(unknown)}")
     results: dict[tuple[str, str], list[float]] = {}
@@ -466,6 +518,8 @@ def main() -> int:
         if "cost" in parts:
             cost = cost_table(names, args.seconds, args.pps, args.reps)
             cpu = cpu_table(names, args.seconds, args.cpu_pps, args.reps)
+        if "maps" in parts:
+            maps = map_table(names, args.seconds, args.pps, args.reps)
         if "attach" in parts:
             with tempfile.TemporaryDirectory(prefix="vethtrace-cache-") as cache:
                 attach = {
@@ -488,6 +542,8 @@ def main() -> int:
     if "cost" in parts:
         print_cost(cost, args.seconds, args.pps, args.reps)
         print_cpu(cpu, args.seconds, args.cpu_pps, args.reps)
+    if "maps" in parts:
+        print_maps(maps, args.seconds, args.pps, args.reps)
     if attach:
         print("\n| tracer | start -> first event, 1st run (empty cache) | 2nd (cached) | 3rd |")
         print("|---|---|---|---|")

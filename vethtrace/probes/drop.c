@@ -8,6 +8,8 @@
 #if defined(VT_FORGET_ONLY) && defined(VT_DECIDE)
 #define vt_skb_event(ctx, point, skb, dev, location, reason) \
     (vt_dec_forget((u64)(skb)), 0)
+#elif defined(VT_FORGET_ONLY)
+#define vt_skb_event(ctx, point, skb, dev, location, reason) 0
 #endif
 
 #ifdef VT_HAVE_KFREE_SKB
