@@ -27,7 +27,12 @@ from contextlib import contextmanager
 import pytest
 
 from tests.labs import built_lab
-from tests.privileged.test_bpf_fastpath import PATH, SINK, _gather, hooks_per_datagram
+from tests.privileged.test_bpf_fastpath import (
+    SINK,
+    _gather,
+    assert_every_hook,
+    hooks_per_datagram,
+)
 from vethtrace.collect.bpf import BpfCollector
 from vethtrace.lab import BuiltLab
 from vethtrace.model import ProbeEvent
@@ -145,9 +150,7 @@ def test_flood_clones_traced_as_without_memory(
                 monkeypatch.setenv("VETHTRACE_DECIDE_MAP", memory)
             else:
                 monkeypatch.delenv("VETHTRACE_DECIDE_MAP", raising=False)
-            runs[memory] = _traced(
-                lab, None, lambda: _run(lab.ns("a"), BROADCASTER, str(MATCHING))
-            )
+            runs[memory] = _traced(lab, None, lambda: _run(lab.ns("a"), BROADCASTER, str(MATCHING)))
         where = _where(lab)
     shapes = {}
     for memory, events in runs.items():
@@ -177,10 +180,4 @@ def test_reused_skbs_never_hide_a_datagram(prefix: str, scope: tuple[str, ...] |
                 _background(a, TCP_SOURCE, "connected"):  # fmt: skip
             events = _traced(lab, scope, lambda: _run(a, PACED, "10.0.0.2", str(MATCHING)))
         where = _where(lab)
-    per_id = hooks_per_datagram(events, where)
-    assert len(per_id) == MATCHING
-    want = sorted(h for h in PATH if scope is None or h[1] in scope)
-    incomplete = {i: hooks for i, hooks in per_id.items() if sorted(hooks) != want}
-    assert not incomplete, (
-        f"{len(incomplete)} datagrams missed hooks, e.g. {next(iter(incomplete.items()))}"
-    )
+    assert_every_hook(hooks_per_datagram(events, where), MATCHING, scope)

@@ -98,6 +98,18 @@ def hooks_per_datagram(
     return per_id
 
 
+def assert_every_hook(
+    per_id: dict[int, list[tuple[str, str, str]]], count: int, scope: tuple[str, ...] | None
+) -> None:
+    """`count` datagrams, each seen once at every hook of PATH in `scope`."""
+    assert len(per_id) == count
+    want = sorted(h for h in PATH if scope is None or h[1] in scope)
+    incomplete = {i: hooks for i, hooks in per_id.items() if sorted(hooks) != want}
+    assert not incomplete, (
+        f"{len(incomplete)} datagrams missed hooks, e.g. {next(iter(incomplete.items()))}"
+    )
+
+
 @pytest.mark.parametrize(
     "scope", [("a", "sw", "b"), ("a", "b"), None], ids=["lab-netns", "a+b", "all-netns"]
 )
@@ -129,13 +141,7 @@ def test_every_matching_datagram_at_every_hook(prefix: str, scope: tuple[str, ..
     where = {v: k for k, v in ino.items()}
     pkt_events = [e for e in events if e.packet is not None]
     assert pkt_events and all(e.packet.dport == 7001 for e in pkt_events if e.packet)
-    per_id = hooks_per_datagram(events, where)
-    assert len(per_id) == MATCHING
-    want = sorted(h for h in PATH if scope is None or h[1] in scope)
-    incomplete = {i: hooks for i, hooks in per_id.items() if sorted(hooks) != want}
-    assert not incomplete, (
-        f"{len(incomplete)} datagrams missed hooks, e.g. {next(iter(incomplete.items()))}"
-    )
+    assert_every_hook(hooks_per_datagram(events, where), MATCHING, scope)
 
 
 def test_nested_transmit_of_one_skb_reports_both(prefix: str) -> None:
