@@ -66,7 +66,12 @@ br_fdb_update (ifindex/ifname are the bridge's). With kprobe/fentry plans
 (device = the egress port chosen) and br_pass_frame_up.
 
 Filtering happens in the kernel: namespace first (when given), then the
-packet filter over the headers decoded with two reads of kernel memory.
+packet filter over the headers decoded with two reads of kernel memory. With
+a filter, the verdict is decided once per skb and remembered by address; the
+hooks that follow while the kernel holds the skb answer from memory without
+reading it (vethtrace/probes/vethtrace.h, "Decide once per skb"), and the
+kfree_skb/consume_skb programs are attached to forget it even when the
+"drop" area is not asked for (they then report nothing).
 Neighbour events match as if they were ARP packets about their address
 (`arp`, `host A`, `net A/N` keep them; `icmp`, `tcp`, `port N` drop them).
 br_fdb_update ignores the packet filter (no packet at hand; it only fires
