@@ -12,6 +12,12 @@
  * layout. Tracepoint arguments come from raw tracepoints (pointers, not the
  * classic record), their positions (VT_ARG_*) again from BTF; VT_HAVE_<TP>
  * says which tracepoints this kernel has.
+ *
+ * Longer than the project's ~400-line guide: the shared helpers build on one
+ * another in order (frame decoding, the per-skb verdict memory, then the skb
+ * event that uses both), and collect/source.py inlines this one file ahead
+ * of the programs (bcc rewrites map calls only in its main text); a split
+ * would need source.py to inline the parts in that order.
  */
 #ifndef VETHTRACE_H
 #define VETHTRACE_H
