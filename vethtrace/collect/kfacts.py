@@ -67,7 +67,6 @@ def kernel_constants(b: btfmod.Btf | None = None, functions: bool = False) -> di
         "VT_SKB_HEAD": b.offset("sk_buff", "head"),
         "VT_SKB_LEN": b.offset("sk_buff", "len"),
         "VT_SKB_DEV": b.offset("sk_buff", "dev"),
-        "VT_SKB_REFDST": b.offset("sk_buff", "_skb_refdst"),
         "VT_SKB_SK": b.offset("sk_buff", "sk"),
         "VT_SKB_PROTOCOL": b.offset("sk_buff", "protocol"),
         "VT_SKB_MAC_HEADER": b.offset("sk_buff", "mac_header"),
