@@ -2,8 +2,8 @@
 two namespaces on a bridge (the `bridge-two` lab), under
 
   untraced | vethtrace, filter matching none of the flow | vethtrace scoped
-  (-n) to a namespace the flow does not cross | bpftrace counting on 3
-  tracepoints | tcpdump on br0 | vethtrace, filter matching the flow
+  (-n) to a namespace the flow does not cross | bpftrace counting on the
+  same 7 per-packet tracepoints | tcpdump on br0 | vethtrace, filter matching the flow
 
 Conditions alternate (ABCDEF ABCDEF ...) so machine noise hits all alike; the
 iperf3 client and server are pinned to one CPU each; the table reports medians
@@ -44,9 +44,15 @@ PY = str(Path(sys.executable))
 VETHTRACE = str(Path(sys.executable).parent / "vethtrace")
 SERVER_IP = "10.0.0.2"
 NONMATCH = "host 203.0.113.77"
+# bpftrace counting on the same per-packet tracepoints vethtrace attaches to
+# (the neighbour and fdb ones do not fire per packet)
+SAME_TRACEPOINTS = (
+    "net:net_dev_queue", "net:net_dev_start_xmit", "net:net_dev_xmit", "net:netif_rx",
+    "net:netif_receive_skb", "skb:kfree_skb", "skb:consume_skb",
+)  # fmt: skip
 BPFTRACE_COUNT = (
-    "tracepoint:net:net_dev_queue, tracepoint:net:netif_receive_skb, "
-    "tracepoint:skb:consume_skb { @n = count(); } interval:ms:200 { print(@n); }"
+    ", ".join(f"tracepoint:{t}" for t in SAME_TRACEPOINTS)
+    + " { @n = count(); } interval:ms:200 { print(@n); }"
 )
 
 
@@ -311,7 +317,7 @@ def print_cpu(cpu: dict[str, list[float]], seconds: int, pps: int, reps: int) ->
 
 
 COST_KINDS = ("vethtrace-nonmatch", "vethtrace-otherns", "bpftrace", "vethtrace-match")
-COST_HOOKS = {"bpftrace": "3 tracepoints"}
+COST_HOOKS = {"bpftrace": f"{len(SAME_TRACEPOINTS)} tracepoints"}
 
 
 def cost_table(lab: dict[str, str], seconds: int, pps: int, reps: int) -> dict[str, dict]:
@@ -337,6 +343,58 @@ def print_cost(cost: dict[str, dict], seconds: int, pps: int, reps: int) -> None
     for k, c in cost.items():
         name = f"{k} ({COST_HOOKS.get(k, '13 raw tracepoints')})"
         print(f"| {name} | {c['ns_run']:.0f} | {c['runs_pkt']:.1f} | {c['ns_pkt']:.0f} |")
+
+
+# VETHTRACE_DECIDE_MAP (read by collect/source.py): where the probes remember
+# each skb's verdict, or "off" (read and match at every hook, as before)
+DECIDE_MAPS = {"off": "none: read and match at every hook", "0": "shared array (direct-mapped)",
+               "1": "per-CPU array (direct-mapped)", "2": "hash", "3": "LRU hash"}  # fmt: skip
+
+
+def map_table(lab: dict[str, str], seconds: int, pps: int, reps: int) -> dict[str, dict]:
+    """vethtrace with a non-matching filter per verdict memory, alternating: the
+    in-kernel cost (as cost_per_packet) and the sender's CPU per packet."""
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in DECIDE_MAPS}
+    stats_fd = enable_bpf_stats()
+    try:
+        for _ in range(reps):
+            for m in DECIDE_MAPS:
+                os.environ["VETHTRACE_DECIDE_MAP"] = m
+                try:
+                    c = cost_per_packet("vethtrace-nonmatch", lab, seconds, pps)
+                    tracer = Tracer("vethtrace-nonmatch", lab, "udp")
+                    tracer.start()
+                    try:
+                        c["cpu_pkt"] = client_cpu_per_packet(lab["a"], seconds, pps)
+                    finally:
+                        tracer.stop()
+                finally:
+                    del os.environ["VETHTRACE_DECIDE_MAP"]
+                runs[m].append(c)
+                print(f"# map {m}: {c}", file=sys.stderr)
+        for _ in range(reps):
+            runs.setdefault("untraced", []).append(
+                {"cpu_pkt": client_cpu_per_packet(lab["a"], seconds, pps)}
+            )
+    finally:
+        os.close(stats_fd)
+    return {m: {f: statistics.median(r[f] for r in rs) for f in rs[0]} for m, rs in runs.items()}
+
+
+def print_maps(maps: dict[str, dict], seconds: int, pps: int, reps: int) -> None:
+    print(
+        f"\n| verdict memory, filter matching none, UDP 64 B at {pps // 1000} kpkt/s, "
+        f"{seconds} s x {reps} | ns per program run | program runs per packet "
+        "| ns per packet | sender CPU ns per packet (median) |"
+    )
+    print("|---|---|---|---|---|")
+    for m, c in maps.items():
+        name = DECIDE_MAPS.get(m, m)
+        if "ns_run" not in c:
+            print(f"| {name} | - | - | - | {c['cpu_pkt']:.0f} |")
+            continue
+        print(f"| {name} | {c['ns_run']:.0f} | {c['runs_pkt']:.1f} | {c['ns_pkt']:.0f} "
+              f"| {c['cpu_pkt']:.0f} |")  # fmt: skip
 
 
 def header(args: argparse.Namespace) -> str:
@@ -399,7 +457,7 @@ def main() -> int:
     ap.add_argument(
         "--parts",
         default="throughput,capacity,cost,attach",
-        help="comma-separated: throughput, capacity, cost, attach (default: all)",
+        help="comma-separated: throughput, capacity, cost, attach, maps (default: all but maps)",
     )
     ap.add_argument("--cost-only", action="store_true", help="same as --parts cost")
     ap.add_argument(
@@ -428,7 +486,7 @@ def main() -> int:
     )
     time.sleep(0.5)
     parts = {"cost"} if args.cost_only else set(args.parts.split(","))
-    unknown = parts - {"throughput", "capacity", "cost", "attach"}
+    unknown = parts - {"throughput", "capacity", "cost", "attach", "maps"}
     if unknown:
         ap.error(f"unknown part(s) {sorted(unknown)}")
     results: dict[tuple[str, str], list[float]] = {}
@@ -466,6 +524,8 @@ def main() -> int:
         if "cost" in parts:
             cost = cost_table(names, args.seconds, args.pps, args.reps)
             cpu = cpu_table(names, args.seconds, args.cpu_pps, args.reps)
+        if "maps" in parts:
+            maps = map_table(names, args.seconds, args.pps, args.reps)
         if "attach" in parts:
             with tempfile.TemporaryDirectory(prefix="vethtrace-cache-") as cache:
                 attach = {
@@ -488,6 +548,8 @@ def main() -> int:
     if "cost" in parts:
         print_cost(cost, args.seconds, args.pps, args.reps)
         print_cpu(cpu, args.seconds, args.cpu_pps, args.reps)
+    if "maps" in parts:
+        print_maps(maps, args.seconds, args.pps, args.reps)
     if attach:
         print("\n| tracer | start -> first event, 1st run (empty cache) | 2nd (cached) | 3rd |")
         print("|---|---|---|---|")

@@ -75,6 +75,41 @@ def _gather(col: BpfCollector, seconds: float) -> list[ProbeEvent]:
     return events + col.drain()
 
 
+def hooks_per_datagram(
+    events: list[ProbeEvent], where: dict[int, str]
+) -> dict[int, list[tuple[str, str, str]]]:
+    """(point, netns key, device) of every event, grouped by the datagram's IP
+    id; net_dev_xmit (no packet: the skb is not read there) goes with the
+    datagram its skb carried at its start_xmit (same skb, same CPU: the next
+    net_dev_xmit of that skb)."""
+    per_id: dict[int, list[tuple[str, str, str]]] = collections.defaultdict(list)
+    open_tx: dict[int, list[int]] = collections.defaultdict(list)
+    for e in events:
+        if e.point == "net_dev_xmit":
+            assert open_tx[e.skb], f"net_dev_xmit without a reported start_xmit: {e}"
+            ip_id = open_tx[e.skb].pop()
+        elif e.packet is not None and e.packet.ip_id is not None:
+            ip_id = e.packet.ip_id
+            if e.point == "net_dev_start_xmit":
+                open_tx[e.skb].append(ip_id)
+        else:
+            continue
+        per_id[ip_id].append((e.point, where.get(e.netns, "?"), e.ifname or ""))
+    return per_id
+
+
+def assert_every_hook(
+    per_id: dict[int, list[tuple[str, str, str]]], count: int, scope: tuple[str, ...] | None
+) -> None:
+    """`count` datagrams, each seen once at every hook of PATH in `scope`."""
+    assert len(per_id) == count
+    want = sorted(h for h in PATH if scope is None or h[1] in scope)
+    incomplete = {i: hooks for i, hooks in per_id.items() if sorted(hooks) != want}
+    assert not incomplete, (
+        f"{len(incomplete)} datagrams missed hooks, e.g. {next(iter(incomplete.items()))}"
+    )
+
+
 @pytest.mark.parametrize(
     "scope", [("a", "sw", "b"), ("a", "b"), None], ids=["lab-netns", "a+b", "all-netns"]
 )
@@ -106,27 +141,7 @@ def test_every_matching_datagram_at_every_hook(prefix: str, scope: tuple[str, ..
     where = {v: k for k, v in ino.items()}
     pkt_events = [e for e in events if e.packet is not None]
     assert pkt_events and all(e.packet.dport == 7001 for e in pkt_events if e.packet)
-    # the datagram each skb carried at its start_xmit, for the xmit that follows
-    # it (same skb, same CPU: the next net_dev_xmit of that skb)
-    per_id: dict[int, list[tuple[str, str, str]]] = collections.defaultdict(list)
-    open_tx: dict[int, list[int]] = collections.defaultdict(list)
-    for e in events:
-        if e.point == "net_dev_xmit":
-            assert open_tx[e.skb], f"net_dev_xmit without a reported start_xmit: {e}"
-            ip_id = open_tx[e.skb].pop()
-        elif e.packet is not None and e.packet.ip_id is not None:
-            ip_id = e.packet.ip_id
-            if e.point == "net_dev_start_xmit":
-                open_tx[e.skb].append(ip_id)
-        else:
-            continue
-        per_id[ip_id].append((e.point, where.get(e.netns, "?"), e.ifname or ""))
-    assert len(per_id) == MATCHING
-    want = sorted(h for h in PATH if scope is None or h[1] in scope)
-    incomplete = {i: hooks for i, hooks in per_id.items() if sorted(hooks) != want}
-    assert not incomplete, (
-        f"{len(incomplete)} datagrams missed hooks, e.g. {next(iter(incomplete.items()))}"
-    )
+    assert_every_hook(hooks_per_datagram(events, where), MATCHING, scope)
 
 
 def test_nested_transmit_of_one_skb_reports_both(prefix: str) -> None:

@@ -66,7 +66,12 @@ br_fdb_update (ifindex/ifname are the bridge's). With kprobe/fentry plans
 (device = the egress port chosen) and br_pass_frame_up.
 
 Filtering happens in the kernel: namespace first (when given), then the
-packet filter over the headers decoded with two reads of kernel memory.
+packet filter over the headers decoded with two reads of kernel memory. With
+a filter, the verdict is decided once per skb and remembered by address; the
+hooks that follow while the kernel holds the skb answer from memory without
+reading it (vethtrace/probes/vethtrace.h, "Decide once per skb"), and the
+kfree_skb/consume_skb programs are attached to forget it even when the
+"drop" area is not asked for (they then report nothing).
 Neighbour events match as if they were ARP packets about their address
 (`arp`, `host A`, `net A/N` keep them; `icmp`, `tcp`, `port N` drop them).
 br_fdb_update ignores the packet filter (no packet at hand; it only fires
@@ -197,8 +202,12 @@ class BpfCollector:
             plan.delivery = "perf buffer"
         ringbuf = plan.delivery == "ring buffer"
         self.timings["btf"] = time.monotonic() - t0
-        src = build_source(self.areas, fmech)
+        # with a filter the probes remember verdicts per skb, forgotten where
+        # skbs are freed: the free hooks are needed even without drop events
+        forget = self.filter.active and "drop" not in self.areas
+        src = build_source((*self.areas, "drop") if forget else self.areas, fmech)
         flags = cflags(consts, self.filter, self.netns_inodes, ringbuf, fmech, self.ringbuf_pages)
+        flags += ["-DVT_FORGET_ONLY"] if forget else []
         t1 = time.monotonic()
         # the cache holds raw tracepoint programs on a ring buffer: this kernel's plan
         cache_key = progcache.key(src, [*flags, hdr.label]) if ringbuf and not fmech else None

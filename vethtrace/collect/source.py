@@ -50,7 +50,13 @@ def cflags(
     if ringbuf:
         flags += ["-DVT_RINGBUF", f"-DVT_RINGBUF_PAGES={ringbuf_pages}"]
     if flt.active:
-        flags += [f"-DVT_FILTER(p)={flt.to_c()}", f"-DVT_FILTER_EMPTY={int(flt.matches_empty)}"]
+        flags += [f"-DVT_FILTER(p)={flt.to_c()}", f"-DVT_FILTER_EMPTY={int(flt.matches_empty)}",
+                  "-DVT_FILTER_ACTIVE"]  # fmt: skip
+        dec_map = os.environ.get("VETHTRACE_DECIDE_MAP", "")  # bench: compare the maps
+        if dec_map == "off":
+            flags.append("-DVT_NO_DECIDE")
+        elif dec_map.isdigit():
+            flags.append(f"-DVT_DEC_MAP={int(dec_map)}")
     if netns_inodes is not None:
         test = " || ".join(f"(n) == {int(i)}u" for i in sorted(set(netns_inodes))) or "0"
         flags += ["-DVT_NETNS_FILTER", f"-DVT_NETNS_OK(n)=({test})"]

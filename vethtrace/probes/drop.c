@@ -1,7 +1,16 @@
 /* Frees: skb:kfree_skb (a drop, with the kernel's enum skb_drop_reason) and
  * skb:consume_skb (normal end of life). Both retire an skb identity in user
- * space, since skb addresses are reused within microseconds. */
+ * space, since skb addresses are reused within microseconds.
+ * With VT_FORGET_ONLY (a filter, and drop events not asked for) they report
+ * nothing and only forget the skb's remembered verdict (vethtrace.h). */
 #include "vethtrace.h"
+
+#if defined(VT_FORGET_ONLY) && defined(VT_DECIDE)
+#define vt_skb_event(ctx, point, skb, dev, location, reason) \
+    (vt_dec_forget((u64)(skb)), 0)
+#elif defined(VT_FORGET_ONLY)
+#define vt_skb_event(ctx, point, skb, dev, location, reason) 0
+#endif
 
 #ifdef VT_HAVE_KFREE_SKB
 RAW_TRACEPOINT_PROBE(kfree_skb)

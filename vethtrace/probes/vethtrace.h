@@ -12,6 +12,12 @@
  * layout. Tracepoint arguments come from raw tracepoints (pointers, not the
  * classic record), their positions (VT_ARG_*) again from BTF; VT_HAVE_<TP>
  * says which tracepoints this kernel has.
+ *
+ * Longer than the project's ~400-line guide: the shared helpers build on one
+ * another in order (frame decoding, the per-skb verdict memory, then the skb
+ * event that uses both), and collect/source.py inlines this one file ahead
+ * of the programs (bcc rewrites map calls only in its main text); a split
+ * would need source.py to inline the parts in that order.
  */
 #ifndef VETHTRACE_H
 #define VETHTRACE_H
@@ -342,6 +348,178 @@ static __always_inline int vt_match(struct vt_pkt *p)
     return VT_FILTER(p);
 }
 
+/* ---- Decide once per skb -------------------------------------------------
+ * With a packet filter, the headers are read and matched where an skb is
+ * first seen; the verdict is remembered by skb address and later hooks answer
+ * from that memory without reading the skb (reading it costs ~100 ns per
+ * hook, and a bridged packet passes ~10). Forgotten at kfree_skb/consume_skb
+ * (attached for that alone when drop events are not asked for).
+ *
+ * Trust: the kernel also frees skbs where neither tracepoint fires (TCP's
+ * __kfree_skb and kfree_skb_partial, the NAPI skb cache), and the slab hands
+ * the address, often with the same data buffer, to the next skb within
+ * microseconds. So a memory is used only where the kernel still holds the skb
+ * it describes: each entry keeps the stage the skb was last seen at, and a
+ * hook trusts only stages that must lead to it:
+ *   net_dev_queue -> net_dev_start_xmit   (in the qdisc or noqueue; also a
+ *                                           retried transmit)
+ *   net_dev_start_xmit -> netif_rx         (veth hands the skb to its peer,
+ *                                           nested in that transmit)
+ *   netif_rx -> netif_receive_skb          (the backlog queue holds it)
+ *   queued, transmitting or backlogged -> kfree_skb/consume_skb
+ * "Nested" is checked on the per-CPU transmit stack (vt_tx: the skb's
+ * start_xmit has not returned). On these steps the device layer holds the
+ * skb and does not change its headers (tc and netfilter egress run before
+ * net_dev_queue; tc ingress after netif_receive_skb). Everything else is read
+ * and matched again:
+ * - what leaves a receive (netif_receive_skb -> the bridge forwarding the
+ *   skb, or clones of it when flooding): whether the skb is still the one
+ *   received cannot be told without reading it (it may have been freed
+ *   without a tracepoint, and its address and buffer handed to the next skb
+ *   sent: the fast-path test caught exactly that when clones inherited the
+ *   verdict through skb->head), and routing may have rewritten the headers
+ *   (NAT) in between;
+ * - a transmit nested in another of the same skb (br0 -> its port, a tunnel
+ *   device -> the underlay, which pushed new outer headers on the skb).
+ * A wrong memory could come only from a queue freeing its skb without a
+ * tracepoint, or from a device program rewriting headers between its
+ * transmit and the peer's netif_rx (netkit).
+ *
+ * Memory: VT_DEC_MAP picks the map (0: one shared direct-mapped array, the
+ * default, measured in bench/README.md; 1: per-CPU array; 2: hash; 3: LRU
+ * hash). Array entries are one u64, skb | stage << 1 | verdict (sk_buffs are
+ * 8-byte aligned), written and read whole, so CPUs racing on a slot can only
+ * lose an entry (then the skb is read again), never mix two. Shared, not
+ * per-CPU: an skb queued on one CPU may be transmitted or freed on another,
+ * and a per-CPU entry left behind there would outlive the skb. */
+#if defined(VT_FILTER_ACTIVE) && !defined(VT_NO_DECIDE)
+#define VT_DECIDE 1
+#endif
+
+#define VT_ST_QUEUED 0
+#define VT_ST_XMIT 1
+#define VT_ST_RXQ 2
+#define VT_ST_RCVD 3
+
+#ifdef VT_DECIDE
+#ifndef VT_DEC_MAP
+#define VT_DEC_MAP 0
+#endif
+#define VT_DEC_SLOTS 4096 /* power of 2 */
+#if VT_DEC_MAP == 0
+BPF_ARRAY(vt_dec, u64, VT_DEC_SLOTS);
+#elif VT_DEC_MAP == 1
+BPF_PERCPU_ARRAY(vt_dec, u64, VT_DEC_SLOTS);
+#elif VT_DEC_MAP == 2
+BPF_HASH(vt_dec, u64, u64, 65536);
+#else
+BPF_TABLE("lru_hash", u64, u64, vt_dec, 65536);
+#endif
+
+#if VT_DEC_MAP <= 1
+static __always_inline u32 vt_dec_slot(u64 skb)
+{
+    return (u32)((skb >> 3) ^ (skb >> 15)) & (VT_DEC_SLOTS - 1);
+}
+#endif
+
+/* (stage << 1 | verdict) remembered for skb, or -1 */
+static __always_inline int vt_dec_get(u64 skb)
+{
+#if VT_DEC_MAP <= 1
+    u32 k = vt_dec_slot(skb);
+    u64 *v = vt_dec.lookup(&k);
+    if (v && (*v & ~7ULL) == skb)
+        return *v & 7;
+    return -1;
+#else
+    u64 *v = vt_dec.lookup(&skb);
+    return v ? (int)*v : -1;
+#endif
+}
+
+static __always_inline void vt_dec_put(u64 skb, int stage, int verdict)
+{
+    u64 val = (u64)(stage << 1 | verdict);
+#if VT_DEC_MAP <= 1
+    u32 k = vt_dec_slot(skb);
+    u64 *v = vt_dec.lookup(&k);
+    if (v)
+        *v = skb | val;
+#else
+    vt_dec.update(&skb, &val);
+#endif
+}
+
+static __always_inline void vt_dec_forget(u64 skb)
+{
+#if VT_DEC_MAP <= 1
+    u32 k = vt_dec_slot(skb);
+    u64 *v = vt_dec.lookup(&k);
+    if (v && (*v & ~7ULL) == skb)
+        *v = 0;
+#else
+    vt_dec.delete(&skb);
+#endif
+}
+
+/* Is skb's net_dev_start_xmit still running on this CPU (pushed, not popped)? */
+static __always_inline int vt_in_xmit(u64 skb)
+{
+    int zero = 0;
+    struct vt_txstack *s = vt_tx.lookup(&zero);
+    if (!s)
+        return 0;
+    u32 n = s->n;
+#pragma unroll
+    for (u32 k = 1; k <= VT_TXSTACK; k++) {
+        if (k > n)
+            break;
+        if (s->skb[(n - k) & (VT_TXSTACK - 1)] == skb)
+            return 1;
+    }
+    return 0;
+}
+
+/* The remembered verdict where this hook may trust it (see above), else -1. */
+static __always_inline int vt_recall(u16 point, void *skb)
+{
+    int m = vt_dec_get((u64)skb);
+    if (m < 0)
+        return -1;
+    int st = m >> 1;
+    if (point == VT_P_NET_DEV_START_XMIT) {
+        if (st == VT_ST_QUEUED || st == VT_ST_XMIT)
+            return m & 1;
+    } else if (point == VT_P_NETIF_RX) {
+        if (st == VT_ST_XMIT && vt_in_xmit((u64)skb))
+            return m & 1;
+    } else if (point == VT_P_NETIF_RECEIVE_SKB) {
+        if (st == VT_ST_RXQ)
+            return m & 1;
+    } else if (point == VT_P_KFREE_SKB || point == VT_P_CONSUME_SKB) {
+        if (st != VT_ST_RCVD)
+            return m & 1;
+    }
+    return -1;
+}
+
+/* Remember the verdict after this hook. */
+static __always_inline void vt_remember(u16 point, void *skb, int verdict)
+{
+    int st = VT_ST_QUEUED; /* frees: forgotten in vt_skb_seen */
+    if (point == VT_P_NET_DEV_START_XMIT)
+        st = VT_ST_XMIT;
+    else if (point == VT_P_NETIF_RX)
+        st = VT_ST_RXQ;
+    else if (point == VT_P_NETIF_RECEIVE_SKB)
+        st = VT_ST_RCVD;
+    else if (point != VT_P_NET_DEV_QUEUE)
+        return;
+    vt_dec_put((u64)skb, st, verdict);
+}
+#endif /* VT_DECIDE */
+
 /* Reserve an event (ring buffer) or take the per-CPU scratch (perf buffer). */
 static __always_inline struct vt_event *vt_reserve(void)
 {
@@ -393,13 +571,24 @@ static __always_inline void vt_fill_common(struct vt_event *e, u16 point, u64 ts
     e->new_state = 0xff;
 }
 
-/* One skb event: the namespace test first when there is one (-n), then
- * decode + filter, then reserve and fill. `dev` may be 0 (then skb->dev is
- * read). Returns 1 when the skb passed the filters (reported, or counted as
- * lost), else 0. */
+/* One skb event: the remembered verdict first (with a filter: see "Decide
+ * once per skb"), then the namespace test when there is one (-n), then
+ * decode + filter where nothing is remembered, then reserve and fill. `dev`
+ * may be 0 (then skb->dev is read). Returns 1 when the skb passed the filters
+ * (reported, or counted as lost), else 0. */
 static __always_inline int vt_skb_seen(void *ctx, u16 point, void *skb, void *dev,
                                        u64 location, u32 reason)
 {
+    int verdict = -1;
+#ifdef VT_DECIDE
+    verdict = vt_recall(point, skb);
+    if (point == VT_P_KFREE_SKB || point == VT_P_CONSUME_SKB)
+        vt_dec_forget((u64)skb);
+    if (verdict == 0) {
+        vt_remember(point, skb, 0);
+        return 0;
+    }
+#endif
     u32 netns = 0;
 #ifdef VT_NETNS_FILTER
     if (!dev)
@@ -408,28 +597,48 @@ static __always_inline int vt_skb_seen(void *ctx, u16 point, void *skb, void *de
         netns = vt_dev_netns_scoped(dev);
     else
         netns = vt_skb_netns(skb, 0); /* no device: the socket's netns */
-    if (!netns || !vt_netns_ok(netns))
+    if (!netns || !vt_netns_ok(netns)) {
+#ifdef VT_DECIDE
+        if (verdict == 1)
+            vt_remember(point, skb, 1);
+        else
+            vt_dec_forget((u64)skb); /* seen here, not decided: no stale stage */
+#endif
         return 0;
+    }
 #endif
     struct vt_frame fr;
     vt_read_frame(skb, &fr);
-    /* No protocol: nothing decoded. With no device either, not a network
-     * packet (netlink and other socket-only skbs, freed by the thousand on a
-     * busy host). */
-    if (!fr.protocol) {
-        if (!VT_FILTER_EMPTY)
-            return 0;
-        if (!dev)
-            dev = (void *)vt_ptr(skb, VT_SKB_DEV);
-        if (!dev)
-            return 0;
-    }
-    {
+    if (verdict < 0) {
+        /* No protocol: nothing decoded. With no device either, not a network
+         * packet (netlink and other socket-only skbs, freed by the thousand on
+         * a busy host). */
+        if (!fr.protocol) {
+            if (!VT_FILTER_EMPTY) {
+#ifdef VT_DECIDE
+                vt_remember(point, skb, 0);
+#endif
+                return 0;
+            }
+            if (!dev)
+                dev = (void *)vt_ptr(skb, VT_SKB_DEV);
+            if (!dev)
+                return 0;
+        }
         struct vt_pkt q = {};
         vt_fields(&fr, &q);
-        if (!vt_match(&q))
+        verdict = vt_match(&q) ? 1 : 0;
+#ifdef VT_DECIDE
+        vt_remember(point, skb, verdict);
+#endif
+        if (!verdict)
             return 0;
     }
+#ifdef VT_DECIDE
+    else {
+        vt_remember(point, skb, 1);
+    }
+#endif
     /* taken after the cheap exits; still before anything nested can run */
     u64 ts = bpf_ktime_get_ns();
     /* decoded again in full for the event (no reads: from fr) */
