@@ -52,6 +52,12 @@ PING_FLAKY = {
         strict=False, reason="overlay: the verdict depends on ARP timing through the tunnel"
     ),
 }
+
+
+def _marks(name: str) -> list:
+    return [m for m in (PATH_MODEL if name in PING_WRONG else None, PING_FLAKY.get(name)) if m]
+
+
 JSON_KEYS = {"reachable", "verdict", "summary", "culprit", "path", "findings"}
 HOP_KEYS = {"netns", "interface", "point", "packet", "time"}
 FINDING_KEYS = {"rule", "severity", "netns", "interface", "summary", "explanation", "fix"}
@@ -103,10 +109,7 @@ def lab_results() -> dict[str, list]:
 
 
 @pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=PATH_MODEL) if n in PING_WRONG
-     else pytest.param(n, marks=PING_FLAKY[n]) if n in PING_FLAKY else n
-     for n in LABS_WITH_PINGS],  # fmt: skip
+    "name", [pytest.param(n, marks=_marks(n)) for n in LABS_WITH_PINGS]
 )
 def test_lab_expectations(name: str, lab_results) -> None:
     """Every [[expect.ping]] reaches or fails as stated; the lab's main failing ping
