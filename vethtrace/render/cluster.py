@@ -42,7 +42,7 @@ def show(v: Verdict, run: ClusterPing, pred: PathPrediction, topo: Topology) -> 
     for n in run.nodes:
         state = f"could not be asked: {n.why}" if n.why else f"asked ({n.events} events)"
         print(f"  {n.node}  {n.url}  {state}")
-    if pred.forward:
+    if not v.reachable and pred.forward:  # where it went is the verdict's evidence
         print("predicted path:")
         for leg, hops in (("forward", pred.forward), ("reply", pred.reply)):
             for h in hops:
