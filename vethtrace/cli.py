@@ -63,7 +63,9 @@ EXAMPLES = {
   vethtrace ping vt-song 192.168.122.102 -c 1 --timeout 2   from the root namespace
   vethtrace ping --from vt-host vt-song 192.168.122.102 --write incident.vtrec \\
                  --pcap incident.pcapng   keep the evidence (read it with `report`)
-  vethtrace ping --from vt-a vt-b 10.0.4.2 --nftrace   name the firewall rule that drops it""",
+  vethtrace ping --from vt-a vt-b 10.0.4.2 --nftrace   name the firewall rule that drops it
+  vethtrace ping --agents http://10.0.0.1:7411,http://10.0.0.2:7411 --token-file token \\
+                 --from node-a/pod-a node-b/pod-b 10.244.1.2   across nodes (docs/agent.md)""",
     "path": """\
   vethtrace path --from vt-host vt-song 192.168.122.102
   vethtrace path --from vt-a 10.0.0.2 --proto tcp --port 80   the namespace holding it is found
@@ -76,6 +78,10 @@ EXAMPLES = {
     "watch": """\
   vethtrace watch                         every namespace's packet paths, live
   vethtrace watch icmp -n vt-host         only ICMP, only one namespace""",
+    "agent": """\
+  vethtrace agent --listen 10.0.0.5:7411 --token-file /etc/vethtrace/token
+  vethtrace agent --listen 127.0.0.1:7411 --token-file token -n vt-host -n vt-song
+  vethtrace agent --listen 0.0.0.0:7411 --token-file token   every address (said explicitly)""",
     "report": """\
   vethtrace report incident.vtrec         as the live command printed it (any user)
   vethtrace report incident.vtrec --json  the same as JSON""",
@@ -110,6 +116,13 @@ namespace. Interrupted (Ctrl-C or SIGTERM) before the lab is complete, `up`
 rolls back everything it built and exits 130 (SIGTERM: 143); once the lab is
 complete it stays up, is printed, and `up` exits 0 even if a signal arrives
 then (`lab down NAME` removes it). Up of a lab that is up changes nothing."""
+
+
+AGENT_HELP = """\
+Serve this node's discovery (topo --json), checks (check --json) and kernel
+events (trace --json lines) over HTTP to `vethtrace ping --agents`. Read-only;
+every request needs `Authorization: Bearer TOKEN`; listens only on --listen.
+With -n, only those namespaces are served. SIGINT/SIGTERM stop it, detached."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -264,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", metavar="FILE", help="write a recording of this run")
     p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
     _nftrace_opt(p)
+    p.add_argument("--agents", metavar="URL[,URL...]",
+                   help="ask these nodes' agents (`vethtrace agent`); names are NODE/NETNS")
+    p.add_argument("--token-file", metavar="FILE", help="the agents' bearer token (--agents)")
 
     p = _sub(sub, "path", "predict a packet's path from the kernel's tables (no packet)")
     p.add_argument("--from", dest="source", metavar="NETNS", help="send from here (default root)")
@@ -285,6 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "watch", "live terminal UI of packet paths")
     _tracing_opts(p)
+
+    p = _sub(sub, "agent", "serve this node's topology, checks and events over HTTP",
+             AGENT_HELP)  # fmt: skip
+    p.add_argument("--listen", required=True, metavar="ADDR:PORT",
+                   help="where to listen (0.0.0.0:PORT for every address, said explicitly)")
+    p.add_argument("--token-file", required=True, metavar="FILE",
+                   help="file holding the bearer token clients must send")  # fmt: skip
+    _netns_opt(p)
+    p.add_argument("--node", metavar="NAME", help="this node's name (default $NODE_NAME, hostname)")
+    p.add_argument("--listen-netns", metavar="NETNS",
+                   help="open the listening socket inside this namespace")  # fmt: skip
+    p.add_argument("--no-ping", action="store_true",
+                   help="refuse POST /v1/ping (then this node cannot be a ping's source)")
 
     p = _sub(sub, "report", "offline report from a recording (no root needed)")
     p.add_argument(

@@ -419,7 +419,17 @@ def run(
     write: str | None = None,
     pcap: str | None = None,
     nftrace: bool = False,
+    agents: str | None = None,
+    token_file: str | None = None,
 ) -> int:
+    if agents is not None or token_file is not None:
+        if agents is None or write or pcap or nftrace:
+            raise UserError("--token-file goes with --agents, which takes no --write, --pcap, "
+                            "--nftrace")  # fmt: skip
+        from vethtrace.commands import ping_agents
+
+        return ping_agents.run(agents, token_file, target_netns, ip, source, count, timeout,
+                               size, as_json)  # fmt: skip
     ip = parse_ip(ip)  # --count, --size, --timeout: checked by cli's validators
     require_root("vethtrace ping")
     source = source or netns.ROOT
