@@ -8,6 +8,8 @@ without --nftrace changes no ruleset."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
 import signal
@@ -16,7 +18,7 @@ import time
 
 import pytest
 
-from tests.conftest import VENV_BIN
+from tests.conftest import VENV_BIN, as_nobody
 from tests.labs import built_lab, lab_fixture, ping
 from vethtrace.commands.ping import execute
 
@@ -123,14 +125,28 @@ def test_bridge_family_drop(two, ruleset) -> None:
     assert r.rule["handle"] == handle_of(sw, "ip protocol icmp drop")
 
 
-def test_without_nftrace_no_ruleset_changes(two, ruleset) -> None:
+def test_without_nftrace_no_ruleset_changes_and_the_rule_is_predicted(two, ruleset) -> None:
+    """No table added; the culprit rule comes from the path model's static
+    evaluation of the same ruleset, marked predicted, and the report says
+    --nftrace would confirm it."""
     b = two.ns("b")
     ruleset(b, "inet", "vtt_n", "chain input { type filter hook input priority 0;\n"
             "icmp type echo-request drop\n}")  # fmt: skip
     before = {ns: nft(ns, "-a", "list", "ruleset") for ns in two.namespaces}
     r = _ping(two, nftrace=False)
-    assert not r.verdict.reachable and r.rule is None and r.nftrace == []
+    assert not r.verdict.reachable and r.nftrace == []
     assert {ns: nft(ns, "-a", "list", "ruleset") for ns in two.namespaces} == before
+    rule = r.rule
+    assert rule is not None and rule["source"] == "predicted" and not rule["confirmed"]
+    assert (rule["netns"], rule["family"], rule["table"], rule["chain"]) == (
+        b, "inet", "vtt_n", "input",
+    )  # fmt: skip
+    assert rule["handle"] == handle_of(b, "echo-request drop")
+    assert rule["hook"] == "input" and rule["verdict"] == "drop"
+    assert "--nftrace" in r.verdict.explanation and "predict" in r.verdict.summary
+    traced = _ping(two)
+    assert traced.rule is not None and traced.rule["source"] == "nftrace"
+    assert traced.rule["handle"] == rule["handle"]
 
 
 def test_docker_forward_drop_policy_in_iptables_form() -> None:
@@ -177,3 +193,62 @@ def test_interrupted_runs_leave_no_table(two) -> None:
         if left:  # only possible without the owner flag: the recovery step
             subprocess.run([str(VENV_BIN / "vethtrace"), "nftrace", "cleanup"], check=True)
         assert [t for n in names for t in our_tables(n)] == [], f"run {i}"
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_report_of_an_nftrace_ping_names_the_same_rule(two, ruleset, tmp_path, as_json) -> None:
+    """`report` of a `ping --nftrace --write` recording re-judges the recorded
+    rule verdicts: the same rule culprit and fix, line for line (as nobody)."""
+    from tests.privileged.test_report_live import _run
+
+    b = two.ns("b")
+    ruleset(b, "inet", "vtt_rp", "chain input { type filter hook input priority 0;\n"
+            "icmp type echo-request counter drop\n}")  # fmt: skip
+    os.chmod(tmp_path, 0o755)
+    flag = ["--json"] if as_json else []
+    live = _run("ping", "--from", two.ns("a"), b, "10.0.0.2", "-c", "1", "--nftrace",
+                "--write", "run.vtrec", *flag, cwd=tmp_path)  # fmt: skip
+    assert live.returncode == 1, live.stderr
+    os.chmod(tmp_path / "run.vtrec", 0o644)
+    offline = _run("report", "run.vtrec", *flag, cwd=tmp_path, user=as_nobody())
+    assert offline.returncode == 1, offline.stderr
+    handle = handle_of(b, "echo-request counter")
+    if as_json:
+        got = json.loads(offline.stdout)
+        got.pop("recording")
+        assert got == json.loads(live.stdout)
+        assert got["rule"]["handle"] == handle and got["rule"]["source"] == "nftrace"
+    else:
+        _banner, *rest = offline.stdout.splitlines()
+        assert rest == live.stdout.splitlines()
+        assert f"rule: {b}  inet vtt_rp input handle {handle} (hook input): drop" in rest
+
+
+def test_report_of_an_nftrace_trace_shows_the_verdicts_inline(two, ruleset, tmp_path) -> None:
+    """A `trace --nftrace --write` recording: report prints the rule verdicts
+    among the kernel's events, in time order, as trace did."""
+    b = two.ns("b")
+    ruleset(b, "inet", "vtt_rt", "chain input { type filter hook input priority 0;\n"
+            "icmp type echo-request counter drop\n}")  # fmt: skip
+    rec = tmp_path / "t.vtrec"
+    args = [str(VENV_BIN / "vethtrace"), "trace", "icmp", "--nftrace", "--duration", "3",
+            "--write", str(rec), "-n", two.ns("a"), "-n", b]  # fmt: skip
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # tracing by then (cached programs: well under a second)
+    ping(two.ns("a"), "10.0.0.2")
+    _out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    out = subprocess.run([str(VENV_BIN / "vethtrace"), "report", str(rec)], capture_output=True,
+                         text=True, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    lines = out.stdout.splitlines()
+    handle = handle_of(b, "echo-request counter")
+    hits = [i for i, ln in enumerate(lines) if f"inet vtt_rt input handle {handle}" in ln]
+    assert hits, out.stdout
+    assert "nftrace" in lines[hits[0]] and ": drop" in lines[hits[0]]
+    # inline: kernel event lines of the same run come before and after it
+    drops = [i for i, ln in enumerate(lines) if "NETFILTER_DROP" in ln]
+    assert drops and abs(drops[0] - hits[0]) < 10, out.stdout
+    js = json.loads(subprocess.run([str(VENV_BIN / "vethtrace"), "report", str(rec), "--json"],
+                                   capture_output=True, text=True).stdout)  # fmt: skip
+    nft_objs = [e for e in js["events"] if e.get("type") == "nftrace"]
+    assert any(e["handle"] == handle and e["verdict"] == "drop" for e in nft_objs)
