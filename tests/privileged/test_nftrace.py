@@ -222,6 +222,12 @@ def test_report_of_an_nftrace_ping_names_the_same_rule(two, ruleset, tmp_path, a
         _banner, *rest = offline.stdout.splitlines()
         assert rest == live.stdout.splitlines()
         assert f"rule: {b}  inet vtt_rp input handle {handle} (hook input): drop" in rest
+        # woven into the echo's path: after it was received in b, before the kernel's drop
+        at_b = [ln for ln in rest if f"{b}/eth0" in ln]
+        kinds = ["nft" if "nftables inet vtt_rp" in ln else "received" if "received" in ln
+                 else "drop" if "NETFILTER_DROP" in ln else "?" for ln in at_b]  # fmt: skip
+        assert "received" in kinds and "nft" in kinds, rest
+        assert kinds.index("received") < kinds.index("nft") < kinds.index("drop"), rest
 
 
 def test_report_of_an_nftrace_trace_shows_the_verdicts_inline(two, ruleset, tmp_path) -> None:
