@@ -75,7 +75,8 @@ EXAMPLES = {
   vethtrace trace icmp -n vt-sw --nftrace   rule verdicts of the kernel's nftables trace too""",
     "watch": """\
   vethtrace watch                         every namespace's packet paths, live
-  vethtrace watch icmp -n vt-host         only ICMP, only one namespace""",
+  vethtrace watch icmp -n vt-host         only ICMP, only one namespace
+  vethtrace watch icmp --nftrace          with the firewall rule verdicts under each path""",
     "report": """\
   vethtrace report incident.vtrec         as the live command printed it (any user)
   vethtrace report incident.vtrec --json  the same as JSON""",
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "watch", "live terminal UI of packet paths")
     _tracing_opts(p)
+    _nftrace_opt(p)
 
     p = _sub(sub, "report", "offline report from a recording (no root needed)")
     p.add_argument(

@@ -258,3 +258,33 @@ def test_report_of_an_nftrace_trace_shows_the_verdicts_inline(two, ruleset, tmp_
                                    capture_output=True, text=True).stdout)  # fmt: skip
     nft_objs = [e for e in js["events"] if e.get("type") == "nftrace"]
     assert any(e["handle"] == handle and e["verdict"] == "drop" for e in nft_objs)
+
+
+def test_watch_shows_rule_verdicts_under_paths_and_removes_its_tables(two, ruleset) -> None:
+    """`watch --nftrace` at 100 columns (tmux): the rule that dropped the echo
+    sits under its path, by handle; `q` ends it and its tables are gone."""
+    from tests.conftest import new_prefix
+    from tests.tmux import Tmux
+
+    a, b = two.ns("a"), two.ns("b")
+    ruleset(b, "inet", "vtt_w", "chain input { type filter hook input priority 0;\n"
+            "icmp type echo-request counter drop\n}")  # fmt: skip
+    ns_args = " ".join(f"-n {n}" for n in two.namespaces)
+    cmd = f"{VENV_BIN}/vethtrace watch icmp {ns_args} --nftrace; echo EXIT=$?; sleep 60"
+    t = Tmux(f"vethtrace-{new_prefix()}", cmd, width=100)
+    try:
+        t.wait_for(lambda s: " tracing " in s, 40, "probes and tables")
+        assert our_tables(b), "no trace table while watch runs"
+        ping(a, "10.0.0.2")
+        handle = handle_of(b, "echo-request counter")
+        want = f"b: inet vtt_w input #{handle}"
+        screen = t.wait_for(lambda s: want in s, 15, "the rule verdict under the path")
+        lines = screen.splitlines()
+        k = next(i for i, ln in enumerate(lines) if want in ln)
+        assert "↳ nftables" in lines[k] and lines[k].split()[-2:] == ["drop", "│"], screen
+        assert "NETFILTER_DROP" in lines[k - 1], screen
+        t.tmux("send-keys", "-t", "w", "q")
+        t.wait_for(lambda s: "EXIT=0" in s, 15, "watch to exit")
+        assert [tb for n in two.namespaces for tb in our_tables(n)] == []
+    finally:
+        t.kill()

@@ -8,13 +8,13 @@ drop  ip saddr 10.0.0.1 drop  [iptables: -A FORWARD -s 10.0.0.1/32 -j DROP]`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from rich.text import Text
 
 from vethtrace.diagnose.nftrace import ours, rule_id, verdict_word
-from vethtrace.model import Hop, NftraceEvent, to_dict
+from vethtrace.model import Hop, NftraceEvent, PacketPath, to_dict
 
 VERDICT_STYLE = {"drop": "bold red", "reject": "bold red", "accept": "green"}
 
@@ -144,6 +144,55 @@ def _place(hops: list[Hop], ev: NftraceEvent, name: str) -> int:
             return k
     same = [k for k, h in enumerate(hops) if h.netns == name]
     return same[-1] + 1 if same else len(hops)
+
+
+def assign(
+    paths: Sequence[PacketPath], events: Iterable[NftraceEvent], netns_name: Callable[[int], str]
+) -> list[list[NftraceEvent]]:
+    """watch: each path's rule verdicts (a list per path, in paths' order). A
+    verdict belongs to the latest path of the same packet (its description:
+    a TCP flow's segments share one, so time decides) that had begun by the
+    time it was read and crosses its namespace."""
+    out: list[list[NftraceEvent]] = [[] for _ in paths]
+    by_packet: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        if p.summary is not None:
+            by_packet.setdefault(p.summary.describe(), []).append(i)
+    for ev in sorted(events, key=lambda e: e.ts_ns):
+        if ev.packet is None or (ev.kind == "rule" and ev.handle is None):
+            continue
+        name = netns_name(ev.netns)
+        fits = [
+            i for i in by_packet.get(ev.packet.describe(), ())
+            if paths[i].first_ns <= ev.ts_ns and any(h.netns == name for h in paths[i].hops)
+        ]  # fmt: skip
+        if fits:
+            out[max(fits, key=lambda i: paths[i].first_ns)].append(ev)
+    return out
+
+
+def short_verdicts(
+    events: Sequence[NftraceEvent], ns_label: Callable[[int], str], most: int = 3
+) -> list[tuple[Text, Text]]:
+    """watch's rows under a path: the verdicts that decided (accept, drop,
+    reject, policy; not the jumps and returns between), at most `most` (the
+    drops first): (`ns hook: family table chain #handle`, the verdict word in
+    its colour), so the word lines up with the paths' outcome column."""
+    shown = [e for e in events if e.verdict in ("accept", "drop") or e.kind == "policy"]
+    shown = shown or list(events)
+    if len(shown) > most:
+        shown = sorted(shown, key=lambda e: e.verdict != "drop")[:most]
+    rows = []
+    for ev in shown:
+        what = "policy" if ev.kind == "policy" else f"#{ev.handle}"
+        hook = f" {ev.hook}" if ev.hook and ev.hook != ev.chain.lower() else ""
+        place = f"{ns_label(ev.netns)}{hook}: {ev.family} {ev.table} {ev.chain} {what}"
+        word = verdict_word(ev)
+        rows.append((
+            Text(place, style="dim", no_wrap=True, overflow="ellipsis"),
+            Text(word, style=VERDICT_STYLE.get(word.split()[-1], ""), no_wrap=True),
+        ))  # fmt: skip
+    return rows
 
 
 def culprit_lines(c: dict[str, Any]) -> list[str]:
