@@ -288,3 +288,31 @@ def test_watch_shows_rule_verdicts_under_paths_and_removes_its_tables(two, rules
         assert [tb for n in two.namespaces for tb in our_tables(n)] == []
     finally:
         t.kill()
+
+
+def test_legacy_iptables_is_named_with_what_cannot_be_seen() -> None:
+    """A legacy (x_tables) rule drops the echo in b (a lab of its own: the
+    legacy table stays loaded until its namespace goes). --nftrace says it
+    cannot trace it and names no nftables rule; ping without it says what is
+    not seen; check reports the legacy tables."""
+    from vethtrace.diagnose.check import run_rules
+
+    with built_lab("bridge-two") as lab:
+        a, b = lab.ns("a"), lab.ns("b")
+        subprocess.run(["ip", "netns", "exec", b, "iptables-legacy", "-A", "INPUT", "-p", "icmp",
+                        "-j", "DROP"], check=True)  # fmt: skip
+        r = execute(a, b, "10.0.0.2", 1, 3.0, nftrace=True)
+        assert not r.verdict.reachable and r.rule is None
+        assert any(e.drop_reason == "NETFILTER_DROP" for e in r.events)
+        said = " ".join(r.notes)
+        assert f"{b}: legacy iptables (x_tables) tables loaded (filter)" in said, r.notes
+        assert "--nftrace cannot trace" in said
+        assert any("iptables-legacy-save" in f for f in r.verdict.fix), r.verdict.fix
+        assert not [t for n in lab.namespaces for t in our_tables(n)]
+        plain = execute(a, b, "10.0.0.2", 1, 3.0)
+        assert plain.rule is None
+        assert any(f"{b} has legacy iptables" in n and "neither the path model nor --nftrace"
+                   in n for n in plain.notes), plain.notes  # fmt: skip
+        found = [f for f in run_rules(r.topo, [b]) if f.rule == "iptables-legacy"]
+        assert len(found) == 1 and found[0].netns == b and "filter" in found[0].summary
+        assert not [f for f in run_rules(r.topo, [a]) if f.rule == "iptables-legacy"]

@@ -328,7 +328,13 @@ def _name_rule(run: Run, nftrace: bool) -> None:
     """The rule culprit: traced with --nftrace, predicted from the ruleset
     without (diagnose/nftrace.py, which report calls alike)."""
     from vethtrace.diagnose import nftrace as nftdiag
+    from vethtrace.diagnose.rules.firewall import legacy_tables, legacy_text
 
+    if not nftrace:  # (with it, the session said so as it added its tables)
+        for inode in sorted(run.relevant):
+            ns = run.topo.netns(inode)
+            if ns is not None and legacy_tables(ns):
+                run.notes.append(legacy_text(ns))
     drop = any(e.drop_reason == "NETFILTER_DROP" for e in run.events)
     run.rule, notes = nftdiag.name_rule(
         run.verdict, run.plan.ip, run.nftrace, nftrace, drop, run.predicted, run.topo

@@ -268,13 +268,23 @@ def name_rule(
     to look."""
     if verdict is None or verdict.reachable:
         return None, []
+    legacy = _legacy_at(verdict, topo) if netfilter_drop else None
     if traced:
         names = {ns.inode: topo.netns_name(ns.inode) for ns in topo.namespaces}
         c = culprit(nftrace, ip, topo, names)
         if c is not None:
             c["source"] = "nftrace"
             apply(verdict, c)
-        return c, []
+            return c, []
+        if legacy:
+            return None, [_blame_legacy(verdict, legacy, "the nftables trace shows no drop")]
+        if netfilter_drop:
+            return None, [
+                "a firewall dropped it but the nftables trace shows no drop of this flow: "
+                "the rule is outside nf_tables (legacy iptables, see `check`) or in a netdev "
+                "chain (not traced)"
+            ]
+        return None, []
     c = predicted_rule(predicted)
     if c is not None:
         what = "policy" if c["kind"] == "policy" else f"handle {c['handle']}"
@@ -287,9 +297,32 @@ def name_rule(
         )
         verdict.fix = c["fix"] + _other_fixes(verdict.fix, c)
         return c, []
+    if legacy:
+        return None, [_blame_legacy(verdict, legacy, "no nftables rule is predicted to drop")]
     if netfilter_drop:
         return None, [
             "a firewall dropped it: `vethtrace ping --nftrace ...` asks the kernel's "
             "nftables trace which rule (it adds a table of its own while it runs)"
         ]
     return None, []
+
+
+def _legacy_at(verdict: Verdict, topo: Topology) -> tuple[str, list[str]] | None:
+    """(namespace, its legacy iptables tables) where the firewall dropped it."""
+    ns = topo.netns_by_name(verdict.culprit_netns) if verdict.culprit_netns else None
+    tables = list(ns.firewall.get("iptables_legacy") or []) if ns is not None else []
+    return (ns.name, tables) if ns is not None and tables else None
+
+
+def _blame_legacy(verdict: Verdict, legacy: tuple[str, list[str]], why: str) -> str:
+    """A netfilter drop where legacy iptables is loaded and nf_tables has no
+    rule for it: the legacy rules are the suspects, and nft cannot list them."""
+    name, tables = legacy
+    pre = f"ip netns exec {name} " if name != "root" else ""
+    verdict.fix = [f for f in verdict.fix if "nft list ruleset" not in f] + [
+        f"{pre}iptables-legacy-save   # legacy rules: `nft list ruleset` does not show them"
+    ]
+    return (
+        f"a firewall in {name} dropped it and {why} of this flow: {name} has legacy iptables "
+        f"tables ({', '.join(tables)}), whose rules nftables (and --nftrace) cannot see"
+    )
