@@ -77,7 +77,8 @@ EXAMPLES = {
   vethtrace trace icmp -n vt-sw --nftrace   rule verdicts of the kernel's nftables trace too""",
     "watch": """\
   vethtrace watch                         every namespace's packet paths, live
-  vethtrace watch icmp -n vt-host         only ICMP, only one namespace""",
+  vethtrace watch icmp -n vt-host         only ICMP, only one namespace
+  vethtrace watch icmp --nftrace          with the firewall rule verdicts under each path""",
     "agent": """\
   vethtrace agent --listen 10.0.0.5:7411 --token-file /etc/vethtrace/token
   vethtrace agent --listen 127.0.0.1:7411 --token-file token -n vt-host -n vt-song
@@ -301,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "watch", "live terminal UI of packet paths")
     _tracing_opts(p)
+    _nftrace_opt(p)
 
     p = _sub(sub, "agent", "serve this node's topology, checks and events over HTTP",
              AGENT_HELP)  # fmt: skip

@@ -439,9 +439,11 @@ def _apply(rec: Recording, kind: str, data: Any, unknown: dict[str, int]) -> Non
         unknown[kind] = unknown.get(kind, 0) + 1
 
 
-def ping_context(plan: Any, warnings: list[str]) -> dict[str, Any]:
+def ping_context(plan: Any, warnings: list[str], nftrace: bool = False) -> dict[str, Any]:
     """The header's "ping" key: ping's context (`plan` is its expected path, a
-    diagnose.verdict.PingPlan, from which `report` re-decides the verdict)."""
+    diagnose.verdict.PingPlan, from which `report` re-decides the verdict;
+    `nftrace`: the run asked the kernel's nftables trace, so report names the
+    rule from the recorded verdicts, not from the model)."""
     return {
         "source": plan.source,
         "target_netns": plan.target_netns,
@@ -451,6 +453,7 @@ def ping_context(plan: Any, warnings: list[str]) -> dict[str, Any]:
         "size": plan.size,
         "plan": to_dict(plan),
         "warnings": warnings,
+        "nftrace": nftrace,
     }
 
 
@@ -470,13 +473,14 @@ def write_ping(
     notes: list[str],
     timings: dict[str, float],
     nftrace: list[NftraceEvent] | None = None,
+    traced: bool = False,
 ) -> None:
     """The recording of a finished `ping` in one go (tests, tools); the ping
     command itself writes as it goes (commands/ping_files.py), in the same
     shape: the header with the context, the topology, every event, the
     findings, the verdict, and the end record with the run's notes and timings.
     `probe_plan` is the probe plan's describe() (the header's "plan"), or None."""
-    context = ping_context(plan, warnings)
+    context = ping_context(plan, warnings, traced or bool(nftrace))
     with Recorder(path, command=command, plan=probe_plan, pcap=pcap, ping=context) as rec:
         rec.topology(topology)
         for ev in sorted(events, key=lambda e: e.ts_ns):

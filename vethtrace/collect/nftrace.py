@@ -42,6 +42,7 @@ from vethtrace.collect import nftrace_match, nftrace_msg, nftrace_rules, nftrace
 from vethtrace.collect.filter import Filter, compile_filter
 from vethtrace.errors import UserError
 from vethtrace.model import NftraceEvent
+from vethtrace.topology.procfs import read_iptables_legacy
 
 PRIORITY = -2147483648  # NF_IP_PRI_FIRST: before every other chain at the hook
 HOOKS = {"ip": ("prerouting", "output"), "bridge": ("prerouting", "output")}
@@ -98,6 +99,7 @@ class NftraceSession:
         self.table = nftrace_state.table_name()
         self.state = nftrace_state.RunState(os.getpid())
         self.notes: list[str] = []
+        self.legacy: dict[str, list[str]] = {}  # namespace -> x_tables tables (not traced)
         self.lost = 0
         self._ns: list[_Ns] = []
         self._queue: queue.SimpleQueue[tuple[int, int, bytes]] = queue.SimpleQueue()
@@ -161,6 +163,14 @@ class NftraceSession:
                     raise UserError(f"--nftrace: cannot add our table in {scope.name}: {err}")
                 ns.families.append(family)
             ns.chains = nftrace_rules.load_here(nft)
+            legacy = read_iptables_legacy()  # this thread is in the namespace
+            if legacy:
+                self.legacy[scope.name] = legacy
+                self.notes.append(
+                    f"{scope.name}: legacy iptables (x_tables) tables loaded "
+                    f"({', '.join(legacy)}): --nftrace cannot trace their rules (the "
+                    "nftables trace sees nf_tables only); a drop by one has no rule verdict"
+                )
             return ns
         except BaseException:
             sock.close()

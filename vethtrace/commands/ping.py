@@ -159,6 +159,7 @@ class Run:
     predicted: dict[str, Any] | None = None  # the path model's prediction, for --json
     nftrace: list[NftraceEvent] = field(default_factory=list)  # --nftrace's rule verdicts
     rule: dict[str, Any] | None = None  # the rule that dropped it (diagnose/nftrace.py)
+    traced: bool = False  # --nftrace was given (the rule is traced, not predicted)
 
     def report(self) -> PingReport:
         from vethtrace.render.ping import PingReport
@@ -234,7 +235,7 @@ def execute(
             ip, topo, route_f.result(), count, timeout,
         )  # fmt: skip
         plan.size = size
-        run = Run(plan=plan, topo=topo, warnings=warnings, files=files)
+        run = Run(plan=plan, topo=topo, warnings=warnings, files=files, traced=nftrace)
         path_names = sorted({topo.netns_name(k.netns, "") for k in plan.path} - {""})
         findings_f = pool.submit(static_findings, topo, path_names or [plan.source])
         events: queue.Queue[ProbeEvent] = queue.Queue()
@@ -324,29 +325,21 @@ def _start_nftrace(run: Run, stack: contextlib.ExitStack) -> Any:
 
 
 def _name_rule(run: Run, nftrace: bool) -> None:
-    """The rule culprit from the trace; without --nftrace, a hint where a
-    firewall dropped it."""
+    """The rule culprit: traced with --nftrace, predicted from the ruleset
+    without (diagnose/nftrace.py, which report calls alike)."""
     from vethtrace.diagnose import nftrace as nftdiag
+    from vethtrace.diagnose.rules.firewall import legacy_tables, legacy_text
 
-    v = run.verdict
-    if v is None or v.reachable:
-        return
-    if nftrace:
-        run.rule = nftdiag.culprit(run.nftrace, run.plan.ip, run.topo, _names(run.topo))
-        if run.rule is not None:
-            nftdiag.apply(v, run.rule)
-    elif any(e.drop_reason == "NETFILTER_DROP" for e in run.events):
-        failing = (run.predicted or {}).get("first_failure") or {}
-        said = (f"the rule named here is predicted from the ruleset ({failing.get('source')}); "
-                if failing.get("step") == "nft" else "")
-        run.notes.append(
-            f"a firewall dropped it: {said}`vethtrace ping --nftrace ...` asks the kernel's "
-            "nftables trace which rule (it adds a table of its own while it runs)"
-        )
-
-
-def _names(topo: Topology) -> dict[int, str]:
-    return {ns.inode: topo.netns_name(ns.inode) for ns in topo.namespaces}
+    if not nftrace:  # (with it, the session said so as it added its tables)
+        for inode in sorted(run.relevant):
+            ns = run.topo.netns(inode)
+            if ns is not None and legacy_tables(ns):
+                run.notes.append(legacy_text(ns))
+    drop = any(e.drop_reason == "NETFILTER_DROP" for e in run.events)
+    run.rule, notes = nftdiag.name_rule(
+        run.verdict, run.plan.ip, run.nftrace, nftrace, drop, run.predicted, run.topo
+    )
+    run.notes += notes
 
 
 def _quietly(stop: Callable[[], object]) -> None:

@@ -70,7 +70,7 @@ class PingFiles:
         self.started = True
         if self.rec is not None:
             self.rec.abandon()  # rewritten from the start, now with ping's context
-        context = ping_context(run.plan, run.warnings)
+        context = ping_context(run.plan, run.warnings, run.traced)
         self.rec = Recorder(
             self.write, command=sys.argv, plan=probe_plan, pcap=self.pcap, ping=context
         )

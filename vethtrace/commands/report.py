@@ -81,6 +81,7 @@ def _findings(rec: Recording, names: list[str] | None) -> tuple[list[Finding], s
 
 
 def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
+    from vethtrace.diagnose.nftrace import name_rule
     from vethtrace.diagnose.verdict import PingPlan, judge
     from vethtrace.diagnose.verdict.model import compare
     from vethtrace.render import ping as render
@@ -98,7 +99,16 @@ def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
     decision = judge(plan, rec.events, rec.topology, findings, final=True)
     checked = compare(decision.verdict, plan, rec.topology)
     verdict = checked.verdict
-    notes.extend(n for n in checked.notes if n not in (meta.get("notes") or []))
+    # the rule culprit, as the live run named it: from the recorded trace
+    # verdicts (--nftrace), else predicted from the recorded ruleset
+    traced = bool(meta.get("nftrace")) or bool(rec.nftrace)
+    drop = any(e.drop_reason == "NETFILTER_DROP" for e in rec.events)
+    rule, rule_notes = name_rule(
+        verdict, plan.ip, rec.nftrace, traced, drop, checked.predicted, rec.topology
+    )
+    notes.extend(
+        n for n in [*checked.notes, *rule_notes] if n not in (meta.get("notes") or [])
+    )
     if rec.verdict is not None and verdict is not None and rec.verdict.kind != verdict.kind:
         notes.append(
             f"the recorded run said {rec.verdict.kind}; rebuilt from its events: {verdict.kind}"
@@ -113,7 +123,7 @@ def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
     timings = meta.get("timings") or None
     report = render.PingReport(
         plan, verdict, rec.events, rec.topology, findings, warnings, notes, timings,
-        decision.analysis, checked.predicted,
+        decision.analysis, checked.predicted, nftrace=rec.nftrace, rule=rule,
     )  # fmt: skip
     if as_json:
         obj = render.to_json(report)

@@ -38,7 +38,7 @@ from vethtrace.console import make_console
 from vethtrace.errors import ExitStatus, UserError, require_root
 from vethtrace.model import Finding, Topology
 from vethtrace.render.live import render
-from vethtrace.render.live_state import WatchState
+from vethtrace.render.live_state import Notice, WatchState
 
 REFRESH_S = 0.2  # 5 frames/s: smooth enough for counters, cheap under floods
 DISCOVER_EVERY_S = 2.0
@@ -53,6 +53,7 @@ def run(
     duration: float | None = None,
     wait: bool = False,
     buffer: int | None = None,
+    nftrace: bool = False,
 ) -> int:
     from vethtrace.commands.trace import ring_pages_of
     from vethtrace.commands.trace import run as trace_run
@@ -70,6 +71,7 @@ def run(
                 pcap=None,
                 wait=wait,
                 buffer=buffer,
+                nftrace=nftrace,
             )
         )
     if duration is not None and not duration > 0:
@@ -79,7 +81,7 @@ def run(
     for name in names:
         if not netns_mod.exists(name):
             raise UserError(f"no network namespace named {name!r} (see `ip netns list`)")
-    return Watch(" ".join(filter_words), names, duration, wait, pages).run()
+    return Watch(" ".join(filter_words), names, duration, wait, pages, nftrace).run()
 
 
 def _discover(names: list[str]) -> tuple[Topology, list[Finding]]:
@@ -98,6 +100,7 @@ class Watch:
         duration: float | None,
         wait: bool = False,
         ring_pages: int = 2048,
+        nftrace: bool = False,
     ) -> None:
         from vethtrace.correlate import correlate
 
@@ -105,6 +108,7 @@ class Watch:
         self.duration = duration
         self.wait = wait
         self.ring_pages = ring_pages
+        self.nftrace = nftrace  # --nftrace: rule verdicts under the paths (collect/nftrace.py)
         self.scope_gone = False  # every watched namespace vanished (exit 1 unless --wait)
         self.state = WatchState(filter_text=filter_text, netns=names, correlate=correlate)
         self.stop = threading.Event()
@@ -115,13 +119,16 @@ class Watch:
 
     # --- threads -----------------------------------------------------------------
 
-    def _events(self, collector: Any) -> None:
-        """The only thread that touches the collector after start(): bcc's
-        buffers are not meant to be polled and closed from two threads."""
+    def _events(self, collector: Any, session: Any) -> None:
+        """The only thread that touches the collector (and the nftables trace
+        session) after start(): bcc's buffers are not meant to be polled and
+        closed from two threads."""
         try:
             while not self.stop.is_set():
                 self.state.add_events(collector.poll(100))
                 self.state.set_lost(collector.lost)
+                if session is not None:
+                    self.state.add_nftrace(session.poll())
         except BaseException as exc:  # shown by the main thread
             self.error = exc
             self.stop.set()
@@ -199,9 +206,11 @@ class Watch:
             self.state.filter_text, netns_inodes=inodes, ringbuf_pages=self.ring_pages
         )
         deadline = None if self.duration is None else time.monotonic() + self.duration
-        events = threading.Thread(target=self._events, args=(collector,), name="events")
+        session = self._nftrace_session(collector)
+        events = threading.Thread(target=self._events, args=(collector, session), name="events")
         try:
             with (
+                contextlib.ExitStack() as cleanup,
                 collector,
                 _cbreak() as fd,
                 Live(
@@ -221,6 +230,16 @@ class Watch:
                 live.update(render(self.state), refresh=True)
                 collector.start()
                 self.state.plan = collector.plan_line
+                if session is not None:
+                    # our tables go when we leave, whatever the way out (the
+                    # kernel removes them with our socket even after SIGKILL)
+                    cleanup.callback(session.close)
+                    self.state.status = "adding nftrace tables…"
+                    live.update(render(self.state), refresh=True)
+                    session.start()
+                    self.state.plan += "; nftrace"
+                    for note in session.notes:
+                        self.state.notices.append(Notice(time.time(), f"nftrace: {note}"))
                 self.state.status = "tracing"
                 events.start()
                 threading.Thread(target=self._rediscover, name="discover", daemon=True).start()
@@ -251,6 +270,15 @@ class Watch:
             )
             return int(ExitStatus.FINDINGS)
         return int(ExitStatus.OK)
+
+    def _nftrace_session(self, collector: Any) -> Any:
+        """The kernel's nftables trace for the same filter and namespaces, or
+        None without --nftrace; built (not started) before the screen opens."""
+        if not self.nftrace:
+            return None
+        from vethtrace.collect.nftrace import NftraceSession, scopes_named
+
+        return NftraceSession(collector.filter, scopes_named(self.names))
 
     def _loop(self, live: Any, deadline: float | None) -> None:
         while not self.stop.is_set():

@@ -189,6 +189,140 @@ def apply(verdict: Verdict, c: dict[str, Any]) -> None:
     verdict.explanation = (verdict.explanation + " " if verdict.explanation else "") + (
         f"The kernel's nftables trace (--nftrace) shows it: {words}. {advice}"
     )
-    generic = [f for f in verdict.fix if "nft list ruleset" in f]
-    kept = [f for f in verdict.fix if f not in generic]
-    verdict.fix = kept if runtime else list(c["fix"]) + kept
+    verdict.fix = _other_fixes(verdict.fix, c) if runtime else c["fix"] + _other_fixes(
+        verdict.fix, c
+    )
+
+
+def _other_fixes(fixes: list[str], c: dict[str, Any]) -> list[str]:
+    """The verdict's fixes that the rule's do not already say: without the
+    generic "find the rule" (`nft list ruleset`, the rule is named now) and
+    the model's same command (the rule's fix has it, maybe commented)."""
+    return [
+        f for f in fixes
+        if "nft list ruleset" not in f and not any(f in mine for mine in c["fix"])
+    ]  # fmt: skip
+
+
+# --- without the trace: the path model's rule, said to be predicted -----------------
+
+CONFIRM = "`--nftrace` would confirm it (the kernel's own nftables trace names the rule)"
+
+
+def predicted_rule(predicted: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The rule the path model's static evaluation says drops the ping (its
+    first failing decision, when that is an nft step), in the shape of the
+    traced culprit, with `"source": "predicted"`. The hop's source reads
+    `nft FAMILY TABLE CHAIN handle N` or `... policy drop`; its decision
+    `[br_netfilter ]HOOK: what  [rule text]` (diagnose/path/netfilter.py)."""
+    failing = (predicted or {}).get("first_failure") or {}
+    parts = str(failing.get("source") or "").split()
+    if failing.get("step") != "nft" or len(parts) < 5 or parts[0] != "nft":
+        return None
+    _nft, family, table, chain, *rest = parts
+    policy = rest[0] == "policy"
+    handle = int(rest[1]) if rest[0] == "handle" and len(rest) > 1 and rest[1].isdigit() else None
+    decision = str(failing.get("decision") or "")
+    hook = decision.split(":", 1)[0].split()[-1] if ":" in decision else None
+    text = decision.rsplit("  [", 1)[1].rstrip("]") if "  [" in decision else None
+    if text and text.split()[-1:] == ["reject"]:
+        word = "reject"
+    else:
+        word = "policy drop" if policy else "drop"
+    return {
+        "netns": failing.get("netns"),
+        "family": family,
+        "table": table,
+        "chain": chain,
+        "handle": handle,
+        "kind": "policy" if policy else "rule",
+        "verdict": word,
+        "rule": None if policy else text,
+        "iptables": None,
+        "hook": hook,
+        "iif": None,
+        "oif": None,
+        "packet": None,
+        "confirmed": False,
+        "source": "predicted",
+        "fix": list(failing.get("fix") or []),
+    }
+
+
+def name_rule(
+    verdict: Verdict | None,
+    ip: str,
+    nftrace: Iterable[NftraceEvent],
+    traced: bool,
+    netfilter_drop: bool,
+    predicted: dict[str, Any] | None,
+    topo: Topology,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """(the rule culprit, notes) of a ping that was not answered; ping and
+    report both call it, so a recording is judged like the live run.
+
+    With the trace (`traced`): the first drop of the flow's packets, applied
+    to the verdict. Without it: the path model's failing rule, marked
+    predicted, and the explanation says the trace would confirm it; when the
+    kernel saw a netfilter drop the model did not explain, a note says where
+    to look."""
+    if verdict is None or verdict.reachable:
+        return None, []
+    legacy = _legacy_at(verdict, topo) if netfilter_drop else None
+    if traced:
+        names = {ns.inode: topo.netns_name(ns.inode) for ns in topo.namespaces}
+        c = culprit(nftrace, ip, topo, names)
+        if c is not None:
+            c["source"] = "nftrace"
+            apply(verdict, c)
+            return c, []
+        if legacy:
+            return None, [_blame_legacy(verdict, legacy, "the nftables trace shows no drop")]
+        if netfilter_drop:
+            return None, [
+                "a firewall dropped it but the nftables trace shows no drop of this flow: "
+                "the rule is outside nf_tables (legacy iptables, see `check`) or in a netdev "
+                "chain (not traced)"
+            ]
+        return None, []
+    c = predicted_rule(predicted)
+    if c is not None:
+        what = "policy" if c["kind"] == "policy" else f"handle {c['handle']}"
+        ident = f"{c['family']} {c['table']} {c['chain']} {what}"
+        verdict.summary += f"; predicted from the ruleset: {c['netns']} {ident}"
+        verdict.explanation = (verdict.explanation + " " if verdict.explanation else "") + (
+            f"The ruleset, evaluated for this flow, drops it at {c['netns']} {ident}"
+            + (f" (`{c['rule']}`)" if c.get("rule") else "")
+            + f": a prediction; {CONFIRM}."
+        )
+        verdict.fix = c["fix"] + _other_fixes(verdict.fix, c)
+        return c, []
+    if legacy:
+        return None, [_blame_legacy(verdict, legacy, "no nftables rule is predicted to drop")]
+    if netfilter_drop:
+        return None, [
+            "a firewall dropped it: `vethtrace ping --nftrace ...` asks the kernel's "
+            "nftables trace which rule (it adds a table of its own while it runs)"
+        ]
+    return None, []
+
+
+def _legacy_at(verdict: Verdict, topo: Topology) -> tuple[str, list[str]] | None:
+    """(namespace, its legacy iptables tables) where the firewall dropped it."""
+    ns = topo.netns_by_name(verdict.culprit_netns) if verdict.culprit_netns else None
+    tables = list(ns.firewall.get("iptables_legacy") or []) if ns is not None else []
+    return (ns.name, tables) if ns is not None and tables else None
+
+
+def _blame_legacy(verdict: Verdict, legacy: tuple[str, list[str]], why: str) -> str:
+    """A netfilter drop where legacy iptables is loaded and nf_tables has no
+    rule for it: the legacy rules are the suspects, and nft cannot list them."""
+    name, tables = legacy
+    pre = f"ip netns exec {name} " if name != "root" else ""
+    verdict.fix = [f for f in verdict.fix if "nft list ruleset" not in f] + [
+        f"{pre}iptables-legacy-save   # legacy rules: `nft list ruleset` does not show them"
+    ]
+    return (
+        f"a firewall in {name} dropped it and {why} of this flow: {name} has legacy iptables "
+        f"tables ({', '.join(tables)}), whose rules nftables (and --nftrace) cannot see"
+    )

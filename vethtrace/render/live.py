@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vethtrace.model import Interface, Namespace, Topology
+from vethtrace.render import nftrace as nftrender
 from vethtrace.render.live_state import WatchState
 from vethtrace.render.packet_rows import (
     OUTCOME_MARK,
@@ -329,7 +330,10 @@ def _paths(state: WatchState, short: NameShortener, width: int) -> Panel:
     paths = state.paths
     if not paths:
         table.add_row("", Text("waiting for packets…", style="dim"))
-    for path in reversed(paths[-60:]):  # newest first; the panel clips the rest
+    rules = state.rules if len(state.rules) == len(paths) else []
+    names = state.topology.netns_name if state.topology else str
+    for i in reversed(range(max(0, len(paths) - 60), len(paths))):  # newest first, clipped
+        path = paths[i]
         # a path with no hops still has the time of its first event (never 0,
         # which would convert to the boot moment)
         ts = path.hops[0].ts_ns if path.hops else path.first_ns
@@ -341,5 +345,9 @@ def _paths(state: WatchState, short: NameShortener, width: int) -> Panel:
             hop_chain(path, short),
             outcome_text(path),
         )
+        if rules and rules[i]:  # --nftrace: the rule verdicts on this packet, under it
+            label = lambda n: short.ns(names(n))  # noqa: E731
+            for place, word in nftrender.short_verdicts(rules[i], label):
+                table.add_row("", Text("  ↳ nftables", style="magenta"), place, word)
     title = f"packet paths (newest first, {len(paths)} recent)"
     return Panel(table, title=title, title_align="left", border_style="blue")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from vethtrace.clock import Clock
 from vethtrace.diagnose.verdict.diverted import mark_diversion
-from vethtrace.model import Finding, IfaceKey, PacketPath, ProbeEvent, Topology
+from vethtrace.model import Finding, IfaceKey, NftraceEvent, PacketPath, ProbeEvent, Topology
 from vethtrace.points import COUNTED_RX_POINTS, COUNTED_TX_POINTS, DROP_POINT, is_benign_drop
 
 if TYPE_CHECKING:
@@ -87,6 +87,10 @@ class WatchState:
         self.lost_at: float | None = None  # monotonic time the loss count last grew
         self.window: deque[ProbeEvent] = deque(maxlen=window)
         self.paths: list[PacketPath] = []
+        # --nftrace: the most recent rule verdicts, and per path (parallel to
+        # self.paths) those of its packet (render/nftrace.assign)
+        self.nft_window: deque[NftraceEvent] = deque(maxlen=window)
+        self.rules: list[list[NftraceEvent]] = []
         self.max_paths = max_paths
         self.notices: deque[Notice] = deque(maxlen=20)
         # With -n, the inodes of the watched namespaces still alive; None = all.
@@ -145,6 +149,14 @@ class WatchState:
                 c.rx += 1
                 c.count(second)
 
+    def add_nftrace(self, events: list[NftraceEvent]) -> None:
+        """Rule verdicts of the kernel's nftables trace (watch --nftrace)."""
+        if not events:
+            return
+        with self.lock:
+            self.nft_window.extend(events)
+            self._dirty = True
+
     def _counters(self, key: IfaceKey) -> IfaceCounters:
         c = self.counters.get(key)
         if c is None:
@@ -193,6 +205,11 @@ class WatchState:
             for path in paths:
                 mark_diversion(path, self.topology)
             self.paths = paths
+            if self.nft_window:
+                from vethtrace.render.nftrace import assign
+
+                names = self.topology.netns_name if self.topology else str
+                self.rules = assign(paths, list(self.nft_window), names)
 
     def tick(self, now_ns: int | None = None) -> None:
         with self.lock:

@@ -200,7 +200,9 @@ def _print_groups(console: Console, groups: list[tuple[str, list[Hop]]], t0: int
             mark = Text("✓", "green") if h.ok else Text("✗", "bold red")
             note = h.note + (" (sniffed)" if h.sniffed and "tcpdump" not in h.note else "")
             lines = textwrap.wrap(note, room) or [""]
-            head = Text(f"{_ms(h.ts_ns, t0) + ' ms':>11}  ")
+            # a rule verdict has no time of its own (the kernel's trace has none)
+            when = "" if h.point == nftrender.POINT else _ms(h.ts_ns, t0) + " ms"
+            head = Text(f"{when:>11}  ")
             head.append_text(mark)
             head.append(f" {_where(h)[:wide]:<{wide}}  {lines[0]}")
             console.print(head, soft_wrap=True)
@@ -231,14 +233,17 @@ def show(console: Console, report: PingReport, notes_to: Console | None = None) 
         ),
         soft_wrap=False,
     )
-    groups = packet_groups(report)
+    # --nftrace's rule verdicts in the paths, at the hops where their hooks fired
+    groups, left = nftrender.weave(
+        packet_groups(report), report.nftrace, plan.ip, report.topo.netns_name
+    )
     if groups:
         _print_groups(console, groups, t0)
     else:
         console.print("  (no frame of ours was seen)")
-    rows = nftrender.path_lines(report.nftrace, plan.ip, report.topo.netns_name)
+    rows = nftrender.path_lines(left, plan.ip, report.topo.netns_name)
     if rows:
-        console.print(Text("  netfilter verdicts (the kernel's nftables trace)", "bold"))
+        console.print(Text("  netfilter verdicts on packets not shown above", "bold"))
         for ok, row in rows:
             mark = Text("  ✓ ", "green") if ok else Text("  ✗ ", "bold red")
             console.print(mark.append(row, "" if ok else "red"), soft_wrap=True)

@@ -17,9 +17,10 @@ from rich.table import Table
 from rich.text import Text
 
 from vethtrace.clock import Clock
-from vethtrace.model import Finding, PacketPath, Topology, to_dict
+from vethtrace.model import Finding, NftraceEvent, PacketPath, ProbeEvent, Topology, to_dict
 from vethtrace.record import Recording
 from vethtrace.render import findings as render_findings
+from vethtrace.render import nftrace as nftrender
 from vethtrace.render import trace as render_trace
 from vethtrace.render.packet_rows import NameShortener, hop_chain, outcome_text, short_packet
 
@@ -32,11 +33,18 @@ def trace_json(
     notes: list[str],
 ) -> dict[str, Any]:
     """A trace recording's --json object: its events as `trace --json` printed
-    them, then the paths they make up and the findings."""
+    them (rule verdicts of --nftrace among them, `"type": "nftrace"`), then
+    the paths they make up and the findings."""
     clock = Clock.from_header(rec.header.get("clock"))
+    events = [
+        nftrender.json_obj(e, names.name(e.netns))
+        if isinstance(e, NftraceEvent)
+        else json.loads(render_trace.json_line(e, names, clock))
+        for e in _in_time_order(rec)
+    ]
     return {
         "recording": recording_json(rec),
-        "events": [json.loads(render_trace.json_line(e, names, clock)) for e in rec.events],
+        "events": events,
         "lost": rec.lost if rec.complete else None,
         "paths": [path_json(p) for p in paths],
         "findings": [to_dict(f) for f in findings],
@@ -59,8 +67,12 @@ def show_trace(
     banner(console, rec)
     console.print(render_trace.HEADER, style="bold", highlight=False)
     summary = render_trace.Summary()
-    t0 = rec.events[0].ts_ns if rec.events else 0
-    for ev in rec.events:
+    ordered = _in_time_order(rec)
+    t0 = ordered[0].ts_ns if ordered else 0
+    for ev in ordered:
+        if isinstance(ev, NftraceEvent):  # a rule verdict, where trace showed it
+            console.print(nftrender.line(ev, t0, names.name), soft_wrap=True)
+            continue
         summary.add(ev)
         console.print(render_trace.line(ev, t0, names), soft_wrap=True)
     span = (rec.events[-1].ts_ns - t0) / 1e9 if rec.events else 0.0
@@ -71,6 +83,14 @@ def show_trace(
     render_findings.render_findings(console, findings, show_info=False)
     for n in notes:
         (notes_to or console).print(Text(f"note: {n}", "dim"))
+
+
+def _in_time_order(rec: Recording) -> list[ProbeEvent | NftraceEvent]:
+    """Kernel events and --nftrace's rule verdicts merged by time, as trace
+    printed them (a verdict's time is when it was read: just after the
+    probe events of the same moment)."""
+    merged: list[ProbeEvent | NftraceEvent] = [*rec.events, *rec.nftrace]
+    return sorted(merged, key=lambda e: e.ts_ns)
 
 
 def path_json(p: PacketPath) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from vethtrace.diagnose.rules import (  # noqa: F401
     arp,
     bridge,
     containers,
+    firewall,
     links,
     overlay,
     paths,
