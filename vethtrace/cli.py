@@ -29,6 +29,10 @@ examples:
   vethtrace trace arp -n vt-song          every kernel event for ARP in one namespace
   vethtrace watch icmp                    live packet paths over the topology
   vethtrace report incident.vtrec         offline report from a recording (no root)
+  vethtrace record --continuous /var/lib/vethtrace/recorder --max-size 1G --max-age 7d
+                                          the flight recorder: drops and topology changes
+  vethtrace report /var/lib/vethtrace/recorder --since 10m
+                                          what happened, changes interleaved with drops
 """
 
 
@@ -111,9 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="live terminal UI of packet paths")
     _tracing_opts(p)
 
+    p = sub.add_parser("record", help="the flight recorder: drops and topology changes, always on")
+    p.add_argument("--continuous", action="store_true", help="run until stopped (SIGTERM)")
+    p.add_argument("directory", metavar="DIR", nargs="?", help="recording directory "
+                   "(default /var/lib/vethtrace/recorder)")
+    p.add_argument("--max-size", default="256M", metavar="SIZE", help="keep at most SIZE (256M)")
+    p.add_argument("--max-age", metavar="AGE", help="delete what is older than AGE (e.g. 7d)")
+    p.add_argument("--min-free", metavar="SIZE", help="leave SIZE free on the disk "
+                   "(default 5%% of it, at most 1G)")
+    p.add_argument("--segment-size", metavar="SIZE", help="rotate at SIZE (max-size/8)")
+    p.add_argument("--no-drops", action="store_true", help="topology changes only, no BPF")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+
     p = sub.add_parser("report", help="offline report from a recording (no root needed)")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE|DIR")
     _json_opt(p)
+    p.add_argument("--since", metavar="T", help="DIR: from T (10m ago, 14:02, ISO time)")
+    p.add_argument("--until", metavar="T", help="DIR: up to T (default now)")
+    p.add_argument("--at", metavar="T", help="DIR: run check on the topology as it was at T")
+    _netns_opt(p)
 
     p = sub.add_parser("lab", help="build known topologies, good and broken")
     lab = p.add_subparsers(dest="action", metavar="ACTION")

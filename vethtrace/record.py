@@ -135,6 +135,30 @@ class Recorder:
     def _record(self, kind: str, data: Any, flush: bool = False) -> None:
         self._write({"type": kind, "data": to_dict(data)}, flush=flush)
 
+    def record(self, kind: str, data: Any, flush: bool = False) -> None:
+        """A record of another type (the flight recorder's "change", "drops",
+        "neigh", "note": vethtrace/recorder/); `read` skips types it does not know."""
+        self._record(kind, data, flush=flush)
+
+    def flush(self) -> None:
+        """Write out what is buffered now (raises OSError, e.g. ENOSPC)."""
+        with self._lock:
+            if not self.closed:
+                self._file.flush()
+                self._last_flush = time.monotonic()
+
+    def abandon(self) -> None:
+        """Close without an end record and without raising (the disk is full:
+        what could not be written is lost, what was written stays readable)."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                self._file.close()
+            except OSError:
+                pass
+
     def topology(self, topo: Topology, change: bool = False) -> None:
         """The snapshot at start; later ones (change=True) when namespaces or
         interfaces appeared or vanished."""
