@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -154,10 +155,8 @@ class Recorder:
             if self.closed:
                 return
             self.closed = True
-            try:
+            with contextlib.suppress(OSError):
                 self._file.close()
-            except OSError:
-                pass
 
     def topology(self, topo: Topology, change: bool = False) -> None:
         """The snapshot at start; later ones (change=True) when namespaces or

@@ -228,4 +228,3 @@ def _still_held(ref: NsRef) -> bool:
         except OSError:
             continue
     return False
-

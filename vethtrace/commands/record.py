@@ -29,7 +29,9 @@ def run(
     if not continuous:
         raise UserError("only the flight recorder exists so far: use `record --continuous [DIR]`")
     if os.geteuid() != 0:
-        raise UserError("the recorder needs root (netlink in every namespace, BPF); run it with sudo")
+        raise UserError(
+            "the recorder needs root (netlink in every namespace, BPF); run it with sudo"
+        )
     if duration is not None and duration <= 0:
         raise UserError(f"--duration {duration}: must be more than 0 seconds")
     size = parse_size(max_size, "--max-size")

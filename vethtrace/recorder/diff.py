@@ -7,9 +7,10 @@ the model already holds every field the checks reason about. So the recorder
 re-reads a namespace after notifications and this module compares the two
 reads, field by field, with no I/O. Neighbours are left out: their
 notifications are recorded as they come (collect/monitor.py), and their
-REACHABLE/STALE cycling is not a topology change. The local and broadcast
-routes the kernel adds with every address are left out too (the address
-change says it).
+REACHABLE/STALE cycling is not a topology change. What the kernel adds by
+itself with every address or link is left out too (local, broadcast and
+multicast routes, IPv6 link-local addresses and routes, multicast and
+own-MAC FDB entries): the address or link change says it.
 """
 
 from __future__ import annotations
@@ -119,17 +120,23 @@ def _address_changes(olds: dict[int, Interface], news: dict[int, Interface]) -> 
     out: list[Change] = []
     for idx in sorted(set(olds) | set(news)):
         a, b = olds.get(idx), news.get(idx)
-        before = {_addr(x) for x in a.addresses} if a else set()
-        after = {_addr(x) for x in b.addresses} if b else set()
+        before = {_addr(x) for x in a.addresses if not _automatic(x)} if a else set()
+        after = {_addr(x) for x in b.addresses if not _automatic(x)} if b else set()
         if a is None or b is None:
             continue  # the whole link came or went: said once, not per address
         name = b.name
-        out += [Change("addr", f"address {x} added on {name}", name) for x in sorted(after - before)]
         out += [
-            Change("addr", f"address {x} removed from {name}", name)
-            for x in sorted(before - after)
+            Change("addr", f"address {x} added on {name}", name) for x in sorted(after - before)
+        ]
+        out += [
+            Change("addr", f"address {x} removed from {name}", name) for x in sorted(before - after)
         ]
     return out
+
+
+def _automatic(a: Address) -> bool:
+    """IPv6 link-local addresses: the kernel adds one to every link it brings up."""
+    return a.family == 6 and a.address.lower().startswith("fe80:")
 
 
 def _route_key(r: Route, ns: Namespace) -> str:
@@ -149,8 +156,8 @@ def _route_key(r: Route, ns: Namespace) -> str:
 
 def _route_changes(old: Namespace, new: Namespace) -> list[Change]:
     def keyed(ns: Namespace) -> dict[str, Route]:
-        routes = [*ns.routes, *(r for r in ns.other_routes if r.kind not in ("local", "broadcast"))]
-        return {_route_key(r, ns): r for r in routes}
+        routes = [*ns.routes, *ns.other_routes]
+        return {_route_key(r, ns): r for r in routes if not _kernel_route(r)}
 
     a, b = keyed(old), keyed(new)
     out = [Change("route", f"route {k} added", _iface(b[k], new)) for k in sorted(set(b) - set(a))]
@@ -158,6 +165,12 @@ def _route_changes(old: Namespace, new: Namespace) -> list[Change]:
         Change("route", f"route {k} removed", _iface(a[k], old)) for k in sorted(set(a) - set(b))
     ]
     return out
+
+
+def _kernel_route(r: Route) -> bool:
+    """Routes the kernel adds by itself with addresses and links: local,
+    broadcast and multicast entries, and IPv6's fe80::/64 per link."""
+    return r.kind in ("local", "broadcast", "multicast") or r.dst.startswith("fe80::")
 
 
 def _iface(r: Route, ns: Namespace) -> str | None:
@@ -170,14 +183,21 @@ def _fdb_key(e: FdbEntry, ns: Namespace) -> str:
     return f"{e.mac} on {_name(ns, e.ifindex)}{vlan} ({flags[0]})"
 
 
+def _kernel_fdb(e: FdbEntry, ns: Namespace) -> bool:
+    """Entries the kernel keeps by itself: multicast MACs, and the permanent
+    entries for the MACs of the namespace's own interfaces (a port's own)."""
+    first = int(e.mac.split(":")[0], 16) if e.mac else 0
+    own = "permanent" in e.flags and any(i.mac == e.mac for i in ns.interfaces)
+    return bool(first & 1) or own
+
+
 def _fdb_changes(old: Namespace, new: Namespace) -> list[Change]:
-    a = {_fdb_key(e, old): e for e in old.fdb}
-    b = {_fdb_key(e, new): e for e in new.fdb}
+    a = {_fdb_key(e, old): e for e in old.fdb if not _kernel_fdb(e, old)}
+    b = {_fdb_key(e, new): e for e in new.fdb if not _kernel_fdb(e, new)}
     out = [
         Change("fdb", f"fdb {k} added", _name(new, b[k].ifindex)) for k in sorted(set(b) - set(a))
     ]
     out += [
-        Change("fdb", f"fdb {k} removed", _name(old, a[k].ifindex))
-        for k in sorted(set(a) - set(b))
+        Change("fdb", f"fdb {k} removed", _name(old, a[k].ifindex)) for k in sorted(set(a) - set(b))
     ]
     return out

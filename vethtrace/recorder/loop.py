@@ -41,6 +41,7 @@ from vethtrace.recorder.store import SegmentStore
 
 DEBOUNCE_S = 0.05
 TICK_S = 1.0
+GONE_S = 5.0
 NEIGH_STATES = frozenset({"INCOMPLETE", "FAILED", "PERMANENT"})
 
 
@@ -67,11 +68,13 @@ class FlightRecorder:
         self._notices: queue.SimpleQueue[Notice] = queue.SimpleQueue()
         self.state: dict[int, Namespace] = {}
         self.names: dict[int, str] = {}
-        self._dirty: dict[int, float] = {}  # inode -> monotonic time of the last notice
+        # inode -> (wall time of the first notice, monotonic time of the last one)
+        self._dirty: dict[int, tuple[float, float]] = {}
         self._neigh: dict[tuple[int, int, str], tuple[str, str | None]] = {}
         self.drops = DropCounter(lambda i: self.names.get(i, f"netns:{i}" if i else "?"))
         self._lost_seen = 0
         self._snapshot_t = 0.0
+        self._gone: dict[int, float] = {}  # vanished namespaces, forgotten after GONE_S
         self.store: SegmentStore | None = None
 
     def stop(self, *_: Any) -> None:
@@ -137,13 +140,14 @@ class FlightRecorder:
             if now >= next_tick:
                 next_tick = now + TICK_S
                 self._write_drops()
+                self._forget(now)
                 if collector is not None and collector.lost > self._lost_seen:
                     n, self._lost_seen = collector.lost - self._lost_seen, collector.lost
                     self.store.write("note", {"t": time.time(), "lost": n,
                                               "text": f"{n} kernel event(s) lost"})  # fmt: skip
                 if monitor.overruns:
-                    self.store.write("note", {"t": time.time(), "text": (
-                        f"{monitor.overruns} netlink overrun(s): intermediate changes missed")})
+                    text = f"{monitor.overruns} netlink overrun(s): intermediate changes missed"
+                    self.store.write("note", {"t": time.time(), "text": text})
                     monitor.overruns = 0
                 self.store.tick()
             if end is not None and now >= end:
@@ -172,18 +176,21 @@ class FlightRecorder:
             if n.kind == "added" and n.inode in self.state and n.t <= self._snapshot_t:
                 continue  # already in the snapshot
             if n.kind in ("added", "dirty"):
-                self._dirty[n.inode] = time.monotonic()
+                first = self._dirty.get(n.inode, (n.t, 0.0))[0]
+                self._dirty[n.inode] = (first, time.monotonic())
             elif n.kind == "removed":
                 self._dirty.pop(n.inode, None)
                 self._removed(n)
             elif n.kind == "neigh":
                 self._neighbour(n)
         now = time.monotonic()
-        for inode in [i for i, t in self._dirty.items() if now - t >= DEBOUNCE_S]:
-            del self._dirty[inode]
-            self._reread(inode)
+        for inode in [i for i, (_, t) in self._dirty.items() if now - t >= DEBOUNCE_S]:
+            first, _ = self._dirty.pop(inode)
+            self._reread(inode, first)
 
-    def _reread(self, inode: int) -> None:
+    def _reread(self, inode: int, t: float) -> None:
+        """Re-read a namespace after notices; the change is dated by the first
+        notice (when it happened), not by the re-read."""
         from vethtrace.topology import discover
 
         try:
@@ -200,13 +207,16 @@ class FlightRecorder:
         if not changes:
             return
         self._write("change", {
-            "t": time.time(), "netns": inode, "name": ns.name,
+            "t": t, "netns": inode, "name": ns.name,
             "action": "added" if old is None else "changed",
             "changes": [to_dict(c) for c in changes], "namespace": to_dict(ns),
         })  # fmt: skip
 
     def _removed(self, n: Notice) -> None:
         self.state.pop(n.inode, None)
+        self._gone[n.inode] = time.monotonic()
+        for key in [k for k in self._neigh if k[0] == n.inode]:
+            del self._neigh[key]
         self._write("change", {
             "t": n.t, "netns": n.inode, "name": n.name, "action": "removed",
             "changes": [{"kind": "netns", "text": "namespace vanished", "iface": None}],
@@ -223,7 +233,9 @@ class FlightRecorder:
         if n.deleted:
             self._neigh.pop(key, None)
         moved = before is not None and nb.lladdr and before[1] and before[1] != nb.lladdr
-        interesting = state in NEIGH_STATES or moved or (before is not None and before[0] == "PERMANENT")
+        interesting = (
+            state in NEIGH_STATES or moved or (before is not None and before[0] == "PERMANENT")
+        )
         if not interesting or (before is not None and before[0] == state and not moved):
             return
         ns = self.state.get(n.inode)
@@ -234,6 +246,14 @@ class FlightRecorder:
             "address": nb.address, "state": state, "lladdr": nb.lladdr,
             "old_state": before[0] if before else None,
         })  # fmt: skip
+
+    def _forget(self, now: float) -> None:
+        """Names of vanished namespaces are kept a little (their last drops are
+        still being counted), then dropped, so churn does not grow memory."""
+        for inode in [i for i, t in self._gone.items() if now - t > GONE_S]:
+            del self._gone[inode]
+            if inode not in self.state:
+                self.names.pop(inode, None)
 
     def _write_drops(self, everything: bool = False) -> None:
         for rec in self.drops.flush(everything):

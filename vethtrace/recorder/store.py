@@ -100,7 +100,9 @@ class SegmentStore:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._lock = open(self.dir / ".lock", "a+")  # noqa: SIM115
         except OSError as exc:
-            raise UserError(f"cannot use {self.dir} as a recording directory: {exc.strerror}") from None
+            raise UserError(
+                f"cannot use {self.dir} as a recording directory: {exc.strerror}"
+            ) from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
