@@ -122,8 +122,8 @@ def _address_changes(olds: dict[int, Interface], news: dict[int, Interface]) -> 
         a, b = olds.get(idx), news.get(idx)
         before = {_addr(x) for x in a.addresses if not _automatic(x)} if a else set()
         after = {_addr(x) for x in b.addresses if not _automatic(x)} if b else set()
-        if a is None or b is None:
-            continue  # the whole link came or went: said once, not per address
+        if b is None:
+            continue  # the link went: said once, not per address
         name = b.name
         out += [
             Change("addr", f"address {x} added on {name}", name) for x in sorted(after - before)

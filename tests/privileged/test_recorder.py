@@ -1,0 +1,245 @@
+"""The flight recorder on the real kernel: `record --continuous` runs while namespaces
+are built and broken with `ip` (independent of vethtrace's code), then
+`report DIR` is read back as nobody.
+
+- the seed broken step by step (address on veth0, then veth0 enslaved to br0):
+  the report shows the address, then the enslavement, then NEIGH_FAILED drops
+  on veth0 "from then on", in that order; `--at` a moment between the steps
+  finds nothing, after them it finds address-on-bridge-port;
+- rotation by size keeps the newest segments (and the newest change);
+- SIGTERM leaves complete segments; SIGKILL a readable one, and a restart
+  continues in the same directory ("recorder restarted");
+- namespaces created and deleted while it runs are followed (changes inside
+  a new namespace are recorded, then its vanishing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VENV_BIN, as_nobody
+from vethtrace.recorder.store import segments
+
+pytestmark = pytest.mark.privileged
+ENV = {**os.environ, "COLUMNS": "200", "TERM": "dumb"}
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
+
+
+def ping(ns: str, addr: str, count: int = 1) -> bool:
+    cmd = ["ip", "netns", "exec", ns, "ping", "-n", "-q", f"-c{count}", "-i0.3", "-W1", addr]
+    return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+
+
+@contextmanager
+def recorder(directory: Path, *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """`vethtrace record --continuous DIR`, started and ready (it says so on stderr)."""
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "vethtrace"), "record", "--continuous", str(directory), *extra],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=ENV,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "recording to" in line, line + proc.stderr.read()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def report(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    os.chmod(directory, 0o755)
+    for p in directory.iterdir():
+        os.chmod(p, 0o644)
+    return subprocess.run(
+        [*as_nobody(), str(VENV_BIN / "vethtrace"), "report", str(directory), *args],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )  # fmt: skip
+
+
+def report_json(directory: Path, *args: str) -> dict:
+    out = report(directory, "--json", *args)
+    assert out.returncode in (0, 1), out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture
+def two_namespaces(prefix: str) -> Iterator[tuple[str, str]]:
+    host, song = f"{prefix}host", f"{prefix}song"
+    ip("netns", "add", host)
+    ip("netns", "add", song)
+    try:
+        yield host, song
+    finally:
+        for ns in (host, song):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_seed_broken_step_by_step_shows_the_change_then_the_drops(
+    two_namespaces: tuple[str, str], tmp_path: Path
+) -> None:
+    host, song = two_namespaces
+    directory = tmp_path / "rec"
+    with recorder(directory) as proc:
+        ip("-n", host, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+           "netns", song)  # fmt: skip
+        ip("-n", host, "link", "add", "br0", "type", "bridge")
+        ip("-n", host, "link", "set", "br0", "up")
+        ip("-n", song, "addr", "add", "192.168.122.102/24", "dev", "veth1")
+        ip("-n", song, "link", "set", "veth1", "up")
+        ip("-n", host, "link", "set", "veth0", "up")
+        time.sleep(1.0)
+        ip("-n", host, "addr", "add", "192.168.122.101/24", "dev", "veth0")
+        assert ping(host, "192.168.122.102")  # step 1: works
+        time.sleep(1.5)
+        between = time.time()
+        time.sleep(1.0)
+        ip("-n", host, "link", "set", "veth0", "master", "br0")
+        ip("-n", host, "neigh", "flush", "dev", "veth0")
+        assert not ping(host, "192.168.122.102", count=4)  # step 2: broken
+        time.sleep(3.0)  # the drops' second is over and written
+        after = time.time()
+        stop(proc)
+
+    got = report_json(directory, "--since", "5m", "-n", host)
+    lines = [ln["line"] for ln in got["timeline"]]
+    added = _index(lines, f"{host}: address 192.168.122.101/24 added on veth0")
+    enslaved = _index(lines, f"{host}: veth0 enslaved to br0")
+    drops = _index(lines, "drops on veth0: NEIGH_FAILED")
+    assert added < enslaved < drops, "\n".join(lines)
+    enslave = got["timeline"][enslaved]
+    assert enslave["after"].get("NEIGH_FAILED", 0) >= 1, enslave
+    assert "from then on" in enslave["line"]
+    assert got["drops"]["total"] >= 1
+
+    text = report(directory, "--since", "5m", "-n", host)
+    assert text.returncode == 1, text.stderr  # drops in the window
+    assert "veth0 enslaved to br0 — from then on" in text.stdout
+
+    ok = report_json(directory, "--since", "5m", "--at", f"@{between}", "-n", host)
+    assert not [f for f in ok["check"]["findings"] if f["rule"] == "address-on-bridge-port"]
+    bad = report_json(directory, "--since", "5m", "--at", f"@{after}", "-n", host)
+    rules = {(f["rule"], f["interface"]) for f in bad["check"]["findings"]}
+    assert ("address-on-bridge-port", "veth0") in rules, rules
+
+
+def _index(lines: list[str], text: str) -> int:
+    for i, line in enumerate(lines):
+        if text in line:
+            return i
+    raise AssertionError(f"{text!r} not in the timeline:\n" + "\n".join(lines))
+
+
+def test_rotation_by_size_keeps_the_newest(prefix: str, tmp_path: Path) -> None:
+    ns = f"{prefix}flap"
+    directory = tmp_path / "rec"
+    ip("netns", "add", ns)
+    try:
+        ip("-n", ns, "link", "add", "a0", "type", "veth", "peer", "name", "b0")
+        with recorder(directory, "--no-drops", "--max-size", "1M", "--segment-size", "64K") as p:
+            deadline = time.monotonic() + 30
+            flaps = 0
+            while time.monotonic() < deadline:
+                for i in range(20):
+                    ip("-n", ns, "addr", "add", f"10.77.{flaps % 250}.{i + 1}/32", "dev", "a0")
+                ip("-n", ns, "addr", "flush", "dev", "a0")
+                flaps += 1
+                time.sleep(0.1)
+                if _size(directory) > 1.3 * (1 << 20) and 1 not in _seqs(directory):
+                    break
+            ip("-n", ns, "addr", "add", "10.99.99.99/32", "dev", "a0")  # the newest change
+            time.sleep(1.5)
+            stop(p)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    seqs = _seqs(directory)
+    assert 1 not in seqs, f"the oldest segment should be gone: {seqs}"
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)), seqs  # the newest, contiguous
+    assert _size(directory) <= (1 << 20) + 2 * (64 << 10) + 200_000, _size(directory)
+    got = report_json(directory, "--since", "10m", "-n", ns)
+    assert any("address 10.99.99.99/32 added on a0" in ln["line"] for ln in got["timeline"])
+
+
+def _seqs(directory: Path) -> list[int]:
+    return [int(p.name.split("-")[1]) for p in segments(directory)] if directory.exists() else []
+
+
+def _size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in segments(directory)) if directory.exists() else 0
+
+
+def test_sigterm_leaves_a_complete_recording_and_a_restart_continues(
+    prefix: str, tmp_path: Path
+) -> None:
+    directory = tmp_path / "rec"
+    ns = f"{prefix}r"
+    ip("netns", "add", ns)
+    try:
+        with recorder(directory, "--no-drops") as p:
+            ip("-n", ns, "link", "add", "x0", "type", "veth", "peer", "name", "y0")
+            time.sleep(1.0)
+            p.kill()  # no end record
+            p.wait(10)
+        with recorder(directory, "--no-drops") as p:
+            ip("-n", ns, "link", "set", "x0", "up")
+            time.sleep(1.0)
+            stop(p)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    segs = segments(directory)
+    assert len(segs) == 2
+    last = segs[-1].read_text().splitlines()
+    assert json.loads(last[-1])["type"] == "end"  # SIGTERM: closed properly
+    assert json.loads(segs[0].read_text().splitlines()[-1])["type"] != "end"
+    got = report_json(directory, "--since", "5m", "-n", ns)
+    lines = [ln["line"] for ln in got["timeline"]]
+    x0_added = _index(lines, "x0 added")
+    assert x0_added < _index(lines, "recorder restarted") < _index(lines, "x0 set up")
+    assert _index(lines, "recorder stopped without closing") < _index(lines, "recorder restarted")
+
+
+def test_namespaces_created_and_deleted_during_the_run_are_followed(
+    prefix: str, tmp_path: Path
+) -> None:
+    directory = tmp_path / "rec"
+    names = [f"{prefix}churn{i}" for i in range(3)]
+    with recorder(directory, "--no-drops") as p:
+        try:
+            for ns in names:
+                ip("netns", "add", ns)
+                time.sleep(0.6)  # found by the next scan, subscribed
+                ip("-n", ns, "link", "add", "c0", "type", "veth", "peer", "name", "c1")
+                ip("-n", ns, "addr", "add", "10.55.0.1/24", "dev", "c0")
+                time.sleep(0.3)
+                ip("-n", ns, "link", "set", "c0", "up")
+                time.sleep(0.3)
+                ip("netns", "del", ns)
+            time.sleep(1.0)
+            stop(p)
+        finally:
+            for ns in names:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    for ns in names:
+        got = report_json(directory, "--since", "5m", "-n", ns)
+        lines = [ln["line"] for ln in got["timeline"]]
+        appeared = _index(lines, f"{ns}: namespace appeared")
+        assert appeared < _index(lines, f"{ns}: address 10.55.0.1/24 added on c0")
+        assert _index(lines, f"{ns}: c0 set up") < _index(lines, f"{ns}: namespace vanished")
