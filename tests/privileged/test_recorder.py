@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -243,3 +244,58 @@ def test_namespaces_created_and_deleted_during_the_run_are_followed(
         appeared = _index(lines, f"{ns}: namespace appeared")
         assert appeared < _index(lines, f"{ns}: address 10.55.0.1/24 added on c0")
         assert _index(lines, f"{ns}: c0 set up") < _index(lines, f"{ns}: namespace vanished")
+
+
+def test_a_full_disk_stops_writing_says_so_and_keeps_the_newest(
+    prefix: str, tmp_path: Path
+) -> None:
+    """A 512 KiB tmpfs, mounted in a mount namespace of the recorder's own (the
+    machine's mounts are untouched), filled by the recorder itself: it says it
+    stopped, keeps running, frees its oldest segment and records the newest change."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    ns = f"{prefix}full"
+    ip("netns", "add", ns)
+    script = (
+        f"mount -t tmpfs -o size=512k vtt-full {mnt} && exec {VENV_BIN / 'vethtrace'} record "
+        f"--continuous {mnt}/rec --no-drops --max-size 64M --min-free 0 --segment-size 64K"
+    )
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=ENV,
+    )  # fmt: skip
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(iter(proc.stderr.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        ip("-n", ns, "link", "add", "f0", "type", "veth", "peer", "name", "g0")
+        deadline = time.monotonic() + 60
+        flaps = 0
+        while time.monotonic() < deadline and not any("resumed" in s for s in said):
+            for i in range(20):
+                ip("-n", ns, "addr", "add", f"10.78.{flaps % 250}.{i + 1}/32", "dev", "f0")
+            ip("-n", ns, "addr", "flush", "dev", "f0")
+            flaps += 1
+            time.sleep(0.1)
+        assert any("stopped writing" in s for s in said), said
+        assert any("resumed" in s for s in said), said
+        assert proc.poll() is None, said  # still running
+        ip("-n", ns, "addr", "add", "10.99.88.77/32", "dev", "f0")
+        time.sleep(2.5)  # written and flushed by the next ticks
+        seen = Path(f"/proc/{proc.pid}/root") / str(mnt).lstrip("/") / "rec"
+        seqs = _seqs(seen)
+        assert seqs and seqs[0] > 1, seqs  # the oldest went to make room
+        out = subprocess.run(
+            [str(VENV_BIN / "vethtrace"), "report", str(seen), "--since", "5m", "-n", ns,
+             "--json"], capture_output=True, text=True, env=ENV, timeout=60,
+        )  # fmt: skip
+        got = json.loads(out.stdout)
+        assert any("10.99.88.77/32 added on f0" in ln["line"] for ln in got["timeline"])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        reader.join(10)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

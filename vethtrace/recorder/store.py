@@ -18,8 +18,9 @@ Limits, checked every `tick()` (the loop calls it once a second):
   segments are deleted to make room, and when none is left to delete the
   store stops writing, says so once on stderr, counts what it could not write
   and retries every RETRY_S. A write that fails with ENOSPC (another process
-  filled the disk first) is handled the same way. So the disk is never filled
-  by us, and what is kept is always the newest.
+  filled the disk first) stops writing the same way, and each retry first
+  deletes our oldest segment. So the disk is never filled by us, and what is
+  kept is always the newest.
 
 A lock file (fcntl) keeps a second recorder out of the same directory.
 """
@@ -94,6 +95,7 @@ class SegmentStore:
         self.unwritten = 0  # records not written while stalled
         self._stalled_since = 0.0
         self._next_retry = 0.0
+        self._enospc = False  # the last failure was a full disk
         self.deleted: list[str] = []  # segment names pruned (tests, status)
         self.records = 0
         try:
@@ -125,6 +127,7 @@ class SegmentStore:
         try:
             self.current.record(kind, data, flush=flush)
         except OSError as exc:
+            self._enospc = exc.errno == errno.ENOSPC
             self._stall(f"write failed: {exc.strerror}")
             self.unwritten += 1
             return False
@@ -142,6 +145,7 @@ class SegmentStore:
             self.current.flush()
             size = self.current.path.stat().st_size
         except OSError as exc:
+            self._enospc = exc.errno == errno.ENOSPC
             self._stall(f"write failed: {exc.strerror}")
             return
         if size >= self.segment_size or now - self._opened >= self.segment_age:
@@ -182,6 +186,7 @@ class SegmentStore:
             self.current = Recorder(path, command=self._command, plan=self._plan, **header)
             self.current.topology(topo)
         except (OSError, UserError) as exc:
+            self._enospc = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
             if self.current is not None:
                 self.current.abandon()
                 self.current = None
@@ -204,13 +209,19 @@ class SegmentStore:
 
     def _resume(self, now: float) -> None:
         self._prune(now)
+        if self._enospc:  # someone filled the disk: our oldest data goes first
+            olds = segments(self.dir)
+            if olds:
+                self._delete(olds[0])
+            self._enospc = False
         if self._free() < self.min_free and not self._make_room():
             self._next_retry = now + RETRY_S
             return
-        was, self.stalled = self.stalled, None
+        was = self.stalled
         self._rotate()
         if self.current is None:
-            return
+            return  # still full: _stall set the next retry, without saying it again
+        self.stalled = None
         note = (
             f"recording resumed: {was} since "
             f"{time.strftime('%H:%M:%S', time.localtime(self._stalled_since))}; "
