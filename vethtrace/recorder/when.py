@@ -47,10 +47,13 @@ def parse_moment(text: str, now: float, what: str = "time") -> float:
     m = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2})(\.\d+)?)?", t)
     if m:
         day = datetime.datetime.fromtimestamp(now).astimezone()
-        at = day.replace(
-            hour=int(m.group(1)), minute=int(m.group(2)), second=int(m.group(3) or 0),
-            microsecond=int(float(m.group(4) or 0) * 1e6),
-        )  # fmt: skip
+        try:
+            at = day.replace(
+                hour=int(m.group(1)), minute=int(m.group(2)), second=int(m.group(3) or 0),
+                microsecond=int(float(m.group(4) or 0) * 1e6),
+            )  # fmt: skip
+        except ValueError:
+            raise UserError(f"{what} {text!r}: not a time of day (HH:MM[:SS])") from None
         if at.timestamp() > now + 1:
             at -= datetime.timedelta(days=1)
         return at.timestamp()
