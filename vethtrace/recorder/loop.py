@@ -112,7 +112,8 @@ class FlightRecorder:
             self._loop(collector, monitor)
         finally:
             monitor.stop()
-            lost = collector.lost if collector is not None else 0
+            # what the per-second notes have not said yet (end + notes = the total)
+            lost = collector.lost - self._lost_seen if collector is not None else 0
             if collector is not None:
                 for ev in collector.drain():
                     self.drops.add(ev)

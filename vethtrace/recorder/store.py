@@ -156,23 +156,22 @@ class SegmentStore:
             self._stall(f"less than {_mib(self.min_free)} free on {self.dir}")
 
     def close(self, lost: int = 0) -> None:
-        if self.current is not None:
-            try:
-                self.current.close(lost=lost)
-            except OSError:
-                self.current.abandon()
-            self.current = None
+        """Close the segment; `lost` goes into its end record."""
+        self._close_current(lost)
         self._lock.close()
 
     # --- rotation, pruning, disk ---------------------------------------------
 
-    def _rotate(self, lost: int = 0) -> None:
+    def _close_current(self, lost: int = 0) -> None:
         if self.current is not None:
             try:
                 self.current.close(lost=lost)
             except OSError:
                 self.current.abandon()
             self.current = None
+
+    def _rotate(self) -> None:
+        self._close_current()
         self._prune(time.time())
         if self._free() < self.min_free and not self._make_room():
             self._stall(f"less than {_mib(self.min_free)} free on {self.dir}")
