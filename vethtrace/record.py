@@ -20,6 +20,8 @@ Layout (documented for users in README "Recordings, watch and report"):
              {"type": "finding", "data": <model.Finding>}
              {"type": "verdict", "data": <model.Verdict>}
              {"type": "end", "data": {"lost": N, "ended": "...Z", "events": N}}
+    the flight recorder's segments add "change", "neigh", "drops" and "note"
+    records (vethtrace/recorder/, README "Flight recorder"; `read` skips them)
 
 Writers call `Recorder`; readers call `read`. Unknown record types are skipped
 with a note (newer minor additions stay readable); a different major

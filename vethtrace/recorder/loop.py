@@ -162,7 +162,12 @@ class FlightRecorder:
         from vethtrace.topology import discover
 
         self._snapshot_t = time.time()
-        topo = discover()
+        try:
+            topo = discover()
+        except Exception as exc:  # an always-on recorder outlives one failed read
+            self.status(f"topology snapshot failed ({exc}); keeping the last known one")
+            topo = Topology(namespaces=list(self.state.values()), taken_at=time.time(),
+                            notes=[f"snapshot failed: {exc}; namespaces as last read"])  # fmt: skip
         self.state = {ns.inode: ns for ns in topo.namespaces}
         self.names.update({ns.inode: ns.name for ns in topo.namespaces})
         return topo
@@ -198,6 +203,9 @@ class FlightRecorder:
             topo = discover([str(inode)])
         except (UserError, OSError):
             return  # gone meanwhile: its "removed" notice follows
+        except Exception as exc:  # never let one namespace stop the recorder
+            self._write("note", {"t": t, "text": f"re-reading netns {inode} failed: {exc}"})
+            return
         ns = topo.netns(inode)
         if ns is None:
             return
