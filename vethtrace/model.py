@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -206,10 +208,37 @@ class Namespace:
     runtime_networks: list[RuntimeNetwork] = field(default_factory=list)  # a daemon's, here
 
     def iface(self, ifindex: int | None) -> Interface | None:
-        return next((i for i in self.interfaces if i.key.ifindex == ifindex), None)
+        # An index, because the path model asks thousands of times (a hub with 500
+        # ports); rebuilt whenever it misses or holds a stale entry, so callers may
+        # still edit interfaces and keys freely.
+        return _indexed(self, "interfaces", lambda i: i.key.ifindex, ifindex)
 
     def iface_by_name(self, name: str) -> Interface | None:
         return next((i for i in self.interfaces if i.name == name), None)
+
+
+_INDEXES: dict[tuple[int, str], tuple[Any, list[Any], int, dict[Any, Any]]] = {}
+
+
+def _indexed(owner: Any, attr: str, key: Callable[[Any], Any], wanted: Any) -> Any:
+    """`next(x for x in owner.<attr> if key(x) == wanted)` through a dict kept
+    beside owner (not in it: snapshots serialise the dataclasses' __dict__s) and
+    dropped with it; a miss or a stale hit rebuilds it once, so it is never
+    wrong, only fast."""
+    slot = (id(owner), attr)
+    items = getattr(owner, attr)
+    idx = _INDEXES.get(slot)
+    if idx is not None and idx[0]() is owner and idx[1] is items and idx[2] == len(items):
+        hit = idx[3].get(wanted)
+        if hit is not None and key(hit) == wanted:
+            return hit
+    table: dict[Any, Any] = {}
+    for x in items:
+        table.setdefault(key(x), x)
+    if idx is None or idx[0]() is not owner:
+        weakref.finalize(owner, _INDEXES.pop, slot, None)
+    _INDEXES[slot] = (weakref.ref(owner), items, len(items), table)
+    return table.get(wanted)
 
 
 @dataclass
@@ -220,7 +249,7 @@ class Topology:
     kernel: str = ""
 
     def netns(self, inode: int) -> Namespace | None:
-        return next((n for n in self.namespaces if n.inode == inode), None)
+        return _indexed(self, "namespaces", lambda n: n.inode, inode)
 
     def netns_by_name(self, name: str) -> Namespace | None:
         return next((n for n in self.namespaces if n.name == name), None)

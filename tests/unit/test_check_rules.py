@@ -21,6 +21,7 @@ from vethtrace.model import (
 )
 
 _inodes = itertools.count(4026530000)
+_macs = itertools.count(1)
 
 
 def nsp(name: str, *ifaces: Interface, routes: list[Route] | None = None,
@@ -41,6 +42,9 @@ def nsp(name: str, *ifaces: Interface, routes: list[Route] | None = None,
 def dev(name: str, kind: str = "veth", *addrs: str, up: bool = True, carrier: bool = True,
         mtu: int = 1500, **kw) -> Interface:
     addresses = [Address(a.split("/")[0], int(a.split("/")[1])) for a in addrs]
+    if kind != "loopback":  # every Ethernet-like device has one; the path model needs it
+        m = next(_macs)
+        kw.setdefault("mac", f"02:00:00:{m >> 16 & 255:02x}:{m >> 8 & 255:02x}:{m & 255:02x}")
     return Interface(IfaceKey(0, 0), name, kind, up, "UP" if up else "DOWN", carrier and up, mtu,
                      addresses=addresses, **kw)
 

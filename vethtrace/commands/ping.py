@@ -123,13 +123,14 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     probe_plan: Any = None  # the probe plan's describe(), for the recording header
     analysis: Analysis | None = None  # what the final verdict was drawn from
+    predicted: dict[str, Any] | None = None  # the path model's prediction, for --json
 
     def report(self) -> PingReport:
         from vethtrace.render.ping import PingReport
 
         return PingReport(
             self.plan, self.verdict, self.events, self.topo, self.findings,
-            self.warnings, self.notes, self.timings, self.analysis,
+            self.warnings, self.notes, self.timings, self.analysis, self.predicted,
         )  # fmt: skip
 
     @property
@@ -246,10 +247,58 @@ def execute(
         run.events.sort(key=lambda e: e.ts_ns)
         decision = judge(plan, run.events, topo, run.findings, final=True)
         run.verdict, run.analysis = decision.verdict, decision.analysis
+        _compare_with_model(run, source, ip, size)
         timings.setdefault("verdict", time.monotonic() - t0)
         timings["total"] = time.monotonic() - t0
         run.timings = timings
         return run
+
+
+# Decisions the model names better than the place a frame was last seen (#15):
+# the verdict's culprit becomes the decision's place for these kinds.
+MODEL_CULPRITS = {
+    "missing-masquerade", "proxy-arp-missing", "bridge-port-flood-off",
+    "neighbour-wrong-mac", "netfilter-forward-drop",
+}  # fmt: skip
+
+
+def _compare_with_model(run: Run, source: str, ip: str, size: int) -> None:
+    """Predict the same ping from the tables; put it beside the observation, say
+    plainly when the two disagree, and let the failing decision be the culprit
+    where the model names it better (MODEL_CULPRITS)."""
+    try:
+        from vethtrace.diagnose.path import Flow, predict
+        from vethtrace.diagnose.rules.paths import rule_of
+
+        src_name = run.topo.netns_name(run.plan.source_inode, source)
+        pred = predict(run.topo, Flow(src_name, ip, "icmp", size=size + 28))
+    except Exception as exc:  # the model must never cost the observed verdict
+        run.notes.append(f"path prediction unavailable: {type(exc).__name__}: {exc}")
+        return
+    run.predicted = pred.to_dict()
+    v = run.verdict
+    if v is None:
+        return
+    failing, unknown = pred.first_failure, pred.first_unknown
+    if v.reachable != pred.ok and not (unknown is not None and failing is None):
+        said = "reachable" if pred.ok else f"lost at {failing.where if failing else '?'}"
+        run.notes.append(
+            f"observation and prediction disagree: the kernel's tables predict the ping "
+            f"{said}, but it was {'answered' if v.reachable else 'not answered'}; either a "
+            "model gap or something the tables cannot show"
+        )
+        return
+    if not v.reachable and failing is not None and rule_of(failing) in MODEL_CULPRITS:
+        netns_name, iface = failing.culprit
+        v.culprit_netns, v.culprit_interface = netns_name, iface
+        ns = run.topo.netns_by_name(netns_name)
+        it = ns.iface_by_name(iface) if ns is not None and iface else None
+        v.culprit = it.key if it is not None else None
+        v.summary = f"{v.summary}; the decision that lost it: {failing.decision} at {failing.where}"
+        if failing.cause:
+            v.explanation = f"{failing.cause}. {v.explanation}".strip()
+        if failing.fix:
+            v.fix = list(failing.fix)
 
 
 def _quietly(stop: Callable[[], object]) -> None:

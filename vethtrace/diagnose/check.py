@@ -22,13 +22,15 @@ def run_rules(
     """
     ctx = Context(topo)
     findings: list[Finding] = []
-    for r in RULES:
-        if only is not None and r.id not in only:
-            continue
-        try:
-            findings.extend(r.fn(ctx))
-        except Exception as exc:  # one rule tripping over odd data must not hide the rest
-            topo.notes.append(f"check rule {r.id} skipped: {type(exc).__name__}: {exc}")
+    for phase in sorted({r.phase for r in RULES}):
+        ctx.findings = list(findings)
+        for r in RULES:
+            if r.phase != phase or (only is not None and r.id not in only):
+                continue
+            try:
+                findings.extend(r.fn(ctx))
+            except Exception as exc:  # one rule tripping over odd data must not hide the rest
+                topo.notes.append(f"check rule {r.id} skipped: {type(exc).__name__}: {exc}")
     # Namespaces read only partially (outside a discover(-n) selection) lack
     # addresses, routes and sysctls: judging them would be guessing.
     partial = {ns.name for ns in topo.namespaces if ns.partial}

@@ -36,6 +36,7 @@ class PingReport:
     notes: Sequence[str] = ()
     timings: dict[str, float] | None = None
     analysis: Analysis | None = None
+    predicted: dict[str, Any] | None = None  # the path model's prediction (PathPrediction.to_dict)
     paths: list[PacketPath] = field(init=False)  # our packets, hops marked for the verdict
 
     def __post_init__(self) -> None:
@@ -153,6 +154,8 @@ def to_json(report: PingReport) -> dict[str, Any]:
         "warnings": list(warnings),
         "notes": list(notes),
         "timings": {k: round(v, 3) for k, v in (timings or {}).items()},
+        # the path model's prediction (live pings; a recording has none)
+        **({"predicted": report.predicted} if report.predicted is not None else {}),
     }
 
 

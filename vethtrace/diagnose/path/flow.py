@@ -63,10 +63,19 @@ class Hop:
     status: Status = "ok"
     cause: str = ""  # for a failing (or unknown) decision: why
     fix: list[str] = field(default_factory=list)  # commands to paste
+    # Where the decision that broke was made, when that is not where the packet
+    # was lost: a reply with no route back blames the node that forwarded the
+    # request out of its uplink without masquerading. (netns, interface) or None.
+    blame: tuple[str, str | None] | None = None
 
     @property
     def where(self) -> str:
         return f"{self.netns}/{self.interface}" if self.interface else self.netns
+
+    @property
+    def culprit(self) -> tuple[str, str | None]:
+        """(netns, interface) to name as the culprit of a failing decision."""
+        return self.blame or (self.netns, self.interface)
 
 
 @dataclass

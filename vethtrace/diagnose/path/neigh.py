@@ -124,17 +124,35 @@ def arp(
 ) -> tuple[str | None, list[Hop]]:
     """Broadcast a request for tip out of oif; the MAC that comes back (or None) and the hops."""
     frame = bridge.Frame(oif.mac, None)
-    reached = bridge.send(w, oif, frame, [])
+    seen, learned = set(w.l2_seen), {k: dict(v) for k, v in w.learned.items()}
+    w.arp_for = tip  # stacks that cannot answer are not followed (bridge._bystander)
+    try:
+        reached = bridge.send(w, oif, frame, [])
+    finally:
+        w.arp_for = None
+    if not any(r.key != oif.key and may_answer(w.ns_of(r), r, tip) for r, _t in reached.reached):
+        w.l2_seen, w.learned = seen, learned  # nobody can answer: walk it all, to say who heard
+        reached = bridge.send(w, oif, frame, [])
     best: tuple[int, Interface, Namespace, tuple[bool, str, str, list[str], int]] | None = None
+    bystander = None
     for rif, trail in reached.reached:
         if rif.key == oif.key:
             continue
         rns = w.ns_of(rif)
+        if not may_answer(rns, rif, tip):
+            # neither holds tip nor proxies: answer() would say "unrelated"; ask it
+            # only if nobody better turns up (a flood reaches hundreds of these)
+            bystander = bystander or (rif, trail)
+            continue
         verdict = answer(w, rns, rif, tip, sip)
         rank = verdict[4] * 2 + (1 if verdict[0] else 0)
         if best is None or rank > best[0]:
             best = (rank, rif, rns, verdict)
             best_trail = trail
+    if best is None and bystander is not None:
+        rif, best_trail = bystander
+        rns = w.ns_of(rif)
+        best = (0, rif, rns, answer(w, rns, rif, tip, sip))
     if best is None:
         if reached.worst():
             return None, reached.worst()
@@ -163,7 +181,20 @@ def arp(
     back = bridge.send(w, rif, bridge.Frame(mac, oif.mac), [])
     if not any(r.key == oif.key for r, _t in back.reached):
         return None, best_trail + _reply_lost(w, oif, rns, rif, tip, mac, source, back)
+    if sip is not None and rif.mac is not None and local_address(rns, tip) is not None:
+        # arp_process: a request for one of our addresses creates the sender's entry,
+        # so the reply needs no ARP of its own
+        w.neigh_learned[(rif.key, sip)] = oif.mac or ""
     return mac, [*best_trail, w.hop(rns, rif, "arp", f"{tip} is-at {mac} ({why})", source)]
+
+
+def may_answer(rns: Namespace, rif: Interface, tip: str) -> bool:
+    """Could rif answer ARP for tip at all: tip local to rns, or proxying on rif?"""
+    return (
+        bool(conf(rns, rif, "proxy_arp"))
+        or any(p.address == tip for p in rns.proxy_neighbours)
+        or local_address(rns, tip) is not None
+    )
 
 
 def resolve(
@@ -175,6 +206,10 @@ def resolve(
     entry = next(
         (n for n in ns.neighbours if n.ifindex == oif.key.ifindex and n.address == nexthop), None
     )
+    learned = w.neigh_learned.get((oif.key, nexthop))
+    if learned and (entry is None or entry.state not in STABLE):  # permanent entries stay
+        src = f"neigh {nexthop} dev {oif.name} lladdr {learned} (from its ARP request)"
+        return learned, [w.hop(ns, oif, "neigh", f"{nexthop} at {learned}", src)]
     announce = conf(ns, oif, "arp_announce")
     asker = sip
     if announce and sip is not None:  # prefer an address of oif in the target's subnet

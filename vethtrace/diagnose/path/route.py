@@ -106,6 +106,20 @@ def tables(ns: Namespace) -> dict[int, list[Route]]:
                     "local",
                 )
                 out.setdefault(255, []).append(local)
+        # and so do its connected routes (a hand-built or recorded topology without them)
+        main = out.setdefault(254, [])
+        for iface in ns.interfaces:
+            if not iface.admin_up:
+                continue
+            for a in iface.addresses:
+                plen = 32 if a.family == 4 else 128
+                if a.prefixlen >= plen or iface.kind == "loopback":
+                    continue
+                cidr = str(net(a.cidr, a.family))
+                if not any(r.dst == cidr and r.oif == iface.key.ifindex for r in main):
+                    main.append(
+                        Route(cidr, iface.key.ifindex, None, a.address, a.family, "link", 254)
+                    )
     return out
 
 

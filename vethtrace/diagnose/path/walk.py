@@ -11,7 +11,8 @@ the first failing one. Pure: it reads a Topology and sends nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from ipaddress import ip_interface
+from typing import Any, cast
 
 from vethtrace.diagnose.path import bridge, neigh
 from vethtrace.diagnose.path.flow import Flow, Hop, Packet, PathPrediction, Status
@@ -40,17 +41,29 @@ class End:
 
 
 class Walker:
-    def __init__(self, topo: Topology) -> None:
+    def __init__(
+        self,
+        topo: Topology,
+        rulesets: dict[int, Ruleset | None] | None = None,
+        by_inode: dict[int, Namespace] | None = None,
+        floods: dict[object, Any] | None = None,
+    ) -> None:
         self.topo = topo
         self.hops: list[Hop] = []
         self.learned: dict[IfaceKey, dict[str, int]] = {}
         self.l2_seen: set[tuple[IfaceKey, str | None]] = set()
-        self._rulesets: dict[int, Ruleset | None] = {}
-        self._by_inode = {ns.inode: ns for ns in topo.namespaces}
+        # parsed rulesets and the namespace index outlive one walk (Predictor shares them)
+        self._rulesets: dict[int, Ruleset | None] = {} if rulesets is None else rulesets
+        self._by_inode = by_inode or {ns.inode: ns for ns in topo.namespaces}
+        self.floods: dict[object, Any] = {} if floods is None else floods
+        self.arp_for: str | None = None  # the address an ARP flood being walked asks for
+        # neighbour entries the walk created: (interface, address) -> MAC
+        self.neigh_learned: dict[tuple[IfaceKey, str], str] = {}
         # conntrack: namespace inode -> (packet as it entered, packet as it left)
         self.ct: dict[int, list[tuple[Packet, Packet]]] = {}
         self.forwarders: list[tuple[Namespace, Interface]] = []  # (namespace, egress) on the way
         self.budget = MAX_HOPS
+        self._unreadable: set[int] = set()  # namespaces whose unreadable ruleset was named
 
     # --- helpers the other modules use ---------------------------------------------
 
@@ -101,6 +114,20 @@ class Walker:
         """Run the hook's base chains; NAT rewrites pkt. ("accept"|"drop", hops)."""
         rs = self.ruleset(ns)
         if rs is None:
+            if ns.nft_error and ns.inode not in self._unreadable:
+                # the chains exist but nft could not print them: say so, never guess
+                self._unreadable.add(ns.inode)
+                return "accept", [
+                    self.hop(
+                        ns,
+                        ns.iface_by_name(iif or oif or ""),
+                        "nft",
+                        f"{hook}: ruleset not readable, taken as accepting",
+                        "nft list ruleset",
+                        "unknown",
+                        f"nft could not print {ns.name}'s ruleset: {ns.nft_error}",
+                    )
+                ]
             return "accept", []
         fam = 4 if ip(pkt.dst).version == 4 else 6
         families = ("bridge",) if kind == "bridge" else FAMILIES[fam]
@@ -205,6 +232,8 @@ class Walker:
         if ns.sysctls.get("net.bridge.bridge-nf-call-iptables") != "1":
             return "accept", []
         verdict, hops = self.nft_hook(ns, "ip", "forward", pkt, br.name, br.name)
+        for h in hops:
+            h.decision = f"br_netfilter {h.decision}"
         if hops:
             src = "sysctl net.bridge.bridge-nf-call-iptables=1"
             hops.insert(
@@ -309,13 +338,26 @@ class Walker:
                     else f"ip route add {pkt.dst} via {gw}",
                 )
             )
+        blame = None
         if pkt.reply and self.forwarders and res.kind == "none":
             fns, fout = self.forwarders[-1]
+            if any(
+                r.dst == "default" and r.oif == fout.key.ifindex and r.family == 4
+                for r in fns.routes
+            ):
+                # ns lies beyond fns's uplink: the request left the node with a source
+                # the outside was never meant to route (the missing MASQUERADE)
+                blame = (fns.name, fout.name)
             cause += (
                 f"; the request reached it through {fns.name}, which forwards without "
                 "masquerading, so the reply is addressed to a network this side cannot route"
             )
-            subnet = next((a.cidr for a in (local_iface_addrs(self.topo, pkt.dst)) if a), pkt.dst)
+            subnet = next(
+                (str(ip_interface(a.cidr).network) for a in local_iface_addrs(self.topo, pkt.dst)),
+                pkt.dst,
+            )
+            if blame is not None:
+                fix = []  # the node's missing masquerade, not the outside's routes
             fix.append(
                 self.cmd(
                     fns,
@@ -324,7 +366,8 @@ class Walker:
                     f"oifname {fout.name} masquerade'",
                 )
             )
-        self.add(ns, iif, "route", f"{pkt.dst}: {what}", res.describe(), "fail", cause, fix)
+        h = self.add(ns, iif, "route", f"{pkt.dst}: {what}", res.describe(), "fail", cause, fix)
+        h.blame = blame
 
     def _gateway_for(self, ns: Namespace) -> str | None:
         """An address of a forwarding namespace on one of ns's links (for a fix)."""
@@ -639,13 +682,32 @@ def local_iface_addrs(topo: Topology, address: str) -> list[Address]:
     return out
 
 
+class Predictor:
+    """Many predictions on one topology (check asks hundreds): the namespace
+    index and parsed rulesets are built once, not per packet."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self._rulesets: dict[int, Ruleset | None] = {}
+        self._by_inode = {ns.inode: ns for ns in topo.namespaces}
+        self._by_name = {ns.name: ns for ns in topo.namespaces}
+        self._floods: dict[object, Any] = {}
+
+    def predict(self, flow: Flow) -> PathPrediction:
+        src = self._by_name.get(flow.src_netns)
+        if src is None:
+            raise ValueError(f"no namespace {flow.src_netns!r} in the topology")
+        w = Walker(self.topo, self._rulesets, self._by_inode, self._floods)
+        return _predict(w, src, flow)
+
+
 def predict(topo: Topology, flow: Flow) -> PathPrediction:
     """Predict the packet's path from flow.src_netns to flow.dst and its reply's."""
-    src = topo.netns_by_name(flow.src_netns)
-    if src is None:
-        raise ValueError(f"no namespace {flow.src_netns!r} in the topology")
+    return Predictor(topo).predict(flow)
+
+
+def _predict(w: Walker, src: Namespace, flow: Flow) -> PathPrediction:
     pred = PathPrediction(flow)
-    w = Walker(topo)
     if flow.proto == "arp":
         res = lookup(src, flow.dst)
         sip = select_source(src, res, flow.dst)

@@ -9,7 +9,15 @@ lab scenarios list them): add new ones, never rename.
 from __future__ import annotations
 
 # Importing the rule modules registers their rules.
-from vethtrace.diagnose.rules import addresses, arp, bridge, containers, links, routing  # noqa: F401
+from vethtrace.diagnose.rules import (  # noqa: F401
+    addresses,
+    arp,
+    bridge,
+    containers,
+    links,
+    paths,
+    routing,
+)
 from vethtrace.diagnose.rules.base import RULES, Context, Rule, rule
 
 __all__ = ["RULES", "Context", "Rule", "rule"]

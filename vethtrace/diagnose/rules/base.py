@@ -35,18 +35,22 @@ class Rule:
     id: str
     title: str  # one line for `check --help`/README: what the rule catches
     fn: RuleFn
+    # 0: static rules; 1: rules judging predicted paths, which run after them
+    # (Context.findings holds phase 0's findings) so a failure a static rule
+    # already names is not reported twice
+    phase: int = 0
 
 
 RULES: list[Rule] = []
 
 
-def rule(rule_id: str, title: str) -> Callable[[RuleFn], RuleFn]:
+def rule(rule_id: str, title: str, phase: int = 0) -> Callable[[RuleFn], RuleFn]:
     """Register a rule under its stable id."""
 
     def register(fn: RuleFn) -> RuleFn:
         if any(r.id == rule_id for r in RULES):
             raise ValueError(f"duplicate rule id {rule_id}")
-        RULES.append(Rule(rule_id, title, fn))
+        RULES.append(Rule(rule_id, title, fn, phase))
         return fn
 
     return register
@@ -80,6 +84,8 @@ class Context:
         self.topo = topo
         self._forwarding: dict[int, bool | None] = {}
         self._up: dict[int, list[Where]] = {}
+        self.findings: list[Finding] = []  # phase 0's findings, for phase 1 rules
+        self.cache: dict[str, object] = {}  # what several rules compute once (the path checks)
 
     # --- walking ----------------------------------------------------------
 

@@ -187,6 +187,18 @@ def _chain_finding(ctx: Context, br: Where, chain: ForwardChain) -> Iterator[Fin
         return  # a container runtime's isolation, on purpose: rules/containers.py
     tail = (f" (the ruleset names {join_names(sorted(mentioned))}, so it may be)." if mentioned
             else " (its accept/jump rules may already let it through)." if deliberate else ".")
+    if deliberate:
+        # Docker's and firewalld's chains rely on br_netfilter for isolation: never
+        # suggest switching it off; the path rules name a rule that really drops
+        yield finding(
+            "bridge-netfilter-drop", "info", br,
+            f"{b} in {ns.name} passes bridged traffic through {where} ({what}), a firewall "
+            f"with exceptions",
+            f"With {on[0].split('.')[-1]}=1, br_netfilter hands frames {b} forwards to the "
+            f"{chain.family} FORWARD hook; the chain's accept/jump rules decide what passes"
+            f"{tail} Paths it drops are reported by the path checks.",
+        )
+        return
     yield finding(
         "bridge-netfilter-drop", severity, br,
         f"{b} in {ns.name} passes bridged traffic through {where}, which drops ({what})",

@@ -41,6 +41,27 @@ def runtime_firewall(ns: Namespace) -> str | None:
     return None
 
 
+def isolating_network(daemon: Namespace, src: Namespace, dst: str) -> RuntimeNetwork | None:
+    """The runtime network of `src` that drops traffic to `dst` on purpose: an internal
+    network (nothing leaves its subnets) or one with ICC off (nothing between its
+    containers). The path rules leave such drops to this module's info findings."""
+    import ipaddress
+
+    try:
+        target = ipaddress.ip_address(dst)
+    except ValueError:
+        return None
+    mine = [ipaddress.ip_address(a.address) for i in src.interfaces for a in i.addresses]
+    for net in daemon.runtime_networks:
+        subnets = [ipaddress.ip_network(s, strict=False) for s in net.subnets]
+        if not any(a in n for a in mine for n in subnets):
+            continue
+        inside = any(target in n for n in subnets)
+        if (net.internal and not inside) or (not net.icc and inside):
+            return net
+    return None
+
+
 def managed_network(ns: Namespace, bridge: str) -> RuntimeNetwork | None:
     """The runtime network whose Linux bridge is `bridge` in ns, if any."""
     return next((n for n in ns.runtime_networks if n.bridge == bridge), None)

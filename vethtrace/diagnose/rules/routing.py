@@ -68,7 +68,7 @@ def missing_route(ctx: Context) -> Iterator[Finding]:
                 continue
             for router in routers_on(ctx, w):
                 lost = {h: n for h, n in router.behind.items() if ctx.lookup(ns, h) is None}
-                if not lost:
+                if not lost or _reached_anyway(ctx, ns, w, lost):
                     continue
                 nets = join_names(sorted({str(n) for n in lost.values()}))
                 r = router.iface
@@ -86,6 +86,24 @@ def missing_route(ctx: Context) -> Iterator[Finding]:
             else:
                 continue
             break
+
+
+def _reached_anyway(
+    ctx: Context, ns: Namespace, w: Where, lost: dict[IPv4Address, IPv4Network]
+) -> bool:
+    """Does the path model say a host behind the router reaches ns all the same
+    (the router masquerades, so ns never sees the unroutable source)?"""
+    from vethtrace.diagnose.path import Flow, predict
+
+    mine = next((str(a.ip) for a in ctx.v4(w.iface)), None)
+    host = next(iter(lost))
+    owner = ctx.owner_of(host, ctx.interfaces())
+    if mine is None or owner is None:
+        return False
+    try:
+        return predict(ctx.topo, Flow(owner.ns.name, mine)).ok
+    except Exception:  # the model tripping must not hide a static finding
+        return False
 
 
 @rule("forwarding-disabled", "a namespace other namespaces route through does not forward")

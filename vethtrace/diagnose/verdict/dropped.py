@@ -170,7 +170,12 @@ def _explain_drop(
         fix = [f"ip netns exec {ns} nft list ruleset   # find the rule that drops it"]
         runtime = _runtime_words(topo, ev.netns, bridge.name if bridged and bridge else None)
         if runtime:  # a container runtime's isolation: never advise switching it off
-            words, fix = f"{words}; {runtime}", []
+            words = f"{words}; {runtime}"
+            hdr = p.summary
+            if runtime.endswith("see DOCKER-USER for exceptions)") and hdr and hdr.ip_src:
+                # Docker keeps the user's exceptions in DOCKER-USER, ahead of its own rules
+                fix.append(f"ip netns exec {ns} iptables -I DOCKER-USER -s {hdr.ip_src} "
+                           f"-d {hdr.ip_dst} -j ACCEPT   # only if this flow should pass")
         elif bridged:
             fix.append(f"ip netns exec {ns} sysctl -w net.bridge.bridge-nf-call-iptables=0")
     elif reason == "IP_RPFILTER":
@@ -210,4 +215,6 @@ def _runtime_words(topo: Topology, inode: int, bridge: str | None) -> str | None
                 f"(enable_icc=false): its rules drop traffic between its containers on purpose")
     if net is not None and net.internal:
         return f"{owner} network {net.name} is internal: its rules drop what would leave it"
-    return f"the firewall is {owner}'s (its isolation rules; see DOCKER-USER for exceptions)"
+    if owner == "docker":
+        return "the firewall is docker's (its isolation rules; see DOCKER-USER for exceptions)"
+    return f"the firewall is {owner}'s (its isolation rules)"

@@ -1,0 +1,302 @@
+"""Rules judged on predicted paths (diagnose/path): for every namespace that
+reaches the rest of the host through a veth, macvlan or similar (containers,
+pods, VMs' taps), the path to its default gateway, to the other addresses on
+its L2 segment and to an address beyond its node (the far end of the node's
+default route) must succeed, forward and back. A path that fails becomes a
+finding naming the decision that lost it, under the id of the kind of
+decision (missing-masquerade, proxy-arp-missing, ...).
+
+These rules run after the static ones (phase 1): a failure whose culprit a
+static rule already names (veth-peer-down, arp-ignore, ...) is not reported
+twice. Paths the model cannot finish (*unknown* hops: an unreadable ruleset,
+a match it does not evaluate, traffic leaving the host) raise nothing.
+
+Cost: on a segment of more than SEGMENT_ALL endpoints, each endpoint checks
+its RING_PEERS next neighbour(s) in a ring ordered by address (so every
+endpoint is checked as a source and as a destination) plus every address it
+holds a static neighbour entry for: linear in the segment, not quadratic.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from vethtrace.diagnose.path import Flow, Hop, PathPrediction
+from vethtrace.diagnose.path.walk import Predictor
+from vethtrace.diagnose.rules.base import Context, Where, finding, join_names, rule
+from vethtrace.model import Finding, Namespace
+
+# Devices through which a namespace hangs off the host rather than forwarding for it.
+LINK_KINDS = ("veth", "macvlan", "macvtap", "ipvlan", "ipvtap", "tap", "tun")
+SEGMENT_ALL = 8  # segments up to this many endpoints: every pair
+RING_PEERS = 1
+
+
+@dataclass(frozen=True)
+class Probe:
+    src: Namespace
+    dst: str
+    proto: str  # icmp, or arp for a gateway nobody holds (Calico's 169.254.1.1)
+    what: str  # "its default gateway 10.0.0.1", ...
+
+
+@dataclass
+class Failure:
+    probe: Probe
+    hop: Hop  # the decision that lost the packet
+
+
+def endpoints(ctx: Context) -> list[Namespace]:
+    """Namespaces whose links to the rest are all veth/macvlan/tap-like, that
+    hold an IPv4 address on one and forward nothing themselves."""
+    out = []
+    for ns in ctx.topo.namespaces:
+        if ns.partial or ctx.forwarding(ns):
+            continue
+        links = [i for i in ns.interfaces if i.kind != "loopback" and i.name != "lo"]
+        if not links or any(i.kind not in LINK_KINDS for i in links):
+            continue
+        if any(ctx.v4(i) for i in links):
+            out.append(ns)
+    return out
+
+
+def probes(ctx: Context, ns: Namespace) -> Iterator[Probe]:
+    seen: set[str] = set()
+    for route in ns.routes:
+        if route.family != 4 or route.dst != "default" or not route.gateway:
+            continue
+        gw = route.gateway
+        if gw in seen:
+            continue
+        seen.add(gw)
+        oif = ns.iface(route.oif)
+        owner = ctx.owner_of(IPv4Address(gw), ctx.domain(oif.key)) if oif else None
+        if owner is None:
+            # a gateway nobody holds is answered by proxy ARP (Calico): ARP is the test
+            yield Probe(ns, gw, "arp", f"its default gateway {gw}")
+        else:
+            yield Probe(ns, gw, "icmp", f"its default gateway {gw} ({owner.ns.name})")
+        node = owner.ns if owner is not None else _far_namespace(ctx, ns, oif)
+        far = _default_gateway(node) if node is not None else None
+        if far and far not in seen and node is not None:
+            seen.add(far)
+            yield Probe(ns, far, "icmp", f"{far} beyond its node ({node.name}'s default gateway)")
+    for w in ctx.up_interfaces(ns):
+        for dst, who in _segment_peers(ctx, w):
+            if dst not in seen:
+                seen.add(dst)
+                yield Probe(ns, dst, "icmp", f"{dst} on its segment ({who})")
+
+
+def _far_namespace(ctx: Context, ns: Namespace, oif: object) -> Namespace | None:
+    """The namespace at the other end of a veth (the node of a routed pod)."""
+    from vethtrace.model import Interface
+
+    if not isinstance(oif, Interface) or oif.peer is None:
+        return None
+    w = ctx.where(oif.peer)
+    return w.ns if w is not None else None
+
+
+def _default_gateway(ns: Namespace) -> str | None:
+    return next(
+        (r.gateway for r in ns.routes if r.family == 4 and r.dst == "default" and r.gateway),
+        None,
+    )
+
+
+def _segment_peers(ctx: Context, w: Where) -> list[tuple[str, str]]:
+    """(address, namespace name) of other stacks on w's segment, in w's subnets."""
+    mine = ctx.v4(w.iface)
+    stacks = _stacks_of_domain(ctx, ctx.domain_id(w.iface.key), w.iface.key)
+
+    def peer(entry: tuple[IPv4Address, int, str]) -> bool:
+        return entry[1] != w.ns.inode and any(entry[0] in m.network for m in mine)
+
+    if len(stacks) <= SEGMENT_ALL:
+        return [(str(a), n) for a, i, n in stacks if peer((a, i, n))]
+    # a ring by address: the next RING_PEERS peers after our own address
+    start = bisect.bisect_right(stacks, (min(m.ip for m in mine), 1 << 62, ""))
+    chosen: list[tuple[IPv4Address, int, str]] = []
+    for k in range(len(stacks)):
+        entry = stacks[(start + k) % len(stacks)]
+        if peer(entry):
+            chosen.append(entry)
+            if len(chosen) == RING_PEERS:
+                break
+    static = {
+        n.address for n in w.ns.neighbours
+        if n.ifindex == w.iface.key.ifindex and n.state in ("PERMANENT", "NOARP")
+    }  # fmt: skip
+    if static:
+        chosen += [e for e in stacks if str(e[0]) in static and e not in chosen and peer(e)]
+    return [(str(a), n) for a, _i, n in chosen]
+
+
+def _stacks_of_domain(
+    ctx: Context, domain: int, key: object
+) -> list[tuple[IPv4Address, int, str]]:
+    """(address, netns inode, netns name) of every up stack in an L2 domain,
+    sorted by address; computed once per domain per check run."""
+    cache = ctx.cache.setdefault("segment-stacks", {})
+    assert isinstance(cache, dict)
+    if domain not in cache:
+        out = []
+        for other in ctx.domain(key):  # type: ignore[arg-type]
+            if ctx.is_enslaved(other) or not other.iface.admin_up:
+                continue
+            for a in ctx.v4(other.iface):
+                if not a.ip.is_loopback:
+                    out.append((a.ip, other.ns.inode, other.ns.name))
+        cache[domain] = sorted(out)
+    return cache[domain]
+
+
+def failures(ctx: Context) -> list[Failure]:
+    """Every failing probe, predicted once per check run."""
+    cached = ctx.cache.get("path-failures")
+    if isinstance(cached, list):
+        return cached
+    out: list[Failure] = []
+    predictor = Predictor(ctx.topo)
+    for ns in endpoints(ctx):
+        for p in probes(ctx, ns):
+            pred: PathPrediction = predictor.predict(Flow(ns.name, p.dst, p.proto))
+            hop = pred.first_failure
+            if hop is not None and not _deliberate(ctx, ns, p.dst, hop):
+                out.append(Failure(p, hop))
+    ctx.cache["path-failures"] = out
+    return out
+
+
+def _deliberate(ctx: Context, src: Namespace, dst: str, hop: Hop) -> bool:
+    """A container runtime's isolation dropping what it is meant to drop (an internal
+    network's way out, ICC off): rules/containers.py says so as info, not an error."""
+    daemon = ctx.topo.netns_by_name(hop.netns)
+    if hop.step != "nft" or daemon is None or not daemon.runtime_networks:
+        return False
+    from vethtrace.diagnose.rules.containers import isolating_network
+
+    return isolating_network(daemon, src, dst) is not None
+
+
+def rule_of(hop: Hop) -> str:
+    """The check rule id for the kind of decision that failed."""
+    step, src, dec = hop.step, hop.source, hop.decision
+    if step == "route":
+        if hop.blame is not None:
+            return "missing-masquerade"
+        if "lo is down" in dec:
+            return "loopback-down"
+        return "missing-route"
+    if step == "forward":
+        return "forwarding-disabled"
+    if step == "rp_filter":
+        return "rp-filter-strict"
+    if step == "nft":
+        if src.startswith("nft bridge") or "br_netfilter" in dec:
+            return "bridge-netfilter-drop"
+        return "netfilter-forward-drop" if dec.startswith("forward") else "path-broken"
+    if step == "arp":
+        for key, rid in (("proxy_arp", "proxy-arp-missing"), ("arp_ignore", "arp-ignore"),
+                         ("arp_filter", "arp-filter"), ("master", "address-on-bridge-port")):
+            if key in src:
+                return rid
+        return "path-broken"
+    if step == "neigh" and "lladdr" in src:
+        return "neighbour-wrong-mac"
+    if step == "bridge":
+        if "flood" in src or ("learning" in src and "state" not in src):
+            return "bridge-port-flood-off"
+        if "isolated" in src:
+            return "isolated-ports"
+        if "state DOWN" in src:
+            return "bridge-down"
+        if "state" in src:
+            return "bridge-port-not-forwarding"
+    if step == "veth":
+        return "mtu-mismatch" if src.startswith("mtu") else "veth-peer-down"
+    if step == "mtu":
+        return "mtu-mismatch"
+    if step == "deliver" and "held by" in hop.cause:
+        return "duplicate-address"
+    return "path-broken"
+
+
+def _covered(ctx: Context, netns: str, iface: str | None) -> bool:
+    """Does a static finding (warning or worse) already name this culprit?"""
+    return any(
+        f.netns == netns and (f.interface == iface or f.interface is None or iface is None)
+        and f.severity in ("error", "warning")
+        for f in ctx.findings
+    )  # fmt: skip
+
+
+def path_findings(ctx: Context, ids: set[str] | None) -> Iterator[Finding]:
+    """Findings for failures whose kind is in ids (None: every kind that is not
+    one of PATH_RULES' own, i.e. path-broken and the static rules' ids)."""
+    groups: dict[tuple[str, str, str | None, str], list[Failure]] = {}
+    for f in failures(ctx):
+        rid = rule_of(f.hop)
+        if (rid not in ids) if ids is not None else (rid in PATH_RULES and rid != "path-broken"):
+            continue
+        netns, iface = f.hop.culprit
+        if _covered(ctx, netns, iface) or any(
+            g.rule == rid and g.netns in (netns, f.hop.netns, f.probe.src.name)
+            for g in ctx.findings
+        ):
+            continue  # a static rule already names it
+        groups.setdefault((rid, netns, iface, f.hop.decision), []).append(f)
+    for (rule_id, netns, iface, decision), fails in groups.items():
+        ns = ctx.topo.netns_by_name(netns)
+        it = ns.iface_by_name(iface) if ns is not None and iface else None
+        if ns is None:
+            continue
+        first = fails[0]
+        paths = [f"{f.probe.src.name} -> {f.probe.what}" for f in fails]
+        shown = join_names(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        hop = first.hop
+        place = f"{hop.netns}/{hop.interface}" if hop.interface else hop.netns
+        yield finding(
+            rule_id, "error", Where(ns, it) if it is not None else ns,
+            f"{shown} fails: {decision}",
+            f"{hop.cause or decision} (decided at {place} by {hop.source or 'the walk'}). "
+            f"Predicted from the kernel's tables; `vethtrace path --from "
+            f"{first.probe.src.name} {first.probe.dst}` shows every hop.",
+            list(hop.fix),
+        )
+
+
+PATH_RULES = {
+    "missing-masquerade": "a node forwards pod traffic out of its uplink without masquerading "
+    "and the outside has no route back",
+    "proxy-arp-missing": "a routed veth's gateway is answered by no one: proxy_arp is off on "
+    "the host side",
+    "netfilter-forward-drop": "a forward-hook rule or policy drops traffic a container "
+    "exchanges with its gateway, segment or the outside",
+    "neighbour-wrong-mac": "a permanent neighbour entry holds a MAC the address's owner "
+    "does not have",
+    "bridge-port-flood-off": "a bridge port neither learns nor gets floods: frames for what "
+    "is behind it have nowhere to go",
+    "path-broken": "any other decision that loses a container's traffic to its gateway, "
+    "segment or the outside (under the static rule's id when one covers that kind of "
+    "decision but did not fire)",
+}
+
+
+def _register(rule_id: str, title: str) -> None:
+    def fn(ctx: Context) -> Iterator[Finding]:
+        if rule_id != "path-broken":
+            return path_findings(ctx, {rule_id})
+        # failures of a kind a static rule covers, which that rule did not see
+        return path_findings(ctx, None)
+
+    rule(rule_id, title, phase=1)(fn)
+
+
+for _id, _title in PATH_RULES.items():
+    _register(_id, _title)
