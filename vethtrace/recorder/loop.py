@@ -38,6 +38,7 @@ from vethtrace.model import Namespace, Topology, to_dict
 from vethtrace.recorder.diff import diff_namespace
 from vethtrace.recorder.drops import DropCounter
 from vethtrace.recorder.store import SegmentStore
+from vethtrace.recorder.when import clock
 
 DEBOUNCE_S = 0.05
 TICK_S = 1.0
@@ -185,7 +186,6 @@ class FlightRecorder:
                 first = self._dirty.get(n.inode, (n.t, 0.0))[0]
                 self._dirty[n.inode] = (first, time.monotonic())
             elif n.kind == "removed":
-                self._dirty.pop(n.inode, None)
                 self._removed(n)
             elif n.kind == "neigh":
                 self._neighbour(n)
@@ -222,13 +222,18 @@ class FlightRecorder:
         })  # fmt: skip
 
     def _removed(self, n: Notice) -> None:
-        self.state.pop(n.inode, None)
+        known = self.state.pop(n.inode, None) is not None
+        pending = self._dirty.pop(n.inode, None)
         self._gone[n.inode] = time.monotonic()
         for key in [k for k in self._neigh if k[0] == n.inode]:
             del self._neigh[key]
+        text = "namespace vanished"
+        if not known:  # it came and went between two re-reads: say it was there
+            seen = clock(pending[0]) if pending else "?"
+            text = f"namespace vanished (appeared at {seen}, gone before it could be read)"
         self._write("change", {
             "t": n.t, "netns": n.inode, "name": n.name, "action": "removed",
-            "changes": [{"kind": "netns", "text": "namespace vanished", "iface": None}],
+            "changes": [{"kind": "netns", "text": text, "iface": None}],
             "namespace": None,
         })  # fmt: skip
 
