@@ -274,5 +274,7 @@ class FlightRecorder:
             self._write("drops", rec)
 
     def _write(self, kind: str, data: dict[str, Any]) -> None:
+        """Changes, neighbours and notes are rare and each one matters: flushed
+        at once, so even SIGKILL keeps them. Drop counts go out with the tick."""
         if self.store is not None:
-            self.store.write(kind, data)
+            self.store.write(kind, data, flush=kind != "drops")
