@@ -1,9 +1,12 @@
 """What the flight recorder costs, in one run (issue #18's targets):
 
 1. throughput of a flow that drops nothing, recorder on vs off: iperf3 TCP and
-   64-byte UDP between two namespaces on a bridge (the `bridge-two` lab),
-   client and server pinned to one CPU each, conditions alternating
-   (off on off on ...), medians and the ratio on/off (target >= 0.99);
+   64-byte UDP at a rate its receiver keeps up with (--udp-pps; unthrottled,
+   its socket buffer drops a share, and those drops are recorded) between two
+   namespaces on a bridge (the `bridge-two` lab), client and server pinned to
+   one CPU each, conditions alternating (off on off on ...), medians and the
+   ratio on/off (target >= 0.99), and what the recorder's BPF programs cost
+   each packet, timed by the kernel (the noise-free measure on a shared machine);
 2. drops: a sender's own nft output chain drops its datagrams
    (NETFILTER_DROP), at increasing rates; per rate: packets the rule
    dropped (its counter, the kernel's truth), drops the recording holds for
@@ -104,7 +107,7 @@ def packets(data: dict, proto: str) -> int:
     return int(data["end"]["sum"]["packets"])
 
 
-def throughput(lab: dict[str, str], seconds: int, reps: int) -> None:
+def throughput(lab: dict[str, str], seconds: int, reps: int, udp_pps: int) -> None:
     """Ratio of medians, and (noise-free) what the recorder's BPF programs cost
     the flow: their runs and run time per packet, timed by the kernel."""
     from trace_bench import enable_bpf_stats, prog_stats
@@ -123,11 +126,12 @@ def throughput(lab: dict[str, str], seconds: int, reps: int) -> None:
             runs: list[float] = []
             ns: list[float] = []
             for _ in range(reps):
-                off.append(rate(iperf(lab["a"], proto, seconds), proto))
+                pps = udp_pps if proto == "udp" else None
+                off.append(rate(iperf(lab["a"], proto, seconds, pps), proto))
                 rec = Recorder()
                 try:
                     t0, c0 = prog_stats(rec.proc.pid)
-                    data = iperf(lab["a"], proto, seconds)
+                    data = iperf(lab["a"], proto, seconds, pps)
                     t1, c1 = prog_stats(rec.proc.pid)
                     on.append(rate(data, proto))
                     runs.append((c1 - c0) / packets(data, proto))
@@ -135,7 +139,7 @@ def throughput(lab: dict[str, str], seconds: int, reps: int) -> None:
                 finally:
                     rec.stop()
             unit = "Gbit/s" if proto == "tcp" else "kpps sent"
-            name = "TCP" if proto == "tcp" else "UDP 64 B"
+            name = "TCP" if proto == "tcp" else f"UDP 64 B at {udp_pps} pps"
             m_off, m_on = statistics.median(off), statistics.median(on)
             print(f"| {name} | {m_off:.2f} {unit} | {m_on:.2f} {unit} | {m_on / m_off:.3f} | "
                   f"{statistics.median(runs):.4f} | {statistics.median(ns):.2f} |")  # fmt: skip
@@ -293,6 +297,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--udp-pps", type=int, default=20000,
+                    help="UDP flow rate: unthrottled, the receiver's socket drops some")
     ap.add_argument("--rates", type=int, nargs="*", default=[20000, 50000, 100000, 150000])
     ap.add_argument("--soak", type=int, default=600, help="soak seconds (30: smoke run)")
     ap.add_argument("--parts", default="throughput,drops,soak")
@@ -312,7 +318,7 @@ def main() -> int:
     time.sleep(0.5)
     try:
         if "throughput" in parts:
-            throughput(lab, args.seconds, args.reps)
+            throughput(lab, args.seconds, args.reps, args.udp_pps)
         if "drops" in parts:
             drops(prefix, args.seconds, args.rates)
         if "soak" in parts:
