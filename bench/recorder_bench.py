@@ -42,9 +42,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 VETHTRACE = str(Path(sys.executable).parent / "vethtrace")
-SERVER_IP = "10.0.0.2"
-CLIENT_CPU, SERVER_CPU = "0", str(min(1, (os.cpu_count() or 1) - 1))
 HZ = os.sysconf("SC_CLK_TCK")
+
+# The iperf3 runs (pinned client and server, 64-byte UDP) and BPF stats are trace_bench's.
+from trace_bench import CLIENT_CPU, SERVER_CPU  # noqa: E402
+from trace_bench import iperf_json as iperf  # noqa: E402
 
 
 def sh(*cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -79,15 +81,6 @@ class Recorder:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(60)
         return f"{self.dir}/rec"
-
-
-def iperf(a: str, proto: str, seconds: int, pps: int | None = None) -> dict:
-    args = ["ip", "netns", "exec", a, "taskset", "-c", CLIENT_CPU,
-            "iperf3", "-c", SERVER_IP, "-t", str(seconds), "-J"]  # fmt: skip
-    if proto == "udp":
-        args += ["-u", "-l", "64", "-b", str(pps * 64 * 8) if pps else "0"]
-    out: dict = json.loads(sh(*args, timeout=seconds + 30).stdout)
-    return out
 
 
 def rate(data: dict, proto: str) -> float:
