@@ -116,7 +116,8 @@ def test_seed_broken_step_by_step_shows_the_change_then_the_drops(
         ip("-n", host, "link", "set", "veth0", "master", "br0")
         ip("-n", host, "neigh", "flush", "dev", "veth0")
         assert not ping(host, "192.168.122.102", count=4)  # step 2: broken
-        time.sleep(3.0)  # the drops' second is over and written
+        _wait_failed(host, "192.168.122.102")  # the queued echo requests are dropped then
+        time.sleep(2.5)  # the drops' second is over and written
         after = time.time()
         stop(proc)
 
@@ -142,6 +143,17 @@ def test_seed_broken_step_by_step_shows_the_change_then_the_drops(
     assert ("address-on-bridge-port", "veth0") in rules, rules
 
 
+def _wait_failed(ns: str, addr: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ip", "-n", ns, "neigh", "show", addr], capture_output=True,
+                             text=True).stdout  # fmt: skip
+        if "FAILED" in out:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{addr} never FAILED in {ns}: {out}")
+
+
 def _index(lines: list[str], text: str) -> int:
     for i, line in enumerate(lines):
         if text in line:
@@ -156,11 +168,13 @@ def test_rotation_by_size_keeps_the_newest(prefix: str, tmp_path: Path) -> None:
     try:
         ip("-n", ns, "link", "add", "a0", "type", "veth", "peer", "name", "b0")
         with recorder(directory, "--no-drops", "--max-size", "1M", "--segment-size", "64K") as p:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 90
             flaps = 0
             while time.monotonic() < deadline:
-                for i in range(20):
-                    ip("-n", ns, "addr", "add", f"10.77.{flaps % 250}.{i + 1}/32", "dev", "a0")
+                batch = "".join(f"addr add 10.77.{flaps % 250}.{i + 1}/32 dev a0\n"
+                                for i in range(100))  # fmt: skip
+                subprocess.run(["ip", "-n", ns, "-batch", "-"], input=batch, text=True,
+                               check=True, capture_output=True)  # fmt: skip
                 ip("-n", ns, "addr", "flush", "dev", "a0")
                 flaps += 1
                 time.sleep(0.1)
