@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+from collections.abc import Callable
 
 
 def held_prog_ids(pid: int) -> set[int]:
@@ -35,3 +37,14 @@ def loaded_prog_ids() -> set[int]:
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return {p["id"] for p in json.loads(out.stdout or "[]")}
+
+
+def settle(check: Callable[[], bool], timeout: float = 8.0) -> bool:
+    """Wait until `check()` holds (the kernel frees programs a moment after the
+    last fd closes); its final answer after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()

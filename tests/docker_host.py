@@ -40,4 +40,4 @@ def docker_host() -> Iterator[dockerd.Daemon]:
 
 
 def leftover_processes(d: dockerd.Daemon) -> list[int]:
-    return dockerd._processes_naming(d.root)
+    return dockerd.processes_naming(d.root)

@@ -52,10 +52,18 @@ def lab_fixture(name: str, scope: Any = "module") -> Any:
     return _fixture
 
 
+def _enter(src_ns: str) -> list[str]:
+    """Command prefix running a program in src_ns: a /run/netns name, or a path to a
+    namespace file (a lab container's /proc/PID/ns/net, see BuiltLab.path)."""
+    if src_ns.startswith("/"):
+        return ["nsenter", f"--net={src_ns}"]
+    return ["ip", "netns", "exec", src_ns]
+
+
 def ping(src_ns: str, ip: str, size: int | None = None, timeout: int = 1) -> bool:
-    """One `ping -c1 -W1` from namespace src_ns (a real name); True when answered.
-    With size, sends that payload with "don't fragment" (MTU tests)."""
-    cmd = ["ip", "netns", "exec", src_ns, "ping", "-n", "-q", "-c1", f"-W{timeout}", ip]
+    """One `ping -c1 -W1` from namespace src_ns (a real name or a namespace path); True
+    when answered. With size, sends that payload with "don't fragment" (MTU tests)."""
+    cmd = [*_enter(src_ns), "ping", "-n", "-q", "-c1", f"-W{timeout}", ip]
     if size is not None:
         cmd[-1:-1] = ["-s", str(size), "-M", "do"]
     return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
@@ -70,7 +78,7 @@ def check_pings(lab: BuiltLab, tries: int = 3) -> list[tuple[PingExpect, bool]]:
     """
 
     def one(p: PingExpect) -> bool:
-        return any(ping(lab.ns(p.source), p.to, p.size) for _ in range(tries if p.ok else 1))
+        return any(ping(lab.path(p.source), p.to, p.size) for _ in range(tries if p.ok else 1))
 
     pings = lab.scenario.expect.pings
     with ThreadPoolExecutor(max_workers=max(1, len(pings))) as pool:
@@ -82,7 +90,7 @@ def connect(src_ns: str, ip: str, port: int, timeout: int = 1) -> bool:
     """One TCP connect from namespace src_ns (bash's /dev/tcp, not our code); True
     when the connection was accepted."""
     script = f"exec 3<>/dev/tcp/{ip}/{port}"
-    cmd = ["ip", "netns", "exec", src_ns, "timeout", str(timeout), "bash", "-c", script]
+    cmd = [*_enter(src_ns), "timeout", str(timeout), "bash", "-c", script]
     return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
 
 
@@ -90,6 +98,6 @@ def check_tcp(lab: BuiltLab, tries: int = 3) -> list[tuple[TcpExpect, bool]]:
     """Every stated TCP connection of the lab; (expectation, accepted), retried like pings."""
 
     def one(t: TcpExpect) -> bool:
-        return any(connect(lab.ns(t.source), t.to, t.port) for _ in range(tries if t.ok else 1))
+        return any(connect(lab.path(t.source), t.to, t.port) for _ in range(tries if t.ok else 1))
 
     return [(t, one(t)) for t in lab.scenario.expect.tcp]

@@ -2,18 +2,26 @@
 
 Nothing below this module sees argparse; commands take plain keyword arguments,
 which keeps them callable from tests and from each other (ping reuses check).
+
+Every number a user types is checked here, at parsing (the validators
+section): finite, in range, one line on stderr and exit 2 — so no command
+ever receives `nan`, `inf` or a negative count. Signals are set up here too
+(vethtrace/signals.py): SIGINT and SIGTERM interrupt alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from vethtrace import __version__
+from vethtrace import signals as sigs
 from vethtrace.errors import ExitStatus, UserError
 
 EPILOG = """\
@@ -35,6 +43,131 @@ examples:
                                           what happened, changes interleaved with drops
 """
 
+FILTER_HELP = """\
+FILTER is pcap-filter syntax (as tcpdump), evaluated in the kernel; the subset
+vethtrace supports: arp, ip, icmp, tcp, udp; [src|dst] host A (ARP sender and
+target too); [src|dst] net A/N; [src|dst] port N; a bare address (= host);
+protocol qualifiers (tcp port 80); value lists (port 80 or 443); and/&&, or/||,
+not/!, parentheses. Anything else is an error naming the unsupported part.
+Neighbour events match as ARP about their address."""
+
+# Per subcommand: examples shown at the end of its --help (as the top-level one).
+EXAMPLES = {
+    "topo": """\
+  vethtrace topo                          every namespace as a tree
+  vethtrace topo -n vt-host -n vt-song    two namespaces (and their veth peers)
+  vethtrace topo --json > topo.json       the complete model (a snapshot)
+  vethtrace topo --svg topo.svg           a picture (needs Graphviz)""",
+    "check": """\
+  vethtrace check                         every namespace; exit 1 when something is wrong
+  vethtrace check -n vt-host              findings about one namespace
+  vethtrace check --json | jq '.findings[].rule'""",
+    "ping": """\
+  vethtrace ping --from vt-host vt-song 192.168.122.102
+  vethtrace ping vt-song 192.168.122.102 -c 1 --timeout 2   from the root namespace
+  vethtrace ping --from vt-host vt-song 192.168.122.102 --write incident.vtrec \\
+                 --pcap incident.pcapng   keep the evidence (read it with `report`)
+  vethtrace ping --from vt-a vt-b 10.0.4.2 --nftrace   name the firewall rule that drops it""",
+    "path": """\
+  vethtrace path --from vt-host vt-song 192.168.122.102
+  vethtrace path --from vt-a 10.0.0.2 --proto tcp --port 80   the namespace holding it is found
+  vethtrace path --from vt-a vt-b 10.0.0.2 --json""",
+    "trace": """\
+  vethtrace trace arp -n vt-host -n vt-song   ARP and neighbour events in two namespaces
+  vethtrace trace 'icmp and host 10.0.0.2' --json   one JSON object per event
+  vethtrace trace --duration 10 --write run.vtrec   a recording for `vethtrace report`
+  vethtrace trace icmp -n vt-sw --nftrace   rule verdicts of the kernel's nftables trace too""",
+    "watch": """\
+  vethtrace watch                         every namespace's packet paths, live
+  vethtrace watch icmp -n vt-host         only ICMP, only one namespace""",
+    "report": """\
+  vethtrace report incident.vtrec         as the live command printed it (any user)
+  vethtrace report incident.vtrec --json  the same as JSON
+  vethtrace report /var/lib/vethtrace/recorder --since 10m
+                                          a flight recorder's changes and drops, in order
+  vethtrace report /var/lib/vethtrace/recorder --since 1h --at 14:02:30 -n vt-host
+                                          ... and check on the topology as it was then""",
+    "record": """\
+  vethtrace record --continuous           record to /var/lib/vethtrace/recorder until SIGTERM
+  vethtrace record --continuous /srv/rec --max-size 1G --max-age 7d --min-free 2G""",
+    "lab": """\
+  vethtrace lab list                      the scenarios, broken and working
+  vethtrace lab show seed                 what it builds and what it shows
+  vethtrace lab up seed                   build it (namespaces vt-host, vt-song)
+  vethtrace lab down                      remove every lab that is up""",
+    "lab up": """\
+  vethtrace lab up seed                   a shipped scenario, by name
+  vethtrace lab up ./my-lab.toml          a scenario file of your own
+  VETHTRACE_LAB_PREFIX=me- vethtrace lab up seed   namespaces me-host, me-song""",
+    "lab show": """\
+  vethtrace lab show seed""",
+    "lab down": """\
+  vethtrace lab down seed                 remove one lab
+  vethtrace lab down                      remove every lab built with this prefix""",
+    "lab list": """\
+  vethtrace lab list | grep broken""",
+    "nftrace": """\
+  vethtrace nftrace cleanup               tables of killed --nftrace runs, where recorded
+  vethtrace nftrace cleanup --all-namespaces   look in every namespace""",
+    "doctor": """\
+  vethtrace doctor                        the checks and the probe plan, as a table
+  vethtrace doctor --json | jq .tracing_possible""",
+}
+
+LAB_UP_HELP = """\
+Build a scenario in network namespaces named <prefix><name> (prefix vt-, or
+VETHTRACE_LAB_PREFIX) and print what was built. Nothing is created in the root
+namespace. Interrupted (Ctrl-C or SIGTERM) before the lab is complete, `up`
+rolls back everything it built and exits 130 (SIGTERM: 143); once the lab is
+complete it stays up, is printed, and `up` exits 0 even if a signal arrives
+then (`lab down NAME` removes it). Up of a lab that is up changes nothing."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block): `vethtrace ping:
+    argument -c/--count: ... (see --help)`, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(int(ExitStatus.ERROR), f"{self.prog}: {message} (see --help)\n")
+
+
+# --- validators: every numeric option, checked at parsing ---------------------------
+
+
+def _number(
+    kind: type[int] | type[float], low: float, high: float, low_open: bool = False
+) -> Callable[[str], int | float]:
+    """An argparse type: a finite `kind` in [low, high] (low excluded if low_open)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        too_low = value <= low if low_open else value < low
+        if too_low or value > high:
+            lo = f"more than {low:g}" if low_open else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({lo}, at most {high:g})")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+COUNT = _number(int, 1, 100_000)
+TIMEOUT_S = _number(float, 0, 600, low_open=True)
+SIZE = _number(int, 0, 65_507)  # the largest ICMP payload in an IPv4 packet
+PORT = _number(int, 1, 65_535)
+DURATION_S = _number(float, 0, 7 * 86_400, low_open=True)
+BUFFER_KIB = _number(int, 4, 1_048_576)  # a power of two: checked by trace.ring_pages_of
+
+
+# --- options shared by several subcommands -------------------------------------------
+
 
 def _netns_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -49,9 +182,33 @@ def _netns_opt(p: argparse.ArgumentParser) -> None:
 
 def _tracing_opts(p: argparse.ArgumentParser) -> None:
     """What trace and watch both take: a filter, namespaces, a duration."""
-    p.add_argument("filter", nargs="*", metavar="FILTER", help="pcap-filter expression")
+    p.add_argument(
+        "filter", nargs="*", metavar="FILTER", help="pcap-filter expression (see below)"
+    )
     _netns_opt(p)
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument(
+        "--duration", type=DURATION_S, metavar="S", help="stop after S seconds (default: Ctrl-C)"
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="keep running when every namespace of -n is gone (default: say so and exit 1)",
+    )
+    p.add_argument(
+        "--buffer",
+        type=BUFFER_KIB,
+        metavar="KIB",
+        help="kernel ring buffer size in KiB, a power of two (default 8192)",
+    )
+
+
+def _nftrace_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nftrace",
+        action="store_true",
+        help="name the nftables/iptables rule behind each verdict (adds a table of its own "
+        "per namespace while it runs; `vethtrace nftrace cleanup` after a crash)",
+    )
 
 
 def _json_opt(p: argparse._ActionsContainer, help: str = "") -> None:
@@ -59,8 +216,27 @@ def _json_opt(p: argparse._ActionsContainer, help: str = "") -> None:
     p.add_argument("--json", dest="as_json", action="store_true", help=help or None)
 
 
+def _sub(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    description: str = "",
+    parent: str = "",
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with its examples (EXAMPLES["parent name"])."""
+    key = f"{parent} {name}".strip()
+    extra = f"\n\n{FILTER_HELP}" if key in ("trace", "watch") else ""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help[0].upper() + help[1:] + ".",
+        epilog=f"examples:\n{EXAMPLES[key]}{extra}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vethtrace",
         description="Find where packets go missing across veth pairs, bridges and namespaces.",
         epilog=EPILOG,
@@ -74,103 +250,148 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("topo", help="show the veth/bridge/netns topology")
+    p = _sub(sub, "topo", "show the veth/bridge/netns topology")
     out = p.add_mutually_exclusive_group()
     _json_opt(out, "the complete model as JSON (snapshot)")
     out.add_argument("--dot", action="store_true", help="Graphviz DOT on stdout")
     out.add_argument("--svg", metavar="FILE", help="render an SVG with Graphviz")
     _netns_opt(p)
 
-    p = sub.add_parser("check", help="find misconfigurations; exit 0 clean, 1 findings, 2 error")
+    p = _sub(sub, "check", "find misconfigurations; exit 0 clean, 1 findings, 2 error")
     _json_opt(p, 'print {"findings": [...]}')
     _netns_opt(p)
 
-    p = sub.add_parser("ping", help="ping IP in NETNS and explain where the frames went")
+    p = _sub(sub, "ping", "ping IP in NETNS and explain where the frames went")
     p.add_argument("--from", dest="source", metavar="NETNS", help="send from here (default root)")
     p.add_argument("target_netns", metavar="NETNS", help="namespace that should own IP")
-    p.add_argument("ip", metavar="IP", help="address to reach")
-    p.add_argument("-c", "--count", type=int, default=3, help="echo requests (default 3)")
-    p.add_argument("--timeout", type=float, default=5.0, help="give up after S seconds")
-    p.add_argument(
-        "-s", "--size", type=int, default=56, help="echo payload bytes, as ping -s (default 56)"
-    )
+    p.add_argument("ip", metavar="IP", help="unicast IPv4 address to reach")
+    p.add_argument("-c", "--count", type=COUNT, default=3, metavar="N",
+                   help="echo requests (default 3)")  # fmt: skip
+    p.add_argument("--timeout", type=TIMEOUT_S, default=5.0, metavar="S",
+                   help="give up after S seconds (default 5, at most 600)")  # fmt: skip
+    p.add_argument("-s", "--size", type=SIZE, default=56, metavar="BYTES",
+                   help="echo payload bytes, as ping -s (default 56, at most 65507)")  # fmt: skip
     _json_opt(p, "verdict, path and findings as JSON")
     p.add_argument("--write", metavar="FILE", help="write a recording of this run")
     p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
+    _nftrace_opt(p)
 
-    p = sub.add_parser("path", help="predict a packet's path from the kernel's tables (no packet)")
+    p = _sub(sub, "path", "predict a packet's path from the kernel's tables (no packet)")
     p.add_argument("--from", dest="source", metavar="NETNS", help="send from here (default root)")
     p.add_argument("target", metavar="NETNS|IP", help="namespace holding DEST, or the address")
     p.add_argument("dest", metavar="DEST", nargs="?", help="address to reach (with NETNS)")
-    p.add_argument("--proto", choices=["icmp", "tcp", "udp", "arp"], default="icmp")
-    p.add_argument("--port", type=int, help="destination port (tcp/udp)")
+    p.add_argument("--proto", choices=["icmp", "tcp", "udp", "arp"], default="icmp",
+                   help="the packet's protocol (default icmp)")  # fmt: skip
+    p.add_argument("--port", type=PORT, metavar="N", help="destination port (tcp/udp, 1-65535)")
     _json_opt(p, "both paths as JSON")
 
-    p = sub.add_parser("trace", help="stream kernel packet events")
+    p = _sub(sub, "trace", "stream kernel packet events")
     _tracing_opts(p)
     _json_opt(p, "one JSON object per event")
     p.add_argument("--write", metavar="FILE", help="write a recording")
-    p.add_argument("--pcap", metavar="FILE", help="write sniffed frames as pcapng")
+    p.add_argument(
+        "--pcap", metavar="FILE", help="write every matching frame in scope as pcapng"
+    )
+    _nftrace_opt(p)
 
-    p = sub.add_parser("watch", help="live terminal UI of packet paths")
+    p = _sub(sub, "watch", "live terminal UI of packet paths")
     _tracing_opts(p)
 
-    p = sub.add_parser("record", help="the flight recorder: drops and topology changes, always on")
+    p = _sub(sub, "record", "the flight recorder: drops and topology changes, always on")
     p.add_argument("--continuous", action="store_true", help="run until stopped (SIGTERM)")
     p.add_argument("directory", metavar="DIR", nargs="?", help="recording directory "
-                   "(default /var/lib/vethtrace/recorder)")
+                   "(default /var/lib/vethtrace/recorder)")  # fmt: skip
     p.add_argument("--max-size", default="256M", metavar="SIZE", help="keep at most SIZE (256M)")
     p.add_argument("--max-age", metavar="AGE", help="delete what is older than AGE (e.g. 7d)")
     p.add_argument("--min-free", metavar="SIZE", help="leave SIZE free on the disk "
-                   "(default 5%% of it, at most 1G)")
+                   "(default 5%% of it, at most 1G)")  # fmt: skip
     p.add_argument("--segment-size", metavar="SIZE", help="rotate at SIZE (max-size/8)")
     p.add_argument("--no-drops", action="store_true", help="topology changes only, no BPF")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--duration", type=DURATION_S, metavar="S", help="stop after S seconds")
 
-    p = sub.add_parser("report", help="offline report from a recording (no root needed)")
-    p.add_argument("file", metavar="FILE|DIR")
-    _json_opt(p)
+    p = _sub(sub, "report", "offline report from a recording (no root needed)")
+    p.add_argument(
+        "file", metavar="FILE|DIR",
+        help="a recording written by `ping --write` or `trace --write` (*.vtrec), "
+             "or a flight recorder's directory",
+    )  # fmt: skip
+    _json_opt(p, "the report as JSON")
     p.add_argument("--since", metavar="T", help="DIR: from T (10m ago, 14:02, ISO time)")
     p.add_argument("--until", metavar="T", help="DIR: up to T (default now)")
     p.add_argument("--at", metavar="T", help="DIR: run check on the topology as it was at T")
     _netns_opt(p)
 
-    p = sub.add_parser("lab", help="build known topologies, good and broken")
+    p = _sub(sub, "lab", "build known topologies, good and broken")
     lab = p.add_subparsers(dest="action", metavar="ACTION")
     lab.required = True
-    lab.add_parser("list", help="list scenarios")
-    for action, helptext in (("up", "build a scenario"), ("show", "describe a scenario")):
-        q = lab.add_parser(action, help=helptext)
-        q.add_argument("name", metavar="NAME")
-    q = lab.add_parser("down", help="remove a scenario (all built ones without NAME)")
-    q.add_argument("name", metavar="NAME", nargs="?")
+    _sub(lab, "list", "list scenarios", parent="lab")
+    q = _sub(lab, "up", "build a scenario", LAB_UP_HELP, parent="lab")
+    q.add_argument("name", metavar="NAME",
+                   help="a scenario name from `lab list`, or a scenario .toml file")  # fmt: skip
+    q = _sub(lab, "show", "describe a scenario", parent="lab")
+    q.add_argument("name", metavar="NAME", help="a scenario name from `lab list`, or a .toml file")
+    q = _sub(lab, "down", "remove a scenario (all built ones without NAME)", parent="lab")
+    q.add_argument("name", metavar="NAME", nargs="?", help="the lab to remove (default: all)")
 
-    p = sub.add_parser("doctor", help="what this machine lets vethtrace see")
-    _json_opt(p)
+    p = _sub(sub, "nftrace", "undo what a killed --nftrace run left in firewalls")
+    act = p.add_subparsers(dest="action", metavar="ACTION")
+    act.required = True
+    q = act.add_parser("cleanup", help="delete tables of --nftrace runs that are gone")
+    q.add_argument(
+        "--all-namespaces",
+        dest="everywhere",
+        action="store_true",
+        help="look in every /run/netns namespace and the initial one, not only recorded ones",
+    )
+
+    p = _sub(sub, "doctor", "what this machine lets vethtrace see")
+    _json_opt(p, "the checks and the probe plan as JSON")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    options = vars(args)
-    command = options.pop("command")
-    for runtime, env in (("docker", "DOCKER_HOST"), ("podman", "CONTAINER_HOST")):
-        url = options.pop(f"{runtime}_host")
-        if url:  # read where the runtimes are asked (vethtrace.topology.runtimes.api)
-            os.environ[env] = url if "://" in url else f"unix://{url}"
+    """The command. With argv=None this process *is* the command: once its
+    result is known, late signals are ignored (the exit status stays the
+    command's). Called with argv (tests), signal handlers are put back."""
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if a[:1] != "-"), "")
+    restore: Callable[[], None] | None = None
     try:
+        restore = sigs.install(command)  # inside the try: a signal may land at once
+        args = build_parser().parse_args(argv)
+        options = vars(args)
+        command = options.pop("command")
+        for runtime, env in (("docker", "DOCKER_HOST"), ("podman", "CONTAINER_HOST")):
+            url = options.pop(f"{runtime}_host")
+            if url:  # read where the runtimes are asked (vethtrace.topology.runtimes.api)
+                os.environ[env] = url if "://" in url else f"unix://{url}"
         module = importlib.import_module(f"vethtrace.commands.{command}")
         return int(module.run(**options))
     except UserError as exc:
         print(f"vethtrace {command}: {exc}", file=sys.stderr)
         return int(exc.status)
+    except sigs.Interrupted as exc:
+        sigs.announce()
+        return exc.status
     except KeyboardInterrupt:
-        print(f"vethtrace {command}: interrupted", file=sys.stderr)
+        sigs.announce()
         return int(ExitStatus.INTERRUPTED)
     except BrokenPipeError:
         # `vethtrace trace | head`: stop quietly, like other Unix tools.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         return int(ExitStatus.OK)
+    except Exception as exc:
+        # A signal landing inside an import or a descriptor hook comes back wrapped
+        # (e.g. RuntimeError from __set_name__): still an interruption, not a bug.
+        cause = sigs.interruption_in(exc)
+        if cause is None:
+            raise
+        sigs.announce()
+        return cause.status
+    finally:
+        if argv is None:
+            sigs.hold()
+        elif restore is not None:
+            restore()
 
 
 if __name__ == "__main__":

@@ -338,19 +338,31 @@ def _join(a: str, b: str) -> str:
 
 
 def outcome_of(pkt: Packet) -> tuple[str, str | None]:
-    """dropped | consumed | delivered | in-flight, and the drop reason, from the
-    packet's events. `diverted` is not decided here: it needs the topology's
-    reading of the hops (diagnose.verdict.diverted.mark_diversion)."""
+    """dropped | consumed | delivered | queued | in-flight, and the drop reason,
+    from the packet's events. `diverted` is not decided here: it needs the
+    topology's reading of the hops (diagnose.verdict.diverted.mark_diversion).
+
+    A packet waiting for its next hop's MAC sits in the neighbour entry's queue;
+    what the kernel frees meanwhile is a probe's copy (consume_skb at
+    __neigh_event_send / neigh_probe), not the packet. So those frees do not
+    make it "consumed": until it is sent on (a transmit after them) it is
+    `queued`, and when the entry fails the queue is freed as NEIGH_FAILED (or
+    QUEUE_PURGE), which is a drop (docs/kernel-notes.md)."""
     reason = None
     for ev in pkt.events:
         if phase(ev) == "drop" and not is_benign_drop(ev):
             reason = ev.drop_reason
     if reason:
         return "dropped", reason
-    if any(phase(e) == "consume" for e in pkt.events):
+    waits = [
+        e.ts_ns for e in pkt.events if phase(e) == "consume" and _location(e) in QUEUE_LOCATIONS
+    ]
+    if any(phase(e) == "consume" and _location(e) not in QUEUE_LOCATIONS for e in pkt.events):
         return "consumed", None
     if any(phase(e) in ("rx", "sniff-in") for e in pkt.events):
         return "delivered", None
+    if waits and not any(phase(e) == "tx" and e.ts_ns > max(waits) for e in pkt.events):
+        return "queued", None
     return "in-flight", None
 
 

@@ -66,6 +66,19 @@ class BridgePortInfo:
 
 
 @dataclass
+class VxlanInfo:
+    """A VXLAN device's own settings (IFLA_VXLAN_*): what it encapsulates with and
+    what it accepts when decapsulating (diagnose/path/vxlan.py walks both)."""
+
+    vni: int
+    port: int = 4789  # UDP destination port it sends to and listens on
+    local: str | None = None  # source address of the outer packet (None: routing picks)
+    group: str | None = None  # default remote (unicast) or multicast group
+    link: int | None = None  # ifindex of the underlay device it is tied to (same netns)
+    learning: bool = True  # learns remote MACs from received packets
+
+
+@dataclass
 class Interface:
     key: IfaceKey
     name: str
@@ -83,7 +96,9 @@ class Interface:
     bridge_port: BridgePortInfo | None = None  # set when the master is a bridge
     bridge_stp: bool | None = None  # set for bridges: STP enabled?
     vlan_filtering: bool | None = None  # set for bridges
+    macvlan_mode: str | None = None  # set for macvlans: private, vepa, bridge, passthru, source
     sysctls: dict[str, str] = field(default_factory=dict)  # per-device ipv4 conf
+    vxlan: VxlanInfo | None = None  # set for vxlan devices
 
     @property
     def is_up(self) -> bool:
@@ -155,15 +170,24 @@ class FdbEntry:
     master: int | None = None  # the bridge
     vlan: int | None = None
     flags: list[str] = field(default_factory=list)  # local/permanent/static/self/master
+    dst: str | None = None  # vxlan: the remote VTEP (underlay address) frames to mac go to
+    vni: int | None = None  # vxlan: a per-entry VNI, when it differs from the device's
 
 
 @dataclass
 class PublishedPort:
+    """A port the runtime publishes on the host (a DNAT to a container), and whether
+    anything can answer there: the container runs, and a socket listens on it."""
+
     proto: str  # tcp, udp
     host_ip: str  # "0.0.0.0" for every address
     host_port: int
     container: str  # the container's name
     container_port: int
+    running: bool = True  # False: the container is stopped, so the DNAT rule is gone
+    status: str = "running"  # the runtime's word: running, exited, created...
+    container_ip: str = ""  # the DNAT target on this network (empty while stopped)
+    listening: bool | None = None  # a socket on container_port in the container; None: unknown
 
 
 @dataclass
@@ -182,6 +206,7 @@ class RuntimeNetwork:
     icc: bool = True  # inter-container communication (enable_icc)
     containers: dict[str, str] = field(default_factory=dict)  # name -> "172.18.0.2/16"
     published: list[PublishedPort] = field(default_factory=list)
+    api: str = ""  # the API address it was asked at, when not the runtime's default
 
 
 @dataclass
@@ -423,7 +448,7 @@ class Hop:
 class PacketPath:
     kind: str  # arp-request, arp-reply, echo, echo-reply, ...
     hops: list[Hop] = field(default_factory=list)
-    outcome: str = "delivered"  # delivered | diverted | dropped | consumed | in-flight
+    outcome: str = "delivered"  # delivered | diverted | dropped | consumed | queued | in-flight
     drop_reason: str | None = None
     summary: PacketSummary | None = None  # decoded headers of the packet
     first_ns: int = 0  # kernel monotonic time of its first event
@@ -457,7 +482,50 @@ class Verdict:
         return self.kind == "delivered"
 
 
+@dataclass
+class NftraceEvent:
+    """One nftables trace event (the kernel's NFT_MSG_TRACE for a packet that
+    carries nftrace): which rule or policy of which chain decided what.
+
+    `verdict` is nft's word: accept, drop, continue (the rule did not end the
+    chain), jump, goto, return, queue, stolen; `kind` says whether a rule
+    (`rule`), the chain's policy (`policy`) or the end of a chain reached by
+    jump (`return`) gave it. `rule` is the rule as `nft -a list ruleset`
+    prints it; `iptables` the line `iptables -S` prints for rules made by
+    iptables-nft. `ts_ns` is CLOCK_MONOTONIC when vethtrace read the event
+    (the kernel's message carries no time), so it sorts just after the kernel
+    probe events of the same moment.
+    """
+
+    ts_ns: int
+    netns: int  # inode
+    family: str  # ip | ip6 | inet | bridge | arp | netdev
+    table: str
+    chain: str
+    kind: str  # rule | policy | return
+    verdict: str
+    trace_id: int = 0  # the kernel's id of this packet's pass through one hook
+    handle: int | None = None
+    target: str | None = None  # chain of a jump/goto
+    hook: str | None = None  # the base chain's hook (prerouting, input, forward, ...)
+    iif: str | None = None
+    oif: str | None = None
+    rule: str | None = None
+    iptables: str | None = None
+    packet: PacketSummary | None = None
+
+
 # --- JSON round-trip ----------------------------------------------------------
+
+# ProbeEvent's 64-bit kernel addresses: JSON numbers above 2**53 are rounded by
+# jq and JavaScript, so `trace --json`, `report --json` and recordings write them
+# as hex strings ("0xffff8881..."); recordings made before hold integers.
+ID_FIELDS = ("skb", "head")
+
+
+def hex_id(value: int) -> str:
+    return f"0x{value:x}"
+
 
 T = TypeVar("T")
 
@@ -491,29 +559,65 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def from_dict(cls: type[T], data: Any) -> T:
+def from_dict(cls: type[T], data: Any, strict: bool = False) -> T:
     """Inverse of to_dict for the dataclasses above (unknown keys are ignored,
-    so newer snapshots still load into older code)."""
+    so newer snapshots still load into older code).
+
+    strict=True (files a person may have edited: recordings) also checks every
+    value against its field's type (int, float, str, bool, Literal, list,
+    dict, nested dataclasses) and raises TypeError naming the field, so a
+    `"ts_ns": "12"` is one clear error instead of a crash far away."""
+    if strict and not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected an object, got {_short(data)}")
     hints = _type_hints(cls)
     kwargs = {}
     for name in _field_names(cls):
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name])
+            try:
+                kwargs[name] = _convert(hints[name], data[name], strict)
+            except TypeError as exc:
+                raise TypeError(f"{name}: {exc}") from None
     return cls(**kwargs)
 
 
-def _convert(tp: Any, value: Any) -> Any:
+_SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_scalar(tp: Any, value: Any) -> None:
+    ok = (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+        if tp is not float
+        else isinstance(value, int | float) and not isinstance(value, bool)
+    )
+    if not ok:
+        raise TypeError(f"expected {_SCALARS[tp]}, got {_short(value)}")
+
+
+def _convert(tp: Any, value: Any, strict: bool = False) -> Any:
     if value is None:
         return None
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(args[0], value) if len(args) == 1 else value
+        return _convert(args[0], value, strict) if len(args) == 1 else value
+    if strict:
+        if tp in _SCALARS:
+            _check_scalar(tp, value)
+        elif origin is Literal and value not in typing.get_args(tp):
+            raise TypeError(f"expected one of {typing.get_args(tp)}, got {_short(value)}")
+        elif origin in (list, dict) and not isinstance(value, origin):
+            raise TypeError(f"expected a {'list' if origin is list else 'object'}, got "
+                            f"{_short(value)}")  # fmt: skip
     if origin is list:
         (inner,) = typing.get_args(tp)
-        return [_convert(inner, v) for v in value]
+        return [_convert(inner, v, strict) for v in value]
     if origin is dict:
         return dict(value)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value)  # type: ignore[arg-type]
+        return from_dict(tp, value, strict)  # type: ignore[arg-type]
     return value

@@ -1,5 +1,8 @@
 """Recordings: what `ping --write` / `trace --write` leave behind for `report`.
 
+(Over 400 lines on purpose: the writer, the reader and the reader's checks of
+every header and record field are one file format, kept in one place.)
+
 A recording must let someone reason about an incident later, on another
 machine, without root, bcc or scapy. So it is plain JSON lines (greppable,
 `jq`-able, appendable while the tool runs, and a crash loses at most the line
@@ -19,7 +22,12 @@ Layout (documented for users in README "Recordings, watch and report"):
              {"type": "event", "data": <model.ProbeEvent>}            kernel time order
              {"type": "finding", "data": <model.Finding>}
              {"type": "verdict", "data": <model.Verdict>}
-             {"type": "end", "data": {"lost": N, "ended": "...Z", "events": N}}
+             {"type": "lost", "data": {"lost", "total", "ts_ns", "time"}}   as it happens
+             {"type": "scope", "data": {"change", "netns", "inode", "interface", "left",
+                                        "ts_ns", "time"}}               a namespace vanished…
+             {"type": "end", "data": {"lost": N, "ended": "...Z", "events": N,
+                                      "interrupted": "SIGINT" (only when cut short),
+                                      "ping": {"notes": [...], "timings": {...}}}}
     the flight recorder's segments add "change", "neigh", "drops" and "note"
     records (vethtrace/recorder/, README "Flight recorder"; `read` skips them)
 
@@ -45,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import threading
 import time
@@ -53,10 +62,22 @@ from pathlib import Path
 from typing import IO, Any
 
 from vethtrace import __version__
+from vethtrace.clock import Clock
 from vethtrace.errors import UserError
-from vethtrace.model import Finding, ProbeEvent, Topology, Verdict, from_dict, to_dict
+from vethtrace.model import (
+    ID_FIELDS,
+    Finding,
+    NftraceEvent,
+    ProbeEvent,
+    Topology,
+    Verdict,
+    from_dict,
+    hex_id,
+    to_dict,
+)
 
 FORMAT = "vethtrace-recording"
+NOTICES = ("lost", "scope")  # record types about the run itself (Recorder.notice)
 VERSION = 1
 
 # Events come in bursts of thousands per second; flushing each one would cost
@@ -109,7 +130,7 @@ class Recorder:
             "plan": to_dict(plan),  # the probe plan object, or whatever JSON the caller has
             "started": _now_iso(),
             # Event times are kernel CLOCK_MONOTONIC; this pair maps them to wall time.
-            "clock": {"monotonic_ns": time.monotonic_ns(), "realtime": time.time()},
+            "clock": Clock().header(),
             "command": list(command) if command is not None else None,
             "pcap": self._relative(pcap) if pcap else None,
         }
@@ -143,23 +164,6 @@ class Recorder:
         "neigh", "note": vethtrace/recorder/); `read` skips types it does not know."""
         self._record(kind, data, flush=flush)
 
-    def flush(self) -> None:
-        """Write out what is buffered now (raises OSError, e.g. ENOSPC)."""
-        with self._lock:
-            if not self.closed:
-                self._file.flush()
-                self._last_flush = time.monotonic()
-
-    def abandon(self) -> None:
-        """Close without an end record and without raising (the disk is full:
-        what could not be written is lost, what was written stays readable)."""
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            with contextlib.suppress(OSError):
-                self._file.close()
-
     def topology(self, topo: Topology, change: bool = False) -> None:
         """The snapshot at start; later ones (change=True) when namespaces or
         interfaces appeared or vanished."""
@@ -171,24 +175,51 @@ class Recorder:
         # from_dict restores as defaults, to keep floods small.
         self._write({"type": "event", "data": _event_dict(event)})
 
+    def notice(self, kind: str, data: dict[str, Any]) -> None:
+        """What happened to the run itself, when it happened: "lost" (events
+        the kernel could not deliver since the last one: lost, total) or
+        "scope" (a traced namespace or interface vanished or came back)."""
+        self._write({"type": kind, "data": data}, flush=True)
+
+    def nftrace(self, event: NftraceEvent) -> None:
+        """A rule verdict from the kernel's nftables trace (`--nftrace`)."""
+        data = {k: v for k, v in to_dict(event).items() if v is not None}
+        self._write({"type": "nftrace", "data": data})
+
     def finding(self, finding: Finding) -> None:
         self._record("finding", finding, flush=True)
 
     def verdict(self, verdict: Verdict) -> None:
         self._record("verdict", verdict, flush=True)
 
-    def close(self, lost: int = 0) -> None:
+    def flush(self) -> None:
+        """Push what was written to the file now (a kill loses nothing before it)."""
+        with self._lock:
+            if not self.closed:
+                self._file.flush()
+                self._last_flush = time.monotonic()
+
+    def abandon(self) -> None:
+        """Close without an end record (the file is about to be rewritten, or the
+        disk is full: then what is still buffered is lost, without raising)."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                with contextlib.suppress(OSError):
+                    self._file.close()
+
+    def close(self, lost: int = 0, interrupted: str | None = None, **extra: Any) -> None:
         """Write the end record (lost = events the kernel dropped before we read
-        them) and close. Idempotent: the second call does nothing."""
+        them; interrupted = the signal that cut the run short, e.g. "SIGTERM";
+        `extra` keys as they are, e.g. ping's "ping": {"notes", "timings"}) and
+        close. Idempotent: the second call does nothing."""
         if self.closed:
             return
-        self._write(
-            {
-                "type": "end",
-                "data": {"lost": int(lost), "events": self.events, "ended": _now_iso()},
-            },
-            flush=True,
-        )
+        data: dict[str, Any] = {"lost": int(lost), "events": self.events, "ended": _now_iso()}
+        if interrupted:
+            data["interrupted"] = interrupted
+        data.update(extra)
+        self._write({"type": "end", "data": data}, flush=True)
         with self._lock:
             self.closed = True
             self._file.close()
@@ -204,6 +235,8 @@ def _event_dict(event: ProbeEvent) -> dict[str, Any]:
     """to_dict(event) minus None fields, hand-rolled: at flood rates the generic
     to_dict costs ~20 us an event, this ~4 (same JSON shape, from_dict reads both)."""
     data = {k: v for k, v in event.__dict__.items() if v is not None}
+    for key in ID_FIELDS:  # 64-bit addresses as hex strings, as trace --json has them
+        data[key] = hex_id(data[key])
     if "packet" in data:  # every PacketSummary field defaults to None
         data["packet"] = {k: v for k, v in data["packet"].__dict__.items() if v is not None}
     if "neigh" in data:  # NeighChange has required fields that may be None: keep all
@@ -221,11 +254,15 @@ class Recording:
     topology: Topology | None = None
     topology_changes: list[Topology] = field(default_factory=list)
     events: list[ProbeEvent] = field(default_factory=list)
+    nftrace: list[NftraceEvent] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     verdict: Verdict | None = None
     lost: int = 0
     complete: bool = False
+    interrupted: str | None = None  # the signal that cut the run short (end record)
     notes: list[str] = field(default_factory=list)
+    # "lost" and "scope" records, as written: {"type": ..., **data}, in file order
+    notices: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def pcap_path(self) -> Path | None:
@@ -307,25 +344,124 @@ def _header(name: str, line: str, truncated: bool) -> dict[str, Any]:
             f"{name}: recording format version {version!r}; this vethtrace reads version "
             f"{VERSION} (use a matching vethtrace)"
         )
+    for key, check in _HEADER.items():
+        value = header.get(key)
+        if value is not None and not check(value):
+            raise UserError(f"{name}: malformed header: {key!r} is {_short(value)}")
+    for section, fields in (("ping", _PING), ("trace", _TRACE)):
+        ctx = header.get(section)
+        if ctx is None:
+            continue
+        if not isinstance(ctx, dict):
+            raise UserError(f"{name}: malformed header: {section!r} is not an object")
+        for key, check in fields.items():
+            value = ctx.get(key)
+            if value is not None and not check(value):
+                raise UserError(f"{name}: malformed header: {section}.{key} is {_short(value)}")
     return header
 
 
+# What `report` reads from the header, and what each must be (absent is fine).
+def _str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _strs(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+_HEADER = {
+    "tool": _str, "kernel": _str, "started": _str, "pcap": _str, "command": _strs,
+    "clock": lambda v: isinstance(v, dict) and all(_num(x) for x in v.values()),
+}  # fmt: skip
+_PING = {
+    "source": _str, "target_netns": _str, "ip": _str, "count": _int, "timeout": _num,
+    "size": _int, "plan": lambda v: isinstance(v, dict), "warnings": _strs, "notes": _strs,
+    "timings": lambda v: isinstance(v, dict) and all(_num(x) for x in v.values()),
+    "check_netns": _strs,
+}  # fmt: skip
+_TRACE = {"filter": _str, "netns": _strs}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _ids(data: dict[str, Any]) -> dict[str, Any]:
+    """skb/head: hex strings since issue #20, integers in older recordings."""
+    if not isinstance(data, dict):
+        return data  # from_dict(strict=True) says what is wrong with it
+    for key in ID_FIELDS:
+        if isinstance(data.get(key), str):
+            try:
+                data[key] = int(data[key], 16)
+            except ValueError:
+                raise ValueError(f"{key}: expected a hex id, got {_short(data[key])}") from None
+    return data
+
+
 def _apply(rec: Recording, kind: str, data: Any, unknown: dict[str, int]) -> None:
+    # strict: every field is checked against its type (a hand-edited recording
+    # fails here, on its line, not later in a sort or a renderer)
     if kind == "event":
-        rec.events.append(from_dict(ProbeEvent, data))
+        rec.events.append(from_dict(ProbeEvent, _ids(data), strict=True))
     elif kind == "topology":
-        rec.topology = from_dict(Topology, data)
+        rec.topology = from_dict(Topology, data, strict=True)
     elif kind == "topology-change":
-        rec.topology_changes.append(from_dict(Topology, data))
+        rec.topology_changes.append(from_dict(Topology, data, strict=True))
+    elif kind == "nftrace":
+        rec.nftrace.append(from_dict(NftraceEvent, data, strict=True))
     elif kind == "finding":
-        rec.findings.append(from_dict(Finding, data))
+        rec.findings.append(from_dict(Finding, data, strict=True))
     elif kind == "verdict":
-        rec.verdict = from_dict(Verdict, data)
+        rec.verdict = from_dict(Verdict, data, strict=True)
+    elif kind in NOTICES:
+        rec.notices.append({"type": kind, **dict(data)})
     elif kind == "end":
-        rec.lost = int(data.get("lost", 0))
+        lost = data.get("lost", 0)
+        if not _int(lost) or lost < 0:
+            raise ValueError(f"lost: expected a count, got {_short(lost)}")
+        rec.lost = lost
         rec.complete = True
+        interrupted = data.get("interrupted")
+        if interrupted is not None and not _str(interrupted):
+            raise ValueError(f"interrupted: expected a string, got {_short(interrupted)}")
+        rec.interrupted = interrupted
+        # ping writes what it learns only at the end (its notes and timings) here;
+        # older recordings had them in the header: the reader sees them there.
+        extra = data.get("ping")
+        if isinstance(extra, dict) and isinstance(rec.header.get("ping"), dict):
+            for key, value in extra.items():
+                check = _PING.get(key)
+                if check is not None and not check(value):
+                    raise ValueError(f"ping.{key}: unexpected {_short(value)}")
+            rec.header["ping"].update(extra)
     else:
         unknown[kind] = unknown.get(kind, 0) + 1
+
+
+def ping_context(plan: Any, warnings: list[str]) -> dict[str, Any]:
+    """The header's "ping" key: ping's context (`plan` is its expected path, a
+    diagnose.verdict.PingPlan, from which `report` re-decides the verdict)."""
+    return {
+        "source": plan.source,
+        "target_netns": plan.target_netns,
+        "ip": plan.ip,
+        "count": plan.count,
+        "timeout": plan.timeout,
+        "size": plan.size,
+        "plan": to_dict(plan),
+        "warnings": warnings,
+    }
 
 
 def write_ping(
@@ -343,31 +479,22 @@ def write_ping(
     warnings: list[str],
     notes: list[str],
     timings: dict[str, float],
+    nftrace: list[NftraceEvent] | None = None,
 ) -> None:
-    """The recording of a finished `ping`: its context in the header's "ping"
-    key (`plan` is ping's expected path, a diagnose.verdict.PingPlan, from
-    which `report` re-decides the verdict; warnings, notes and timings are
-    what the live run printed besides it), then the topology, every event,
-    the findings and the verdict. `probe_plan` is the probe plan's describe()
-    (the header's "plan", as `trace --write` writes it), or None."""
-    context = {
-        "source": plan.source,
-        "target_netns": plan.target_netns,
-        "ip": plan.ip,
-        "count": plan.count,
-        "timeout": plan.timeout,
-        "size": plan.size,
-        "plan": to_dict(plan),
-        "warnings": warnings,
-        "notes": notes,
-        "timings": timings,
-    }
+    """The recording of a finished `ping` in one go (tests, tools); the ping
+    command itself writes as it goes (commands/ping_files.py), in the same
+    shape: the header with the context, the topology, every event, the
+    findings, the verdict, and the end record with the run's notes and timings.
+    `probe_plan` is the probe plan's describe() (the header's "plan"), or None."""
+    context = ping_context(plan, warnings)
     with Recorder(path, command=command, plan=probe_plan, pcap=pcap, ping=context) as rec:
         rec.topology(topology)
         for ev in sorted(events, key=lambda e: e.ts_ns):
             rec.event(ev)
+        for nev in nftrace or []:
+            rec.nftrace(nev)
         for f in findings:
             rec.finding(f)
         if verdict is not None:
             rec.verdict(verdict)
-        rec.close(lost=lost)
+        rec.close(lost=lost, ping={"notes": notes, "timings": timings})

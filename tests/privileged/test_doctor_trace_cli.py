@@ -127,7 +127,7 @@ def test_trace_json_lines_with_names(prefix: str, tmp_path: Path) -> None:
     [
         (["trace", "ip6"], "unsupported filter syntax at 'ip6'"),
         (["trace", "-n", "vtt-no-such-ns"], "no network namespace named"),
-        (["trace", "--duration", "0"], "--duration must be positive"),
+        (["trace", "--duration", "0"], "--duration: 0 is out of range"),
     ],
 )
 def test_trace_bad_input(cli: Callable, args: list[str], message: str) -> None:

@@ -9,48 +9,20 @@ import pytest
 
 from tests.labs import built_lab, ping
 from vethtrace.diagnose.path import Flow, predict
-from vethtrace.lab import scenarios
+from vethtrace.lab import load, scenarios
 from vethtrace.render.path import show
 from vethtrace.topology import discover
 
 pytestmark = pytest.mark.privileged
 
-LABS = sorted(scenarios())
+# Labs with a Docker daemon of their own: their containers are docker:NAME, resolved
+# through the lab's DOCKER_HOST; test_lab_docker.py covers them.
+LABS = sorted(n for n in scenarios() if not load(n).docker)
 
 # Labs where the prediction disagrees with the real ping (the kernel agrees with the
 # scenario): what the model does not evaluate yet. strict: each flips to a failure
 # once the model gets the lab right, and its mark goes.
-_MASQ = (
-    "path model: the CNI ipMasq rule (iptables-nft `ip saddr X -m comment --comment ..."
-    " -j CNI-<id>`) is not evaluated (xt match comment taken as not matching), so the"
-    " pod's traffic to outside is predicted un-NATed and the reply unroutable; the kernel"
-    " masquerades and the ping works"
-)
-_MACVLAN = (
-    "path model: frames leaving a macvlan device are not modelled (pod -> LAN predicted"
-    " unknown) and the macvlan pods' addresses on the lower's segment are predicted to"
-    " get no ARP answer on the node's lan0 (outside -> pod); the kernel delivers both"
-)
-PATH_WRONG = {
-    "cni-bridge-masq": _MASQ,
-    "cni-portmap": _MASQ + " (also: portmap's `-m addrtype` DNAT jump is not evaluated)",
-    "cni-portmap-down": _MASQ + " (also: portmap's `-m addrtype` DNAT jump is not evaluated)",
-    "cni-ptp": _MASQ,
-    "cni-tuning": _MASQ,
-    "cni-tuning-arp": _MASQ,
-    "cni-firewall": (
-        "path model: the firewall plugin's `-m comment ... -j CNI-FORWARD` jump in the"
-        " FORWARD chain (policy drop) is not evaluated, so pod-to-pod and pod-to-outside"
-        " are predicted dropped by the policy; the kernel takes the jump and accepts"
-    ),
-    "docker-forward": (
-        "path model: `-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT` (xt match"
-        " conntrack) is not evaluated, so the reply from outside to a container is"
-        " predicted dropped by FORWARD policy drop; the kernel accepts it"
-    ),
-    "cni-macvlan": _MACVLAN,
-    "cni-macvlan-host": _MACVLAN,
-}
+PATH_WRONG: dict[str, str] = {}  # none today: every lab is predicted as the kernel decides
 
 
 def _explain(pred: object) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bpf_progs import held_prog_ids, loaded_prog_ids
+from tests.bpf_progs import held_prog_ids, loaded_prog_ids, settle
 from tests.conftest import VENV_BIN
 from tests.labs import built_lab
 from vethtrace.collect.bpf import BpfCollector
@@ -29,15 +29,20 @@ from vethtrace.render.ping import to_json
 
 pytestmark = pytest.mark.privileged
 
-LABS_WITH_PINGS = [n for n in scenarios() if load(n).expect.pings]
+# Labs with a Docker daemon of their own are pinged through the CLI with their
+# DOCKER_HOST in test_lab_docker.py (docker:NAME resolves through the daemon's API).
+LABS_WITH_PINGS = [n for n in scenarios() if load(n).expect.pings and not load(n).docker]
 # Where today's ping names where the frame was last seen, not the decision that lost
 # it (#15): the flood-off port, the down port, the missing proxy_arp, the missing
 # MASQUERADE, the macvlan lower's address, the nft forward hook of a ptp node (it
 # names the random host-side veth the packet came in by), the wrong static
 # neighbour entry. strict: each flips to a failure once ping gets it right.
-PING_WRONG = {
-    "bridge-flood-off", "bridge-port-down", "calico-no-proxy-arp", "cni-bridge-nomasq",
-    "cni-macvlan-host", "cni-ptp-forward-drop", "neigh-wrong-mac",
+PING_WRONG = {"bridge-port-down", "cni-bridge-nomasq", "cni-ptp-forward-drop",
+    # overlay (#19): reachability is right, but the probes do not follow a packet
+    # through encapsulation yet, so ping says no-reply / names the last place seen
+    # (the model names the right culprit: test_check_labs, test_path_labs)
+    "overlay-neigh-missing", "overlay-vni-mismatch", "overlay-port-filtered",
+    "overlay-fdb-wrong", "overlay-mtu",
 }  # fmt: skip
 PATH_MODEL = pytest.mark.xfail(strict=True, reason="needs the path model (#15)")
 JSON_KEYS = {"reachable", "verdict", "summary", "culprit", "path", "findings"}
@@ -209,13 +214,7 @@ def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def _settle(check, timeout: float = 8.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
+_settle = settle
 
 
 def test_nothing_left_after_a_run_or_ctrl_c(seed) -> None:
@@ -280,7 +279,9 @@ def test_sigint_from_outside_exits_130_cleanly(seed) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert err.strip() == "vethtrace ping: interrupted"
+    # one line; ", stopping…" when the main thread took over 0.2 s to see the signal
+    # (a busy machine), as vethtrace.signals' watcher says then
+    assert err.strip() in ("vethtrace ping: interrupted", "vethtrace ping: interrupted, stopping…")
     assert _settle(lambda: not (held & loaded_prog_ids())), "programs still loaded"
     assert "Traceback" not in err
 
@@ -302,3 +303,65 @@ def test_without_kernel_probes_sniffers_still_find_the_diversion(seed, cli) -> N
     socket_or_sniffer = ("sniff", "ping-send", "ping-reply", "ping-error")
     assert all(p in socket_or_sniffer for p, _ in points), points
     assert "the sniffer on br0 saw it there too" in obj["explanation"]
+
+
+def _ns_seen(obj: dict, kind: str) -> set[str]:
+    """Namespaces where the kernel's probes saw our ICMP echo `kind` (request/reply)."""
+    return {
+        h["netns"]
+        for h in obj["path"]
+        if h["packet"].startswith("ICMP") and f"echo {kind}" in h["packet"] and h["netns"]
+    }
+
+
+def _ns_predicted(hops: list[dict]) -> set[str]:
+    return {h["netns"] for h in hops}
+
+
+# Where model and kernel disagree today (the test found them):
+ORACLE_WRONG = {
+    # the model stops at the wrong neighbour entry (the decision that broke), the kernel
+    # still sends the frame to that MAC and the bridge floods it to b, which drops it
+    "neigh-wrong-mac": pytest.mark.xfail(
+        strict=True, reason="model: the walk stops at a wrong-MAC neighbour entry"
+    ),
+    # two namespaces hold the address: whose ARP answer wins is a race the tables
+    # cannot settle (the model names one holder, the kernel may use the other)
+    "check-duplicate-ip": pytest.mark.xfail(
+        strict=False, reason="duplicate address: the winning ARP answer is a race"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=ORACLE_WRONG[n]) if n in ORACLE_WRONG else n for n in LABS_WITH_PINGS],
+)
+def test_kernel_is_the_oracle(name: str, lab_results) -> None:
+    """Differential: for every stated ping of every lab, the path the model predicts
+    (`predicted`) and the one vethtrace's tracer observed (`path`) agree: reached or
+    not, the namespaces the echo request and the echo reply crossed, and for a lost
+    ping the namespace of the failing decision is where the request was last seen
+    (or, for a reply nobody can route, where the request went). Namespace-level: the
+    ARP exchange the model walks inside a leg visits the same namespaces."""
+    for p, _rc, obj, _err, _prefix in lab_results[name]:
+        pred = obj.get("predicted")
+        what = f"{name}: {p.source} -> {p.to}"
+        assert pred is not None, f"{what}: no prediction ({obj.get('notes')})"
+        seen = [(h["netns"], h["interface"], h["point"]) for h in obj["path"]]
+        said = [(h["netns"], h["interface"], h["step"], h["status"]) for h in pred["forward"]]
+        said += [(h["netns"], h["interface"], h["step"], h["status"]) for h in pred["reply"]]
+        shown = f"\nobserved:  {seen}\npredicted: {said}"
+        unknown = any(h["status"] == "unknown" for h in pred["forward"] + pred["reply"])
+        if unknown and pred["first_failure"] is None:
+            continue  # the model says it cannot tell: ping notes it, nothing to compare
+        assert pred["ok"] == obj["reachable"], f"{what}: reached?{shown}"
+        request, reply = _ns_seen(obj, "request"), _ns_seen(obj, "reply")
+        if obj["reachable"]:
+            assert request <= _ns_predicted(pred["forward"]), f"{what}: request{shown}"
+            assert reply <= _ns_predicted(pred["reply"]), f"{what}: reply{shown}"
+            continue
+        failing = pred["first_failure"]
+        assert failing is not None, f"{what}: no failing decision{shown}"
+        if request and not pred["reply"]:  # lost on the way there
+            assert request <= _ns_predicted(pred["forward"]), f"{what}: request{shown}"

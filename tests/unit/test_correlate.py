@@ -188,3 +188,43 @@ def test_group_ignores_unrelated_ends() -> None:
     """A consume of an skb we never saw begin (and without a packet) is not a packet."""
     events = [ev(1, "consume_skb", H, 3, "veth0", 0xDEAD, 0xBEEF, None, location="x")]
     assert group(events) == []
+
+
+ECHO = PacketSummary(ethertype=0x0800, ip_src="192.168.122.101", ip_dst="192.168.122.102",
+                     ip_proto=1, icmp_type=8, icmp_code=0, icmp_id=7, icmp_seq=1)  # fmt: skip
+
+
+def _queued_echo() -> list[ProbeEvent]:
+    """An echo request waiting for veth0's neighbour: the ARP-queue probe frees a
+    copy (same head) at __neigh_event_send, the packet itself is not consumed."""
+    return [
+        ev(10, "consume_skb", H, 3, "veth0", 0xE01, 0x1E00, ECHO, location="__neigh_event_send",
+           cloned=True),
+        ev(1_000_000_010, "consume_skb", H, 3, "veth0", 0xE02, 0x1E00, ECHO,
+           location="neigh_probe", cloned=True),
+    ]  # fmt: skip
+
+
+def test_an_echo_in_the_arp_queue_is_queued_not_consumed() -> None:
+    (path,) = correlate(_queued_echo(), seed_topo())
+    assert path.outcome == "queued"
+    assert "ARP queue" in path.hops[0].note
+
+
+def test_a_queued_echo_freed_when_the_entry_fails_is_dropped() -> None:
+    fail = ev(3_000_000_000, "kfree_skb", H, 3, "veth0", 0xE00, 0x1E00, ECHO,
+              drop_reason="NEIGH_FAILED", location="neigh_invalidate")  # fmt: skip
+    (path,) = correlate([*_queued_echo(), fail], seed_topo())
+    assert (path.outcome, path.drop_reason) == ("dropped", "NEIGH_FAILED")
+
+
+def test_a_queued_echo_sent_once_resolved_is_not_queued() -> None:
+    sent = [
+        ev(2_000_000, "net_dev_queue", H, 3, "veth0", 0xE00, 0x1E00, ECHO),
+        ev(2_000_100, "netif_rx", S, 2, "veth1", 0xE00, 0x1E00, ECHO),
+    ]
+    events = [_queued_echo()[0], *sent]
+    (path,) = correlate(events, seed_topo())
+    assert path.outcome == "delivered"
+    (path,) = correlate(events[:2], seed_topo())  # sent, nothing seen since
+    assert path.outcome == "in-flight"

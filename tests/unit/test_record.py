@@ -305,3 +305,33 @@ def test_real_recordings_round_trip(tmp_path: Path, name: str) -> None:
     assert again.verdict == first.verdict
     assert again.header["ping"] == first.header["ping"]
     assert again.header["plan"] == first.header["plan"]
+
+
+def test_ids_are_hex_strings_in_recordings_and_trace_json(tmp_path) -> None:
+    """Issue #20: 64-bit skb/head ids as JSON numbers are rounded by jq and
+    JavaScript. Written as hex strings, read back as integers; recordings made
+    before (integers) still read (the samples are such recordings)."""
+    import json as jsonmod
+
+    from vethtrace.clock import Clock
+    from vethtrace.model import ProbeEvent, Topology
+    from vethtrace.record import Recorder, read
+    from vethtrace.render.trace import NetnsNames, json_line
+
+    skb, head = 0xFFFF88815ECBC501, 0xFFFF88815ECBC5FF  # not representable as a double
+    ev = ProbeEvent(ts_ns=5_000_000_000, point="net_dev_queue", netns=1, ifindex=2,
+                    ifname="eth0", skb=skb, head=head)  # fmt: skip
+    path = tmp_path / "r.vtrec"
+    with Recorder(path, command=["t"]) as rec:
+        rec.event(ev)
+    line = path.read_text().splitlines()[1]
+    assert f'"skb":"0x{skb:x}"' in line and f'"head":"0x{head:x}"' in line
+    back = read(path).events[0]
+    assert (back.skb, back.head) == (skb, head)
+    old = path.read_text().replace(f'"0x{skb:x}"', str(skb)).replace(f'"0x{head:x}"', str(head))
+    path.write_text(old)
+    assert read(path).events[0].skb == skb
+    clock = Clock(offset_ns=1_700_000_000 * 10**9)
+    obj = jsonmod.loads(json_line(ev, NetnsNames(Topology()), clock))
+    assert obj["skb"] == f"0x{skb:x}" and int(obj["head"], 16) == head
+    assert obj["time"] == "2023-11-14T22:13:25.000000000Z" and obj["ts_ns"] == 5_000_000_000

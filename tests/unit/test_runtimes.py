@@ -12,8 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from vethtrace.diagnose.check import run_rules
 from vethtrace.errors import UserError
-from vethtrace.topology.runtimes import container_id, cri, split
+from vethtrace.model import (
+    IfaceKey,
+    Interface,
+    Namespace,
+    PublishedPort,
+    RuntimeNetwork,
+    Topology,
+)
+from vethtrace.topology.runtimes import container_id, cri, listeners, split
 from vethtrace.topology.runtimes import docker as api
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "runtimes"
@@ -135,3 +144,60 @@ def test_unreachable_runtime_is_one_line(monkeypatch, tmp_path: Path) -> None:
     assert "did not answer" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(UserError, match="no such process"):
         netns_path("pid:999999999")
+
+
+# --- published ports: stopped containers and listeners ------------------------------
+
+
+def test_stopped_container_port_from_its_bindings() -> None:
+    """Docker lists no ports for a stopped container (its DNAT is gone): the bindings
+    it was started with come from its inspect answer (recorded: docker-port-stopped)."""
+    every = load("docker-containers-all")
+    stopped = load("docker-inspect-stopped")
+    ports = api.parse_ports(every, {stopped["Id"]: stopped})
+    flat = {(p.container, p.host_port, p.container_port, p.running, p.status, p.container_ip)
+            for ps in ports.values() for p in ps}  # fmt: skip
+    assert flat == {("web", 8080, 80, False, "exited", ""),
+                    ("api", 8081, 80, True, "running", "172.30.6.3")}  # fmt: skip
+    # without the inspect answer a stopped container's bindings are unknown, not invented
+    assert all(p.container == "api" for ps in api.parse_ports(every).values() for p in ps)
+
+
+def test_listeners_from_socket_tables() -> None:
+    tcp = (SAMPLES / "proc-net-tcp-api.txt").read_text()
+    tcp6 = (SAMPLES / "proc-net-tcp6-api.txt").read_text()
+    socks = listeners.parse(tcp, "tcp") | listeners.parse(tcp6, "tcp")
+    assert ("::", 80) in socks  # busybox httpd on every address
+    assert ("127.0.0.11", 36491) in socks  # Docker's embedded DNS, loopback only
+    assert listeners.answers(socks, 80, "172.30.6.3")
+    assert not listeners.answers(socks, 8080, "172.30.6.3")
+    assert not listeners.answers(socks, 36491, "172.30.6.3"), "127.0.0.11 takes no DNAT"
+    assert listeners.answers({("172.30.6.3", 53)}, 53, "172.30.6.3")
+    assert listeners.answers({("::ffff:172.30.6.3", 53)}, 53, "172.30.6.3")
+    assert listeners.parse(tcp, "udp") == set()  # state 0A is TCP's LISTEN only
+
+
+def _daemon_ns(*ports: PublishedPort) -> Topology:
+    br = Interface(IfaceKey(7, 3), "shop0", "bridge", True, "UP", True, 1500)
+    net = RuntimeNetwork("docker", "shop", "abc", "bridge", bridge="shop0",
+                         subnets=["172.30.6.0/24"], published=list(ports),
+                         api="unix:///srv/d/docker.sock")  # fmt: skip
+    ns = Namespace(7, "vt-host", interfaces=[br], runtime_networks=[net])
+    return Topology(namespaces=[ns])
+
+
+def test_port_rules() -> None:
+    ok = PublishedPort("tcp", "0.0.0.0", 8081, "api", 80, container_ip="172.30.6.3",
+                       listening=True)  # fmt: skip
+    stopped = PublishedPort("tcp", "0.0.0.0", 8080, "web", 80, running=False, status="exited")
+    deaf = PublishedPort("udp", "0.0.0.0", 5353, "dns", 53, container_ip="172.30.6.4",
+                         listening=False)  # fmt: skip
+    unknown = PublishedPort("tcp", "0.0.0.0", 9000, "x", 90, container_ip="172.30.6.5")
+    findings = run_rules(_daemon_ns(ok, stopped, deaf, unknown))
+    got = {(f.rule, f.interface, f.severity) for f in findings}
+    assert got == {("container-port-stopped", "shop0", "warning"),
+                   ("container-port-no-listener", "shop0", "warning")}  # fmt: skip
+    by = {f.rule: f for f in findings}
+    assert by["container-port-stopped"].fix == ["docker -H unix:///srv/d/docker.sock start web"]
+    assert "5353/udp" in by["container-port-no-listener"].summary
+    assert run_rules(_daemon_ns(ok, unknown)) == []  # healthy, or not known: quiet

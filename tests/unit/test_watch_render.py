@@ -64,8 +64,10 @@ def test_seed_recording_shows_the_diverted_arp_reply(seed_state: WatchState, wid
     assert "diverted to br0" in row
     assert "song/" in row.split("ARP reply")[1]  # the chain starts in song
     # Meanwhile the echo request waits in veth0's ARP queue (ping stopped at the
-    # verdict, before the entry turned FAILED): nothing was dropped yet.
-    assert "consumed" in _row(screen, "ICMP echo", "host/veth0")
+    # verdict, before the entry turned FAILED): nothing was dropped yet, and
+    # nothing consumed it either (issue #20: it showed "consumed").
+    row = _row(screen, "ICMP echo", "host/veth0")
+    assert "queued for ARP" in row and "consumed" not in row
     assert "no drops" in screen
     # The topology panel shows veth0 as a port of br0, holding the address.
     assert "192.168.122.101/24" in _row(screen, "veth0", "⇄")
@@ -221,3 +223,52 @@ def test_events_of_a_recycled_inode_are_not_shown_under_n() -> None:
     assert state.foreign == 2  # veth1's two events in the recycled inode
     assert IfaceKey(S, 2) not in state.counters
     assert state.counters[IfaceKey(H, 3)].rx == 1
+
+
+def test_sparklines_after_30_s_at_steady_rates_tell_the_rates_apart() -> None:
+    """Issue #20: at a steady rate each row saturated to full blocks (scaled to
+    its own maximum). One scale for the visible window keeps a busy interface
+    and a quiet one apart, and says the scale in the column header."""
+    state = WatchState(correlate=None)
+    state.set_topology(_topo(ip_on_bridge=False), [])
+    start = (state.now_ns // 1_000_000_000 - 30) * 1_000_000_000
+    for second in range(30):
+        base = start + second * 1_000_000_000
+        for i in range(1000):  # veth0 receives 1000 frames/s
+            state.add_event(ProbeEvent(base + i * 1000, "netif_receive_skb", H, 3, "veth0"))
+        for i in range(100):  # veth1 receives 100 frames/s
+            state.add_event(ProbeEvent(base + i * 1000, "netif_receive_skb", S, 2, "veth1"))
+    state.now_ns = start + 30 * 1_000_000_000 - 1  # the last full second shown
+    screen = draw(state)
+    busy, quiet = _row(screen, "192.168.122.101"), _row(screen, "192.168.122.102")
+    assert "█" in busy
+    assert "█" not in quiet and "▂" in quiet, quiet
+    assert "≤1,000" in screen
+
+
+def test_a_path_without_hops_is_stamped_with_its_time_not_boot_time() -> None:
+    """Issue #20: a row stamped with the boot time (a monotonic 0 converted)."""
+    from vethtrace.model import PacketPath
+
+    state = _state(_topo(ip_on_bridge=False))
+    now = state.now_ns
+    echo = PacketSummary(ip_src="192.168.122.101", ip_dst="192.168.122.102", ip_proto=1,
+                         icmp_type=8, icmp_id=1, icmp_seq=9)  # fmt: skip
+    state.paths.append(PacketPath(kind="echo", hops=[], outcome="consumed", summary=echo,
+                                  first_ns=now))  # fmt: skip
+    row = _row(draw(state), "#9")
+    expected = state.clock.clock_text(now)
+    assert row.split()[1] == expected, row
+
+
+def test_loss_while_it_happens_is_in_the_header_in_red() -> None:
+    state = _state(_topo(ip_on_bridge=False))
+    assert "LOSING EVENTS" not in draw(state).splitlines()[0]
+    state.set_lost(1234)
+    console = Console(width=120, height=40, record=True, file=io.StringIO(), force_terminal=True)
+    with state.lock:
+        console.print(render(state, now_wall=state.wall(state.now_ns)))
+    header = console.export_text(styles=True).splitlines()[0]
+    assert "LOSING EVENTS  lost 1,234" in header and "\x1b[1;37;41m" in header
+    state.lost_at = (state.lost_at or 0) - 10  # three seconds on: lost, still red, no banner
+    assert "LOSING" not in draw(state).splitlines()[0]

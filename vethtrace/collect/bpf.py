@@ -319,10 +319,12 @@ class BpfCollector:
             raise self._error
         return self._release(time.monotonic_ns() - self.hold_ns)
 
-    def drain(self) -> list[ProbeEvent]:
-        """Read what the kernel still holds and return every buffered event, sorted."""
+    def drain(self, budget: int | None = None) -> list[ProbeEvent]:
+        """Read what the kernel still holds (at most `budget` records: a command
+        stopping at a deadline under a flood must not read a full ring first)
+        and return every buffered event, sorted."""
         if self._ring is not None:
-            self._read_ring(self._ring.size)
+            self._read_ring(self._ring.size if budget is None else budget)
         elif self._bpf is not None:
             self._bpf.perf_buffer_poll(0)
         return self._release(None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 LINKTYPE_ETHERNET = 1
 _SHB, _IDB, _EPB = 0x0A0D0D0A, 0x00000001, 0x00000006
@@ -81,6 +81,18 @@ class PcapngWriter:
         self._ifaces[key] = len(self._ifaces)
         return self._ifaces[key]
 
+    def sniffed(self, fr: Any, names: dict[int, tuple[str, str | None]] | None = None) -> None:
+        """One sniffed frame (vethtrace.collect.sniff.Frame). `names`: netns inode ->
+        (the namespace's name, the container holding it or None), from the topology: a
+        container's namespace is named as everywhere else (docker:web, not
+        /proc/PID/ns/net), and its packets carry a comment naming the container."""
+        ev = fr.event
+        name, container = (names or {}).get(ev.netns, (fr.netns, None))
+        iid = self.interface(ev.netns, ev.ifindex, name, ev.ifname, container)
+        comment = f"container {container} (netns {name})" if container else None
+        self.packet(iid, int(ev.extra.get("wall_ns") or 0), fr.data, outgoing=fr.outgoing,
+                    comment=comment)
+
     def packet(
         self,
         iface_id: int,
@@ -134,18 +146,8 @@ def write_frames(
     names: dict[int, tuple[str, str | None]] | None = None,
 ) -> int:
     """Write sniffed frames (vethtrace.collect.sniff.Frame) in time order; returns count.
-
-    `names`: netns inode -> (the namespace's name, the container holding it or None),
-    from the topology: a container's namespace is then named as everywhere else
-    (docker:web, not /proc/PID/ns/net), and each of its packets carries a comment
-    naming the container, as ptcpdump does."""
-    names = names or {}
+    `names` as for PcapngWriter.sniffed."""
     with PcapngWriter(path) as w:
         for fr in sorted(frames, key=lambda f: f.event.ts_ns):
-            ev = fr.event
-            name, container = names.get(ev.netns, (fr.netns, None))
-            iid = w.interface(ev.netns, ev.ifindex, name, ev.ifname, container)
-            wall = int(ev.extra.get("wall_ns") or 0)
-            comment = f"container {container} (netns {name})" if container else None
-            w.packet(iid, wall, fr.data, outgoing=fr.outgoing, comment=comment)
+            w.sniffed(fr, names)
         return w.count

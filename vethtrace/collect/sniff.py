@@ -21,11 +21,9 @@ in the seed case (tcpdump on veth0 shows the ARP reply, yet veth0's stack never
 got it) — and its raw bytes go into `--pcap`.
 
 Timestamps: packet sockets stamp frames with CLOCK_REALTIME (SO_TIMESTAMPNS),
-kernel probes with CLOCK_MONOTONIC. `Clock` measures the offset between the
-two once per run (the smallest of a few back-to-back samples, so the error is
-a few µs) and converts sniffed times to monotonic ns, so that sniffed frames
-and kernel events sort on one time line. A wall-clock step during a run (NTP)
-would skew the sniffed times; runs are seconds long, so we accept that.
+kernel probes with CLOCK_MONOTONIC. `vethtrace.clock.Clock` converts sniffed
+times to monotonic ns, so that sniffed frames and kernel events sort on one
+time line.
 """
 
 from __future__ import annotations
@@ -43,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vethtrace import netns as netns_mod
+from vethtrace.clock import Clock
 from vethtrace.model import PacketSummary, ProbeEvent
 
 SOL_PACKET = 263
@@ -54,24 +53,6 @@ SNAPLEN = 65535
 _AUX_FMT = "IIIHHHH"  # struct tpacket_auxdata
 _TP_STATUS_VLAN_VALID = 0x10
 _TP_STATUS_VLAN_TPID_VALID = 0x40
-
-
-class Clock:
-    """Converts CLOCK_REALTIME ns (socket timestamps) to CLOCK_MONOTONIC ns (BPF)."""
-
-    def __init__(self) -> None:
-        best: tuple[int, int] | None = None
-        for _ in range(5):
-            m0 = time.monotonic_ns()
-            w = time.time_ns()
-            m1 = time.monotonic_ns()
-            if best is None or m1 - m0 < best[0]:
-                best = (m1 - m0, w - (m0 + m1) // 2)
-        assert best is not None
-        self.offset_ns = best[1]  # wall - monotonic
-
-    def to_mono(self, wall_ns: int) -> int:
-        return wall_ns - self.offset_ns
 
 
 def load_scapy() -> Any:

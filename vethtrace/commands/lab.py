@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vethtrace import lab as labs
+from vethtrace import signals
 from vethtrace.console import make_console
 from vethtrace.errors import ExitStatus, UserError
 from vethtrace.lab.scenario import Scenario, load_path, scenario_paths
@@ -44,7 +45,9 @@ def _list() -> int:
 
 
 def _up(name: str, prefix: str) -> int:
-    render.show_built(make_console(), labs.up(name, prefix), prefix)
+    # Once built, the lab is kept: signals are ignored from then on, `up` prints
+    # it and exits 0 (before that, an interrupted `up` rolls back: README "Labs").
+    render.show_built(make_console(), labs.up(name, prefix, on_built=signals.hold), prefix)
     return int(ExitStatus.OK)
 
 

@@ -52,8 +52,6 @@ def run(
             raise UserError(f"--proto {proto} needs --port")
     elif port is not None:
         raise UserError(f"--port makes no sense with --proto {proto}")
-    if port is not None and not 1 <= port <= 65535:
-        raise UserError(f"port {port} is out of range (1-65535)")
     require_root("reading every namespace")
     topo = discover()
     src = source or "root"

@@ -13,7 +13,8 @@ This module is the wiring. The collectors live in vethtrace.collect: `pinger`
 itself), `neighwatch` (the next hop's neighbour entry), `sniff` and `bpf`; the
 namespaces on the way come from `topology.discover_between`, the expected
 path from `diagnose.verdict.make_plan`, the verdict from `judge`, the output
-from `render.ping` and the recording from `record.write_ping`.
+from `render.ping`; `ping_files` writes the recording and the pcapng as the
+run goes (and closes them as valid files when it is interrupted).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import ipaddress
 import json
 import queue
+import signal
 import subprocess
 import sys
 import time
@@ -35,10 +37,12 @@ from vethtrace.collect.neighwatch import NeighWatch
 from vethtrace.collect.pinger import Pinger
 from vethtrace.collect.sniff import Frame, SnifferSet, Target, load_scapy
 from vethtrace.diagnose.verdict import Analysis, PingPlan, decide, judge, make_plan
+from vethtrace.diagnose.verdict.model import compare
 from vethtrace.errors import ExitStatus, UserError, require_root
-from vethtrace.model import Finding, IfaceKey, ProbeEvent, Topology, Verdict
+from vethtrace.model import Finding, IfaceKey, NftraceEvent, ProbeEvent, Topology, Verdict
 
 if TYPE_CHECKING:
+    from vethtrace.commands.ping_files import PingFiles
     from vethtrace.render.ping import PingReport
 
 TICK_S = 0.01
@@ -55,6 +59,34 @@ def parse_ip(text: str) -> str:
     if addr.version != 4:
         raise UserError(f"{text}: only IPv4 is supported by ping for now")
     return str(addr)
+
+
+def refuse_non_unicast(ip: str, source: str, target: str) -> None:
+    """ping follows one unicast echo to the one namespace that holds the address;
+    any other kind of target would get a verdict about the wrong thing (a
+    broadcast is refused by the socket, 0.0.0.0 is answered by the sender
+    itself, a multicast group has no single owner). Refuse them with one line.
+    Subnet broadcasts are the kernel's call: `ip route get` in the source and
+    the target namespace says `broadcast` for any connected subnet's."""
+    addr = ipaddress.IPv4Address(ip)
+    why = None
+    if addr.is_unspecified:
+        why = "the unspecified address (Linux answers it from the sender itself)"
+    elif addr == ipaddress.IPv4Address("255.255.255.255"):
+        why = "the limited broadcast address"
+    elif addr.is_multicast:
+        why = "a multicast address (a group has no one owner)"
+    elif addr.is_loopback:
+        why = "a loopback address (it never leaves the sending namespace)"
+    else:
+        for ns in dict.fromkeys((source, target)):
+            if route_get(ns, ip).get("type") == "broadcast":
+                why = f"the broadcast address of a subnet connected in {ns}"
+                break
+    if why:
+        raise UserError(
+            f"{ip} is {why}; ping needs the unicast address a namespace holds"
+        )
 
 
 def _check_netns(name: str) -> None:
@@ -122,8 +154,11 @@ class Run:
     lost: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     probe_plan: Any = None  # the probe plan's describe(), for the recording header
+    files: PingFiles | None = None  # --write/--pcap: evidence written as it arrives
     analysis: Analysis | None = None  # what the final verdict was drawn from
     predicted: dict[str, Any] | None = None  # the path model's prediction, for --json
+    nftrace: list[NftraceEvent] = field(default_factory=list)  # --nftrace's rule verdicts
+    rule: dict[str, Any] | None = None  # the rule that dropped it (diagnose/nftrace.py)
 
     def report(self) -> PingReport:
         from vethtrace.render.ping import PingReport
@@ -131,6 +166,7 @@ class Run:
         return PingReport(
             self.plan, self.verdict, self.events, self.topo, self.findings,
             self.warnings, self.notes, self.timings, self.analysis, self.predicted,
+            nftrace=self.nftrace, rule=self.rule,
         )  # fmt: skip
 
     @property
@@ -156,6 +192,8 @@ def execute(
     timeout: float,
     size: int = 56,
     collector: Any = None,
+    files: PingFiles | None = None,
+    nftrace: bool = False,
 ) -> Run:
     """Everything but rendering; returns the finished run (also used by the tests).
 
@@ -167,7 +205,11 @@ def execute(
     Whatever starts is stopped by the exit stack, also on Ctrl-C and errors:
     nothing may stay attached, open or running. On the normal path the
     sniffers, watch and pinger are stopped earlier, in order, so their last
-    frames and events are collected (stopping twice is harmless)."""
+    frames and events are collected (stopping twice is harmless).
+
+    `nftrace`: mark this flow's packets for the kernel's nftables tracer in
+    every namespace on the path (collect/nftrace.py; its tables are removed
+    when we leave) and name the rule that dropped them."""
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
@@ -192,11 +234,12 @@ def execute(
             ip, topo, route_f.result(), count, timeout,
         )  # fmt: skip
         plan.size = size
-        run = Run(plan=plan, topo=topo, warnings=warnings)
+        run = Run(plan=plan, topo=topo, warnings=warnings, files=files)
         path_names = sorted({topo.netns_name(k.netns, "") for k in plan.path} - {""})
         findings_f = pool.submit(static_findings, topo, path_names or [plan.source])
         events: queue.Queue[ProbeEvent] = queue.Queue()
         coll: Any = None
+        session = _start_nftrace(run, stack) if nftrace else None
         if plan.route_error is None:
             targets = [_target(topo, k) for k in plan.path]
             sniffers = SnifferSet([t for t in targets if t is not None])
@@ -216,12 +259,16 @@ def execute(
             if why:
                 run.notes.append(why)
             plan.started_ns = time.monotonic_ns()
+            if files is not None:
+                files.start(run, _describe(coll))
             pinger = Pinger(source, ip, count, events.put, plan.source_inode, size)
             stack.callback(_quietly, pinger.stop)
             pinger.start()
             deadline = time.monotonic() + timeout
             while True:
                 _collect(run, events, coll, sniffers)
+                if session is not None:
+                    run.nftrace += session.poll()
                 v = decide(plan, run.events, topo, final=False, now_ns=time.monotonic_ns())
                 if v is not None:
                     timings["verdict"] = time.monotonic() - t0
@@ -234,8 +281,15 @@ def execute(
             rest = sniffers.stop()
             run.frames += rest
             run.events += [f.event for f in rest]
+            if files is not None:
+                files.add([f.event for f in rest], rest)
             run.notes += sniffers.failed
         _collect(run, events, coll, None)
+        if session is not None:
+            time.sleep(0.02)  # trace messages are queued before the drop we saw
+            run.nftrace += session.poll()
+            session.close()
+            run.notes += session.notes
         if coll is not None:
             run.lost = int(getattr(coll, "lost", 0) or 0)
             run.probe_plan = _describe(coll)
@@ -247,58 +301,52 @@ def execute(
         run.events.sort(key=lambda e: e.ts_ns)
         decision = judge(plan, run.events, topo, run.findings, final=True)
         run.verdict, run.analysis = decision.verdict, decision.analysis
-        _compare_with_model(run, source, ip, size)
+        checked = compare(run.verdict, plan, topo)
+        run.verdict, run.predicted = checked.verdict, checked.predicted
+        run.notes.extend(checked.notes)
+        _name_rule(run, nftrace)
         timings.setdefault("verdict", time.monotonic() - t0)
         timings["total"] = time.monotonic() - t0
         run.timings = timings
         return run
 
 
-# Decisions the model names better than the place a frame was last seen (#15):
-# the verdict's culprit becomes the decision's place for these kinds.
-MODEL_CULPRITS = {
-    "missing-masquerade", "proxy-arp-missing", "bridge-port-flood-off",
-    "neighbour-wrong-mac", "netfilter-forward-drop",
-}  # fmt: skip
+def _start_nftrace(run: Run, stack: contextlib.ExitStack) -> Any:
+    """Trace this flow (`host IP`: the echoes, their replies, ARP about it) in
+    every namespace on the path; the tables go when the stack unwinds."""
+    from vethtrace.collect.nftrace import NftraceSession, scopes
+
+    session = NftraceSession(f"host {run.plan.ip}", scopes(run.topo, run.relevant))
+    stack.callback(_quietly, session.close)
+    session.start()
+    run.timings["nftrace"] = session.timings.get("nftrace_setup", 0.0)
+    return session
 
 
-def _compare_with_model(run: Run, source: str, ip: str, size: int) -> None:
-    """Predict the same ping from the tables; put it beside the observation, say
-    plainly when the two disagree, and let the failing decision be the culprit
-    where the model names it better (MODEL_CULPRITS)."""
-    try:
-        from vethtrace.diagnose.path import Flow, predict
-        from vethtrace.diagnose.rules.paths import rule_of
+def _name_rule(run: Run, nftrace: bool) -> None:
+    """The rule culprit from the trace; without --nftrace, a hint where a
+    firewall dropped it."""
+    from vethtrace.diagnose import nftrace as nftdiag
 
-        src_name = run.topo.netns_name(run.plan.source_inode, source)
-        pred = predict(run.topo, Flow(src_name, ip, "icmp", size=size + 28))
-    except Exception as exc:  # the model must never cost the observed verdict
-        run.notes.append(f"path prediction unavailable: {type(exc).__name__}: {exc}")
-        return
-    run.predicted = pred.to_dict()
     v = run.verdict
-    if v is None:
+    if v is None or v.reachable:
         return
-    failing, unknown = pred.first_failure, pred.first_unknown
-    if v.reachable != pred.ok and not (unknown is not None and failing is None):
-        said = "reachable" if pred.ok else f"lost at {failing.where if failing else '?'}"
+    if nftrace:
+        run.rule = nftdiag.culprit(run.nftrace, run.plan.ip, run.topo, _names(run.topo))
+        if run.rule is not None:
+            nftdiag.apply(v, run.rule)
+    elif any(e.drop_reason == "NETFILTER_DROP" for e in run.events):
+        failing = (run.predicted or {}).get("first_failure") or {}
+        said = (f"the rule named here is predicted from the ruleset ({failing.get('source')}); "
+                if failing.get("step") == "nft" else "")
         run.notes.append(
-            f"observation and prediction disagree: the kernel's tables predict the ping "
-            f"{said}, but it was {'answered' if v.reachable else 'not answered'}; either a "
-            "model gap or something the tables cannot show"
+            f"a firewall dropped it: {said}`vethtrace ping --nftrace ...` asks the kernel's "
+            "nftables trace which rule (it adds a table of its own while it runs)"
         )
-        return
-    if not v.reachable and failing is not None and rule_of(failing) in MODEL_CULPRITS:
-        netns_name, iface = failing.culprit
-        v.culprit_netns, v.culprit_interface = netns_name, iface
-        ns = run.topo.netns_by_name(netns_name)
-        it = ns.iface_by_name(iface) if ns is not None and iface else None
-        v.culprit = it.key if it is not None else None
-        v.summary = f"{v.summary}; the decision that lost it: {failing.decision} at {failing.where}"
-        if failing.cause:
-            v.explanation = f"{failing.cause}. {v.explanation}".strip()
-        if failing.fix:
-            v.fix = list(failing.fix)
+
+
+def _names(topo: Topology) -> dict[int, str]:
+    return {ns.inode: topo.netns_name(ns.inode) for ns in topo.namespaces}
 
 
 def _quietly(stop: Callable[[], object]) -> None:
@@ -338,21 +386,26 @@ def _target(topo: Topology, key: IfaceKey) -> Target | None:
 def _collect(
     run: Run, events: queue.Queue[ProbeEvent], coll: Any, sniffers: SnifferSet | None
 ) -> None:
+    new: list[ProbeEvent] = []
+    frames: list[Frame] = []
     while True:
         try:
-            run.events.append(events.get_nowait())
+            new.append(events.get_nowait())
         except queue.Empty:
             break
     if sniffers is not None:
-        for fr in sniffers.drain():
-            run.frames.append(fr)
-            run.events.append(fr.event)
+        frames = sniffers.drain()
+        new += [fr.event for fr in frames]
     if coll is not None:
         # probes see every namespace (they compile before the path is known);
         # keep what happened on the path
         keep = run.relevant
         fresh = coll.poll(0) if sniffers is not None else coll.drain()
-        run.events += [e for e in fresh if e.netns in keep]
+        new += [e for e in fresh if e.netns in keep]
+    run.frames += frames
+    run.events += new
+    if run.files is not None:
+        run.files.add(new, frames)
 
 
 def run(
@@ -365,35 +418,29 @@ def run(
     as_json: bool = False,
     write: str | None = None,
     pcap: str | None = None,
+    nftrace: bool = False,
 ) -> int:
-    ip = parse_ip(ip)
-    if count < 1:
-        raise UserError("--count must be at least 1")
-    if not 0 <= size <= 65507:
-        raise UserError("--size must be between 0 and 65507 bytes")
-    if not 0 < timeout <= 600:
-        raise UserError("--timeout must be between 0 and 600 seconds")
+    ip = parse_ip(ip)  # --count, --size, --timeout: checked by cli's validators
     require_root("vethtrace ping")
     source = source or netns.ROOT
     _check_netns(source)
     _check_netns(target_netns)
-    r = execute(source, target_netns, ip, count, timeout, size)
-    if pcap:
-        from vethtrace.collect.pcapng import write_frames
+    refuse_non_unicast(ip, source, target_netns)
+    files = None
+    try:
+        if write or pcap:
+            from vethtrace.commands.ping_files import PingFiles
 
-        try:
-            names = {n.inode: (n.name, n.container) for n in r.topo.namespaces}
-            write_frames(pcap, r.frames, names)
-        except OSError as exc:
-            raise UserError(f"cannot write {pcap}: {exc.strerror}") from None
-    if write:
-        from vethtrace.record import write_ping
-
-        write_ping(
-            write, command=sys.argv, probe_plan=r.probe_plan, pcap=pcap, plan=r.plan,
-            topology=r.topo, events=r.events, findings=r.findings, verdict=r.verdict,
-            lost=r.lost, warnings=r.warnings, notes=r.notes, timings=r.timings,
-        )  # fmt: skip
+            files = PingFiles(write, pcap)  # opened now: a bad path fails before the run
+        r = execute(source, target_netns, ip, count, timeout, size, files=files,
+                    nftrace=nftrace)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (vethtrace.signals)
+        if files is not None:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            files.interrupted(signal.Signals(signum).name)
+        raise
+    if files is not None:
+        files.finish(r)
     from vethtrace.render import ping as render
 
     for w in r.warnings:
@@ -405,6 +452,6 @@ def run(
         from vethtrace.console import make_console
 
         report.warnings = ()  # already on stderr
-        render.show(make_console(), report)
+        render.show(make_console(), report, notes_to=make_console(stderr=True))
     assert r.verdict is not None
     return int(ExitStatus.OK if r.verdict.reachable else ExitStatus.FINDINGS)

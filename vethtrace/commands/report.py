@@ -21,7 +21,7 @@ from vethtrace.console import make_console
 from vethtrace.errors import ExitStatus, UserError
 from vethtrace.model import Finding, Topology, from_dict
 from vethtrace.record import Recording, read
-from vethtrace.render.trace import NetnsNames
+from vethtrace.render.trace import NetnsNames, notice_text
 
 
 def run(
@@ -39,7 +39,12 @@ def run(
     if since or until or at or netns:
         raise UserError("--since, --until, --at and -n apply to a recorder's directory")
     rec = read(file)
-    notes = list(rec.notes)
+    notes = list(rec.notes) + [notice_text(n) for n in rec.notices]
+    if rec.interrupted:
+        notes.append(
+            f"the run was interrupted ({rec.interrupted}): what it would have seen "
+            "after that is missing"
+        )
     if isinstance(rec.header.get("ping"), dict):
         if rec.topology is None:
             raise UserError(f"{file}: the ping recording has no topology record (cut short?)")
@@ -91,20 +96,23 @@ def _findings(rec: Recording, names: list[str] | None) -> tuple[list[Finding], s
 
 def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
     from vethtrace.diagnose.verdict import PingPlan, judge
+    from vethtrace.diagnose.verdict.model import compare
     from vethtrace.render import ping as render
     from vethtrace.render import report as render_report
 
     assert rec.topology is not None
     meta: dict[str, Any] = rec.header["ping"]
     try:
-        plan = from_dict(PingPlan, meta["plan"])
+        plan = from_dict(PingPlan, meta["plan"], strict=True)
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{rec.path}: the ping header has no usable plan ({exc})") from None
     findings, check_note = _findings(rec, _ping_scope(meta, plan, rec.topology))
     if check_note:
         notes.append(check_note)
     decision = judge(plan, rec.events, rec.topology, findings, final=True)
-    verdict = decision.verdict
+    checked = compare(decision.verdict, plan, rec.topology)
+    verdict = checked.verdict
+    notes.extend(n for n in checked.notes if n not in (meta.get("notes") or []))
     if rec.verdict is not None and verdict is not None and rec.verdict.kind != verdict.kind:
         notes.append(
             f"the recorded run said {rec.verdict.kind}; rebuilt from its events: {verdict.kind}"
@@ -119,7 +127,7 @@ def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
     timings = meta.get("timings") or None
     report = render.PingReport(
         plan, verdict, rec.events, rec.topology, findings, warnings, notes, timings,
-        decision.analysis,
+        decision.analysis, checked.predicted,
     )  # fmt: skip
     if as_json:
         obj = render.to_json(report)
@@ -128,7 +136,7 @@ def _ping(rec: Recording, notes: list[str], as_json: bool) -> int:
     else:
         console = make_console()
         render_report.banner(console, rec)
-        render.show(console, report)
+        render.show(console, report, notes_to=make_console(stderr=True))
     if verdict is None:
         return int(ExitStatus.FINDINGS)
     return int(ExitStatus.OK if verdict.reachable else ExitStatus.FINDINGS)
@@ -169,7 +177,9 @@ def _trace(
         obj = render_report.trace_json(rec, names, paths, findings, notes)
         print(json.dumps(obj, indent=2))
     else:
-        render_report.show_trace(make_console(), rec, names, paths, findings, notes)
+        render_report.show_trace(
+            make_console(), rec, names, paths, findings, notes, make_console(stderr=True)
+        )
     bad = [p for p in paths if p.outcome in ("diverted", "dropped")]
     serious = [f for f in findings if f.severity != "info"]
     return int(ExitStatus.FINDINGS if bad or serious else ExitStatus.OK)

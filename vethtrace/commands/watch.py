@@ -51,12 +51,15 @@ def run(
     filter: list[str] | None = None,
     netns: list[str] | None = None,
     duration: float | None = None,
+    wait: bool = False,
+    buffer: int | None = None,
 ) -> int:
+    from vethtrace.commands.trace import ring_pages_of
+    from vethtrace.commands.trace import run as trace_run
+
     filter_words = list(filter or [])
     names = list(netns or [])
     if not sys.stdout.isatty():
-        from vethtrace.commands.trace import run as trace_run
-
         return int(
             trace_run(
                 filter=filter_words,
@@ -65,13 +68,18 @@ def run(
                 as_json=False,
                 write=None,
                 pcap=None,
+                wait=wait,
+                buffer=buffer,
             )
         )
+    if duration is not None and not duration > 0:
+        raise UserError("--duration must be positive")
+    pages = ring_pages_of(buffer)
     require_root("watch")
     for name in names:
         if not netns_mod.exists(name):
             raise UserError(f"no network namespace named {name!r} (see `ip netns list`)")
-    return Watch(" ".join(filter_words), names, duration).run()
+    return Watch(" ".join(filter_words), names, duration, wait, pages).run()
 
 
 def _discover(names: list[str]) -> tuple[Topology, list[Finding]]:
@@ -83,11 +91,21 @@ def _discover(names: list[str]) -> tuple[Topology, list[Finding]]:
 
 
 class Watch:
-    def __init__(self, filter_text: str, names: list[str], duration: float | None) -> None:
+    def __init__(
+        self,
+        filter_text: str,
+        names: list[str],
+        duration: float | None,
+        wait: bool = False,
+        ring_pages: int = 2048,
+    ) -> None:
         from vethtrace.correlate import correlate
 
         self.names = names
         self.duration = duration
+        self.wait = wait
+        self.ring_pages = ring_pages
+        self.scope_gone = False  # every watched namespace vanished (exit 1 unless --wait)
         self.state = WatchState(filter_text=filter_text, netns=names, correlate=correlate)
         self.stop = threading.Event()
         self.error: BaseException | None = None
@@ -119,6 +137,9 @@ class Watch:
                 with self.state.lock:
                     self.state.status = "every watched namespace is gone"
                     self.state.set_topology(Topology(), [])
+                if not self.wait:
+                    self.scope_gone = True
+                    self.stop.set()
                 continue
             try:
                 t0 = time.monotonic()
@@ -174,7 +195,9 @@ class Watch:
         # Built before the screen opens: a bad filter is a one-line error, not a flash.
         # BpfCollector.poll() reads at most POLL_BUDGET events: under a flood it
         # comes back, and what the ring cannot hold is counted as lost (shown).
-        collector = BpfCollector(self.state.filter_text, netns_inodes=inodes)
+        collector = BpfCollector(
+            self.state.filter_text, netns_inodes=inodes, ringbuf_pages=self.ring_pages
+        )
         deadline = None if self.duration is None else time.monotonic() + self.duration
         events = threading.Thread(target=self._events, args=(collector,), name="events")
         try:
@@ -221,6 +244,12 @@ class Watch:
             f"vethtrace watch: {self.state.events_total:,} events, "
             f"{self.state.lost:,} lost, {sum(self.state.drops.values()):,} drops"
         )
+        if self.scope_gone:
+            console.print(
+                "vethtrace watch: nothing left to watch (every namespace of -n is gone); "
+                "--wait keeps watching"
+            )
+            return int(ExitStatus.FINDINGS)
         return int(ExitStatus.OK)
 
     def _loop(self, live: Any, deadline: float | None) -> None:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vethtrace import netns
 from vethtrace.errors import UserError, require_root
-from vethtrace.lab import cni, listen, namespaces, state
+from vethtrace.lab import cni, docker, listen, namespaces, state
 from vethtrace.lab.builder import build
 from vethtrace.lab.scenario import Scenario, load, scenarios
 
@@ -41,16 +41,37 @@ class BuiltLab:
     prefix: str
     namespaces: list[str] = field(default_factory=list)  # real names
     fresh: bool = True  # False: it was already up, nothing was changed
+    docker_host: str | None = None  # the lab's own dockerd (DOCKER_HOST), if it has one
 
     @property
     def name(self) -> str:
         return self.scenario.name
 
     def ns(self, short: str) -> str:
-        """The real namespace name of the scenario's namespace `short`."""
+        """The real namespace name of the scenario's namespace `short`; a lab container
+        (`docker:web`) keeps its name, which vethtrace resolves through `docker_host`."""
+        docker_ = self.scenario.docker
+        if docker_ is not None and docker_.container(short):
+            return short
         if short not in {n.name for n in self.scenario.netns}:
             raise KeyError(f"scenario {self.name} has no namespace {short!r}")
         return self.prefix + short
+
+    def path(self, short: str) -> str:
+        """A path to the namespace `short` names (a /run/netns file, or a lab
+        container's /proc/PID/ns/net as its daemon says)."""
+        docker_ = self.scenario.docker
+        if docker_ is not None and docker_.container(short):
+            st = state.find(self.name, self.prefix)
+            if st is None:
+                raise KeyError(f"lab {self.name} is not up")
+            return docker.netns_path(st, short.split(":", 1)[1])
+        return netns.path_of(self.ns(short))
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment in which `docker:NAME` means this lab's containers."""
+        return {**os.environ, **({"DOCKER_HOST": self.docker_host} if self.docker_host else {})}
 
     def down(self) -> None:
         down(self.name, self.prefix)
@@ -73,11 +94,17 @@ def _check_prefix(prefix: str) -> None:
         raise UserError(f"bad lab prefix {prefix!r} (e.g. vt- or vtx-alice-)")
 
 
-def up(name: str, prefix: str = DEFAULT_PREFIX) -> BuiltLab:
+def up(
+    name: str, prefix: str = DEFAULT_PREFIX, on_built: Callable[[], object] | None = None
+) -> BuiltLab:
     """Build scenario `name` with namespace prefix `prefix`; idempotent.
 
     Raises UserError (nothing left behind) on a bad scenario, a name clash, or
-    a failure while building; a failed build is rolled back before raising.
+    a failure while building; a failed build, or one interrupted (Ctrl-C,
+    SIGTERM: the command turns both into KeyboardInterrupt), is rolled back
+    before raising. `on_built` runs once everything is built, before the lab is
+    recorded complete: the command makes signals harmless there, so a lab is
+    either rolled back or complete and kept, never left half-way.
     """
     _check_prefix(prefix)
     scn = load(name)
@@ -86,8 +113,9 @@ def up(name: str, prefix: str = DEFAULT_PREFIX) -> BuiltLab:
         _forget_vanished()
         st = state.find(scn.name, prefix)
         if st is not None:
-            if st.complete and all(netns.exists(n) for n in st.namespaces):
-                return BuiltLab(scn, prefix, list(st.namespaces), fresh=False)
+            if st.complete and all(netns.exists(n) for n in st.namespaces) and _daemon_up(st):
+                return BuiltLab(scn, prefix, list(st.namespaces), fresh=False,
+                                docker_host=docker.host_of(st))  # fmt: skip
             _remove(st)  # leftovers of an up that died or was partly torn down
         for ns in scn.netns:
             real = prefix + ns.name
@@ -106,19 +134,28 @@ def up(name: str, prefix: str = DEFAULT_PREFIX) -> BuiltLab:
         st.save()
         try:
             build(scn, prefix, st)
+            if on_built is not None:
+                on_built()
+            st.complete = True
+            st.save()
         except BaseException as exc:
             _remove(st)
             if isinstance(exc, UserError):
                 raise UserError(f"lab {scn.name}: {exc} (rolled back, nothing left)") from None
             raise
-        st.complete = True
-        st.save()
-        return BuiltLab(scn, prefix, list(st.namespaces))
+        return BuiltLab(scn, prefix, list(st.namespaces), docker_host=docker.host_of(st))
+
+
+def _daemon_up(st: state.LabState) -> bool:
+    """The lab's dockerd still answers (true for labs without one)."""
+    d = docker.daemon_of(st)
+    return d is None or d.running()
 
 
 def _remove(st: state.LabState) -> list[str]:
+    notes = docker.teardown(st)  # the daemon and its containers hold namespaces
     listen.stop_all(st)  # a process would keep its namespace alive
-    st.notes = cni.teardown(st)  # DEL while the node namespaces still exist
+    st.notes = notes + cni.teardown(st)  # DEL while the node namespaces still exist
     removed = [n for n in reversed(st.namespaces) if namespaces.remove(n)]
     st.remove()
     return removed
@@ -161,5 +198,6 @@ def _forget_vanished() -> None:
     run's safety net); called under the lock, so no `up` is between record and create."""
     for st in state.all_states():
         if not any(netns.exists(n) for n in st.namespaces):
+            docker.teardown(st)  # a daemon outliving its namespace's name is still ours
             cni.teardown(st)  # nothing left to DEL; its IPAM directory goes
             st.remove()

@@ -14,7 +14,8 @@ the link comes up. Then LAB_STEPS, over the whole lab: the CNI plugins
 (lab/cni.py) run after everything the scenario declares (a macvlan master or
 the node's uplink must exist), in file order (host-local hands out addresses in
 that order), recording each attachment in the lab's state before its ADD; then
-the TCP listeners (lab/listen.py) start.
+the lab's own Docker daemon and its containers (lab/docker.py), recorded before
+dockerd starts; then the TCP listeners (lab/listen.py) start.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vethtrace import netns
 from vethtrace.errors import UserError
-from vethtrace.lab import cni, listen, namespaces
+from vethtrace.lab import cni, docker, listen, namespaces, overlay
 from vethtrace.lab.scenario import (
     BOND_MODES,
     IPVLAN_MODES,
@@ -169,14 +170,22 @@ def _bring_up(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> Non
 
 
 def _ports(ipr: IPRoute, scn: Scenario, ns: str, real: dict[str, str]) -> None:
-    """Bridge-port options, once carrier is there."""
+    """Bridge-port options, once carrier is there. Every port whose carrier will
+    come is waited for: with STP off the bridge makes it forwarding as carrier
+    arrives, so `lab up` returns a lab whose ports already forward (a ping or a
+    discovery right after it sees the steady state, not a port still disabled)."""
+    bridges = {b.name for b in scn.links_in(ns) if b.kind == "bridge"}
     for link in scn.links_in(ns):
         if link.port is None:
+            if link.master in bridges:
+                _wait_carrier(ipr, _index(ipr, link.name), link, scn)
             continue
         idx = _index(ipr, link.name)
         if link.port.state is not None:
             _wait_carrier(ipr, idx, link, scn)
             _set_port_state(idx, PORT_STATES[link.port.state], link.name)
+        elif link.master in bridges:
+            _wait_carrier(ipr, idx, link, scn)
         opts: dict[str, int] = {}
         for key, nla in (
             ("isolated", "IFLA_BRPORT_ISOLATED"),
@@ -233,16 +242,24 @@ STEPS: list[tuple[str, Step]] = [
     ("creating bridges, bonds and dummies", _masters),
     ("creating veth pairs", _veths),
     ("creating macvlan/ipvlan links", _stacked),
+    ("creating vxlan links", overlay.links),
     ("configuring links", _configure),
     ("bringing links up", _bring_up),
     ("setting bridge-port options", _ports),
     ("adding routes and neighbours", _routes),
+    ("adding vxlan fdb entries", overlay.fdb),
 ]
 
 
 def _cni(scn: Scenario, real: dict[str, str], st: LabState) -> None:
     """[[cni]] steps, in file order, each run from its node namespace (lab/cni.py)."""
     cni.add_all(scn.cni, real, st)
+
+
+def _docker(scn: Scenario, real: dict[str, str], st: LabState) -> None:
+    """[docker]: the lab's own dockerd, its networks and containers (lab/docker.py)."""
+    if scn.docker is not None:
+        docker.start(scn.docker, real, st)
 
 
 def _listeners(scn: Scenario, real: dict[str, str], st: LabState) -> None:
@@ -259,6 +276,7 @@ LabStep = Callable[[Scenario, dict[str, str], LabState], None]
 #: listen on addresses the plugins gave.
 LAB_STEPS: list[tuple[str, LabStep]] = [
     ("running CNI plugins", _cni),
+    ("starting Docker and its containers", _docker),
     ("starting TCP listeners", _listeners),
 ]
 

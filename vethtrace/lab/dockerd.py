@@ -120,10 +120,17 @@ def ensure_image(d: Daemon, image: str = IMAGE) -> str:
     """`docker import` a busybox-static root filesystem as `image` unless it exists."""
     if d.docker("images", "-q", image):
         return image
+    import_busybox([docker_cli(), "import", "-", image], d.env, d.root)
+    return image
+
+
+def import_busybox(cmd: list[str], env: dict[str, str], workdir: str) -> None:
+    """Feed a busybox-static root filesystem (sleep, ping, nc, httpd...) as a tar to an
+    image import command (`docker import - IMAGE`, `podman import - IMAGE`)."""
     busybox = shutil.which("busybox")
     if busybox is None:
         raise UserError("busybox is not installed (./run setup installs busybox-static)")
-    with tempfile.TemporaryDirectory(dir=d.root) as rootfs:
+    with tempfile.TemporaryDirectory(dir=workdir) as rootfs:
         os.makedirs(f"{rootfs}/bin")
         os.makedirs(f"{rootfs}/www")
         shutil.copy(busybox, f"{rootfs}/bin/busybox")
@@ -131,13 +138,11 @@ def ensure_image(d: Daemon, image: str = IMAGE) -> str:
             os.symlink("busybox", f"{rootfs}/bin/{applet}")
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
         res = subprocess.run(
-            [docker_cli(), "import", "-", image], env=d.env, stdin=tar.stdout,
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            cmd, env=env, stdin=tar.stdout, capture_output=True, text=True, timeout=120
+        )
         tar.wait()
         if res.returncode != 0:
-            raise UserError(f"docker import: {res.stderr.strip()}")
-    return image
+            raise UserError(f"{' '.join(cmd[:2])}: {res.stderr.strip()}")
 
 
 def stop(d: Daemon) -> None:
@@ -149,15 +154,22 @@ def stop(d: Daemon) -> None:
                 d.docker("rm", "-f", *ids, check=False, timeout=60)
     pid = d.pid()
     if pid is not None:
-        _terminate(pid, 15.0)
-    for other in _processes_naming(d.root):
-        _terminate(other, 5.0)
-    for mount in sorted(_mounts_under(d.root), key=len, reverse=True):
+        terminate(pid, 15.0)
+    remove_root(d.root)
+
+
+def remove_root(root: str) -> None:
+    """Kill what still names `root` on its command line (containerd, shims, conmon),
+    unmount what is mounted under it, remove it."""
+    for other in processes_naming(root):
+        terminate(other, 5.0)
+    for mount in sorted(_mounts_under(root), key=len, reverse=True):
         subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
-    shutil.rmtree(d.root, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
 
 
-def _terminate(pid: int, wait_s: float) -> None:
+def terminate(pid: int, wait_s: float) -> None:
+    """SIGTERM, then SIGKILL after wait_s unless it exited (or is a zombie)."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + wait_s
@@ -176,7 +188,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def _processes_naming(root: str) -> list[int]:
+def processes_naming(root: str) -> list[int]:
     """Pids whose command line mentions our directory (containerd, its shims)."""
     found = []
     needle = root.encode()

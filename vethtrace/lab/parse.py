@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vethtrace.errors import UserError
-from vethtrace.lab import cni, parse_expect
+from vethtrace.lab import cni, parse_docker, parse_expect, parse_overlay
 from vethtrace.lab import tomlcheck as tc
 from vethtrace.lab.scenario import (
     BOND_MODES,
@@ -26,6 +26,7 @@ from vethtrace.lab.scenario import (
     PORT_STATES,
     SYSCTL_PREFIXES,
     CniStep,
+    DockerSetup,
     Link,
     Listen,
     Neigh,
@@ -55,7 +56,8 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         data,
         "top level",
         {"name", "summary", "netns"},
-        {"description", "bridge", "veth", "link", "route", "neigh", "cni", "listen", "expect"},
+        {"description", "bridge", "veth", "link", "route", "neigh", "fdb", "cni", "listen",
+         "docker", "expect"},
     )
     name = tc.typed(top["name"], str, "top level", "name")
     if name != path.stem:
@@ -66,8 +68,11 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
     declared.check_links()
     routes = [_route(t, i, declared) for i, t in enumerate(tc.tables(top, "route"), 1)]
     neighs = [_neigh(t, i, declared) for i, t in enumerate(tc.tables(top, "neigh"), 1)]
+    fdb = [parse_overlay.fdb(t, i, declared) for i, t in enumerate(tc.tables(top, "fdb"), 1)]
     declared.cni = [_cni(t, i, declared) for i, t in enumerate(tc.tables(top, "cni"), 1)]
     listens = [_listen(t, i, declared) for i, t in enumerate(tc.tables(top, "listen"), 1)]
+    if "docker" in top:
+        declared.docker = parse_docker.docker(top["docker"], declared.ns_names)
     expect = parse_expect.expect(top.get("expect", {}), declared)
     declared.check_targets("ping", expect.pings)
     declared.check_targets("tcp", expect.tcp)
@@ -81,8 +86,10 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         links=links,
         routes=routes,
         neighs=neighs,
+        fdb=fdb,
         cni=declared.cni,
         listen=listens,
+        docker=declared.docker,
         expect=expect,
     )
 
@@ -131,7 +138,8 @@ def _links(top: dict[str, Any]) -> list[Link]:
     links = []
     for i, t in enumerate(tc.tables(top, "link"), 1):
         where = f"[[link]] #{i}"
-        t = tc.keys(t, where, {"netns", "name", "kind"}, _IFACE_KEYS | {"lower", "mode"})
+        extra = parse_overlay.VXLAN_KEYS if t.get("kind") == "vxlan" else set()
+        t = tc.keys(t, where, {"netns", "name", "kind"}, _IFACE_KEYS | {"lower", "mode"} | extra)
         kind = t["kind"]
         if kind not in LINK_KINDS:
             raise tc.Bad(
@@ -152,6 +160,8 @@ def _links(top: dict[str, Any]) -> list[Link]:
             link.lower = tc.typed(t["lower"], str, where, "lower")
         elif "lower" in t:
             raise tc.Bad(f"{where}: lower only applies to macvlan and ipvlan")
+        if kind == "vxlan":
+            link.vxlan = parse_overlay.vxlan(t, where)
         links.append(link)
     return links
 
@@ -164,10 +174,15 @@ class _Declared:
         self.ns_names = ns_names
         self.links = links
         self.cni: list[CniStep] = []  # set once parsed: they add interfaces and addresses
+        self.docker: DockerSetup | None = None  # likewise: bridges, containers, addresses
 
-    def check_ns(self, ns: str, where: str) -> None:
+    def check_ns(self, ns: str, where: str, containers: bool = False) -> None:
+        """A declared namespace; with `containers`, a lab container (`docker:NAME`) too."""
+        if containers and self.docker is not None and self.docker.container(ns):
+            return
         if ns not in self.ns_names:
-            raise tc.Bad(f"{where}: netns {ns!r} is not declared in [[netns]]")
+            extra = " (or a [[docker.container]] as docker:NAME)" if containers else ""
+            raise tc.Bad(f"{where}: netns {ns!r} is not declared in [[netns]]{extra}")
 
     def find(self, ns: str, dev: str) -> Link | None:
         return next((lk for lk in self.links if lk.netns == ns and lk.name == dev), None)
@@ -175,6 +190,11 @@ class _Declared:
     def named(self, ns: str, dev: str) -> bool:
         """A declared link, or an interface a CNI step makes (a culprit may name it)."""
         made = {pair for step in self.cni for pair in step.interfaces()}
+        if self.docker is not None:
+            made |= {(self.docker.netns, n.bridge) for n in self.docker.networks}
+            box = self.docker.container(ns)
+            if box is not None:  # Docker names a container's interfaces eth0, eth1... in order
+                made |= {(ns, f"eth{i}") for i in range(len(box.networks))}
         return self.find(ns, dev) is not None or (ns, dev) in made
 
     def check_links(self) -> None:
@@ -203,6 +223,9 @@ class _Declared:
                     raise tc.Bad(f"{where}: port state cannot be forced while {m.name} runs STP")
             if link.lower is not None and self.find(link.netns, link.lower) is None:
                 raise tc.Bad(f"{where}: lower {link.lower!r} is not a link in the same netns")
+            dev = link.vxlan.dev if link.vxlan else None
+            if dev is not None and self.find(link.netns, dev) is None:
+                raise tc.Bad(f"{where}: dev {dev!r} is not a link in the same netns")
 
     def check_targets(self, kind: str, targets: Sequence[PingExpect | TcpExpect]) -> None:
         """Each expected ping or connection goes to an address its target namespace
@@ -210,6 +233,10 @@ class _Declared:
         for i, target in enumerate(targets, 1):
             cidrs = [a for lk in self.links if lk.netns == target.netns for a in lk.addresses]
             cidrs += [a for c in self.cni if c.container == target.netns for a in c.addresses]
+            box = self.docker.container(target.netns) if self.docker else None
+            cidrs += [f"{ip}/32" for ip in box.networks.values()] if box else []
+            if self.docker is not None and self.docker.netns == target.netns:
+                cidrs += self.docker.gateways()
             owned = {str(ipaddress.ip_interface(a).ip) for a in cidrs}
             if target.to not in owned:
                 raise tc.Bad(

@@ -28,8 +28,8 @@ def expect(t: Any, declared: _Declared) -> Expect:
     for i, p in enumerate(pings, 1):
         where = f"[[expect.ping]] #{i}"
         p = tc.keys(p, where, {"from", "netns", "to", "ok"}, {"size"})
-        declared.check_ns(p["from"], f"{where} from")
-        declared.check_ns(p["netns"], where)
+        declared.check_ns(p["from"], f"{where} from", containers=True)
+        declared.check_ns(p["netns"], where, containers=True)
         ping = PingExpect(
             source=p["from"],
             netns=p["netns"],
@@ -45,8 +45,8 @@ def expect(t: Any, declared: _Declared) -> Expect:
     for i, p in enumerate(tcps, 1):
         where = f"[[expect.tcp]] #{i}"
         p = tc.keys(p, where, {"from", "netns", "to", "port", "ok"}, set())
-        declared.check_ns(p["from"], f"{where} from")
-        declared.check_ns(p["netns"], where)
+        declared.check_ns(p["from"], f"{where} from", containers=True)
+        declared.check_ns(p["netns"], where, containers=True)
         to, port = tc.ip(p["to"], where, "to"), tc.port(p["port"], where)
         ok = tc.typed(p["ok"], bool, where, "ok")
         expect.tcp.append(TcpExpect(source=p["from"], netns=p["netns"], to=to, port=port, ok=ok))
@@ -56,7 +56,7 @@ def expect(t: Any, declared: _Declared) -> Expect:
         expect.verdict = t["verdict"]
     if "culprit" in t:
         c = tc.keys(t["culprit"], "[expect] culprit", {"netns"}, {"interface"})
-        declared.check_ns(c["netns"], "[expect] culprit")
+        declared.check_ns(c["netns"], "[expect] culprit", containers=True)
         iface = c.get("interface")
         if iface is not None and iface != "lo" and not declared.named(c["netns"], iface):
             raise tc.Bad(

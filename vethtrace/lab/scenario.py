@@ -10,6 +10,7 @@ Format reference: vethtrace/lab/scenarios/README.md.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from vethtrace.errors import UserError
 from vethtrace.packaged import packaged
 
 VERDICTS = ("delivered", "diverted", "dropped", "no-reply", "unreachable")
-LINK_KINDS = ("dummy", "macvlan", "ipvlan", "bond")
+LINK_KINDS = ("dummy", "macvlan", "ipvlan", "bond", "vxlan")
 PORT_STATES = {"disabled": 0, "listening": 1, "learning": 2, "forwarding": 3, "blocking": 4}
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
 IPVLAN_MODES = {"l2": 0, "l3": 1, "l3s": 2}
@@ -50,8 +51,30 @@ class PortOptions:
 
 
 @dataclass
+class VxlanSpec:
+    """A `[[link]]` of kind vxlan: `ip link add NAME type vxlan id ID local LOCAL
+    dev DEV dstport PORT [no]learning` (lab/overlay.py builds it)."""
+
+    id: int
+    dev: str | None = None  # the underlay link in the same netns
+    local: str | None = None  # outer source address
+    dstport: int = 4789
+    learning: bool = False  # flannel-style: remote MACs come from static FDB entries
+
+
+@dataclass
+class Fdb:
+    """A `[[fdb]]`: `bridge fdb append MAC dev DEV dst DST` (a vxlan device's remote VTEP)."""
+
+    netns: str
+    dev: str
+    mac: str
+    dst: str
+
+
+@dataclass
 class Link:
-    """One interface to create. kind: veth | bridge | dummy | macvlan | ipvlan | bond."""
+    """One interface to create. kind: veth | bridge | dummy | macvlan | ipvlan | bond | vxlan."""
 
     netns: str
     name: str
@@ -67,6 +90,7 @@ class Link:
     mode: str | None = None  # macvlan/ipvlan/bond mode
     stp: bool = False  # bridge
     vlan_filtering: bool = False  # bridge
+    vxlan: VxlanSpec | None = None  # vxlan
 
 
 @dataclass
@@ -129,6 +153,56 @@ class CniStep:
 
 
 @dataclass
+class DockerNetwork:
+    """One `[[docker.network]]`: `docker network create` with these options."""
+
+    name: str
+    bridge: str  # its Linux bridge in the daemon's namespace (com.docker.network.bridge.name)
+    subnet: str
+    internal: bool = False  # --internal
+    icc: bool = True  # False: -o com.docker.network.bridge.enable_icc=false
+
+
+@dataclass
+class DockerContainer:
+    """One `[[docker.container]]`: `docker run` from the lab's busybox image, attached
+    to its networks in order (the first at run, the others by `network connect`), each
+    with a fixed address; stopped afterwards unless `running`."""
+
+    name: str
+    networks: dict[str, str]  # network name -> IPv4 address, in attach order
+    command: list[str] = field(default_factory=lambda: ["sleep", "100000"])
+    publish: list[str] = field(default_factory=list)  # docker run -p values
+    running: bool = True
+
+    @property
+    def netns(self) -> str:
+        """How scenarios, expectations and vethtrace name its namespace."""
+        return f"docker:{self.name}"
+
+
+@dataclass
+class DockerSetup:
+    """The `[docker]` table: a Docker daemon of the lab's own in `netns` (lab/docker.py)."""
+
+    netns: str
+    networks: list[DockerNetwork] = field(default_factory=list)
+    containers: list[DockerContainer] = field(default_factory=list)
+
+    def gateways(self) -> list[str]:
+        """The addresses Docker gives its networks' bridges (each subnet's first host)."""
+        out = []
+        for n in self.networks:
+            net = ipaddress.ip_network(n.subnet)
+            out.append(f"{next(net.hosts())}/{net.prefixlen}")
+        return out
+
+    def container(self, netns_name: str) -> DockerContainer | None:
+        """The container a scenario name such as `docker:web` means, if any."""
+        return next((c for c in self.containers if c.netns == netns_name), None)
+
+
+@dataclass
 class Neigh:
     netns: str
     dev: str
@@ -184,8 +258,10 @@ class Scenario:
     links: list[Link]
     routes: list[Route] = field(default_factory=list)
     neighs: list[Neigh] = field(default_factory=list)
+    fdb: list[Fdb] = field(default_factory=list)  # vxlan remote VTEPs
     cni: list[CniStep] = field(default_factory=list)  # run after everything else
     listen: list[Listen] = field(default_factory=list)
+    docker: DockerSetup | None = None  # started after the CNI steps
     expect: Expect = field(default_factory=Expect)
 
     @property
@@ -200,7 +276,14 @@ class Scenario:
     def addresses_in(self, netns: str) -> list[str]:
         """CIDRs the lab gives namespace `netns`: its links' and its CNI attachments'."""
         own = [a for lk in self.links_in(netns) for a in lk.addresses]
-        return own + [a for c in self.cni if c.container == netns for a in c.addresses]
+        own += [a for c in self.cni if c.container == netns for a in c.addresses]
+        if self.docker is not None and self.docker.netns == netns:
+            own += self.docker.gateways()
+        box = self.docker.container(netns) if self.docker else None
+        if box is not None and self.docker is not None:
+            prefixes = {n.name: n.subnet.split("/")[1] for n in self.docker.networks}
+            own += [f"{ip}/{prefixes[net]}" for net, ip in box.networks.items()]
+        return own
 
     def links_in(self, netns: str) -> list[Link]:
         return [link for link in self.links if link.netns == netns]

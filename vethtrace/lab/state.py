@@ -26,6 +26,7 @@ class LabState:
     source: str = ""  # scenario file it was built from
     cni: list[dict[str, Any]] = field(default_factory=list)  # CNI attachments (lab/cni.py)
     listeners: list[dict[str, Any]] = field(default_factory=list)  # lab/listen.py
+    docker: dict[str, Any] = field(default_factory=dict)  # the lab's dockerd (lab/docker.py)
     notes: list[str] = field(default_factory=list)  # what went wrong tearing down (not saved)
 
     @property
@@ -59,6 +60,7 @@ def all_states() -> list[LabState]:
                     source=str(data.get("source", "")),
                     cni=[dict(c) for c in data.get("cni", [])],
                     listeners=[dict(c) for c in data.get("listeners", [])],
+                    docker=dict(data.get("docker") or {}),
                 )
             )
         except (OSError, ValueError, KeyError, TypeError):

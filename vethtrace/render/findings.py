@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from vethtrace.console import prose_width
 from vethtrace.model import SEVERITY_ORDER, Finding, Topology, to_dict
 
 STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
@@ -46,7 +47,7 @@ def finding_lines(
 
 
 def print_finding(console: Console, f: Finding, indent: int = 0) -> None:
-    for line in finding_lines(f, min(console.width, 100), indent):
+    for line in finding_lines(f, prose_width(console), indent):
         console.print(line, soft_wrap=True)
 
 

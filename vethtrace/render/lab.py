@@ -99,7 +99,29 @@ def build_tree(scn: Scenario, prefix: str) -> Tree:
             line += f" {' '.join(c.addresses)}" if c.addresses else ""
             line += ", left down" if not c.up else ""
             branch.add(Text(line, style="cyan"))
+        if scn.docker is not None and scn.docker.netns == ns.name:
+            _docker_branch(branch, scn)
     return tree
+
+
+def _docker_branch(branch: Tree, scn: Scenario) -> None:
+    """The lab's dockerd in its namespace: networks, then containers."""
+    assert scn.docker is not None
+    d = branch.add(Text("dockerd (the lab's own)", style="bold cyan"))
+    for net in scn.docker.networks:
+        line = f"network {net.name}: bridge {net.bridge} {net.subnet}"
+        line += ", internal" if net.internal else ""
+        line += ", icc off" if not net.icc else ""
+        d.add(Text(line, style="cyan"))
+    for box in scn.docker.containers:
+        t = Text(box.netns, style="bold")
+        t.append(": " + ", ".join(f"{ip} on {net}" for net, ip in box.networks.items()))
+        if box.publish:
+            t.append(", publishes " + " ".join(box.publish))
+        t.append(f", runs {' '.join(box.command)}", style="dim")
+        if not box.running:
+            t.append(", stopped", style="red")
+        d.add(t)
 
 
 def describe(scn: Scenario, prefix: str) -> Tree:
@@ -115,7 +137,8 @@ def describe(scn: Scenario, prefix: str) -> Tree:
     def ping_text(p: PingExpect | TcpExpect, mark: str, style: str) -> Text:
         t = Text(f"{mark} ", style=style)
         port = f" tcp port {p.port}" if isinstance(p, TcpExpect) else ""
-        t.append(f"from {prefix}{p.source} to {p.to}{port} ({prefix}{p.netns})")
+        t.append(f"from {_real(scn, prefix, p.source)} to {p.to}{port} "
+                 f"({_real(scn, prefix, p.netns)})")  # fmt: skip
         if isinstance(p, PingExpect) and p.size:
             t.append(f", {p.size}-byte payload, don't fragment")
         return t
@@ -132,7 +155,7 @@ def describe(scn: Scenario, prefix: str) -> Tree:
         why = root.add(Text("why", style="bold"))
         where = ""
         if exp.culprit:
-            where = f" at {prefix}{exp.culprit.netns}"
+            where = f" at {_real(scn, prefix, exp.culprit.netns)}"
             where += f" {exp.culprit.interface}" if exp.culprit.interface else ""
         why.add(Text(f"verdict: {exp.verdict}{where}"))
         if exp.reason:
@@ -141,14 +164,20 @@ def describe(scn: Scenario, prefix: str) -> Tree:
             why.add(Text("check should report: " + ", ".join(exp.rules)))
     if exp.pings:
         p = fails[0] if fails else exp.pings[0]
+        docker_ = " --docker-host <the socket lab up prints>" if scn.docker else ""
         root.add(
             Text(
-                f"try: vethtrace lab up {scn.name}; "
-                f"vethtrace ping --from {prefix}{p.source} {prefix}{p.netns} {p.to}",
+                f"try: vethtrace lab up {scn.name}; vethtrace{docker_} ping --from "
+                f"{_real(scn, prefix, p.source)} {_real(scn, prefix, p.netns)} {p.to}",
                 style="dim",
             )
         )
     return root
+
+
+def _real(scn: Scenario, prefix: str, short: str) -> str:
+    """What a scenario's namespace is called once built (lab containers keep docker:NAME)."""
+    return short if scn.docker and scn.docker.container(short) else prefix + short
 
 
 def show_built(console: Console, built: BuiltLab, prefix: str) -> None:
@@ -161,10 +190,13 @@ def show_built(console: Console, built: BuiltLab, prefix: str) -> None:
     console.print(Text(f"built lab {built.name}: {', '.join(built.namespaces)}", style="bold"))
     console.print(build_tree(built.scenario, prefix), soft_wrap=False)
     first = next(iter(built.scenario.expect.pings), None)
+    host = f" --docker-host {built.docker_host}" if built.docker_host else ""
+    if built.docker_host:
+        console.print(Text(f"docker: export DOCKER_HOST={built.docker_host}"))
     if first:
         console.print(
             Text(
-                f"try:    vethtrace ping --from {built.ns(first.source)} "
+                f"try:    vethtrace{host} ping --from {built.ns(first.source)} "
                 f"{built.ns(first.netns)} {first.to}"
             )
         )

@@ -86,8 +86,11 @@ def _header(state: WatchState, short: NameShortener, now_wall: float) -> Text:
     # Most important first: what is narrower than the screen is cut at the right.
     t.append(" vethtrace watch ", style="bold reverse")
     t.append(f" {state.status} ", style="cyan")
-    t.append(" lost ")
-    t.append(f"{state.lost:,}", style="bold red" if state.lost else "green")
+    if state.losing():  # first, in red: the screen is missing events right now
+        t.append(f" LOSING EVENTS  lost {state.lost:,} ", style="bold white on red")
+    else:
+        t.append(" lost ")
+        t.append(f"{state.lost:,}", style="bold red" if state.lost else "green")
     t.append(f"  events {state.events_total:,}")
     t.append(f" ({state.rate():,.0f}/s)", style="dim")
     t.append("  ")
@@ -149,15 +152,29 @@ def _num(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n < 100_000_000 else f"{n // 1_000_000}M"
 
 
-def _spark(history: list[int]) -> Text:
-    top = max(history) if history else 0
+SPARK_WIDTH = 10  # seconds shown per sparkline
+
+
+def _spark(history: list[int], top: int) -> Text:
+    """One column per second, scaled to `top`, the busiest second of any
+    interface in the visible window: each row's own maximum would draw any
+    steady rate as a row of full blocks, and every row alike."""
     t = Text(no_wrap=True)
     for n in history:
-        if n == 0:
+        if n == 0 or top <= 0:
             t.append("▁", style="bright_black")
         else:
-            t.append(SPARKS[min(len(SPARKS) - 1, 1 + (n * (len(SPARKS) - 2)) // top)], style="cyan")
+            level = 1 + (min(n, top) * (len(SPARKS) - 2)) // top
+            t.append(SPARKS[min(len(SPARKS) - 1, level)], style="cyan")
     return t
+
+
+def _window_top(state: WatchState, second: int) -> int:
+    """The busiest second of any interface over the sparklines' window."""
+    return max(
+        (max(c.history(second)[-SPARK_WIDTH:], default=0) for c in state.counters.values()),
+        default=0,
+    )
 
 
 def _busiest_first(state: WatchState, topo: Topology) -> list[Namespace]:
@@ -187,12 +204,14 @@ def _topology(state: WatchState, short: NameShortener, rows: int) -> Panel:
     table.add_column("rx", justify="right", no_wrap=True, width=6)
     table.add_column("tx", justify="right", no_wrap=True, width=6)
     table.add_column("drop", justify="right", no_wrap=True, width=6)
-    table.add_column("frames/s", no_wrap=True, width=10)
+    second = state.now_ns // 1_000_000_000
+    top = _window_top(state, second)
+    # the scale is in the header: the top block is this many frames in a second
+    table.add_column(f"/s ≤{_num(top)}" if top else "frames/s", no_wrap=True, width=SPARK_WIDTH)
     topo = state.topology
     if topo is None:
         table.add_row(Text("discovering…", style="dim"))
         return Panel(table, title="topology", title_align="left", border_style="blue")
-    second = state.now_ns // 1_000_000_000
     namespaces = _busiest_first(state, topo)
     used = 0
     subtitle = None
@@ -224,7 +243,7 @@ def _topology(state: WatchState, short: NameShortener, rows: int) -> Panel:
                 _num(c.rx) if c else "",
                 _num(c.tx) if c else "",
                 Text(_num(c.dropped), style="bold red") if c and c.dropped else "",
-                _spark(c.history(second)[-10:]) if c else "",
+                _spark(c.history(second)[-SPARK_WIDTH:], top) if c else "",
             )
     return Panel(
         table,
@@ -311,13 +330,13 @@ def _paths(state: WatchState, short: NameShortener, width: int) -> Panel:
     if not paths:
         table.add_row("", Text("waiting for packets…", style="dim"))
     for path in reversed(paths[-60:]):  # newest first; the panel clips the rest
-        ts = path.hops[0].ts_ns if path.hops else 0
-        clock = time.strftime("%H:%M:%S", time.localtime(state.wall(ts)))
-        millis = int((state.wall(ts) % 1) * 1000)
+        # a path with no hops still has the time of its first event (never 0,
+        # which would convert to the boot moment)
+        ts = path.hops[0].ts_ns if path.hops else path.first_ns
         packet = short_packet(path)
         style = OUTCOME_STYLE.get(path.outcome, "")
         table.add_row(
-            Text(f"{clock}.{millis:03d}", style="dim"),
+            Text(state.clock.clock_text(ts), style="dim"),
             Text(packet, style="" if path.outcome == "delivered" else style),
             hop_chain(path, short),
             outcome_text(path),

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vethtrace.clock import Clock
 from vethtrace.diagnose.verdict.diverted import mark_diversion
 from vethtrace.model import Finding, IfaceKey, PacketPath, ProbeEvent, Topology
 from vethtrace.points import COUNTED_RX_POINTS, COUNTED_TX_POINTS, DROP_POINT, is_benign_drop
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 ADD_CHUNK = 2000  # events added per lock hold
 SPARK_SECONDS = 16  # per-second history kept for the rate sparkline
 NOTICE_SECONDS = 30.0  # how long "veth3 appeared" stays on screen
+LOSING_SECONDS = 3.0  # the header's "losing events" stays this long after a loss
 
 Correlate = Callable[[list[ProbeEvent], Topology | None], list[PacketPath]]
 
@@ -82,6 +84,7 @@ class WatchState:
         self.drop_where: dict[str, Counter[str]] = {}  # reason -> "netns/if" -> n
         self.events_total = 0
         self.lost = 0
+        self.lost_at: float | None = None  # monotonic time the loss count last grew
         self.window: deque[ProbeEvent] = deque(maxlen=window)
         self.paths: list[PacketPath] = []
         self.max_paths = max_paths
@@ -92,7 +95,7 @@ class WatchState:
         self.plan = ""
         self.status = "starting"  # shown in the header: starting / tracing / ended
         # Kernel times are CLOCK_MONOTONIC; this maps them to wall time for display.
-        self.wall_offset = time.time() - time.monotonic()
+        self.clock = Clock()
         self.now_ns = time.monotonic_ns()
         self._dirty = False
         self._rate_events: deque[tuple[int, int]] = deque(maxlen=SPARK_SECONDS + 2)
@@ -167,9 +170,16 @@ class WatchState:
                 del self.counters[key]  # vanished interfaces; their ifindex may be reused
             return changes
 
-    def set_lost(self, lost: int) -> None:
+    def set_lost(self, lost: int, now: float | None = None) -> None:
         with self.lock:
+            if lost > self.lost:
+                self.lost_at = time.monotonic() if now is None else now
             self.lost = lost
+
+    def losing(self, now: float | None = None) -> bool:
+        """Were events lost in the last LOSING_SECONDS? (the header says so in red)"""
+        now = time.monotonic() if now is None else now
+        return self.lost_at is not None and now - self.lost_at <= LOSING_SECONDS
 
     def refresh_paths(self) -> None:
         """Rebuild packet paths from the event window when new events came in.
@@ -203,7 +213,9 @@ class WatchState:
         return fallback or str(key)
 
     def wall(self, ts_ns: int) -> float:
-        return ts_ns / 1e9 + self.wall_offset
+        """Wall time of a kernel stamp (now for a missing one): for the header's clock."""
+        wall = self.clock.wall(ts_ns)
+        return time.time() if wall is None else wall
 
     def rate(self) -> float:
         """Events per second over the last few seconds (for the header)."""
@@ -252,9 +264,7 @@ def replay(
     """A WatchState as `watch` would have had it at the end of a recorded run:
     the screen of an incident, reproducible (tests draw it at a fixed size)."""
     state = WatchState(correlate=correlate)
-    clock = recording.header.get("clock") or {}
-    if "monotonic_ns" in clock and "realtime" in clock:
-        state.wall_offset = float(clock["realtime"]) - clock["monotonic_ns"] / 1e9
+    state.clock = Clock.from_header(recording.header.get("clock")) or state.clock
     if recording.topology is not None:
         chosen = findings if findings is not None else recording.findings
         state.set_topology(recording.topology, chosen)

@@ -20,6 +20,7 @@ OUTCOME_STYLE = {
     "dropped": "bold red",
     "consumed": "green",
     "in-flight": "cyan",
+    "queued": "yellow",
 }
 OUTCOME_MARK = {
     "delivered": "✓",
@@ -27,6 +28,7 @@ OUTCOME_MARK = {
     "dropped": "✗",
     "consumed": "✓",
     "in-flight": "…",
+    "queued": "…",
 }
 
 
@@ -115,6 +117,8 @@ def outcome_text(path: PacketPath) -> Text:
     """'✓ delivered', '↪ diverted to br0', '✗ dropped NEIGH_FAILED' (watch and report)."""
     style = OUTCOME_STYLE.get(path.outcome, "")
     t = Text(f"{OUTCOME_MARK.get(path.outcome, '?')} {path.outcome}", style=style, no_wrap=True)
+    if path.outcome == "queued":
+        t.append(" for ARP", style=style)  # waits for its next hop's MAC
     if path.outcome == "diverted" and path.hops:
         t.append(f" to {path.hops[-1].interface}", style=style)
     if path.drop_reason:

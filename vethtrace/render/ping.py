@@ -17,7 +17,17 @@ from rich.console import Console
 from rich.text import Text
 
 from vethtrace.diagnose.verdict import Analysis, PingPlan, analyse, annotated_paths
-from vethtrace.model import Finding, Hop, PacketPath, ProbeEvent, Topology, Verdict, to_dict
+from vethtrace.model import (
+    Finding,
+    Hop,
+    NftraceEvent,
+    PacketPath,
+    ProbeEvent,
+    Topology,
+    Verdict,
+    to_dict,
+)
+from vethtrace.render import nftrace as nftrender
 
 
 @dataclass
@@ -37,6 +47,8 @@ class PingReport:
     timings: dict[str, float] | None = None
     analysis: Analysis | None = None
     predicted: dict[str, Any] | None = None  # the path model's prediction (PathPrediction.to_dict)
+    nftrace: Sequence[NftraceEvent] = ()  # --nftrace's rule verdicts (render/nftrace.py)
+    rule: dict[str, Any] | None = None  # the rule culprit (diagnose/nftrace.py)
     paths: list[PacketPath] = field(init=False)  # our packets, hops marked for the verdict
 
     def __post_init__(self) -> None:
@@ -151,11 +163,24 @@ def to_json(report: PingReport) -> dict[str, Any]:
             for t in (verdict.timeline if verdict else [])
         ],
         "findings": [to_dict(f) for f in findings],
+        **_nftrace_json(report),
         "warnings": list(warnings),
         "notes": list(notes),
         "timings": {k: round(v, 3) for k, v in (timings or {}).items()},
-        # the path model's prediction (live pings; a recording has none)
+        # the path model's prediction from the same topology (live and re-judged alike)
         **({"predicted": report.predicted} if report.predicted is not None else {}),
+    }
+
+
+def _nftrace_json(report: PingReport) -> dict[str, Any]:
+    """`rule` and `nftrace`, only in runs made with --nftrace (so the JSON of
+    other runs, and of recordings made before it, stays as it was)."""
+    if not report.nftrace and report.rule is None:
+        return {}
+    names = report.topo.netns_name
+    return {
+        "rule": report.rule,
+        "nftrace": [nftrender.json_obj(e, names(e.netns)) for e in report.nftrace],
     }
 
 
@@ -187,7 +212,9 @@ def _ms(ns: int, t0: int) -> str:
     return f"{(ns - t0) / 1e6:+.2f}"
 
 
-def show(console: Console, report: PingReport) -> None:
+def show(console: Console, report: PingReport, notes_to: Console | None = None) -> None:
+    """The report on `console`; warnings and notes (about the run, not the
+    network) on `notes_to`, stderr for the commands, so stdout is the report."""
     plan, verdict, events, findings = report.plan, report.verdict, report.events, report.findings
     warnings, notes, timings = report.warnings, report.notes, report.timings
     t0 = _t0(plan, events)
@@ -209,6 +236,12 @@ def show(console: Console, report: PingReport) -> None:
         _print_groups(console, groups, t0)
     else:
         console.print("  (no frame of ours was seen)")
+    rows = nftrender.path_lines(report.nftrace, plan.ip, report.topo.netns_name)
+    if rows:
+        console.print(Text("  netfilter verdicts (the kernel's nftables trace)", "bold"))
+        for ok, row in rows:
+            mark = Text("  ✓ ", "green") if ok else Text("  ✗ ", "bold red")
+            console.print(mark.append(row, "" if ok else "red"), soft_wrap=True)
     if verdict is not None and verdict.timeline:
         states = " → ".join(
             f"{t['state']} ({_ms(t['time_ns'], t0)} ms)"
@@ -234,6 +267,9 @@ def show(console: Console, report: PingReport) -> None:
     if verdict.culprit_netns:
         iface = f"/{verdict.culprit_interface}" if verdict.culprit_interface else ""
         console.print(Text.assemble(("culprit: ", "bold"), f"{verdict.culprit_netns}{iface}"))
+    if report.rule is not None:
+        for i, row in enumerate(nftrender.culprit_lines(report.rule)):
+            console.print(Text(row, "bold" if i == 0 else ""), soft_wrap=True, markup=False)
     if verdict.explanation:
         console.print()
         console.print(verdict.explanation, soft_wrap=False)
@@ -252,6 +288,6 @@ def show(console: Console, report: PingReport) -> None:
                 f"  [{f.severity}] {where}: {f.summary} ({f.rule})", markup=False, soft_wrap=False
             )
     for n in [*warnings, *notes]:
-        console.print(Text(f"note: {n}", "dim"), soft_wrap=False)
+        (notes_to or console).print(Text(f"note: {n}", "dim"), soft_wrap=False)
     if timings and "verdict" in timings:
         console.print(Text(f"verdict after {timings['verdict']:.2f} s", "dim"))

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from vethtrace.clock import Clock
 from vethtrace.model import Finding, PacketPath, Topology, to_dict
 from vethtrace.record import Recording
 from vethtrace.render import findings as render_findings
@@ -32,9 +33,10 @@ def trace_json(
 ) -> dict[str, Any]:
     """A trace recording's --json object: its events as `trace --json` printed
     them, then the paths they make up and the findings."""
+    clock = Clock.from_header(rec.header.get("clock"))
     return {
         "recording": recording_json(rec),
-        "events": [json.loads(render_trace.json_line(e, names)) for e in rec.events],
+        "events": [json.loads(render_trace.json_line(e, names, clock)) for e in rec.events],
         "lost": rec.lost if rec.complete else None,
         "paths": [path_json(p) for p in paths],
         "findings": [to_dict(f) for f in findings],
@@ -49,9 +51,10 @@ def show_trace(
     paths: list[PacketPath],
     findings: list[Finding],
     notes: list[str],
+    notes_to: Console | None = None,
 ) -> None:
     """trace's event lines and summary, then what trace cannot show while it
-    streams: the packet paths, and the static findings."""
+    streams: the packet paths, and the static findings; notes on `notes_to`."""
     assert rec.topology is not None
     banner(console, rec)
     console.print(render_trace.HEADER, style="bold", highlight=False)
@@ -67,7 +70,7 @@ def show_trace(
     console.print()
     render_findings.render_findings(console, findings, show_info=False)
     for n in notes:
-        console.print(Text(f"note: {n}", "dim"))
+        (notes_to or console).print(Text(f"note: {n}", "dim"))
 
 
 def path_json(p: PacketPath) -> dict[str, Any]:
@@ -134,6 +137,7 @@ def recording_json(rec: Recording) -> dict[str, Any]:
         "plan": h.get("plan"),
         "pcap": h.get("pcap"),
         "complete": rec.complete,
+        "interrupted": rec.interrupted,
         "lost": rec.lost if rec.complete else None,
         "notes": rec.notes,
     }

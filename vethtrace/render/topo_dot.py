@@ -9,8 +9,11 @@ a dashed "?" node.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
+from typing import BinaryIO
 
 from vethtrace.errors import UserError
 from vethtrace.model import IfaceKey, Interface, Topology
@@ -126,16 +129,40 @@ def dot(topo: Topology) -> str:
 
 
 def render(dot_text: str, path: str, fmt: str = "svg") -> None:
-    """Run Graphviz to write `path`; one clear error when it is missing or fails."""
+    """Run Graphviz and write `path`; one clear error when it is missing or fails.
+
+    dot's output is read from its stdout and the file written here: dot's own
+    message for an unwritable path ("gvwrite_no_z problem 6") says nothing a
+    person can act on, while open() says which path and why."""
     exe = shutil.which("dot")
     if exe is None:
         raise UserError("--svg needs Graphviz's `dot` (apt install graphviz)")
+    existed = os.path.lexists(path)
     try:
-        proc = subprocess.run(
-            [exe, f"-T{fmt}", "-o", path], input=dot_text, text=True, capture_output=True
-        )
+        out = open(path, "wb")  # noqa: SIM115 - opened first: fail before the work
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        _run_dot(exe, fmt, dot_text, out, path)
+    except BaseException:
+        out.close()
+        if not existed:  # no empty picture left behind; never remove what was there
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
+    out.close()
+
+
+def _run_dot(exe: str, fmt: str, dot_text: str, out: BinaryIO, path: str) -> None:
+    try:
+        proc = subprocess.run([exe, f"-T{fmt}"], input=dot_text.encode(), capture_output=True)
     except OSError as exc:
         raise UserError(f"could not run dot: {exc.strerror}") from None
     if proc.returncode != 0:
-        msg = proc.stderr.strip().splitlines()
+        msg = proc.stderr.decode(errors="replace").strip().splitlines()
         raise UserError(f"dot failed: {msg[-1] if msg else f'exit {proc.returncode}'}")
+    try:
+        out.write(proc.stdout)
+        out.flush()
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None

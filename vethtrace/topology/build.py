@@ -166,7 +166,12 @@ def resolve_peers(
         for link in links:
             iface = link.iface
             if iface.kind != "veth":
-                if link.link is not None and link.link != iface.key.ifindex:
+                # IFLA_LINK naming the device itself means "no lower" only within
+                # its namespace: a macvlan moved into a pod often has the ifindex
+                # of its lower in the node (both 2)
+                if link.link is not None and (
+                    link.link_nsid is not None or link.link != iface.key.ifindex
+                ):
                     nsid = link.link_nsid
                     where = inode if nsid is None else by_nsid.get((inode, nsid))
                     if where is not None:

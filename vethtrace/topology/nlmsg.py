@@ -63,6 +63,8 @@ IFLA_INFO_SLAVE_DATA = 5
 IFLA_INET_CONF = 1
 IFLA_BR_STP_STATE = 5
 IFLA_BR_VLAN_FILTERING = 7
+IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
+IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 7, 15  # PORT: big-endian u16
 IFLA_BRPORT_STATE = 1
 IFLA_BRPORT_MODE = 4  # hairpin
 IFLA_BRPORT_LEARNING = 8
@@ -123,6 +125,8 @@ ROUTE_TYPES = {
 NDA_DST = 1
 NDA_LLADDR = 2
 NDA_VLAN = 5
+NDA_PORT = 6  # vxlan fdb: big-endian u16
+NDA_VNI = 7  # vxlan fdb: u32
 NDA_MASTER = 9
 NUD_STATES = [
     (0x01, "INCOMPLETE"),
@@ -228,6 +232,10 @@ _BE32 = struct.Struct(">i").unpack_from
 
 def u8(data: bytes, at: int) -> int:
     return data[at]
+
+
+def be16(data: bytes, at: int) -> int:
+    return int(struct.unpack_from("!H", data, at)[0])
 
 
 def u16(data: bytes, at: int) -> int:

@@ -13,12 +13,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vethtrace.model import Address, BridgePortInfo, FdbEntry, IfaceKey, Interface, Neighbour, Route
+from vethtrace.model import (
+    Address,
+    BridgePortInfo,
+    FdbEntry,
+    IfaceKey,
+    Interface,
+    Neighbour,
+    Route,
+    VxlanInfo,
+)
 from vethtrace.topology import nlmsg as nl
 
 _inet_ntop = socket.inet_ntop
 _FAMILY = {nl.AF_INET: (socket.AF_INET, 4), nl.AF_INET6: (socket.AF_INET6, 6)}
 ARPHRD_ETHER = 1
+IFLA_MACVLAN_MODE = 1  # u32 in a macvlan's IFLA_INFO_DATA (if_link.h)
+MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
 
 
 @dataclass
@@ -72,6 +83,13 @@ def links(data: bytes, inode: int) -> list[Link]:
                 iface.bridge_stp = nl.u32(data, br[nl.IFLA_BR_STP_STATE]) != 0
             if nl.IFLA_BR_VLAN_FILTERING in br:
                 iface.vlan_filtering = nl.u8(data, br[nl.IFLA_BR_VLAN_FILTERING]) != 0
+        if kind in ("macvlan", "macvtap") and nl.IFLA_INFO_DATA in info:
+            mv = nl.nested(data, info[nl.IFLA_INFO_DATA])
+            if IFLA_MACVLAN_MODE in mv:
+                mode = nl.u32(data, mv[IFLA_MACVLAN_MODE])
+                iface.macvlan_mode = MACVLAN_MODES.get(mode, str(mode))
+        if kind == "vxlan" and nl.IFLA_INFO_DATA in info:
+            iface.vxlan = _vxlan(data, nl.nested(data, info[nl.IFLA_INFO_DATA]))
         if slave_kind == "bridge" and nl.IFLA_INFO_SLAVE_DATA in info:
             iface.bridge_port = _bridge_port(data, nl.nested(data, info[nl.IFLA_INFO_SLAVE_DATA]))
         if nl.IFLA_AF_SPEC in a:
@@ -80,6 +98,22 @@ def links(data: bytes, inode: int) -> list[Link]:
         nsid = nl.s32(data, a[nl.IFLA_LINK_NETNSID]) if nl.IFLA_LINK_NETNSID in a else None
         out.append(Link(iface, link, nsid))
     return out
+
+
+def _vxlan(data: bytes, v: dict[int, int]) -> VxlanInfo:
+    def addr(attr: int) -> str | None:
+        return _ip(data, v[attr], socket.AF_INET) if attr in v else None
+
+    return VxlanInfo(
+        vni=nl.u32(data, v[nl.IFLA_VXLAN_ID]) if nl.IFLA_VXLAN_ID in v else 0,
+        port=nl.be16(data, v[nl.IFLA_VXLAN_PORT]) if nl.IFLA_VXLAN_PORT in v else 4789,
+        local=addr(nl.IFLA_VXLAN_LOCAL),
+        group=addr(nl.IFLA_VXLAN_GROUP),
+        link=nl.u32(data, v[nl.IFLA_VXLAN_LINK]) if nl.IFLA_VXLAN_LINK in v else None,
+        learning=bool(nl.u8(data, v[nl.IFLA_VXLAN_LEARNING]))
+        if nl.IFLA_VXLAN_LEARNING in v
+        else True,
+    )
 
 
 def _bridge_port(data: bytes, p: dict[int, int]) -> BridgePortInfo:
@@ -259,9 +293,19 @@ def fdb(data: bytes) -> list[FdbEntry]:
                 master=nl.u32(data, a[nl.NDA_MASTER]) if nl.NDA_MASTER in a else None,
                 vlan=nl.u16(data, a[nl.NDA_VLAN]) if nl.NDA_VLAN in a else None,
                 flags=names,
+                dst=_fdb_dst(data, a),
+                vni=nl.u32(data, a[nl.NDA_VNI]) if nl.NDA_VNI in a else None,
             )
         )
     return out
+
+
+def _fdb_dst(data: bytes, a: dict[int, int]) -> str | None:
+    """A vxlan entry's remote VTEP (NDA_DST: 4 or 16 bytes)."""
+    if nl.NDA_DST not in a:
+        return None
+    raw = nl.payload(data, a[nl.NDA_DST])
+    return _inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
 
 def nsid_list(data: bytes) -> set[int]:

@@ -8,6 +8,8 @@ turns those bytes into the model (pure: recorded captures replay), and
 each namespace that has nft chains at all (nft's JSON is the one description
 of a ruleset nftables itself guarantees; decoding rule bytecode ourselves would
 be a second, weaker parser). Namespaces without chains never pay for it.
+Where iptables-nft rules hold xt matches, whose arguments nft's JSON leaves
+out, iptables-nft-save supplies them (xtsave.py).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import json
 import os
 import socket
 import struct
+import subprocess
 from typing import TYPE_CHECKING
 
 from vethtrace.model import Neighbour, Route, Rule, Socket
 from vethtrace.topology import nlmsg as nl
+from vethtrace.topology import xtsave
 
 if TYPE_CHECKING:
     from vethtrace.model import Namespace, Topology
@@ -213,11 +217,26 @@ def ruleset_json(fd: int) -> tuple[list[dict[str, object]] | None, str | None]:
         if rc != 0:
             return None, (err.strip().splitlines() or [f"nft exit status {rc}"])[0]
         try:
-            return list(json.loads(out).get("nftables", [])), None
+            items = list(json.loads(out).get("nftables", []))
         except ValueError as exc:
             return None, f"nft printed JSON it cannot parse back: {exc}"
+        for family in xtsave.families_with_xt(items):
+            save = _run_save(xtsave.SAVE_TOOLS[family])
+            if save:
+                xtsave.annotate(items, family, save)
+        return items, None
 
     return netns.in_thread(inside, "vethtrace-nft")
+
+
+def _run_save(tool: str) -> str | None:
+    """iptables-nft-save's text in the calling thread's namespace (the child
+    inherits it), or None: then the xt matches stay unknown."""
+    try:
+        proc = subprocess.run([tool], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
 
 
 def attach_rulesets(topo: Topology, refs: list[NsRef]) -> None:

@@ -8,13 +8,16 @@ hop, forward and back, without sending anything.
         .ok, .to_dict()
 
 Modules: flow (the types), route (policy rules, tables, source selection,
-effective sysctls), neigh (entries, who answers ARP), bridge (veth crossing,
-FDB, flooding, port flags, br_netfilter), nft (ruleset evaluation and NAT),
-walk (the engine). `check` and `ping` are meant to call `predict` and name
-`first_failure` as their culprit.
+effective sysctls), neigh (entries, who answers ARP), l2 (frames between
+devices, veth crossing), bridge (FDB, flooding, port flags), macvlan, l2flood
+(keeping floods cheap), nft (ruleset evaluation), xt (iptables-nft's xt
+matches), netfilter (hooks, NAT, conntrack, br_netfilter), noroute, deliver
+(rp_filter, local delivery, sockets), walk (the engine), predict (`predict`,
+`Predictor`). `check` and `ping` call them and name `first_failure` as their
+culprit.
 """
 
 from vethtrace.diagnose.path.flow import PROTOS, Flow, Hop, Packet, PathPrediction
-from vethtrace.diagnose.path.walk import predict
+from vethtrace.diagnose.path.predict import predict
 
 __all__ = ["PROTOS", "Flow", "Hop", "Packet", "PathPrediction", "predict"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from vethtrace.model import to_dict
+from vethtrace.model import Interface, Namespace, to_dict
 
 Status = Literal["ok", "fail", "unknown"]
 PROTOS = ("icmp", "tcp", "udp", "arp")
@@ -76,6 +76,16 @@ class Hop:
     def culprit(self) -> tuple[str, str | None]:
         """(netns, interface) to name as the culprit of a failing decision."""
         return self.blame or (self.netns, self.interface)
+
+
+@dataclass
+class End:
+    """Where one leg of the walk ended: delivered (to ns/iface, as pkt), failed or unknown."""
+
+    kind: str  # delivered | failed | unknown
+    ns: Namespace | None = None
+    iface: Interface | None = None
+    pkt: Packet | None = None
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vethtrace.diagnose.path import bridge
+from vethtrace.diagnose.path import l2
 from vethtrace.diagnose.path.flow import Hop
 from vethtrace.diagnose.path.route import conf, conf_source, ip, local_address, lookup, net
 from vethtrace.model import Interface, Namespace
@@ -123,16 +123,16 @@ def arp(
     w: Walker, ns: Namespace, oif: Interface, tip: str, sip: str | None
 ) -> tuple[str | None, list[Hop]]:
     """Broadcast a request for tip out of oif; the MAC that comes back (or None) and the hops."""
-    frame = bridge.Frame(oif.mac, None)
+    frame = l2.Frame(oif.mac, None)
     seen, learned = set(w.l2_seen), {k: dict(v) for k, v in w.learned.items()}
-    w.arp_for = tip  # stacks that cannot answer are not followed (bridge._bystander)
+    w.arp_for = tip  # stacks that cannot answer are not followed (l2flood.bystander)
     try:
-        reached = bridge.send(w, oif, frame, [])
+        reached = l2.send(w, oif, frame, [])
     finally:
         w.arp_for = None
     if not any(r.key != oif.key and may_answer(w.ns_of(r), r, tip) for r, _t in reached.reached):
         w.l2_seen, w.learned = seen, learned  # nobody can answer: walk it all, to say who heard
-        reached = bridge.send(w, oif, frame, [])
+        reached = l2.send(w, oif, frame, [])
     best: tuple[int, Interface, Namespace, tuple[bool, str, str, list[str], int]] | None = None
     bystander = None
     for rif, trail in reached.reached:
@@ -178,7 +178,7 @@ def arp(
         ]
     mac = rif.mac
     # the reply goes back to the asker's MAC (bridges learned it from the request)
-    back = bridge.send(w, rif, bridge.Frame(mac, oif.mac), [])
+    back = l2.send(w, rif, l2.Frame(mac, oif.mac), [])
     if not any(r.key == oif.key for r, _t in back.reached):
         return None, best_trail + _reply_lost(w, oif, rns, rif, tip, mac, source, back)
     if sip is not None and rif.mac is not None and local_address(rns, tip) is not None:
@@ -287,7 +287,7 @@ def _reply_lost(
     tip: str,
     mac: str | None,
     source: str,
-    back: bridge.L2Result,
+    back: l2.L2Result,
 ) -> list[Hop]:
     """Why the ARP reply never reaches oif's stack: a bridge took it, or the L2 walk lost it."""
     lost = [w.hop(rns, rif, "arp", f"{tip} is-at {mac}, but the reply is lost", source)]

@@ -6,7 +6,9 @@ reject ends the packet; jump/goto/return follow the chain stack; policies
 apply at the end of a base chain. nat chains see only a flow's first packet
 (conntrack answers later ones), so replies skip them; masquerade/snat/dnat/
 redirect rewrite the packet. Anonymous and named sets, maps and verdict maps
-are looked up. Anything not understood (an xt match, fib, a concatenation…)
+are looked up. iptables-nft's xt matches are judged from the arguments
+iptables-nft-save printed for them (xt.py). Anything not understood (fib, a
+concatenation, an xt match we do not know…)
 is *unknown*: the hop shows the rule and says so, and evaluation goes on as
 if that rule did not match, so the prediction is marked uncertain instead of
 guessing silently.
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vethtrace.diagnose.path import xt
 from vethtrace.diagnose.path.route import ip, net
 
 PROTO_NUM = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
@@ -93,6 +97,9 @@ class Ctx:
     ct_state: str  # new | established
     reply: bool
     icmp_type: str | None = None
+    bridged: bool = False  # seen by br_netfilter (physdev's question)
+    # LOCAL/BROADCAST/UNICAST of an address in this namespace (addrtype's question)
+    addrtype: Callable[[str], str] | None = None
 
 
 @dataclass
@@ -178,6 +185,9 @@ def _run_rule(
         ((name, body),) = expr.items()
         if name == "match":
             if not _match(rs, chain, body, ctx):
+                return None
+        elif name == "xt" and body.get("type") == "match":
+            if not xt.match(body, ctx, Unknown):
                 return None
         elif name in NOOPS or (
             name == "xt" and body.get("type") == "target" and body.get("name") in ("LOG",)
@@ -371,7 +381,7 @@ def _expr_text(expr: dict[str, Any]) -> str:
     if body is None:
         return name
     if name == "xt":
-        return f"xt {body.get('type')} {body.get('name')}"
+        return xt.text(body)
     if isinstance(body, dict) and name in ("snat", "dnat", "redirect"):
         to = body.get("addr", "")
         port = f":{body['port']}" if body.get("port") is not None else ""

@@ -15,6 +15,7 @@ from vethtrace.diagnose.rules import (  # noqa: F401
     bridge,
     containers,
     links,
+    overlay,
     paths,
     routing,
 )

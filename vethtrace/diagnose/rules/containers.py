@@ -17,10 +17,12 @@ the firewall facts, so a daemon that does not answer is still recognised.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 from collections.abc import Iterator
 
 from vethtrace.diagnose.rules.base import Context, Where, finding, join_names, rule
-from vethtrace.model import Finding, Namespace, RuntimeNetwork
+from vethtrace.model import Finding, Namespace, PublishedPort, RuntimeNetwork
 
 # The regular chains runtimes create (Docker; Podman's netavark and CNI plugins).
 RUNTIME_CHAINS = {
@@ -67,6 +69,20 @@ def managed_network(ns: Namespace, bridge: str) -> RuntimeNetwork | None:
     return next((n for n in ns.runtime_networks if n.bridge == bridge), None)
 
 
+def network_of(ns: Namespace, ip: str) -> RuntimeNetwork | None:
+    """The runtime network in ns whose subnet holds address `ip`, if any."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    for net in ns.runtime_networks:
+        for subnet in net.subnets:
+            with contextlib.suppress(ValueError):
+                if addr in ipaddress.ip_network(subnet, strict=False):
+                    return net
+    return None
+
+
 def _networks(ctx: Context) -> Iterator[tuple[Where | Namespace, RuntimeNetwork]]:
     for ns in ctx.topo.namespaces:
         for net in ns.runtime_networks:
@@ -108,3 +124,64 @@ def internal_network(ctx: Context) -> Iterator[Finding]:
             f"containers reach nothing outside {join_names(net.subnets) or 'its subnet'} "
             f"through it. Connect a container to a second network for outside access.",
         )
+
+
+def _cli(net: RuntimeNetwork) -> str:
+    """The runtime's CLI, pointed at the daemon the facts came from when not its default."""
+    return f"{net.runtime} -H {net.api}" if net.api else net.runtime
+
+
+def _ports(ctx: Context) -> Iterator[tuple[Where | Namespace, RuntimeNetwork, PublishedPort]]:
+    """Each published port once (a container on two networks is listed under both)."""
+    seen: set[tuple[str, str, int]] = set()
+    for where, net in _networks(ctx):
+        for p in net.published:
+            key = (p.container, p.proto, p.host_port)
+            if key not in seen:
+                seen.add(key)
+                yield where, net, p
+
+
+def _host(p: PublishedPort) -> str:
+    return f"{'host' if p.host_ip in ('0.0.0.0', '::', '') else p.host_ip}:{p.host_port}"
+
+
+@rule("container-port-stopped", "a published port whose container is stopped")
+def port_stopped(ctx: Context) -> Iterator[Finding]:
+    for where, net, p in _ports(ctx):
+        if p.running:
+            continue
+        yield finding(
+            "container-port-stopped", "warning", where,
+            f"{net.runtime} publishes {p.host_port}/{p.proto} to {p.container}, which is "
+            f"stopped ({p.status}): nothing answers on {_host(p)}",
+            f"{p.container} was started with -p {p.host_port}:{p.container_port}"
+            f"{'/udp' if p.proto == 'udp' else ''}, but it is not running. {net.runtime} "
+            f"removes a stopped container's DNAT rule and frees its address on "
+            f"{net.name}, so a connection to {_host(p)} reaches the host's own stack, "
+            f"where no socket listens: TCP clients get a reset (connection refused), UDP "
+            f"an ICMP port unreachable. Start the container (or stop sending traffic there).",
+            [f"{_cli(net)} start {p.container}"],
+        )
+
+
+@rule("container-port-no-listener",
+      "a published port whose container runs but does not listen on the target port")
+def port_no_listener(ctx: Context) -> Iterator[Finding]:
+    for where, net, p in _ports(ctx):
+        if not p.running or p.listening is not False:
+            continue
+        target = f"{p.container_ip}:{p.container_port}"
+        yield finding(
+            "container-port-no-listener", "warning", where,
+            f"{_host(p)}/{p.proto} is DNAT'd to {p.container} ({target}), where nothing "
+            f"listens on port {p.container_port}",
+            f"{net.runtime}'s DNAT rule rewrites connections to {_host(p)} to {target} and "
+            f"{net.bridge} delivers them, but no {p.proto} socket in {p.container}'s "
+            f"namespace is bound to port {p.container_port} on {p.container_ip} or on every "
+            f"address (one bound to 127.0.0.1 does not count: DNAT'd packets are addressed "
+            f"to {p.container_ip}), so the container's kernel answers with a reset. Start "
+            f"the service on 0.0.0.0:{p.container_port}, or publish the port it listens on.",
+            [f"{_cli(net)} logs {p.container}   # why the service is not listening",
+             f"{_cli(net)} restart {p.container}"],
+        )  # fmt: skip

@@ -20,12 +20,13 @@ holds a static neighbour entry for: linear in the segment, not quadratic.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from vethtrace.diagnose.path import Flow, Hop, PathPrediction
-from vethtrace.diagnose.path.walk import Predictor
+from vethtrace.diagnose.path.predict import Predictor
 from vethtrace.diagnose.rules.base import Context, Where, finding, join_names, rule
 from vethtrace.model import Finding, Namespace
 
@@ -137,9 +138,7 @@ def _segment_peers(ctx: Context, w: Where) -> list[tuple[str, str]]:
     return [(str(a), n) for a, _i, n in chosen]
 
 
-def _stacks_of_domain(
-    ctx: Context, domain: int, key: object
-) -> list[tuple[IPv4Address, int, str]]:
+def _stacks_of_domain(ctx: Context, domain: int, key: object) -> list[tuple[IPv4Address, int, str]]:
     """(address, netns inode, netns name) of every up stack in an L2 domain,
     sorted by address; computed once per domain per check run."""
     cache = ctx.cache.setdefault("segment-stacks", {})
@@ -202,8 +201,12 @@ def rule_of(hop: Hop) -> str:
             return "bridge-netfilter-drop"
         return "netfilter-forward-drop" if dec.startswith("forward") else "path-broken"
     if step == "arp":
-        for key, rid in (("proxy_arp", "proxy-arp-missing"), ("arp_ignore", "arp-ignore"),
-                         ("arp_filter", "arp-filter"), ("master", "address-on-bridge-port")):
+        for key, rid in (
+            ("proxy_arp", "proxy-arp-missing"),
+            ("arp_ignore", "arp-ignore"),
+            ("arp_filter", "arp-filter"),
+            ("master", "address-on-bridge-port"),
+        ):
             if key in src:
                 return rid
         return "path-broken"
@@ -227,11 +230,14 @@ def rule_of(hop: Hop) -> str:
     return "path-broken"
 
 
-def _covered(ctx: Context, netns: str, iface: str | None) -> bool:
-    """Does a static finding (warning or worse) already name this culprit?"""
+def _covered(ctx: Context, netns: str, iface: str | None, dst: str) -> bool:
+    """Does a static finding (warning or worse) already name this culprit, or speak
+    of this destination in the namespace that decided (e.g. same-subnet names the
+    gateway that the one connected route sends out of the wrong interface)?"""
     return any(
-        f.netns == netns and (f.interface == iface or f.interface is None or iface is None)
-        and f.severity in ("error", "warning")
+        f.netns == netns and f.severity in ("error", "warning")
+        and (f.interface == iface or f.interface is None or iface is None
+             or re.search(rf"(?<![\d.]){re.escape(dst)}(?![\d.]|/\d)", f.explanation))
         for f in ctx.findings
     )  # fmt: skip
 
@@ -245,7 +251,7 @@ def path_findings(ctx: Context, ids: set[str] | None) -> Iterator[Finding]:
         if (rid not in ids) if ids is not None else (rid in PATH_RULES and rid != "path-broken"):
             continue
         netns, iface = f.hop.culprit
-        if _covered(ctx, netns, iface) or any(
+        if _covered(ctx, netns, iface, f.probe.dst) or any(
             g.rule == rid and g.netns in (netns, f.hop.netns, f.probe.src.name)
             for g in ctx.findings
         ):
@@ -262,7 +268,9 @@ def path_findings(ctx: Context, ids: set[str] | None) -> Iterator[Finding]:
         hop = first.hop
         place = f"{hop.netns}/{hop.interface}" if hop.interface else hop.netns
         yield finding(
-            rule_id, "error", Where(ns, it) if it is not None else ns,
+            rule_id,
+            "error",
+            Where(ns, it) if it is not None else ns,
             f"{shown} fails: {decision}",
             f"{hop.cause or decision} (decided at {place} by {hop.source or 'the walk'}). "
             f"Predicted from the kernel's tables; `vethtrace path --from "

@@ -168,7 +168,10 @@ def _explain_drop(
                 f"IP forward hook; {it.name if it else ev.ifname} is the port it was headed for)"
             )
         fix = [f"ip netns exec {ns} nft list ruleset   # find the rule that drops it"]
-        runtime = _runtime_words(topo, ev.netns, bridge.name if bridged and bridge else None)
+        # bridged: the bridge it crossed; routed: the device it came in by (maybe a bridge)
+        via = bridge.name if bridged and bridge else (it.name if it else None)
+        dst = p.summary.ip_dst if p.summary else None
+        runtime = _runtime_words(topo, ev.netns, via, dst)
         if runtime:  # a container runtime's isolation: never advise switching it off
             words = f"{words}; {runtime}"
             hdr = p.summary
@@ -201,20 +204,29 @@ def _explain_drop(
     )
 
 
-def _runtime_words(topo: Topology, inode: int, bridge: str | None) -> str | None:
-    """What a container runtime's firewall in this namespace means by the drop."""
-    from vethtrace.diagnose.rules.containers import managed_network, runtime_firewall
+def _runtime_words(
+    topo: Topology, inode: int, bridge: str | None, dst: str | None = None
+) -> str | None:
+    """What a container runtime's firewall in this namespace means by the drop of a
+    packet to `dst` on (or coming in by) the network bridge `bridge`."""
+    from vethtrace.diagnose.rules.containers import managed_network, network_of, runtime_firewall
 
     ns = topo.netns(inode)
     owner = runtime_firewall(ns) if ns else None
     if ns is None or owner is None:
         return None
     net = managed_network(ns, bridge) if bridge else None
+    target = network_of(ns, dst) if dst else None
+    if net is not None and target is not None and target is not net:
+        return (f"{owner} networks {net.name} and {target.name} are isolated from each other: "
+                f"its rules drop what is routed from {net.bridge} to {target.bridge} on purpose "
+                f"(a container on both networks reaches both)")
+    net = net or target
     if net is not None and not net.icc:
         return (f"{owner} network {net.name} has inter-container communication off "
                 f"(enable_icc=false): its rules drop traffic between its containers on purpose")
     if net is not None and net.internal:
-        return f"{owner} network {net.name} is internal: its rules drop what would leave it"
+        return f"{owner} network {net.name} is internal: its rules drop what leaves or enters it"
     if owner == "docker":
         return "the firewall is docker's (its isolation rules; see DOCKER-USER for exceptions)"
     return f"the firewall is {owner}'s (its isolation rules)"

@@ -6,11 +6,13 @@ the rest are one GET each.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from vethtrace.model import PublishedPort, RuntimeNetwork
+from vethtrace.topology.runtimes import listeners
 from vethtrace.topology.runtimes.api import Client, NotFound
 
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
@@ -47,23 +49,57 @@ def parse_list(docs: list[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def parse_ports(docs: list[dict[str, Any]]) -> dict[str, list[PublishedPort]]:
-    """GET /containers/json -> {network id: published ports of its containers}.
+def parse_ports(
+    docs: list[dict[str, Any]], inspected: dict[str, dict[str, Any]] | None = None
+) -> dict[str, list[PublishedPort]]:
+    """GET /containers/json?all=1 (and GET /containers/{id}/json of the stopped ones,
+    `inspected` by id) -> {network id: published ports of its containers}.
 
     A port is published on the host, not on a network; it is listed under every
-    network its container is attached to (where the DNAT sends it)."""
+    network its container is attached to (where the DNAT sends it). A running
+    container's ports come from the listing (once, though Docker lists each per
+    address family); a stopped one has none there — Docker removed its DNAT —
+    so its configured bindings (HostConfig.PortBindings) say what the host lost."""
     out: dict[str, list[PublishedPort]] = {}
     for d in docs or []:
         name = (d.get("Names") or ["?"])[0].lstrip("/")
-        ports = [
-            PublishedPort(str(p.get("Type", "tcp")), str(p.get("IP") or "0.0.0.0"),
-                          int(p["PublicPort"]), name, int(p.get("PrivatePort", 0)))
-            for p in d.get("Ports") or [] if p.get("PublicPort")
-        ]  # fmt: skip
-        nets = ((d.get("NetworkSettings") or {}).get("Networks") or {}).values()
-        for n in nets:
-            if ports and n.get("NetworkID"):
-                out.setdefault(str(n["NetworkID"]), []).extend(ports)
+        status = str(d.get("State") or "running")  # listings without State: running only
+        nets = (d.get("NetworkSettings") or {}).get("Networks") or {}
+        if status == "running":
+            raw = [(str(p.get("Type", "tcp")), str(p.get("IP") or "0.0.0.0"),
+                    int(p["PublicPort"]), int(p.get("PrivatePort", 0)))
+                   for p in d.get("Ports") or [] if p.get("PublicPort")]  # fmt: skip
+        else:
+            doc = (inspected or {}).get(str(d.get("Id", ""))) or {}
+            raw = _bindings((doc.get("HostConfig") or {}).get("PortBindings") or {})
+        seen: set[tuple[str, int]] = set()
+        ports = []
+        for proto, host_ip, host_port, cport in raw:
+            if (proto, host_port) not in seen:
+                seen.add((proto, host_port))
+                ports.append((proto, host_ip, host_port, cport))
+        for n in nets.values():
+            if not ports or not n.get("NetworkID"):
+                continue
+            out.setdefault(str(n["NetworkID"]), []).extend(
+                PublishedPort(proto, host_ip, host_port, name, cport, running=status == "running",
+                              status=status, container_ip=str(n.get("IPAddress") or ""))
+                for proto, host_ip, host_port, cport in ports
+            )  # fmt: skip
+    return out
+
+
+def _bindings(bindings: dict[str, Any]) -> list[tuple[str, str, int, int]]:
+    """HostConfig.PortBindings ({"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}) ->
+    (proto, host ip, host port, container port)."""
+    out = []
+    for spec, hosts in bindings.items():
+        cport, _, proto = str(spec).partition("/")
+        for h in hosts or []:
+            port = str((h or {}).get("HostPort") or "")
+            if port.isdigit() and cport.isdigit():
+                out.append((proto or "tcp", str(h.get("HostIp") or "0.0.0.0"), int(port),
+                            int(cport)))  # fmt: skip
     return out
 
 
@@ -106,18 +142,36 @@ def running(client: Client) -> list[dict[str, Any]]:
     return docs if isinstance(docs, list) else []
 
 
-def networks(client: Client, listing: list[dict[str, Any]] | None = None) -> list[RuntimeNetwork]:
-    """Every network with its members and the ports published into it."""
-    out = []
-    ports = parse_ports(listing if listing is not None else running(client))
+def networks(client: Client) -> list[RuntimeNetwork]:
+    """Every network with its members and the ports published into it: for a running
+    container whether a socket listens behind each (listeners.py), for a stopped one
+    the bindings it would have."""
+    every = client.get("/containers/json?all=1")
+    every = every if isinstance(every, list) else []
+    inspected = {}
+    for d in every:
+        stopped = str(d.get("State") or "running") != "running"
+        if stopped or d.get("Ports"):  # the pid, or the bindings the listing leaves out
+            with contextlib.suppress(NotFound):  # removed meanwhile
+                inspected[str(d["Id"])] = client.get(f"/containers/{quote(str(d['Id']))}/json")
+    ports = parse_ports(every, inspected)
     bridges = _podman_bridges(client) if client.endpoint.runtime == "podman" else {}
+    out = []
     for summary in client.get("/networks") or []:
         nid = summary.get("Id") or summary.get("id") or summary.get("Name")
         doc = client.get(f"/networks/{quote(str(nid))}")
         net = parse_network(client.endpoint.runtime, doc)
         net.bridge = net.bridge or bridges.get(net.id)
         net.published = ports.get(net.id, [])
+        net.api = client.url if client.endpoint.explicit else ""
         out.append(net)
+    containers = [parse_inspect(client.endpoint.runtime, d) for d in inspected.values()]
+    pids = {c.name: c.pid for c in containers}
+    for net in out:
+        for p in net.published:
+            pid = pids.get(p.container)
+            if p.running and pid and p.container_ip:
+                p.listening = listeners.listening(pid, p.proto, p.container_port, p.container_ip)
     return out
 
 

@@ -1,0 +1,85 @@
+"""Keeping a flood on a big bridge cheap: check floods the same 500-port
+bridge for every container's ARP, so an ARP request flooded to a port whose
+veth peer is a plain stack that cannot answer is not followed (`bystander`),
+and a flood to such a port is walked once per topology and replayed
+(`flood_to`). Both answers are per topology (Walker.floods, shared by a
+Predictor's walks). Out of bridge.py, which is the kernel's logic; this is
+only the walk's economy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vethtrace.diagnose.path import l2
+from vethtrace.diagnose.path.flow import Hop
+from vethtrace.diagnose.path.l2 import Dead, Frame, L2Result
+from vethtrace.model import Interface
+
+if TYPE_CHECKING:
+    from vethtrace.diagnose.path.walk import Walker
+
+
+def bystander(w: Walker, q: Interface, frame: Frame) -> bool:
+    """An ARP request flooded to a port whose veth peer is a plain stack that can
+    neither answer for the address asked (w.arp_for) nor proxy it: the frame ends
+    there unanswered, so the walk need not follow it (a flood on a 500-port
+    bridge otherwise follows 500 of them). neigh.arp walks again without this
+    when nobody answers, to say who heard the request."""
+    if w.arp_for is None or frame.pkt is not None or q.kind != "veth":
+        return False
+    memo = w.floods  # shared by a Predictor's walks: both answers are per topology
+    plain = memo.get(("plain", q.key))
+    if plain is None:
+        peer = w.topo.iface(q.peer)
+        plain = memo[("plain", q.key)] = peer is not None and peer.master is None and peer.admin_up
+    if not plain:
+        return False
+    idx = memo.get("answerers")
+    if idx is None:
+        idx = memo["answerers"] = _answerers(w)
+    holders, proxies = idx
+    peer_key = q.peer
+    assert peer_key is not None
+    return peer_key.netns not in holders.get(w.arp_for, ()) and peer_key not in proxies.get(
+        w.arp_for, proxies[None]
+    )
+
+
+def _answerers(w: Walker) -> tuple[dict[str, set[int]], dict[str | None, set[object]]]:
+    """Who might answer ARP at all, once per topology: address -> namespaces
+    holding it; and the interfaces that proxy (proxy_arp on: any address, key
+    None; a proxy entry: that address)."""
+    from vethtrace.diagnose.path.route import conf, ip
+
+    holders: dict[str, set[int]] = {}
+    proxies: dict[str | None, set[object]] = {None: set()}
+    for ns in w.topo.namespaces:
+        for i in ns.interfaces:
+            for a in i.addresses:
+                holders.setdefault(str(ip(a.address)), set()).add(ns.inode)
+            if conf(ns, i, "proxy_arp"):
+                proxies[None].add(i.key)
+    for ns in w.topo.namespaces:
+        for p in ns.proxy_neighbours:
+            for i in ns.interfaces:
+                proxies.setdefault(p.address, set(proxies[None])).add(i.key)
+    return holders, proxies
+
+
+def flood_to(w: Walker, q: Interface, frame: Frame, trail: list[Hop]) -> L2Result:
+    """send(w, q, frame, trail), remembered across walks for an ARP broadcast
+    to a port whose veth peer is a plain stack (no bridge behind it, so the send
+    learns nothing and cannot loop): check floods the same 500-port bridge for
+    every container, and this keeps each flood to a copy per port."""
+    peer = w.topo.iface(q.peer) if q.kind == "veth" and frame.dst_mac is None else None
+    if frame.pkt is not None or peer is None or peer.master is not None:
+        return l2.send(w, q, frame, trail)
+    key = (q.key, frame.src_mac, frame.size)
+    cached = w.floods.get(key)
+    if cached is None:
+        cached = w.floods[key] = l2.send(w, q, frame, [])
+    return L2Result(
+        [(r, trail + t) for r, t in cached.reached],
+        [Dead(trail + d.hops, d.weight) for d in cached.dead],
+    )

@@ -1,0 +1,201 @@
+"""Netfilter for the walk: a namespace's ruleset run at one hook for the
+packet as it is there (nft.py evaluates; this applies the verdict, rewrites
+the packet for NAT, names the fix for a dropping rule), br_netfilter's pass of
+bridged IP through the ip forward hook, and the conntrack questions (is this
+packet the reply of a flow the walk already saw here?). Out of walk.py so the
+engine reads as the kernel's path and this as its hooks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vethtrace.diagnose.path.flow import Hop, Packet
+from vethtrace.diagnose.path.nft import FAMILIES, Ctx, HookResult, Ruleset, evaluate
+from vethtrace.diagnose.path.route import RouteResult, ip, lookup, select_source
+from vethtrace.model import Interface, Namespace
+
+if TYPE_CHECKING:
+    from vethtrace.diagnose.path.walk import Walker
+
+
+def ruleset(w: Walker, ns: Namespace) -> Ruleset | None:
+    if ns.inode not in w.rulesets:
+        w.rulesets[ns.inode] = Ruleset.parse(ns.nft) if ns.nft else None
+    return w.rulesets[ns.inode]
+
+
+def run_hook(
+    w: Walker,
+    ns: Namespace,
+    kind: str,
+    hook: str,
+    pkt: Packet,
+    iif: str | None,
+    oif: str | None,
+    bridged: bool = False,
+) -> tuple[str, list[Hop]]:
+    """Run the hook's base chains; NAT rewrites pkt. ("accept"|"drop", hops)."""
+    rs = ruleset(w, ns)
+    if rs is None:
+        why = ns.nft_error or (
+            "the snapshot lists nftables chains but not the ruleset (taken before "
+            "vethtrace recorded rulesets)" if ns.nft is None and ns.firewall.get("chains")
+            else None)
+        if why and ns.inode not in w.unreadable:
+            # the chains exist but their rules are unknown: say so, never guess
+            w.unreadable.add(ns.inode)
+            return "accept", [
+                w.hop(
+                    ns,
+                    ns.iface_by_name(iif or oif or ""),
+                    "nft",
+                    f"{hook}: ruleset not readable, taken as accepting",
+                    "nft list ruleset",
+                    "unknown",
+                    f"{ns.name}'s ruleset is unknown: {why}",
+                )
+            ]
+        return "accept", []
+    fam = 4 if ip(pkt.dst).version == 4 else 6
+    families = ("bridge",) if kind == "bridge" else FAMILIES[fam]
+    if not rs.base(families, hook):
+        return "accept", []
+    ctx = Ctx(
+        fam,
+        pkt.src or "0.0.0.0",
+        pkt.dst,
+        pkt.proto,
+        pkt.sport,
+        pkt.dport,
+        iif,
+        oif,
+        "established" if pkt.reply and tracked(w, ns, pkt) else "new",
+        pkt.reply,
+        ("echo-reply" if pkt.reply else "echo-request") if pkt.proto == "icmp" else None,
+        bridged,
+        lambda addr: _addrtype(ns, addr),
+    )
+    res: HookResult = evaluate(rs, families, hook, ctx)
+    hops = []
+    iface = ns.iface_by_name(iif or oif or "")
+    for st in res.steps:
+        hops.append(
+            w.hop(
+                ns,
+                iface,
+                "nft",
+                f"{hook}: {st.decision}" + (f"  [{st.rule}]" if st.rule else ""),
+                st.source,
+                st.status,
+                ""
+                if st.status == "ok"
+                else (
+                    f"{st.source} drops it: {st.rule or 'the chain policy'}"
+                    if st.status == "fail"
+                    else f"the model cannot evaluate {st.rule}"
+                ),
+                _fix(w, ns, st.source, pkt, iif, oif) if st.status == "fail" else [],
+            )
+        )
+    if res.verdict == "drop":
+        if not any(h.status == "fail" for h in hops):
+            hops.append(
+                w.hop(ns, iface, "nft", f"{hook}: dropped", "nft", "fail", "a rule drops it")
+            )
+        return "drop", hops
+    if res.nat is not None:
+        kind_, addr, port = res.nat
+        before = pkt.describe()
+        if kind_ in ("masquerade", "snat"):
+            out = ns.iface_by_name(oif or "")
+            new = addr or (
+                select_source(ns, RouteResult("unicast", None, out), pkt.dst) if out else None
+            )
+            pkt.src = new
+            if port is not None:
+                pkt.sport = port
+        elif kind_ in ("dnat", "redirect"):
+            if kind_ == "redirect":
+                inn = ns.iface_by_name(iif or "")
+                addr = next(
+                    (a.address for a in (inn.addresses if inn else []) if a.family == 4),
+                    "127.0.0.1",
+                )
+            if addr:
+                pkt.dst = addr
+            if port is not None:
+                pkt.dport = port
+        hops.append(
+            w.hop(
+                ns,
+                iface,
+                "nat",
+                f"{hook}: {kind_}: {before} -> {pkt.describe()}",
+                next((s.source for s in reversed(res.steps)), "nft"),
+            )
+        )
+    return "accept", hops
+
+
+def _fix(
+    w: Walker, ns: Namespace, source: str, pkt: Packet, iif: str | None, oif: str | None
+) -> list[str]:
+    parts = source.split()
+    if len(parts) >= 6 and parts[4] == "handle":
+        _nft, fam, table, chain, _h, handle = parts[:6]
+        return [w.cmd(ns, f"nft delete rule {fam} {table} {chain} handle {handle}")]
+    if len(parts) >= 4:
+        _nft, fam, table, chain = parts[:4]
+        match = f"ip saddr {pkt.src} ip daddr {pkt.dst}" if fam != "bridge" else ""
+        if (
+            (iif and chain.upper() in ("FORWARD", "INPUT"))
+            or "forward" in chain
+            or "input" in chain
+        ):
+            match = (f"iifname {iif} " if iif else "") + (f"oifname {oif} " if oif else "") + match
+        return [w.cmd(ns, f"nft insert rule {fam} {table} {chain} {match.strip()} accept")]
+    return []
+
+
+def br_netfilter(w: Walker, ns: Namespace, br: Interface, pkt: Packet) -> tuple[str, list[Hop]]:
+    if ns.sysctls.get("net.bridge.bridge-nf-call-iptables") != "1":
+        return "accept", []
+    verdict, hops = run_hook(w, ns, "ip", "forward", pkt, br.name, br.name, bridged=True)
+    for h in hops:
+        h.decision = f"br_netfilter {h.decision}"
+    if verdict == "accept":
+        # conntrack follows bridged flows too: the reply is ESTABLISHED there
+        w.track(ns, pkt, pkt)
+    if hops:
+        src = "sysctl net.bridge.bridge-nf-call-iptables=1"
+        hops.insert(
+            0,
+            w.hop(ns, br, "bridge", "bridged IP passes the ip forward hook (br_netfilter)", src),
+        )
+    return verdict, hops
+
+
+def tracked(w: Walker, ns: Namespace, pkt: Packet) -> bool:
+    """A reply of a flow conntrack saw here: as it left (before the reply is
+    un-NATed) or as it entered (after)."""
+    return any(reply_of(out, pkt) or reply_of(first, pkt) for first, out in w.ct.get(ns.inode, []))
+
+
+def reply_of(out: Packet, pkt: Packet) -> bool:
+    return (
+        pkt.src == out.dst
+        and pkt.dst == out.src
+        and pkt.proto == out.proto
+        and pkt.sport == out.dport
+        and pkt.dport == out.sport
+    )
+
+
+def _addrtype(ns: Namespace, addr: str) -> str:
+    """addrtype's answer: the type the namespace's local table gives the address."""
+    try:
+        kind = lookup(ns, addr).kind
+    except ValueError:
+        return "UNICAST"
+    return {"local": "LOCAL", "broadcast": "BROADCAST"}.get(kind, "UNICAST")
