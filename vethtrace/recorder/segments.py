@@ -92,7 +92,7 @@ def read_dir(path: str, since: float | None = None, until: float | None = None) 
     """Read the segments of a directory that may hold records in [since, until]."""
     found = segments(path)
     if not found:
-        raise UserError(f"{path}: no recorder segments (seg-*.vtrec) in this directory")
+        raise UserError(f"{path}: is a directory with no recorder segments (seg-*.vtrec)")
     rd = RecorderDir(path)
     for i, p in enumerate(found):
         try:
