@@ -10,8 +10,11 @@ continues across restarts (the highest found + 1), so sorting by name is
 sorting by time even when the clock jumps.
 
 Limits, checked every `tick()` (the loop calls it once a second):
-- a segment is closed and the next opened when it reaches `segment_size`
-  (max_size / 8 by default) or `segment_age` (max_age / 8, at most an hour);
+- a segment is closed and the next opened when the records after its
+  opening snapshot reach `segment_size` (max_size / 8 by default) or after
+  `segment_age` (max_age / 8, at most an hour); a snapshot taking more than
+  half of max_size is said once on stderr (a host with many namespaces and
+  large rulesets needs a larger --max-size to keep history);
 - the oldest segments are deleted while the directory is over `max_size`
   or they ended before now - `max_age`; the one being written never is;
 - free space on the filesystem below `min_free` counts as full: the oldest
@@ -96,6 +99,8 @@ class SegmentStore:
         self._stalled_since = 0.0
         self._next_retry = 0.0
         self._enospc = False  # the last failure was a full disk
+        self._base = 0  # size of the current segment's opening snapshot
+        self._said_big = False
         self.deleted: list[str] = []  # segment names pruned (tests, status)
         self.records = 0
         try:
@@ -148,7 +153,7 @@ class SegmentStore:
             self._enospc = exc.errno == errno.ENOSPC
             self._stall(f"write failed: {exc.strerror}")
             return
-        if size >= self.segment_size or now - self._opened >= self.segment_age:
+        if size - self._base >= self.segment_size or now - self._opened >= self.segment_age:
             self._rotate()
             return
         self._prune(now)
@@ -192,6 +197,16 @@ class SegmentStore:
             self._stall(f"cannot write {path.name}: {getattr(exc, 'strerror', None) or exc}")
             return
         self._opened = time.time()
+        try:
+            self._base = path.stat().st_size  # the snapshot: not counted for rotation
+        except OSError:
+            self._base = 0
+        if self._base * 2 > self.max_size and not self._said_big:
+            self._said_big = True
+            self._warn(
+                f"a topology snapshot takes {_mib(self._base)}: with --max-size "
+                f"{_mib(self.max_size)} little history fits; raise --max-size"
+            )
 
     def _stall(self, why: str) -> None:
         if self.current is not None:
