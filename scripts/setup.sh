@@ -22,7 +22,8 @@ PKGS=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools libbpfcc iprout
       procps kmod make ca-certificates tcpdump
       containernetworking-plugins  # lab [[cni]] steps: bridge, ptp, macvlan, portmap, tuning, firewall
       qemu-system-x86 mmdebstrap cpio busybox-static e2fsprogs xz-utils zstd  # kernel matrix
-      docker.io podman)  # container tests: daemons started in a namespace of their own
+      docker.io podman  # container tests: daemons started in a namespace of their own
+      python3-yaml util-linux)  # deploy/ manifests checked by tests; unshare for the full-disk test
 
 missing=()
 for p in "${PKGS[@]}"; do

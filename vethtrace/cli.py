@@ -37,6 +37,10 @@ examples:
   vethtrace trace arp -n vt-song          every kernel event for ARP in one namespace
   vethtrace watch icmp                    live packet paths over the topology
   vethtrace report incident.vtrec         offline report from a recording (no root)
+  vethtrace record --continuous /var/lib/vethtrace/recorder --max-size 1G --max-age 7d
+                                          the flight recorder: drops and topology changes
+  vethtrace report /var/lib/vethtrace/recorder --since 10m
+                                          what happened, changes interleaved with drops
 """
 
 FILTER_HELP = """\
@@ -85,7 +89,14 @@ EXAMPLES = {
   vethtrace agent --listen 0.0.0.0:7411 --token-file token   every address (said explicitly)""",
     "report": """\
   vethtrace report incident.vtrec         as the live command printed it (any user)
-  vethtrace report incident.vtrec --json  the same as JSON""",
+  vethtrace report incident.vtrec --json  the same as JSON
+  vethtrace report /var/lib/vethtrace/recorder --since 10m
+                                          a flight recorder's changes and drops, in order
+  vethtrace report /var/lib/vethtrace/recorder --since 1h --at 14:02:30 -n vt-host
+                                          ... and check on the topology as it was then""",
+    "record": """\
+  vethtrace record --continuous           record to /var/lib/vethtrace/recorder until SIGTERM
+  vethtrace record --continuous /srv/rec --max-size 1G --max-age 7d --min-free 2G""",
     "lab": """\
   vethtrace lab list                      the scenarios, broken and working
   vethtrace lab show seed                 what it builds and what it shows
@@ -317,12 +328,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ping", action="store_true",
                    help="refuse POST /v1/ping (then this node cannot be a ping's source)")
 
+    p = _sub(sub, "record", "the flight recorder: drops and topology changes, always on")
+    p.add_argument("--continuous", action="store_true", help="run until stopped (SIGTERM)")
+    p.add_argument("directory", metavar="DIR", nargs="?", help="recording directory "
+                   "(default /var/lib/vethtrace/recorder)")  # fmt: skip
+    p.add_argument("--max-size", default="256M", metavar="SIZE", help="keep at most SIZE (256M)")
+    p.add_argument("--max-age", metavar="AGE", help="delete what is older than AGE (e.g. 7d)")
+    p.add_argument("--min-free", metavar="SIZE", help="leave SIZE free on the disk "
+                   "(default 5%% of it, at most 1G)")  # fmt: skip
+    p.add_argument("--segment-size", metavar="SIZE", help="rotate at SIZE (max-size/8)")
+    p.add_argument("--no-drops", action="store_true", help="topology changes only, no BPF")
+    p.add_argument("--duration", type=DURATION_S, metavar="S", help="stop after S seconds")
+
     p = _sub(sub, "report", "offline report from a recording (no root needed)")
     p.add_argument(
-        "file", metavar="FILE",
-        help="a recording written by `ping --write` or `trace --write` (*.vtrec)",
+        "file", metavar="FILE|DIR",
+        help="a recording written by `ping --write` or `trace --write` (*.vtrec), "
+             "or a flight recorder's directory",
     )  # fmt: skip
     _json_opt(p, "the report as JSON")
+    p.add_argument("--since", metavar="T", help="DIR: from T (10m ago, 14:02, ISO time)")
+    p.add_argument("--until", metavar="T", help="DIR: up to T (default now)")
+    p.add_argument("--at", metavar="T", help="DIR: run check on the topology as it was at T")
+    _netns_opt(p)
 
     p = _sub(sub, "lab", "build known topologies, good and broken")
     lab = p.add_subparsers(dest="action", metavar="ACTION")

@@ -28,6 +28,8 @@ Layout (documented for users in README "Recordings, watch and report"):
              {"type": "end", "data": {"lost": N, "ended": "...Z", "events": N,
                                       "interrupted": "SIGINT" (only when cut short),
                                       "ping": {"notes": [...], "timings": {...}}}}
+    the flight recorder's segments add "change", "neigh", "drops" and "note"
+    records (vethtrace/recorder/, README "Flight recorder"; `read` skips them)
 
 Writers call `Recorder`; readers call `read`. Unknown record types are skipped
 with a note (newer minor additions stay readable); a different major
@@ -48,6 +50,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -156,6 +159,11 @@ class Recorder:
     def _record(self, kind: str, data: Any, flush: bool = False) -> None:
         self._write({"type": kind, "data": to_dict(data)}, flush=flush)
 
+    def record(self, kind: str, data: Any, flush: bool = False) -> None:
+        """A record of another type (the flight recorder's "change", "drops",
+        "neigh", "note": vethtrace/recorder/); `read` skips types it does not know."""
+        self._record(kind, data, flush=flush)
+
     def topology(self, topo: Topology, change: bool = False) -> None:
         """The snapshot at start; later ones (change=True) when namespaces or
         interfaces appeared or vanished."""
@@ -192,11 +200,13 @@ class Recorder:
                 self._last_flush = time.monotonic()
 
     def abandon(self) -> None:
-        """Close without an end record (the file is about to be rewritten)."""
+        """Close without an end record (the file is about to be rewritten, or the
+        disk is full: then what is still buffered is lost, without raising)."""
         with self._lock:
             if not self.closed:
                 self.closed = True
-                self._file.close()
+                with contextlib.suppress(OSError):
+                    self._file.close()
 
     def close(self, lost: int = 0, interrupted: str | None = None, **extra: Any) -> None:
         """Write the end record (lost = events the kernel dropped before we read

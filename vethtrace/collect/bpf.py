@@ -24,6 +24,7 @@ Contract:
   Fewer areas = slightly faster compile. `functions=False` skips the
   kprobe/fentry trials and programs. `perf_buffer=True` forces the perf
   buffer (the delivery used where the kernel has no BPF ring buffer).
+  `without=("consume_skb",)` leaves those tracepoints of the areas unattached.
 * `start() -> Plan` compiles (bcc: ~0.5 s on an idle 2-CPU machine, 1-2 s
   when it is busy; BTF facts come from a per-kernel cache) and attaches;
   raises UserError when not root, bcc missing, no headers or the compile
@@ -146,8 +147,12 @@ class BpfCollector:
         hold_ms: float = 15.0,
         ringbuf_pages: int = 2048,
         perf_buffer: bool = False,
+        without: tuple[str, ...] = (),
     ) -> None:
         self.filter = compile_filter(filter_expr)
+        # Tracepoints of the chosen areas not to attach (the flight recorder wants
+        # kfree_skb without consume_skb, which fires for every packet delivered).
+        self.without = {f"VT_HAVE_{tp.upper()}" for tp in without}
         contract()  # vethtrace.h read now: without the probes this fails here, like a bad filter
         self.netns_inodes = list(netns_inodes) if netns_inodes is not None else None
         unknown = [a for a in areas if a not in AREAS]
@@ -194,6 +199,7 @@ class BpfCollector:
         fmech = fmech if fmech in ("kprobe", "fentry") and "bridge" in self.areas else None
         try:
             consts = kernel_constants(functions=fmech is not None)
+            consts = {k: v for k, v in consts.items() if k not in self.without}
             reasons, subsys = drop_reason_tables()
         except btfmod.BtfError as exc:
             raise UserError(f"kernel layout not understood from BTF: {exc}") from None

@@ -14,6 +14,7 @@ findings differ from what was recorded, a note says so.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from vethtrace.console import make_console
@@ -23,7 +24,20 @@ from vethtrace.record import Recording, read
 from vethtrace.render.trace import NetnsNames, notice_text
 
 
-def run(file: str, as_json: bool = False) -> int:
+def run(
+    file: str,
+    as_json: bool = False,
+    since: str | None = None,
+    until: str | None = None,
+    at: str | None = None,
+    netns: list[str] | None = None,
+) -> int:
+    if os.path.isdir(file):  # a flight recorder's directory (commands/report_dir.py)
+        from vethtrace.commands import report_dir
+
+        return report_dir.run(file, as_json, since, until, at, netns or [])
+    if since or until or at or netns:
+        raise UserError("--since, --until, --at and -n apply to a recorder's directory")
     rec = read(file)
     notes = list(rec.notes) + [notice_text(n) for n in rec.notices]
     if rec.interrupted:
