@@ -82,10 +82,18 @@ def probes(ctx: Context, ns: Namespace) -> Iterator[Probe]:
         else:
             yield Probe(ns, gw, "icmp", f"its default gateway {gw} ({owner.ns.name})")
         node = owner.ns if owner is not None else _far_namespace(ctx, ns, oif)
-        far = _default_gateway(node) if node is not None else None
-        if far and far not in seen and node is not None:
+        if node is None:
+            continue
+        far = _default_gateway(node)
+        if far is not None and far not in seen:
             seen.add(far)
             yield Probe(ns, far, "icmp", f"{far} beyond its node ({node.name}'s default gateway)")
+        elif far is None and oif is not None:
+            # a node without a default route: the first other stack on its uplinks
+            for dst, who in _uplink_peers(ctx, node, ctx.domain_id(oif.key)):
+                if dst not in seen:
+                    seen.add(dst)
+                    yield Probe(ns, dst, "icmp", f"{dst} beyond its node ({who}, on {node.name}'s uplink)")
     for w in ctx.up_interfaces(ns):
         for dst, who in _segment_peers(ctx, w):
             if dst not in seen:
@@ -101,6 +109,22 @@ def _far_namespace(ctx: Context, ns: Namespace, oif: object) -> Namespace | None
         return None
     w = ctx.where(oif.peer)
     return w.ns if w is not None else None
+
+
+def _uplink_peers(ctx: Context, node: Namespace, pod_domain: int) -> list[tuple[str, str]]:
+    """For a node with no default route, what lies "beyond" it is on its other
+    links: the first other stack (by address, in the node's subnet) on each up link
+    of the node that is not the pod's own segment. One per link: linear cost."""
+    out: list[tuple[str, str]] = []
+    for w in ctx.up_interfaces(node):
+        if ctx.domain_id(w.iface.key) == pod_domain:
+            continue
+        mine = ctx.v4(w.iface)
+        for a, inode, name in _stacks_of_domain(ctx, ctx.domain_id(w.iface.key), w.iface.key):
+            if inode != node.inode and any(a in m.network for m in mine):
+                out.append((str(a), name))
+                break
+    return out
 
 
 def _default_gateway(ns: Namespace) -> str | None:
@@ -256,8 +280,12 @@ def path_findings(ctx: Context, ids: set[str] | None) -> Iterator[Finding]:
             for g in ctx.findings
         ):
             continue  # a static rule already names it
-        groups.setdefault((rid, netns, iface, f.hop.decision), []).append(f)
-    for (rule_id, netns, iface, decision), fails in groups.items():
+        # one finding per culprit and remedy (the same missing masquerade loses
+        # every pod's reply, each decided for its own address)
+        key = " ".join(f.hop.fix) if f.hop.fix else f.hop.decision
+        groups.setdefault((rid, netns, iface, key), []).append(f)
+    for (rule_id, netns, iface, _key), fails in groups.items():
+        decision = fails[0].hop.decision
         ns = ctx.topo.netns_by_name(netns)
         it = ns.iface_by_name(iface) if ns is not None and iface else None
         if ns is None:

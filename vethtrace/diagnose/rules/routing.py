@@ -92,7 +92,10 @@ def _reached_anyway(
     ctx: Context, ns: Namespace, w: Where, lost: dict[IPv4Address, IPv4Network]
 ) -> bool:
     """Does the path model say a host behind the router reaches ns all the same
-    (the router masquerades, so ns never sees the unroutable source)?"""
+    (the router masquerades, so ns never sees the unroutable source), or that
+    the decision that broke is the router's (it forwards out of its uplink, the
+    interface of its default route, without masquerading: ns is its upstream,
+    not meant to route its pods; paths.py's missing-masquerade names that)?"""
     from vethtrace.diagnose.path import Flow, predict
 
     mine = next((str(a.ip) for a in ctx.v4(w.iface)), None)
@@ -101,9 +104,11 @@ def _reached_anyway(
     if mine is None or owner is None:
         return False
     try:
-        return predict(ctx.topo, Flow(owner.ns.name, mine)).ok
+        pred = predict(ctx.topo, Flow(owner.ns.name, mine))
     except Exception:  # the model tripping must not hide a static finding
         return False
+    hop = pred.first_failure
+    return pred.ok or (hop is not None and hop.blame is not None and hop.netns == ns.name)
 
 
 @rule("forwarding-disabled", "a namespace other namespaces route through does not forward")
