@@ -82,18 +82,20 @@ def probes(ctx: Context, ns: Namespace) -> Iterator[Probe]:
         else:
             yield Probe(ns, gw, "icmp", f"its default gateway {gw} ({owner.ns.name})")
         node = owner.ns if owner is not None else _far_namespace(ctx, ns, oif)
-        if node is None:
+        if node is None or oif is None:
             continue
+        beyond = [(d, f"{d}, routed by {node.name} ({who})")
+                  for d, who in _routed_sibling(ctx, node, ns)]
         far = _default_gateway(node)
-        if far is not None and far not in seen:
-            seen.add(far)
-            yield Probe(ns, far, "icmp", f"{far} beyond its node ({node.name}'s default gateway)")
-        elif far is None and oif is not None:
-            # a node without a default route: the first other stack on its uplinks
-            for dst, who in _uplink_peers(ctx, node, ctx.domain_id(oif.key)):
-                if dst not in seen:
-                    seen.add(dst)
-                    yield Probe(ns, dst, "icmp", f"{dst} beyond its node ({who}, on {node.name}'s uplink)")
+        if far is not None:
+            beyond.append((far, f"{far} beyond its node ({node.name}'s default gateway)"))
+        else:  # a node without a default route: the first other stack on its uplinks
+            beyond += [(d, f"{d} beyond its node ({who}, on {node.name}'s uplink)")
+                       for d, who in _uplink_peers(ctx, node, ctx.domain_id(oif.key))]
+        for dst, what in beyond:
+            if dst not in seen:
+                seen.add(dst)
+                yield Probe(ns, dst, "icmp", what)
     for w in ctx.up_interfaces(ns):
         for dst, who in _segment_peers(ctx, w):
             if dst not in seen:
@@ -109,6 +111,47 @@ def _far_namespace(ctx: Context, ns: Namespace, oif: object) -> Namespace | None
         return None
     w = ctx.where(oif.peer)
     return w.ns if w is not None else None
+
+
+def _node_of(ctx: Context, ns: Namespace) -> tuple[Namespace, IPv4Address, int] | None:
+    """(node, ns's address, its L2 domain) for an endpoint whose default gateway is
+    held by, or sits behind a veth into, another namespace."""
+    for route in ns.routes:
+        if route.family != 4 or route.dst != "default" or not route.gateway:
+            continue
+        oif = ns.iface(route.oif)
+        if oif is None or not ctx.v4(oif):
+            continue
+        owner = ctx.owner_of(IPv4Address(route.gateway), ctx.domain(oif.key))
+        node = owner.ns if owner is not None else _far_namespace(ctx, ns, oif)
+        if node is not None:
+            return node, ctx.v4(oif)[0].ip, ctx.domain_id(oif.key)
+    return None
+
+
+def _routed_sibling(ctx: Context, node: Namespace, ns: Namespace) -> list[tuple[str, str]]:
+    """Another endpoint of the same node on another L2 segment (ptp and Calico pods,
+    each on a veth of its own): the next one in a ring by address, so pod-to-pod
+    traffic the node routes is checked, linearly in the number of pods."""
+    cache = ctx.cache.setdefault("node-pods", {})
+    assert isinstance(cache, dict)
+    if not cache:
+        for e in endpoints(ctx):
+            got = _node_of(ctx, e)
+            if got is not None:
+                cache.setdefault(got[0].inode, []).append((got[1], e.name, got[2]))
+        for pods in cache.values():
+            pods.sort()
+    pods = cache.get(node.inode, [])
+    mine = next((p for p in pods if p[1] == ns.name), None)
+    if mine is None or len({p[2] for p in pods}) < 2:
+        return []
+    start = pods.index(mine)
+    for k in range(1, len(pods)):
+        addr, name, domain = pods[(start + k) % len(pods)]
+        if domain != mine[2]:
+            return [(str(addr), name)]
+    return []
 
 
 def _uplink_peers(ctx: Context, node: Namespace, pod_domain: int) -> list[tuple[str, str]]:
@@ -207,8 +250,10 @@ def _deliberate(ctx: Context, src: Namespace, dst: str, hop: Hop) -> bool:
     return isolating_network(daemon, src, dst) is not None
 
 
-def rule_of(hop: Hop) -> str:
-    """The check rule id for the kind of decision that failed."""
+def rule_of(hop: Hop, ctx: Context | None = None) -> str:
+    """The check rule id for the kind of decision that failed (with ctx, a drop in
+    a forward firewall written for bridged traffic too is netfilter-forward-drop,
+    see rules/bridge.py's bridged_by_design)."""
     step, src, dec = hop.step, hop.source, hop.decision
     if step == "route":
         if hop.blame is not None:
@@ -221,6 +266,8 @@ def rule_of(hop: Hop) -> str:
     if step == "rp_filter":
         return "rp-filter-strict"
     if step == "nft":
+        if "br_netfilter" in dec and ctx is not None and _bridged_by_design(ctx, hop):
+            return "netfilter-forward-drop"
         if src.startswith("nft bridge") or "br_netfilter" in dec:
             return "bridge-netfilter-drop"
         return "netfilter-forward-drop" if dec.startswith("forward") else "path-broken"
@@ -254,6 +301,14 @@ def rule_of(hop: Hop) -> str:
     return "path-broken"
 
 
+def _bridged_by_design(ctx: Context, hop: Hop) -> bool:
+    from vethtrace.diagnose.rules.bridge import bridged_by_design
+
+    ns = ctx.topo.netns_by_name(hop.netns)
+    br = ns.iface_by_name(hop.interface) if ns is not None and hop.interface else None
+    return br is not None and ns is not None and bridged_by_design(ctx, Where(ns, br))
+
+
 def _covered(ctx: Context, netns: str, iface: str | None, dst: str) -> bool:
     """Does a static finding (warning or worse) already name this culprit, or speak
     of this destination in the namespace that decided (e.g. same-subnet names the
@@ -271,7 +326,7 @@ def path_findings(ctx: Context, ids: set[str] | None) -> Iterator[Finding]:
     one of PATH_RULES' own, i.e. path-broken and the static rules' ids)."""
     groups: dict[tuple[str, str, str | None, str], list[Failure]] = {}
     for f in failures(ctx):
-        rid = rule_of(f.hop)
+        rid = rule_of(f.hop, ctx)
         if (rid not in ids) if ids is not None else (rid in PATH_RULES and rid != "path-broken"):
             continue
         netns, iface = f.hop.culprit
