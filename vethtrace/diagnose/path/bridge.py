@@ -246,26 +246,32 @@ def bridge_forward(
             )
             continue
         if qstate != "forwarding":
-            out.add(
-                dead_end(
-                    trail,
-                    w.hop(
-                        ns,
-                        q,
-                        "bridge",
-                        f"port {q.name} is {qstate}: not sent there",
-                        f"bridge link {q.name} state {qstate}",
-                        "fail",
-                        f"a bridge port in state {qstate} transmits nothing"
-                        + (" (it is down)" if qstate == "disabled" else ""),
-                        [
-                            w.cmd(ns, f"ip link set {q.name} up")
-                            if qstate == "disabled"
-                            else w.cmd(ns, f"bridge link set dev {q.name} state 3")
-                        ],
-                    ),
-                )
+            peer = _down_peer(w, q) if qstate == "disabled" else None
+            h = w.hop(
+                ns,
+                q,
+                "bridge",
+                f"port {q.name} is {qstate}: not sent there",
+                f"bridge link {q.name} state {qstate}",
+                "fail",
+                f"a bridge port in state {qstate} transmits nothing"
+                + (
+                    f" (its veth peer {peer[0].name}/{peer[1].name} is down"
+                    + (", and so is the port)" if not q.admin_up else ": no carrier)")
+                    if peer is not None
+                    else " (it is down)" if qstate == "disabled" else ""
+                ),
+                [w.cmd(peer[0], f"ip link set {peer[1].name} up")] if peer is not None else [],
             )
+            if qstate != "disabled":
+                h.fix.append(w.cmd(ns, f"bridge link set dev {q.name} state 3"))
+            elif not q.admin_up:
+                h.fix.append(w.cmd(ns, f"ip link set {q.name} up"))
+            if peer is not None:
+                # the end that holds the stack (the pod's eth0) speaks for the pair,
+                # as check's interface-down/veth-peer-down do
+                h.blame = (peer[0].name, peer[1].name)
+            out.add(dead_end(trail, h))
             continue
         if (
             ingress is not None
@@ -306,3 +312,15 @@ def bridge_forward(
         )
         out.add(l2flood.flood_to(w, q, frame, trail + hops + [hop]))
     return out
+
+
+def _down_peer(w: Walker, q: Interface) -> tuple[Namespace, Interface] | None:
+    """q's veth peer when it is down: the kernel disables a port without
+    carrier, so the fix is the peer's (and q's own, if q is down too)."""
+    if q.kind != "veth" or q.peer is None:
+        return None
+    peer = w.topo.iface(q.peer)
+    pns = w._by_inode.get(q.peer.netns)
+    if peer is None or pns is None or peer.admin_up:
+        return None
+    return pns, peer

@@ -222,7 +222,10 @@ def resolve(
         mac, _hops = arp(w, ns, oif, nexthop, asker)
         w.l2_seen, w.learned = saved
         if mac is not None and mac != entry.lladdr:
-            return None, [
+            # the kernel sends to the entry's MAC all the same: the walk goes on with
+            # it (a bridge floods it, the receivers drop it as PACKET_OTHERHOST);
+            # this hop stays the decision that lost the packet
+            return entry.lladdr, [
                 w.hop(
                     ns,
                     oif,

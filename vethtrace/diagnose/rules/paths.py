@@ -290,6 +290,8 @@ def rule_of(hop: Hop, ctx: Context | None = None) -> str:
             return "isolated-ports"
         if "state DOWN" in src:
             return "bridge-down"
+        if "state disabled" in src:  # a port down, or up without carrier (peer down)
+            return "veth-peer-down" if hop.blame is not None else "interface-down"
         if "state" in src:
             return "bridge-port-not-forwarding"
     if step == "veth":
