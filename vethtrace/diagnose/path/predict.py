@@ -43,7 +43,7 @@ def predict(topo: Topology, flow: Flow) -> PathPrediction:
 def _predict(w: Walker, src: Namespace, flow: Flow) -> PathPrediction:
     pred = PathPrediction(flow)
     if flow.proto == "arp":
-        res = lookup(src, flow.dst)
+        res = lookup(src, flow.dst, memo=w.floods)
         sip = select_source(src, res, flow.dst)
         if res.oif is None:
             noroute.no_route(w, src, None, Packet(sip, flow.dst, "arp"), res)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from vethtrace.diagnose.path import Flow, Hop, PathPrediction
-from vethtrace.diagnose.path.predict import Predictor
 from vethtrace.diagnose.rules.base import Context, Where, finding, join_names, rule
 from vethtrace.model import Finding, Namespace
 
@@ -133,20 +132,25 @@ def _routed_sibling(ctx: Context, node: Namespace, ns: Namespace) -> list[tuple[
     """Another endpoint of the same node on another L2 segment (ptp and Calico pods,
     each on a veth of its own): the next one in a ring by address, so pod-to-pod
     traffic the node routes is checked, linearly in the number of pods."""
-    cache = ctx.cache.setdefault("node-pods", {})
-    assert isinstance(cache, dict)
-    if not cache:
+    cache = ctx.cache.get("node-pods")
+    if not isinstance(cache, dict):
+        by_node: dict[int, list[tuple[IPv4Address, str, int]]] = {}
         for e in endpoints(ctx):
             got = _node_of(ctx, e)
             if got is not None:
-                cache.setdefault(got[0].inode, []).append((got[1], e.name, got[2]))
-        for pods in cache.values():
-            pods.sort()
-    pods = cache.get(node.inode, [])
-    mine = next((p for p in pods if p[1] == ns.name), None)
-    if mine is None or len({p[2] for p in pods}) < 2:
+                by_node.setdefault(got[0].inode, []).append((got[1], e.name, got[2]))
+        built: dict[int, tuple[list[tuple[IPv4Address, str, int]], dict[str, int]]] = {}
+        cache = ctx.cache["node-pods"] = built
+        for inode, found in by_node.items():
+            found.sort()
+            if len({p[2] for p in found}) >= 2:  # pods on more than one segment
+                built[inode] = (found, {p[1]: k for k, p in enumerate(found)})
+    entry = cache.get(node.inode)
+    if entry is None or ns.name not in entry[1]:
         return []
-    start = pods.index(mine)
+    pods, position = entry
+    start = position[ns.name]
+    mine = pods[start]
     for k in range(1, len(pods)):
         addr, name, domain = pods[(start + k) % len(pods)]
         if domain != mine[2]:
@@ -198,7 +202,8 @@ def _segment_peers(ctx: Context, w: Where) -> list[tuple[str, str]]:
                 break
     static = {
         n.address for n in w.ns.neighbours
-        if n.ifindex == w.iface.key.ifindex and n.state in ("PERMANENT", "NOARP")
+        if n.ifindex == w.iface.key.ifindex and n.family == 4
+        and n.state in ("PERMANENT", "NOARP")
     }  # fmt: skip
     if static:
         chosen += [e for e in stacks if str(e[0]) in static and e not in chosen and peer(e)]
@@ -228,7 +233,7 @@ def failures(ctx: Context) -> list[Failure]:
     if isinstance(cached, list):
         return cached
     out: list[Failure] = []
-    predictor = Predictor(ctx.topo)
+    predictor = ctx.predictor
     for ns in endpoints(ctx):
         for p in probes(ctx, ns):
             pred: PathPrediction = predictor.predict(Flow(ns.name, p.dst, p.proto))

@@ -97,7 +97,7 @@ def _reached_anyway(
     interface of its default route, without masquerading: ns is its upstream,
     not meant to route its pods; paths.py's missing-masquerade names that), or
     that the request is lost before ns (so the model cannot judge the reply yet)?"""
-    from vethtrace.diagnose.path import Flow, predict
+    from vethtrace.diagnose.path import Flow
 
     mine = next((str(a.ip) for a in ctx.v4(w.iface)), None)
     host = next(iter(lost))
@@ -105,7 +105,7 @@ def _reached_anyway(
     if mine is None or owner is None:
         return False
     try:
-        pred = predict(ctx.topo, Flow(owner.ns.name, mine))
+        pred = ctx.predictor.predict(Flow(owner.ns.name, mine))
     except Exception:  # the model tripping must not hide a static finding
         return False
     hop = pred.first_failure
