@@ -71,17 +71,28 @@ def bridged(masquerade: bool = True, bridge: str = "cni0") -> Topology:
     node.routes = [Route("192.0.2.0/24", 2, scope="link"), Route("10.22.0.0/24", 3, scope="link"),
                    Route("default", 2, "192.0.2.2")]  # fmt: skip
     if masquerade:
-        node.nft = [chain("post", "postrouting", prio=100, ctype="nat"),
-                    nft_rule("post", 2, match("oifname", "up0"), {"masquerade": None})]  # fmt: skip
+        node.nft = list(MASQUERADE_UP0)
+    pods = [(f"10.22.0.{k}/24", "10.22.0.0/24", "10.22.0.1") for k in (2, 3)]
+    return _with_outside_and_pods(node, pods)
+
+
+MASQUERADE_UP0 = [chain("post", "postrouting", prio=100, ctype="nat"),
+                  nft_rule("post", 2, match("oifname", "up0"), {"masquerade": None})]  # fmt: skip
+
+
+def _with_outside_and_pods(node: Namespace, pods: list[tuple[str, str, str]]) -> Topology:
+    """node plus outside (192.0.2.2 on node's up0) and pod-a, pod-b on node's
+    interfaces 4 and 5: (address, connected route, default gateway) each."""
     out = Namespace(OUT, "outside", interfaces=[nic(OUT, 2, "eth0", "192.0.2.2/24", (NODE, 2))])
     out.routes = [Route("192.0.2.0/24", 2, scope="link")]
-    pods = []
-    for inode, name, addr, port in ((POD_A, "pod-a", "10.22.0.2/24", 4),
-                                    (POD_B, "pod-b", "10.22.0.3/24", 5)):  # fmt: skip
+    made = []
+    for (inode, name, port), (addr, link, gw) in zip(
+        ((POD_A, "pod-a", 4), (POD_B, "pod-b", 5)), pods, strict=True
+    ):
         pod = Namespace(inode, name, interfaces=[nic(inode, 2, "eth0", addr, (NODE, port))])
-        pod.routes = [Route("10.22.0.0/24", 2, scope="link"), Route("default", 2, "10.22.0.1")]
-        pods.append(pod)
-    return Topology([node, out, *pods])
+        pod.routes = [Route(link, 2, scope="link"), Route("default", 2, gw)]
+        made.append(pod)
+    return Topology([node, out, *made])
 
 
 def calico(proxy_arp: bool = True) -> Topology:
@@ -100,17 +111,10 @@ def calico(proxy_arp: bool = True) -> Topology:
         Route("10.24.0.3/32", 5, scope="link"),
         Route("default", 2, "192.0.2.2"),
     ]
-    node.nft = [chain("post", "postrouting", prio=100, ctype="nat"),
-                nft_rule("post", 2, match("oifname", "up0"), {"masquerade": None})]  # fmt: skip
-    out = Namespace(OUT, "outside", interfaces=[nic(OUT, 2, "eth0", "192.0.2.2/24", (NODE, 2))])
-    out.routes = [Route("192.0.2.0/24", 2, scope="link")]
-    pods = []
-    for inode, name, addr, port in ((POD_A, "pod-a", "10.24.0.2/32", 4),
-                                    (POD_B, "pod-b", "10.24.0.3/32", 5)):  # fmt: skip
-        pod = Namespace(inode, name, interfaces=[nic(inode, 2, "eth0", addr, (NODE, port))])
-        pod.routes = [Route("169.254.1.1/32", 2, scope="link"), Route("default", 2, "169.254.1.1")]
-        pods.append(pod)
-    return Topology([node, out, *pods])
+    node.nft = list(MASQUERADE_UP0)
+    gw = "169.254.1.1"
+    return _with_outside_and_pods(node, [("10.24.0.2/32", f"{gw}/32", gw),
+                                         ("10.24.0.3/32", f"{gw}/32", gw)])  # fmt: skip
 
 
 def docker(accept: bool = True) -> Topology:
