@@ -103,6 +103,9 @@ def install(command: str = "") -> Callable[[], None]:
     os.set_blocking(w, False)
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(st, r, stop), daemon=True, name="signals")
+    # discovery may still fork beside it (topology/fork.py): it only blocks in read()
+    # and its locks (st.lock, stderr's) are nothing the dumping child touches
+    watcher.fork_safe = True  # type: ignore[attr-defined]
     watcher.start()
     old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
     previous_hook = sys.unraisablehook

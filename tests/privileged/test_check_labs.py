@@ -24,20 +24,6 @@ from vethtrace.topology import discover
 
 pytestmark = pytest.mark.privileged
 
-# Container networks (#15) on which today's check is known to be wrong: a false
-# "missing-route" error on NAT'd networks (outside needs no route back), rules that
-# do not exist yet (the decision is only visible to the path model) or do not see
-# across namespaces. strict: each flips to a failure once `check` gets it right.
-PATH_MODEL = pytest.mark.xfail(strict=True, reason="needs the path model (#15)")
-CHECK_WRONG = {
-    "cni-bridge-nomasq", "cni-portmap-down", "cni-ptp-forward-drop", "docker-forward-drop",
-}  # fmt: skip
-
-
-def _params(names: list[str]) -> list:
-    return [pytest.param(n, marks=PATH_MODEL) if n in CHECK_WRONG else n for n in names]
-
-
 RULED = [n for n in scenarios() if load(n).expect.rules]
 # Labs with a Docker daemon of their own are checked in test_lab_docker.py (with the
 # daemon's DOCKER_HOST; their fixes are docker commands against it).
@@ -73,10 +59,10 @@ def reaches(src: str, ip: str, size: int | None, seconds: float = 4.0) -> bool:
     return False
 
 
-def _culprit(scn: Scenario, lab_ns) -> tuple[str, str | None]:
+def _on_culprit(scn: Scenario, prefix: str, hits: list[Finding]) -> bool:
     c = scn.expect.culprit
     assert c is not None, f"{scn.name} names rules but no culprit"
-    return lab_ns(c.netns), c.interface
+    return any(c.matches(prefix, f.netns, f.interface) for f in hits)
 
 
 def test_every_rule_has_a_lab_scenario() -> None:
@@ -89,7 +75,7 @@ def test_every_rule_has_a_lab_scenario() -> None:
     assert set(rule_ids()) - covered <= NOT_IN_LABS
 
 
-@pytest.mark.parametrize("name", _params(BROKEN))
+@pytest.mark.parametrize("name", BROKEN)
 def test_rule_fires_on_culprit_and_fix_works(name: str) -> None:
     scn = load(name)
     with built_lab(name) as lab:
@@ -97,7 +83,7 @@ def test_rule_fires_on_culprit_and_fix_works(name: str) -> None:
         hits = [f for f in findings if f.rule in scn.expect.rules]
         shown = [(f.rule, f.netns, f.interface) for f in findings]
         assert hits, f"{name}: none of {scn.expect.rules} fired; got {shown}"
-        assert _culprit(scn, lab.ns) in {(f.netns, f.interface) for f in hits}, shown
+        assert _on_culprit(scn, lab.prefix, hits), shown
         for f in hits:
             assert f.explanation and f.summary and f.fix, f
             assert all(lab.prefix in cmd for cmd in f.fix), f.fix  # real names, pasteable
@@ -119,7 +105,7 @@ def test_rule_fires_on_culprit_and_fix_works(name: str) -> None:
             assert reaches(lab.ns(p.source), p.to, p.size), f"{name}: {p} still fails after fix"
 
 
-@pytest.mark.parametrize("name", _params(HEALTHY))
+@pytest.mark.parametrize("name", HEALTHY)
 def test_healthy_scenarios_are_clean(name: str) -> None:
     with built_lab(name) as lab:
         findings = check(lab.namespaces)

@@ -53,7 +53,7 @@ def run(
     elif port is not None:
         raise UserError(f"--port makes no sense with --proto {proto}")
     require_root("reading every namespace")
-    topo = discover()
+    topo = discover(sockets=proto in ("tcp", "udp"))  # a listener decides delivery
     src = source or "root"
     if topo.netns_by_name(src) is None:
         raise UserError(f"no network namespace named {src!r} (see `ip netns list`)")

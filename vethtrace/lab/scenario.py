@@ -235,7 +235,13 @@ class TcpExpect:
 @dataclass
 class Culprit:
     netns: str
-    interface: str | None
+    interface: str | None  # None: the namespace only (a name the lab cannot know,
+    # e.g. the random host-side veth a CNI plugin creates)
+
+    def matches(self, prefix: str, netns: str | None, interface: str | None) -> bool:
+        """Is (netns, interface), with lab prefix `prefix`, this culprit? A culprit
+        naming only its namespace accepts any interface there."""
+        return netns == prefix + self.netns and self.interface in (None, interface)
 
 
 @dataclass

@@ -71,13 +71,16 @@ __all__ = [
 ]
 
 
-def discover(netns: list[str] | None = None, firewall: bool = True) -> Topology:
+def discover(
+    netns: list[str] | None = None, firewall: bool = True, sockets: bool = False
+) -> Topology:
     """Read the live topology (needs root: it enters every namespace).
 
     With `netns`, only those namespaces are read in full; namespaces holding the
     veth peers of their interfaces are added with `partial=True` (interfaces
     only), so a selection still shows where its cables lead. Unknown names raise
-    UserError. `firewall=False` skips reading nftables chains.
+    UserError. `firewall=False` skips reading nftables chains. `sockets=True` also
+    reads listening sockets (sock_diag), which only a tcp/udp path needs.
     """
     notes: list[str] = []
     refs = enumerate_namespaces(notes)
@@ -95,6 +98,7 @@ def discover(netns: list[str] | None = None, firewall: bool = True) -> Topology:
         with_nft=firewall,
         nsid_pairs=lambda c: _build.nsid_queries(_build.parse_links(c)),
         decode=_build.decode,
+        sockets=sockets,
     )
     cap.notes[:0] = notes
     topo = _build.build(cap)

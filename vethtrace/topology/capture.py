@@ -189,6 +189,7 @@ def dump_here(
     with_nft: bool,
     bridges: bool = True,
     legacy: bool = True,
+    sockets: bool = False,
 ) -> None:
     """Fill raw through `sock`, a NETLINK_ROUTE socket of the namespace the calling
     thread is in (only links and nsids unless `full`); `bridges`/`legacy`:
@@ -214,7 +215,9 @@ def dump_here(
         except OSError:
             raw.fdb = b""  # no bridge support in this kernel
     raw.sysctls = read_sysctls(bridges and has_bridge)
-    pathfacts.dump_here(sock, raw)
+    # a VXLAN device's own UDP socket is where the path model delivers the outer
+    # packet: its namespace's sockets are always read
+    pathfacts.dump_here(sock, raw, sockets or _VXLAN_KIND in raw.links)
     if legacy:
         raw.iptables_legacy = read_iptables_legacy()
     if with_nft:
@@ -268,6 +271,7 @@ def capture(
     nsid_pairs: Callable[[RawCapture], tuple[dict[int, set[int]], set[int]]] | None = None,
     fork: bool | None = None,
     decode: Callable[[RawNamespace], Any] | None = None,
+    sockets: bool = False,
 ) -> RawCapture:
     """Dump every namespace in refs (only links for those not in `full`, when given),
     then ask the kernel what `nsid_pairs(capture)` says peer resolution needs: the
@@ -281,7 +285,8 @@ def capture(
     child does not decode: model objects cost more to pickle and unpickle than
     to decode from the bytes. The nsid questions are asked from here (a socket
     in a namespace the child dumped costs a setns and a socket() call).
-    RawCapture.forked says whether a child's results were used.
+    RawCapture.forked says whether a child's results were used. `sockets`: also
+    the listening sockets (pathfacts.dump_here).
     """
     cap = RawCapture(taken_at=time.time(), kernel=os.uname().release)
     nft = with_nft and module_present("nf_tables")
@@ -304,7 +309,9 @@ def capture(
         raw = RawNamespace(ref.inode, ref.name, ref.named, list(ref.pids), ref.container)
         try:
             socks[ref.inode] = sock = rtnl_socket()
-            dump_here(sock, raw, full is None or ref.inode in full, nft, br_nf, legacy)
+            dump_here(
+                sock, raw, full is None or ref.inode in full, nft, br_nf, legacy, sockets
+            )
         except OSError as exc:
             return f"netns {ref.name}: skipped ({exc.strerror or exc})"
         return raw

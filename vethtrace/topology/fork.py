@@ -24,12 +24,15 @@ CHILD_TIMEOUT = 60.0  # seconds; a child this late is killed and its share dumpe
 
 
 def fork_pays(n_refs: int) -> bool:
-    """Whether to dump in two processes. Only from a single-threaded process: a
-    child forked while other threads run (ping's sniffers, watch's UI) could
-    inherit a lock one of them holds and never finish."""
+    """Whether to dump in two processes. Only from a process whose only other
+    threads are marked `fork_safe` (signals.py's watcher, which blocks in read()
+    and takes no lock the child could need): a child forked while other threads
+    run (ping's sniffers, watch's UI) could inherit a lock one of them holds and
+    never finish."""
+    others = [t for t in threading.enumerate() if t is not threading.current_thread()]
     return (
         n_refs >= FORK_MIN_NAMESPACES
-        and threading.active_count() == 1
+        and all(getattr(t, "fork_safe", False) for t in others)
         and len(os.sched_getaffinity(0)) >= 2
     )
 

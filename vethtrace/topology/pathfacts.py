@@ -57,9 +57,12 @@ SOCK_REQS = [
 ]
 
 
-def dump_here(sock: socket.socket, raw: RawNamespace) -> None:
-    """Rules, proxy entries and sockets of the calling thread's namespace (called
-    by capture.dump_here with that namespace's NETLINK_ROUTE socket)."""
+def dump_here(sock: socket.socket, raw: RawNamespace, sockets: bool = False) -> None:
+    """Rules, proxy entries and (with `sockets`) listening sockets of the calling
+    thread's namespace (called by capture.dump_here with that namespace's
+    NETLINK_ROUTE socket). Sockets only decide a tcp/udp path's delivery (`path
+    --proto tcp|udp` asks for them, and capture asks where a VXLAN device listens);
+    elsewhere the sock_diag dumps are skipped (~25 ms at 500 namespaces)."""
     from vethtrace.topology.capture import dump
 
     for attr, req in (("rules", RULE_REQ), ("proxies", PROXY_REQ)):
@@ -67,6 +70,8 @@ def dump_here(sock: socket.socket, raw: RawNamespace) -> None:
             setattr(raw, attr, dump(sock, req))
         except OSError:
             setattr(raw, attr, b"")
+    if not sockets:
+        return
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as diag:
             out = b""

@@ -16,26 +16,45 @@ from typing import TYPE_CHECKING
 from vethtrace.diagnose.path import l2flood, netfilter
 from vethtrace.diagnose.path.flow import Hop
 from vethtrace.diagnose.path.l2 import Dead, Frame, L2Result, dead_end
-from vethtrace.model import Interface, Namespace
+from vethtrace.model import FdbEntry, Interface, Namespace
 
 if TYPE_CHECKING:
     from vethtrace.diagnose.path.walk import Walker
+
+
+def _fdb_index(
+    w: Walker, ns: Namespace, br: Interface
+) -> tuple[dict[str, list[FdbEntry]], dict[str | None, Interface]]:
+    """br's FDB entries by MAC (in the kernel's dump order) and its ports' own
+    MACs (the first port holding one), once per topology: a 500-port bridge's
+    FDB is looked up for every frame check predicts."""
+    key = ("fdb", br.key)
+    got = w.floods.get(key)
+    if got is None:
+        by_mac: dict[str, list[FdbEntry]] = {}
+        for e in ns.fdb:
+            if "self" in e.flags:
+                continue
+            if e.master not in (br.key.ifindex, None) or (
+                e.master is None and e.ifindex != br.key.ifindex
+            ):
+                continue
+            by_mac.setdefault(e.mac, []).append(e)
+        port_macs: dict[str | None, Interface] = {}
+        for p in l2flood.ports(w, ns, br):
+            port_macs.setdefault(p.mac, p)
+        got = w.floods[key] = (by_mac, port_macs)
+    return got
 
 
 def fdb_lookup(w: Walker, ns: Namespace, br: Interface, mac: str) -> tuple[str, int | None, str]:
     """("local"|"port"|"none", port ifindex, the entry) as br_fdb_find_rcu answers."""
     if mac == br.mac:
         return "local", None, f"fdb {mac} dev {br.name} (the bridge's own address)"
-    ports = [i for i in ns.interfaces if i.master == br.key.ifindex]
+    by_mac, port_macs = _fdb_index(w, ns, br)
     static = None
     dynamic = None
-    for e in ns.fdb:
-        if e.mac != mac or "self" in e.flags:
-            continue
-        if e.master not in (br.key.ifindex, None) or (
-            e.master is None and e.ifindex != br.key.ifindex
-        ):
-            continue
+    for e in by_mac.get(mac, ()):
         if "permanent" in e.flags:
             dev = ns.iface(e.ifindex)
             return (
@@ -47,9 +66,9 @@ def fdb_lookup(w: Walker, ns: Namespace, br: Interface, mac: str) -> tuple[str, 
             static = e
         else:
             dynamic = e
-    for p in ports:
-        if p.mac == mac:
-            return "local", None, f"fdb {mac} dev {p.name} permanent (a port's own address)"
+    p = port_macs.get(mac)
+    if p is not None:
+        return "local", None, f"fdb {mac} dev {p.name} permanent (a port's own address)"
     if static is not None:
         dev = ns.iface(static.ifindex)
         return "port", static.ifindex, f"fdb {mac} dev {dev.name if dev else static.ifindex} static"
@@ -152,11 +171,16 @@ def bridge_forward(
     """Where br sends a frame that arrived on `ingress` (None: br's own stack sent it)."""
     ns = w.ns_of(br)
     out = L2Result()
-    ports = [i for i in ns.interfaces if i.master == br.key.ifindex and i is not ingress]
+    ports: list[Interface] = []  # filled below only when br floods
+    # the hop says which port when the bridge has several to flood to (even if
+    # the walk follows only the ports that matter)
+    fanout = len(l2flood.ports(w, ns, br)) - (
+        ingress is not None and ingress.master == br.key.ifindex
+    )
     at = ingress or br
     if frame.dst_mac is None:
         flag = "bcast_flood"
-        targets = ports
+        targets = ports = l2flood.worth_flooding(w, ns, br, ingress, frame)
         decision = f"{br.name} floods the broadcast"
         source = "broadcast"
         if ingress is not None:  # delivered up to the bridge's own stack too
@@ -205,6 +229,7 @@ def bridge_forward(
                     )
             targets, flag, decision = [target], "", f"{br.name} forwards to {target.name}"
         else:
+            ports = l2flood.worth_flooding(w, ns, br, ingress, frame)
             targets, flag, decision = (
                 ports,
                 "flood",
@@ -246,26 +271,34 @@ def bridge_forward(
             )
             continue
         if qstate != "forwarding":
-            out.add(
-                dead_end(
-                    trail,
-                    w.hop(
-                        ns,
-                        q,
-                        "bridge",
-                        f"port {q.name} is {qstate}: not sent there",
-                        f"bridge link {q.name} state {qstate}",
-                        "fail",
-                        f"a bridge port in state {qstate} transmits nothing"
-                        + (" (it is down)" if qstate == "disabled" else ""),
-                        [
-                            w.cmd(ns, f"ip link set {q.name} up")
-                            if qstate == "disabled"
-                            else w.cmd(ns, f"bridge link set dev {q.name} state 3")
-                        ],
-                    ),
-                )
+            peer = _down_peer(w, q) if qstate == "disabled" else None
+            h = w.hop(
+                ns,
+                q,
+                "bridge",
+                f"port {q.name} is {qstate}: not sent there",
+                f"bridge link {q.name} state {qstate}",
+                "fail",
+                f"a bridge port in state {qstate} transmits nothing"
+                + (
+                    f" (its veth peer {peer[0].name}/{peer[1].name} is down"
+                    + (", and so is the port)" if not q.admin_up else ": no carrier)")
+                    if peer is not None
+                    else " (it is down)"
+                    if qstate == "disabled"
+                    else ""
+                ),
+                [w.cmd(peer[0], f"ip link set {peer[1].name} up")] if peer is not None else [],
             )
+            if qstate != "disabled":
+                h.fix.append(w.cmd(ns, f"bridge link set dev {q.name} state 3"))
+            elif not q.admin_up:
+                h.fix.append(w.cmd(ns, f"ip link set {q.name} up"))
+            if peer is not None:
+                # the end that holds the stack (the pod's eth0) speaks for the pair,
+                # as check's interface-down/veth-peer-down do
+                h.blame = (peer[0].name, peer[1].name)
+            out.add(dead_end(trail, h))
             continue
         if (
             ingress is not None
@@ -302,7 +335,25 @@ def bridge_forward(
         if frame.dst_mac is None and l2flood.bystander(w, q, frame):
             continue
         hop = w.hop(
-            ns, at, "bridge", decision if len(targets) == 1 else f"{decision}: {q.name}", hop_src
+            ns,
+            at,
+            "bridge",
+            decision
+            if (fanout if targets is ports else len(targets)) == 1
+            else f"{decision}: {q.name}",
+            hop_src,
         )
         out.add(l2flood.flood_to(w, q, frame, trail + hops + [hop]))
     return out
+
+
+def _down_peer(w: Walker, q: Interface) -> tuple[Namespace, Interface] | None:
+    """q's veth peer when it is down: the kernel disables a port without
+    carrier, so the fix is the peer's (and q's own, if q is down too)."""
+    if q.kind != "veth" or q.peer is None:
+        return None
+    peer = w.topo.iface(q.peer)
+    pns = w._by_inode.get(q.peer.netns)
+    if peer is None or pns is None or peer.admin_up:
+        return None
+    return pns, peer

@@ -21,7 +21,7 @@ def rp_filter(w: Walker, ns: Namespace, iface: Interface, pkt: Packet) -> bool:
     mode = conf(ns, iface, "rp_filter")
     if not mode or pkt.src is None:
         return True
-    back = lookup(ns, pkt.src, pkt.dst, "lo", pkt.proto, pkt.dport, pkt.sport)
+    back = lookup(ns, pkt.src, pkt.dst, "lo", pkt.proto, pkt.dport, pkt.sport, memo=w.floods)
     src = conf_source(iface, "rp_filter") + f"={mode}"
     if back.kind not in ("unicast", "local") or (
         mode == 1 and (back.oif is None or back.oif.key != iface.key)

@@ -134,20 +134,20 @@ def send(w: Walker, iface: Interface, frame: Frame, trail: list[Hop]) -> L2Resul
         )
     pns = w.ns_of(peer)
     if not peer.admin_up or not iface.carrier:
-        return dead_end(
-            trail,
-            w.hop(
-                ns,
-                iface,
-                "veth",
-                f"no carrier: peer {pns.name}/{peer.name} is down",
-                f"link {pns.name}/{peer.name} state DOWN",
-                "fail",
-                f"{peer.name}, the other end of {iface.name}, is down, so "
-                f"{iface.name} has no carrier and veth_xmit drops every frame",
-                [w.cmd(pns, f"ip link set {peer.name} up")],
-            ),
+        hop = w.hop(
+            ns,
+            iface,
+            "veth",
+            f"no carrier: peer {pns.name}/{peer.name} is down",
+            f"link {pns.name}/{peer.name} state DOWN",
+            "fail",
+            f"{peer.name}, the other end of {iface.name}, is down, so "
+            f"{iface.name} has no carrier and veth_xmit drops every frame",
+            [w.cmd(pns, f"ip link set {peer.name} up")],
         )
+        if not peer.admin_up:
+            hop.blame = (pns.name, peer.name)  # the end that is down decides
+        return dead_end(trail, hop)
     if frame.size > peer.mtu:
         return dead_end(
             trail,

@@ -14,10 +14,75 @@ from typing import TYPE_CHECKING
 from vethtrace.diagnose.path import l2
 from vethtrace.diagnose.path.flow import Hop
 from vethtrace.diagnose.path.l2 import Dead, Frame, L2Result
-from vethtrace.model import Interface
+from vethtrace.model import Interface, Namespace
 
 if TYPE_CHECKING:
     from vethtrace.diagnose.path.walk import Walker
+
+
+def ports(w: Walker, ns: Namespace, br: Interface) -> list[Interface]:
+    """br's ports in ns's order, once per topology."""
+    key = ("ports", br.key)
+    got = w.floods.get(key)
+    if got is None:
+        got = w.floods[key] = [i for i in ns.interfaces if i.master == br.key.ifindex]
+    return got
+
+
+def worth_flooding(
+    w: Walker, ns: Namespace, br: Interface, ingress: Interface | None, frame: Frame
+) -> list[Interface]:
+    """The ports an ARP request flooded by br must be walked to: every port that is
+    not an obvious bystander (see `bystander`), found through indexes built once
+    per bridge instead of asking each of 500 ports. Ports whose own state, flags
+    or isolation decide something are always kept (their dead ends are reported).
+    Other frames: every port but the ingress."""
+    every = ports(w, ns, br)
+    if w.arp_for is None or frame.pkt is not None or frame.dst_mac is not None:
+        return [q for q in every if q is not ingress]
+    key = ("split", br.key)
+    split = w.floods.get(key)
+    if split is None:
+        order: dict[object, int] = {}
+        keep: list[Interface] = []
+        by_peer: dict[object, Interface] = {}
+        for n, q in enumerate(every):
+            order[q.key] = n
+            bq = q.bridge_port
+            plain = (
+                q.kind == "veth" and q.peer is not None
+                and (bq is None or (bq.bcast_flood and bq.state == "forwarding"
+                                    and not bq.isolated))
+            )  # fmt: skip
+            peer = w.topo.iface(q.peer) if plain and q.peer is not None else None
+            if peer is None or peer.master is not None or not peer.admin_up:
+                keep.append(q)
+            else:
+                by_peer[peer.key] = q
+        by_ns: dict[int, list[Interface]] = {}
+        for pk, q in by_peer.items():
+            by_ns.setdefault(pk.netns, []).append(q)  # type: ignore[attr-defined]
+        split = w.floods[key] = (order, keep, by_peer, by_ns)
+    order, keep, by_peer, by_ns = split
+    holders, proxies = _index(w)
+    chosen = {q.key: q for q in keep}
+    for inode in holders.get(w.arp_for, ()):
+        for q in by_ns.get(inode, ()):
+            chosen[q.key] = q
+    for pk in proxies.get(w.arp_for, proxies[None]):
+        proxy = by_peer.get(pk)
+        if proxy is not None:
+            chosen[proxy.key] = proxy
+    if ingress is not None:
+        chosen.pop(ingress.key, None)
+    return sorted(chosen.values(), key=lambda q: order[q.key])
+
+
+def _index(w: Walker) -> tuple[dict[str, set[int]], dict[str | None, set[object]]]:
+    idx = w.floods.get("answerers")
+    if idx is None:
+        idx = w.floods["answerers"] = _answerers(w)
+    return idx
 
 
 def bystander(w: Walker, q: Interface, frame: Frame) -> bool:
@@ -35,10 +100,7 @@ def bystander(w: Walker, q: Interface, frame: Frame) -> bool:
         plain = memo[("plain", q.key)] = peer is not None and peer.master is None and peer.admin_up
     if not plain:
         return False
-    idx = memo.get("answerers")
-    if idx is None:
-        idx = memo["answerers"] = _answerers(w)
-    holders, proxies = idx
+    holders, proxies = _index(w)
     peer_key = q.peer
     assert peer_key is not None
     return peer_key.netns not in holders.get(w.arp_for, ()) and peer_key not in proxies.get(

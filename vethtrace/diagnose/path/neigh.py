@@ -8,7 +8,7 @@ asker (a port that neither learns nor receives floods loses it).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vethtrace.diagnose.path import l2
 from vethtrace.diagnose.path.flow import Hop
@@ -29,9 +29,9 @@ def answer(
     (yes, why, source, fix, relevance: 2 owner, 1 could proxy, 0 unrelated)."""
     if sip is None:
         sip = "0.0.0.0"
-    res = lookup(rns, tip, sip, iif=rif.name)
+    res = lookup(rns, tip, sip, iif=rif.name, memo=w.floods)
     if res.kind == "local":
-        owner = local_address(rns, tip)
+        owner = local_address(rns, tip, w.floods)
         level = conf(rns, rif, "arp_ignore")
         mine = [a for a in rif.addresses if a.address == tip]
         src = conf_source(rif, "arp_ignore")
@@ -64,7 +64,7 @@ def answer(
                 2,
             )
         if conf(rns, rif, "arp_filter"):
-            back = lookup(rns, sip, tip)
+            back = lookup(rns, sip, tip, memo=w.floods)
             if back.oif is None or back.oif.key != rif.key:
                 return (
                     False,
@@ -130,7 +130,9 @@ def arp(
         reached = l2.send(w, oif, frame, [])
     finally:
         w.arp_for = None
-    if not any(r.key != oif.key and may_answer(w.ns_of(r), r, tip) for r, _t in reached.reached):
+    if not any(
+        r.key != oif.key and may_answer(w.ns_of(r), r, tip, w.floods) for r, _t in reached.reached
+    ):
         w.l2_seen, w.learned = seen, learned  # nobody can answer: walk it all, to say who heard
         reached = l2.send(w, oif, frame, [])
     best: tuple[int, Interface, Namespace, tuple[bool, str, str, list[str], int]] | None = None
@@ -139,7 +141,7 @@ def arp(
         if rif.key == oif.key:
             continue
         rns = w.ns_of(rif)
-        if not may_answer(rns, rif, tip):
+        if not may_answer(rns, rif, tip, w.floods):
             # neither holds tip nor proxies: answer() would say "unrelated"; ask it
             # only if nobody better turns up (a flood reaches hundreds of these)
             bystander = bystander or (rif, trail)
@@ -181,19 +183,21 @@ def arp(
     back = l2.send(w, rif, l2.Frame(mac, oif.mac), [])
     if not any(r.key == oif.key for r, _t in back.reached):
         return None, best_trail + _reply_lost(w, oif, rns, rif, tip, mac, source, back)
-    if sip is not None and rif.mac is not None and local_address(rns, tip) is not None:
+    if sip is not None and rif.mac is not None and local_address(rns, tip, w.floods) is not None:
         # arp_process: a request for one of our addresses creates the sender's entry,
         # so the reply needs no ARP of its own
         w.neigh_learned[(rif.key, sip)] = oif.mac or ""
     return mac, [*best_trail, w.hop(rns, rif, "arp", f"{tip} is-at {mac} ({why})", source)]
 
 
-def may_answer(rns: Namespace, rif: Interface, tip: str) -> bool:
+def may_answer(
+    rns: Namespace, rif: Interface, tip: str, memo: dict[object, Any] | None = None
+) -> bool:
     """Could rif answer ARP for tip at all: tip local to rns, or proxying on rif?"""
     return (
         bool(conf(rns, rif, "proxy_arp"))
         or any(p.address == tip for p in rns.proxy_neighbours)
-        or local_address(rns, tip) is not None
+        or local_address(rns, tip, memo) is not None
     )
 
 
@@ -222,7 +226,10 @@ def resolve(
         mac, _hops = arp(w, ns, oif, nexthop, asker)
         w.l2_seen, w.learned = saved
         if mac is not None and mac != entry.lladdr:
-            return None, [
+            # the kernel sends to the entry's MAC all the same: the walk goes on with
+            # it (a bridge floods it, the receivers drop it as PACKET_OTHERHOST);
+            # this hop stays the decision that lost the packet
+            return entry.lladdr, [
                 w.hop(
                     ns,
                     oif,

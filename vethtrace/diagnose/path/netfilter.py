@@ -148,6 +148,17 @@ def _fix(
     if len(parts) >= 4:
         _nft, fam, table, chain = parts[:4]
         match = f"ip saddr {pkt.src} ip daddr {pkt.dst}" if fam != "bridge" else ""
+        if iif and oif and "forward" in chain.lower():
+            # a forward policy that drops: let what comes in on iif out of oif
+            # (Docker's `-i docker0 -o up0 -j ACCEPT`), not one address pair, and
+            # the replies of those flows back (the same policy drops them too)
+            ref = f"nft insert rule {fam} {table} {chain}"
+            fix = [w.cmd(ns, f"{ref} iifname {iif} oifname {oif} accept")]
+            if iif != oif and not pkt.reply:
+                fix.append(w.cmd(
+                    ns, f"{ref} iifname {oif} oifname {iif} ct state established,related accept"
+                ))
+            return fix
         if (
             (iif and chain.upper() in ("FORWARD", "INPUT"))
             or "forward" in chain

@@ -43,7 +43,7 @@ def predict(topo: Topology, flow: Flow) -> PathPrediction:
 def _predict(w: Walker, src: Namespace, flow: Flow) -> PathPrediction:
     pred = PathPrediction(flow)
     if flow.proto == "arp":
-        res = lookup(src, flow.dst)
+        res = lookup(src, flow.dst, memo=w.floods)
         sip = select_source(src, res, flow.dst)
         if res.oif is None:
             noroute.no_route(w, src, None, Packet(sip, flow.dst, "arp"), res)
@@ -54,10 +54,9 @@ def _predict(w: Walker, src: Namespace, flow: Flow) -> PathPrediction:
             w.hop(src, res.oif, "route", f"{flow.dst}: {res.kind}", res.describe()),
             *hops,
         ]
+        failed = any(h.status == "fail" for h in hops)  # e.g. a wrong-MAC entry
         pred.forward_outcome = (
-            "delivered"
-            if mac
-            else ("failed" if any(h.status == "fail" for h in hops) else "unknown")
+            "delivered" if mac and not failed else ("failed" if failed else "unknown")
         )
         pred.reply_outcome = "none"
         return pred

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from vethtrace.model import Interface, Namespace, Route, Rule
 
@@ -155,18 +156,36 @@ def _rule_matches(
     return ok != rule.invert
 
 
-def table_lookup(ns: Namespace, routes: list[Route], dst: IPAddr) -> Route | None:
-    best: tuple[int, int] | None = None
-    hit: Route | None = None
+Compiled = tuple[tuple[int, int, int, int, Route], ...]  # family, net, mask, rank, route
+
+
+def _compile(routes: list[Route], family: int) -> Compiled:
+    """A table's routes of one family as integers (network, mask, prefix length and
+    metric as one rank), so that the thousands of lookups check makes compare ints,
+    not ipaddress objects (a hub's local table holds an IPv6 route per port)."""
+    out = []
     for r in routes:
-        if r.family != dst.version or dst not in net(r.dst, r.family):
+        if r.family != family:
+            continue
+        n = net(r.dst, r.family)
+        rank = (n.prefixlen << 32) - r.metric  # longest prefix, then lowest metric
+        out.append((r.family, int(n.network_address), int(n.netmask), rank, r))
+    return tuple(out)
+
+
+def _table_lookup(ns: Namespace, table: Compiled, dst: IPAddr) -> Route | None:
+    """fib_table_lookup in one table: the longest prefix, then the lowest metric,
+    skipping routes through a device that is down."""
+    fam, d = dst.version, int(dst)
+    best: int | None = None
+    hit: Route | None = None
+    for rfam, network, mask, rank, r in table:
+        if rfam != fam or d & mask != network or (best is not None and rank <= best):
             continue
         out = ns.iface(r.oif) if r.oif is not None else None
         if out is not None and not out.admin_up:
             continue
-        rank = (net(r.dst, r.family).prefixlen, -r.metric)
-        if best is None or rank > best:
-            best, hit = rank, r
+        best, hit = rank, r
     return hit
 
 
@@ -179,13 +198,22 @@ def lookup(
     sport: int | None = None,
     dport: int | None = None,
     mark: int = 0,
+    memo: dict[object, Any] | None = None,
 ) -> RouteResult:
-    """fib_lookup: rules by priority; `iif` is "lo" for locally sent packets."""
+    """fib_lookup: rules by priority; `iif` is "lo" for locally sent packets.
+    memo (a Predictor's per-topology cache) keeps each namespace's tables and
+    sorted rules across lookups: check makes thousands on one topology."""
     addr = ip(dst)
-    tabs = tables(ns)
-    rules = sorted((r for r in ns.rules if r.family == addr.version), key=lambda r: r.priority)
-    if not rules:
-        rules = DEFAULT_RULES if addr.version == 4 else [DEFAULT_RULES[0], DEFAULT_RULES[1]]
+    key = ("fib", ns.inode, addr.version)
+    cached = memo.get(key) if memo is not None else None
+    if cached is None:
+        rules = sorted((r for r in ns.rules if r.family == addr.version), key=lambda r: r.priority)
+        if not rules:
+            rules = DEFAULT_RULES if addr.version == 4 else [DEFAULT_RULES[0], DEFAULT_RULES[1]]
+        cached = ({t: _compile(rs, addr.version) for t, rs in tables(ns).items()}, rules)
+        if memo is not None:
+            memo[key] = cached
+    tabs, rules = cached
     i = 0
     last: Rule | None = None
     while i < len(rules):
@@ -201,7 +229,7 @@ def lookup(
             continue
         if rule.action != "table":
             continue
-        r = table_lookup(ns, tabs.get(rule.table, []), addr)
+        r = _table_lookup(ns, tabs.get(rule.table, ()), addr)
         if r is None or r.kind == "throw":
             continue
         if (
@@ -214,8 +242,19 @@ def lookup(
     return RouteResult("none", None, rule=last)
 
 
-def local_address(ns: Namespace, addr: str) -> Interface | None:
-    """The interface holding `addr` in ns (local table semantics: any interface)."""
+def local_address(
+    ns: Namespace, addr: str, memo: dict[object, Any] | None = None
+) -> Interface | None:
+    """The interface holding `addr` in ns (local table semantics: any interface);
+    memo as in lookup()."""
+    if memo is not None:
+        held = memo.get(("local", ns.inode))
+        if held is None:
+            held = memo[("local", ns.inode)] = {}
+            for iface in reversed(ns.interfaces):  # the first holder wins
+                for a in iface.addresses:
+                    held[ip(a.address)] = iface
+        return held.get(ip(addr))
     want = ip(addr)
     for iface in ns.interfaces:
         for a in iface.addresses:

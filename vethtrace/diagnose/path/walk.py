@@ -96,7 +96,7 @@ class Walker:
     def output(self, ns: Namespace, pkt: Packet) -> End:
         """A packet this namespace's own stack sends."""
         entered = pkt.copy()
-        res = lookup(ns, pkt.dst, pkt.src, "lo", pkt.proto, pkt.sport, pkt.dport)
+        res = lookup(ns, pkt.dst, pkt.src, "lo", pkt.proto, pkt.sport, pkt.dport, memo=self.floods)
         if res.kind == "none" or res.kind in ("blackhole", "unreachable", "prohibit", "throw"):
             noroute.no_route(self, ns, None, pkt, res)
             return End("failed")
@@ -126,7 +126,9 @@ class Walker:
         if verdict != "accept":
             return End("failed")
         if pkt.dst != entered.dst:  # DNAT in output: routed again
-            res = lookup(ns, pkt.dst, pkt.src, "lo", pkt.proto, pkt.sport, pkt.dport)
+            res = lookup(
+                ns, pkt.dst, pkt.src, "lo", pkt.proto, pkt.sport, pkt.dport, memo=self.floods
+            )
             if res.kind == "none":
                 noroute.no_route(self, ns, None, pkt, res)
                 return End("failed")
@@ -267,13 +269,15 @@ class Walker:
         self.hops += hops
         if verdict != "accept":
             return End("failed")
-        res = lookup(ns, pkt.dst, pkt.src, iface.name, pkt.proto, pkt.sport, pkt.dport)
+        res = lookup(
+            ns, pkt.dst, pkt.src, iface.name, pkt.proto, pkt.sport, pkt.dport, memo=self.floods
+        )
         if res.kind in ("none", "blackhole", "unreachable", "prohibit", "throw"):
             noroute.no_route(self, ns, iface, pkt, res)
             return End("failed")
         if (
             pkt.src
-            and local_address(ns, pkt.src) is not None
+            and local_address(ns, pkt.src, self.floods) is not None
             and not conf(ns, iface, "accept_local")
         ):
             self.add(

@@ -13,8 +13,9 @@ import ipaddress
 import shlex
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import TYPE_CHECKING
 
 from vethtrace.model import (
     Address,
@@ -27,7 +28,17 @@ from vethtrace.model import (
     Topology,
 )
 
+if TYPE_CHECKING:
+    from vethtrace.diagnose.path.predict import Predictor
+
 RuleFn = Callable[["Context"], Iterable[Finding]]
+
+
+@lru_cache(maxsize=65536)
+def _v4_interface(address: str, prefixlen: int) -> IPv4Interface:
+    """Parsed once: the path checks ask for the same addresses thousands of times
+    (IPv4Interface is immutable, so sharing one is safe)."""
+    return IPv4Interface(f"{address}/{prefixlen}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,15 @@ class Context:
         self.findings: list[Finding] = []  # phase 0's findings, for phase 1 rules
         self.cache: dict[str, object] = {}  # what several rules compute once (the path checks)
 
+    @cached_property
+    def predictor(self) -> Predictor:
+        """One path Predictor for the whole run: its per-topology indexes (parsed
+        rulesets, FDB and flood indexes, route tables) serve every rule that
+        predicts (paths, overlay, missing-route), instead of one per rule."""
+        from vethtrace.diagnose.path.predict import Predictor
+
+        return Predictor(self.topo)
+
     # --- walking ----------------------------------------------------------
 
     def interfaces(self) -> Iterator[Where]:
@@ -129,7 +149,7 @@ class Context:
         out = []
         for a in iface.addresses:
             if a.family == 4 and a.scope != "host" and not a.address.startswith("127."):
-                out.append(IPv4Interface(f"{a.address}/{a.prefixlen}"))
+                out.append(_v4_interface(a.address, a.prefixlen))
         return out
 
     @staticmethod

@@ -150,6 +150,28 @@ def bridge_netfilter_drop(ctx: Context) -> Iterator[Finding]:
                 )
 
 
+def _deliberate(chain: ForwardChain, mentioned: set[str]) -> bool:
+    """A drop policy with accept/jump exceptions (Docker, firewalld), or one that
+    names the bridge or its ports, is a firewall written for bridged traffic too."""
+    return bool(mentioned) or (chain.drop_count == 0 and chain.other_rules > 0)
+
+
+def bridged_by_design(ctx: Context, br: Where) -> bool:
+    """Is the ip/inet forward firewall br_netfilter hands br's frames to meant for
+    them (a runtime's isolation, or _deliberate)? Then a drop there is the
+    firewall's own decision (netfilter-forward-drop, fixed by an accept rule), not
+    br_netfilter catching traffic by accident (bridge-netfilter-drop)."""
+    ns = br.ns
+    if runtime_firewall(ns):
+        return True
+    names = {br.iface.name} | {p.name for p in ctx.ports(ns, br.iface)}
+    return any(
+        _deliberate(c, c.accepted_ifnames & names)
+        for c in forward_chains(ns.firewall)
+        if c.family != "bridge" and c.drops_anything
+    )
+
+
 def _chain_finding(ctx: Context, br: Where, chain: ForwardChain) -> Iterator[Finding]:
     ns, b = br.ns, br.iface.name
     what = chain.describe()
@@ -157,9 +179,7 @@ def _chain_finding(ctx: Context, br: Where, chain: ForwardChain) -> Iterator[Fin
     ports = ctx.ports(ns, br.iface)
     port_names = join_names(p.name for p in ports)
     mentioned = chain.accepted_ifnames & ({b} | {p.name for p in ports})
-    # A drop policy with accept/jump exceptions (Docker, firewalld) is a deliberate
-    # firewall that likely lets the bridge through; say so quietly.
-    deliberate = bool(mentioned) or (chain.drop_count == 0 and chain.other_rules > 0)
+    deliberate = _deliberate(chain, mentioned)
     severity: Severity = "info" if deliberate else "warning"
     if chain.family == "bridge":
         nft = shlex.join(ns_prefix(ns, "nft"))  # "ip netns exec NS nft"

@@ -33,14 +33,35 @@ def veth_peer_down(ctx: Context) -> Iterator[Finding]:
             continue
         if not (_expects_traffic(ctx, w) or _expects_traffic(ctx, peer)):
             continue
+        lost = _flushed_default(ctx, w)
         yield finding(
             "veth-peer-down", "error", w,
             f"{w.label} is down, so its veth peer {peer.label} has no carrier",
             f"A veth pair is one cable: while {w.iface.name} is down, {peer.iface.name} reports "
             f"NO-CARRIER and the kernel drops everything queued to it (QDISC_DROP), ARP "
-            f"included, so nothing crosses the pair in either direction.",
-            [ip(w.ns, "link", "set", w.iface.name, "up")],
+            f"included, so nothing crosses the pair in either direction."
+            + (f" Setting {w.iface.name} down also made the kernel delete the routes through "
+               f"it, so bringing it up restores only its connected routes: the default route "
+               f"through the router on its link has to be added again." if lost else ""),
+            [ip(w.ns, "link", "set", w.iface.name, "up"), *lost],
         )
+
+
+def _flushed_default(ctx: Context, w: Where) -> list[str]:
+    """The default route to add back after bringing w up: the kernel deletes the
+    IPv4 routes through a device set down (carrier loss only marks them linkdown),
+    so a namespace whose only link was set down has lost its way out. Proposed only
+    when w is its only link and a forwarding router with hosts behind it sits on
+    w's subnet (what `missing-route` would ask for once w is up)."""
+    from vethtrace.diagnose.rules.routing import routers_on
+
+    others = [o for o in ctx.up_interfaces(w.ns) if o.iface.key != w.iface.key]
+    if others or not ctx.v4(w.iface) or ctx.has_default(w.ns):
+        return []
+    routers = routers_on(ctx, w)
+    if len(routers) != 1:
+        return []  # none, or a choice only the user can make
+    return [ip(w.ns, "route", "add", "default", "via", routers[0].gateway, "dev", w.iface.name)]
 
 
 @rule("orphan-veth", "a veth whose peer, or the peer's namespace, is gone or out of sight")

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from ipaddress import ip_address, ip_network
 
 from vethtrace.diagnose.path import Flow, Hop
-from vethtrace.diagnose.path.predict import Predictor
 from vethtrace.diagnose.path.vxlan import OUTER, vteps
 from vethtrace.diagnose.rules.base import Context, Where, finding, rule
 from vethtrace.diagnose.rules.paths import endpoints, rule_of
@@ -85,7 +84,7 @@ def failures(ctx: Context) -> list[tuple[str, Namespace, str, Hop]]:
     if isinstance(cached, list):
         return cached
     out = []
-    predictor = Predictor(ctx.topo)
+    predictor = ctx.predictor
     for pod in endpoints(ctx):
         for dst, size, what in probes(ctx, pod):
             hop = predictor.predict(Flow(pod.name, dst, "icmp", size=size)).first_failure

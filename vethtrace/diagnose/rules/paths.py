@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from vethtrace.diagnose.path import Flow, Hop, PathPrediction
-from vethtrace.diagnose.path.predict import Predictor
 from vethtrace.diagnose.rules.base import Context, Where, finding, join_names, rule
 from vethtrace.model import Finding, Namespace
 
@@ -82,10 +81,20 @@ def probes(ctx: Context, ns: Namespace) -> Iterator[Probe]:
         else:
             yield Probe(ns, gw, "icmp", f"its default gateway {gw} ({owner.ns.name})")
         node = owner.ns if owner is not None else _far_namespace(ctx, ns, oif)
-        far = _default_gateway(node) if node is not None else None
-        if far and far not in seen and node is not None:
-            seen.add(far)
-            yield Probe(ns, far, "icmp", f"{far} beyond its node ({node.name}'s default gateway)")
+        if node is None or oif is None:
+            continue
+        beyond = [(d, f"{d}, routed by {node.name} ({who})")
+                  for d, who in _routed_sibling(ctx, node, ns)]
+        far = _default_gateway(node)
+        if far is not None:
+            beyond.append((far, f"{far} beyond its node ({node.name}'s default gateway)"))
+        else:  # a node without a default route: the first other stack on its uplinks
+            beyond += [(d, f"{d} beyond its node ({who}, on {node.name}'s uplink)")
+                       for d, who in _uplink_peers(ctx, node, ctx.domain_id(oif.key))]
+        for dst, what in beyond:
+            if dst not in seen:
+                seen.add(dst)
+                yield Probe(ns, dst, "icmp", what)
     for w in ctx.up_interfaces(ns):
         for dst, who in _segment_peers(ctx, w):
             if dst not in seen:
@@ -101,6 +110,68 @@ def _far_namespace(ctx: Context, ns: Namespace, oif: object) -> Namespace | None
         return None
     w = ctx.where(oif.peer)
     return w.ns if w is not None else None
+
+
+def _node_of(ctx: Context, ns: Namespace) -> tuple[Namespace, IPv4Address, int] | None:
+    """(node, ns's address, its L2 domain) for an endpoint whose default gateway is
+    held by, or sits behind a veth into, another namespace."""
+    for route in ns.routes:
+        if route.family != 4 or route.dst != "default" or not route.gateway:
+            continue
+        oif = ns.iface(route.oif)
+        if oif is None or not ctx.v4(oif):
+            continue
+        owner = ctx.owner_of(IPv4Address(route.gateway), ctx.domain(oif.key))
+        node = owner.ns if owner is not None else _far_namespace(ctx, ns, oif)
+        if node is not None:
+            return node, ctx.v4(oif)[0].ip, ctx.domain_id(oif.key)
+    return None
+
+
+def _routed_sibling(ctx: Context, node: Namespace, ns: Namespace) -> list[tuple[str, str]]:
+    """Another endpoint of the same node on another L2 segment (ptp and Calico pods,
+    each on a veth of its own): the next one in a ring by address, so pod-to-pod
+    traffic the node routes is checked, linearly in the number of pods."""
+    cache = ctx.cache.get("node-pods")
+    if not isinstance(cache, dict):
+        by_node: dict[int, list[tuple[IPv4Address, str, int]]] = {}
+        for e in endpoints(ctx):
+            got = _node_of(ctx, e)
+            if got is not None:
+                by_node.setdefault(got[0].inode, []).append((got[1], e.name, got[2]))
+        built: dict[int, tuple[list[tuple[IPv4Address, str, int]], dict[str, int]]] = {}
+        cache = ctx.cache["node-pods"] = built
+        for inode, found in by_node.items():
+            found.sort()
+            if len({p[2] for p in found}) >= 2:  # pods on more than one segment
+                built[inode] = (found, {p[1]: k for k, p in enumerate(found)})
+    entry = cache.get(node.inode)
+    if entry is None or ns.name not in entry[1]:
+        return []
+    pods, position = entry
+    start = position[ns.name]
+    mine = pods[start]
+    for k in range(1, len(pods)):
+        addr, name, domain = pods[(start + k) % len(pods)]
+        if domain != mine[2]:
+            return [(str(addr), name)]
+    return []
+
+
+def _uplink_peers(ctx: Context, node: Namespace, pod_domain: int) -> list[tuple[str, str]]:
+    """For a node with no default route, what lies "beyond" it is on its other
+    links: the first other stack (by address, in the node's subnet) on each up link
+    of the node that is not the pod's own segment. One per link: linear cost."""
+    out: list[tuple[str, str]] = []
+    for w in ctx.up_interfaces(node):
+        if ctx.domain_id(w.iface.key) == pod_domain:
+            continue
+        mine = ctx.v4(w.iface)
+        for a, inode, name in _stacks_of_domain(ctx, ctx.domain_id(w.iface.key), w.iface.key):
+            if inode != node.inode and any(a in m.network for m in mine):
+                out.append((str(a), name))
+                break
+    return out
 
 
 def _default_gateway(ns: Namespace) -> str | None:
@@ -131,7 +202,8 @@ def _segment_peers(ctx: Context, w: Where) -> list[tuple[str, str]]:
                 break
     static = {
         n.address for n in w.ns.neighbours
-        if n.ifindex == w.iface.key.ifindex and n.state in ("PERMANENT", "NOARP")
+        if n.ifindex == w.iface.key.ifindex and n.family == 4
+        and n.state in ("PERMANENT", "NOARP")
     }  # fmt: skip
     if static:
         chosen += [e for e in stacks if str(e[0]) in static and e not in chosen and peer(e)]
@@ -161,7 +233,7 @@ def failures(ctx: Context) -> list[Failure]:
     if isinstance(cached, list):
         return cached
     out: list[Failure] = []
-    predictor = Predictor(ctx.topo)
+    predictor = ctx.predictor
     for ns in endpoints(ctx):
         for p in probes(ctx, ns):
             pred: PathPrediction = predictor.predict(Flow(ns.name, p.dst, p.proto))
@@ -183,8 +255,10 @@ def _deliberate(ctx: Context, src: Namespace, dst: str, hop: Hop) -> bool:
     return isolating_network(daemon, src, dst) is not None
 
 
-def rule_of(hop: Hop) -> str:
-    """The check rule id for the kind of decision that failed."""
+def rule_of(hop: Hop, ctx: Context | None = None) -> str:
+    """The check rule id for the kind of decision that failed (with ctx, a drop in
+    a forward firewall written for bridged traffic too is netfilter-forward-drop,
+    see rules/bridge.py's bridged_by_design)."""
     step, src, dec = hop.step, hop.source, hop.decision
     if step == "route":
         if hop.blame is not None:
@@ -197,6 +271,8 @@ def rule_of(hop: Hop) -> str:
     if step == "rp_filter":
         return "rp-filter-strict"
     if step == "nft":
+        if "br_netfilter" in dec and ctx is not None and _bridged_by_design(ctx, hop):
+            return "netfilter-forward-drop"
         if src.startswith("nft bridge") or "br_netfilter" in dec:
             return "bridge-netfilter-drop"
         return "netfilter-forward-drop" if dec.startswith("forward") else "path-broken"
@@ -219,6 +295,8 @@ def rule_of(hop: Hop) -> str:
             return "isolated-ports"
         if "state DOWN" in src:
             return "bridge-down"
+        if "state disabled" in src:  # a port down, or up without carrier (peer down)
+            return "veth-peer-down" if hop.blame is not None else "interface-down"
         if "state" in src:
             return "bridge-port-not-forwarding"
     if step == "veth":
@@ -228,6 +306,14 @@ def rule_of(hop: Hop) -> str:
     if step == "deliver" and "held by" in hop.cause:
         return "duplicate-address"
     return "path-broken"
+
+
+def _bridged_by_design(ctx: Context, hop: Hop) -> bool:
+    from vethtrace.diagnose.rules.bridge import bridged_by_design
+
+    ns = ctx.topo.netns_by_name(hop.netns)
+    br = ns.iface_by_name(hop.interface) if ns is not None and hop.interface else None
+    return br is not None and ns is not None and bridged_by_design(ctx, Where(ns, br))
 
 
 def _covered(ctx: Context, netns: str, iface: str | None, dst: str) -> bool:
@@ -247,7 +333,7 @@ def path_findings(ctx: Context, ids: set[str] | None) -> Iterator[Finding]:
     one of PATH_RULES' own, i.e. path-broken and the static rules' ids)."""
     groups: dict[tuple[str, str, str | None, str], list[Failure]] = {}
     for f in failures(ctx):
-        rid = rule_of(f.hop)
+        rid = rule_of(f.hop, ctx)
         if (rid not in ids) if ids is not None else (rid in PATH_RULES and rid != "path-broken"):
             continue
         netns, iface = f.hop.culprit
@@ -256,8 +342,12 @@ def path_findings(ctx: Context, ids: set[str] | None) -> Iterator[Finding]:
             for g in ctx.findings
         ):
             continue  # a static rule already names it
-        groups.setdefault((rid, netns, iface, f.hop.decision), []).append(f)
-    for (rule_id, netns, iface, decision), fails in groups.items():
+        # one finding per culprit and remedy (the same missing masquerade loses
+        # every pod's reply, each decided for its own address)
+        key = " ".join(f.hop.fix) if f.hop.fix else f.hop.decision
+        groups.setdefault((rid, netns, iface, key), []).append(f)
+    for (rule_id, netns, iface, _key), fails in groups.items():
+        decision = fails[0].hop.decision
         ns = ctx.topo.netns_by_name(netns)
         it = ns.iface_by_name(iface) if ns is not None and iface else None
         if ns is None:

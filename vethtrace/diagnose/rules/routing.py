@@ -92,8 +92,12 @@ def _reached_anyway(
     ctx: Context, ns: Namespace, w: Where, lost: dict[IPv4Address, IPv4Network]
 ) -> bool:
     """Does the path model say a host behind the router reaches ns all the same
-    (the router masquerades, so ns never sees the unroutable source)?"""
-    from vethtrace.diagnose.path import Flow, predict
+    (the router masquerades, so ns never sees the unroutable source), or that
+    the decision that broke is the router's (it forwards out of its uplink, the
+    interface of its default route, without masquerading: ns is its upstream,
+    not meant to route its pods; paths.py's missing-masquerade names that), or
+    that the request is lost before ns (so the model cannot judge the reply yet)?"""
+    from vethtrace.diagnose.path import Flow
 
     mine = next((str(a.ip) for a in ctx.v4(w.iface)), None)
     host = next(iter(lost))
@@ -101,9 +105,18 @@ def _reached_anyway(
     if mine is None or owner is None:
         return False
     try:
-        return predict(ctx.topo, Flow(owner.ns.name, mine)).ok
+        pred = ctx.predictor.predict(Flow(owner.ns.name, mine))
     except Exception:  # the model tripping must not hide a static finding
         return False
+    hop = pred.first_failure
+    if pred.ok or hop is None:
+        return pred.ok
+    if hop.blame is not None and hop.netns == ns.name:
+        return True
+    # lost on the way there (a forward drop in the router): whether ns needs the
+    # route depends on what the router does after (masquerade or not); the path
+    # rules name that drop, and the next check judges the rest
+    return hop.netns != ns.name and any(h is hop for h in pred.forward)
 
 
 @rule("forwarding-disabled", "a namespace other namespaces route through does not forward")

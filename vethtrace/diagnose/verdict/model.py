@@ -22,6 +22,9 @@ from vethtrace.model import Topology, Verdict
 MODEL_CULPRITS = {
     "missing-masquerade", "proxy-arp-missing", "bridge-port-flood-off",
     "neighbour-wrong-mac", "netfilter-forward-drop",
+    # a bridge port the bridge does not send to because it (or its veth peer) is
+    # down: the ARP request is flooded to nobody, the sender sees only silence
+    "interface-down", "veth-peer-down",
 }  # fmt: skip
 
 
@@ -58,6 +61,8 @@ def compare(verdict: Verdict | None, plan: PingPlan, topo: Topology) -> ModelChe
     if verdict.reachable or failing is None or rule_of(failing) not in MODEL_CULPRITS:
         return out
     netns_name, iface = failing.culprit
+    if (verdict.culprit_netns, verdict.culprit_interface) == (netns_name, iface):
+        return out  # the observation already names the decision's place
     ns = topo.netns_by_name(netns_name)
     it = ns.iface_by_name(iface) if ns is not None and iface else None
     out.verdict = replace(
