@@ -38,10 +38,10 @@ LABS_WITH_PINGS = [n for n in scenarios() if load(n).expect.pings and not load(n
 # names the random host-side veth the packet came in by), the wrong static
 # neighbour entry. strict: each flips to a failure once ping gets it right.
 PING_WRONG = {"bridge-port-down", "cni-bridge-nomasq", "cni-ptp-forward-drop",
-    # overlay (#19): reachability is right, but the probes do not follow a packet
-    # through encapsulation yet, so ping says no-reply / names the last place seen
-    # (the model names the right culprit: test_check_labs, test_path_labs)
-    "overlay-vni-mismatch", "overlay-port-filtered",
+    # overlay (#19): the probes follow a packet through VXLAN now (vni-mismatch is
+    # right); these still say no-reply / name the last place seen (the model names
+    # the right culprit: test_check_labs, test_path_labs)
+    "overlay-port-filtered",
     "overlay-fdb-wrong", "overlay-mtu",
 }  # fmt: skip
 PATH_MODEL = pytest.mark.xfail(strict=True, reason="needs the path model (#15)")
