@@ -49,7 +49,9 @@ vethtrace supports: arp, ip, icmp, tcp, udp; [src|dst] host A (ARP sender and
 target too); [src|dst] net A/N; [src|dst] port N; a bare address (= host);
 protocol qualifiers (tcp port 80); value lists (port 80 or 443); and/&&, or/||,
 not/!, parentheses. Anything else is an error naming the unsupported part.
-Neighbour events match as ARP about their address."""
+Neighbour events match as ARP about their address. A VXLAN datagram (UDP port
+4789) matches when its outer headers OR the frame it carries match, so a
+pod's ping is followed through the tunnel."""
 
 # Per subcommand: examples shown at the end of its --help (as the top-level one).
 EXAMPLES = {

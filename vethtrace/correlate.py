@@ -310,6 +310,8 @@ def hops_of(pkt: Packet, topo: Topology | None) -> list[Hop]:
                 hop.note = "waits in the ARP queue (a probe copy is freed)"
             else:
                 hop.note = f"consumed{' at ' + ev.location if ev.location else ''}"
+        if ev.packet is not None and ev.packet.encap is not None:
+            hop.note = f"{hop.note} {ev.packet.encap.describe()}"  # crossed inside the tunnel
         hops.append(hop)
         index[key] = hop
     _mark_handed_up(index, topo)

@@ -308,8 +308,27 @@ class Topology:
 
 
 @dataclass
+class Encap:
+    """The outer headers of a tunnelled frame (VXLAN over IPv4/UDP): where the
+    node sends it (`dst`, the remote VTEP) and under which VNI."""
+
+    kind: str  # "vxlan"
+    vni: int
+    src: str  # outer IPv4 source (the local VTEP)
+    dst: str  # outer IPv4 destination (the remote VTEP)
+    sport: int
+    dport: int
+    ip_id: int | None = None
+
+    def describe(self) -> str:
+        """The mark render puts on an encapsulated hop: '⊂vxlan 10.100.0.2 vni 1'."""
+        return f"\u2282{self.kind} {self.dst} vni {self.vni}"
+
+
+@dataclass
 class PacketSummary:
-    """What the probes and sniffers decoded from a frame's headers."""
+    """What the probes and sniffers decoded from a frame's headers. For a
+    tunnelled frame (`encap` set) the fields describe the frame it carries."""
 
     eth_src: str | None = None
     eth_dst: str | None = None
@@ -331,6 +350,8 @@ class PacketSummary:
     # IPv4 identification: tells apart datagrams of one flow (0 for unconnected
     # UDP sockets with DF set, None in recordings made before it was decoded)
     ip_id: int | None = None
+    # set when the frame is a tunnel datagram: its outer headers
+    encap: Encap | None = None
 
     @property
     def kind(self) -> str:

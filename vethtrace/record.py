@@ -239,6 +239,8 @@ def _event_dict(event: ProbeEvent) -> dict[str, Any]:
         data[key] = hex_id(data[key])
     if "packet" in data:  # every PacketSummary field defaults to None
         data["packet"] = {k: v for k, v in data["packet"].__dict__.items() if v is not None}
+        if "encap" in data["packet"]:  # a tunnel's outer headers (rare: generic is fine)
+            data["packet"]["encap"] = to_dict(data["packet"]["encap"])
     if "neigh" in data:  # NeighChange has required fields that may be None: keep all
         data["neigh"] = dict(data["neigh"].__dict__)
     return data

@@ -26,7 +26,7 @@ from vethtrace.collect.kallsyms import Kallsyms
 from vethtrace.collect.kfacts import drop_reason_name
 from vethtrace.collect.ringbuf import HEADER, record_stride
 from vethtrace.collect.source import HEADER_FILE
-from vethtrace.model import NeighChange, PacketSummary, ProbeEvent, nud_name
+from vethtrace.model import Encap, NeighChange, PacketSummary, ProbeEvent, nud_name
 
 
 def header_defines(text: str) -> dict[str, int]:
@@ -54,8 +54,8 @@ class Contract:
         )
         # events whose record carries more than the skb fields (read in full)
         self.detail = self.neigh | {self.br_fdb_update}
-        self.pkt_eth, self.pkt_l3, self.pkt_l4 = (
-            defines[f"VT_PKT_{n}"] for n in ("ETH", "L3", "L4")
+        self.pkt_eth, self.pkt_l3, self.pkt_l4, self.pkt_vxlan = (
+            defines[f"VT_PKT_{n}"] for n in ("ETH", "L3", "L4", "VXLAN")
         )
 
 
@@ -90,7 +90,7 @@ class Layout:
         self.hot = struct.Struct(_format(hot, self.size)).unpack_from
         header = (0, "header", "I")  # u32 length + flags; the page offset is skipped
         self.ring = struct.Struct(_format([header, *_shift(hot, HEADER)], stride))
-        in_pkt = [(o - pkt_off, n, c) for o, n, c in fields if n.startswith("pkt_")]
+        in_pkt = [(o - pkt_off, n, c) for o, n, c in fields if pkt_off <= o < pkt_off + pkt_size]
         self.pkt = _Reader(in_pkt, "VtPkt")
         self.full = _Reader(fields, "VtEvent")
 
@@ -100,10 +100,12 @@ class Layout:
         probe cache stores beside the programs."""
         fields: list[tuple[int, str, str]] = []
         _flatten(cls, 0, "", fields)
+        # the packet block: pkt, then (VXLAN) inner and vni, one bytes value
+        end = cls.vni.offset + cls.vni.size
         return {
             "size": ctypes.sizeof(cls),
             "fields": sorted(fields),
-            "pkt": [cls.pkt.offset, cls.pkt.size],
+            "pkt": [cls.pkt.offset, end - cls.pkt.offset],
         }
 
 
@@ -161,26 +163,50 @@ def _mac(b: bytes) -> str:
 
 
 def _packet(r: Any, c: Contract) -> PacketSummary:
+    """The event's packet. A VXLAN datagram is described by the frame it
+    carries (what the user sent: correlate joins it to the same frame before
+    and after the tunnel), its outer headers kept in `encap`."""
+    if not r.pkt_flags & c.pkt_vxlan:
+        return _headers(r, "pkt_", c)
+    s = _headers(r, "inner_", c)
+    s.encap = Encap(
+        kind="vxlan",
+        vni=r.vni,
+        src=_ip(r.pkt_saddr),
+        dst=_ip(r.pkt_daddr),
+        sport=r.pkt_sport,
+        dport=r.pkt_dport,
+        ip_id=r.pkt_ip_id,
+    )
+    return s
+
+
+def _headers(r: Any, pre: str, c: Contract) -> PacketSummary:
+    """One level of headers (struct vt_pkt) from the fields named pre + name."""
+    def f(name: str) -> Any:
+        return getattr(r, pre + name)
+
     s = PacketSummary()
-    if r.pkt_flags & c.pkt_eth:
-        s.eth_src = _mac(r.pkt_eth_src)
-        s.eth_dst = _mac(r.pkt_eth_dst)
-    et = s.ethertype = r.pkt_ethertype
+    flags = f("flags")
+    if flags & c.pkt_eth:
+        s.eth_src = _mac(f("eth_src"))
+        s.eth_dst = _mac(f("eth_dst"))
+    et = s.ethertype = f("ethertype")
     if et == 0x0806:
-        s.arp_op = r.pkt_arp_op
-        s.arp_sha = _mac(r.pkt_arp_sha)
-        s.arp_spa = _ip(r.pkt_saddr)
-        s.arp_tha = _mac(r.pkt_arp_tha)
-        s.arp_tpa = _ip(r.pkt_daddr)
+        s.arp_op = f("arp_op")
+        s.arp_sha = _mac(f("arp_sha"))
+        s.arp_spa = _ip(f("saddr"))
+        s.arp_tha = _mac(f("arp_tha"))
+        s.arp_tpa = _ip(f("daddr"))
     elif et == 0x0800:
-        s.ip_src, s.ip_dst, s.ip_proto = _ip(r.pkt_saddr), _ip(r.pkt_daddr), r.pkt_ip_proto
-        s.ip_id = r.pkt_ip_id
-        if r.pkt_flags & c.pkt_l4:
-            if r.pkt_ip_proto == 1:
-                s.icmp_type, s.icmp_code = r.pkt_icmp_type, r.pkt_icmp_code
-                s.icmp_id, s.icmp_seq = r.pkt_icmp_id, r.pkt_icmp_seq
+        s.ip_src, s.ip_dst, s.ip_proto = _ip(f("saddr")), _ip(f("daddr")), f("ip_proto")
+        s.ip_id = f("ip_id")
+        if flags & c.pkt_l4:
+            if s.ip_proto == 1:
+                s.icmp_type, s.icmp_code = f("icmp_type"), f("icmp_code")
+                s.icmp_id, s.icmp_seq = f("icmp_id"), f("icmp_seq")
             else:
-                s.sport, s.dport = r.pkt_sport, r.pkt_dport
+                s.sport, s.dport = f("sport"), f("dport")
     return s
 
 

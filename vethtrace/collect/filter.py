@@ -12,6 +12,13 @@ style protocol qualifiers, value lists inheriting the last qualifier
 matches ARP sender/target addresses too, like tcpdump. Anything else is a
 UserError naming the unsupported part.
 
+Tunnels: a VXLAN datagram (IPv4/UDP to port 4789 with a VXLAN header)
+matches when its outer headers OR the frame it carries match, so
+`icmp and host 10.244.1.2` follows a pod's ping into the tunnel and across
+the underlay, and `udp port 4789` still selects the tunnel traffic itself.
+The probes evaluate the same expression on each level (vethtrace.h,
+vt_skb_seen).
+
 The same tree also evaluates in Python (`Filter.matches(PacketSummary)`), which
 the tests use to check the C against, and which sniffers may reuse.
 """
@@ -276,7 +283,16 @@ class Filter:
         return _empty(self.tree)
 
     def matches(self, pkt: PacketSummary) -> bool:
-        return _eval(self.tree, pkt)
+        """As the probes decide: a tunnelled frame matches by the frame it
+        carries (pkt's fields) or by its outer headers."""
+        if _eval(self.tree, pkt):
+            return True
+        e = pkt.encap
+        if e is None:
+            return False
+        outer = PacketSummary(ethertype=0x0800, ip_src=e.src, ip_dst=e.dst, ip_proto=17,
+                              sport=e.sport, dport=e.dport, ip_id=e.ip_id)  # fmt: skip
+        return _eval(self.tree, outer)
 
 
 def compile_filter(text: str | list[str] | None) -> Filter:

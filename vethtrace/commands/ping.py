@@ -174,7 +174,23 @@ class Run:
     def relevant(self) -> set[int]:
         """Namespaces on the path: kernel events elsewhere are someone else's traffic."""
         p = self.plan
-        return {p.source_inode, p.target_inode} | {k.netns for k in p.path}
+        on_path = {p.source_inode, p.target_inode} | {k.netns for k in p.path}
+        return on_path | _underlays(self.topo, on_path)
+
+
+def _underlays(topo: Topology, inodes: set[int]) -> set[int]:
+    """Namespaces a VXLAN device on the path tunnels through: the veth peer of
+    each one's underlay device (where the encapsulated packet can be lost)."""
+    out: set[int] = set()
+    for inode in inodes:
+        ns = topo.netns(inode)
+        for it in ns.interfaces if ns else ():
+            if it.vxlan is None or it.vxlan.link is None:
+                continue
+            lower = ns.iface(it.vxlan.link) if ns else None
+            if lower is not None and lower.peer is not None:
+                out.add(lower.peer.netns)
+    return out
 
 
 def static_findings(topo: Topology, names: list[str]) -> tuple[list[Finding], str | None]:

@@ -47,6 +47,7 @@
 #define VT_PKT_ETH 1  /* eth_src/eth_dst valid (from the MAC header) */
 #define VT_PKT_L3 2   /* ethertype valid; saddr/daddr for IPv4 and ARP */
 #define VT_PKT_L4 4   /* ports or ICMP fields valid */
+#define VT_PKT_VXLAN 8 /* IPv4/UDP VXLAN: the event's vni and inner are valid */
 
 /* Decoded frame. For ARP, saddr/daddr hold the sender/target protocol
  * addresses, so `host A` matches ARP the way tcpdump does. Addresses stay in
@@ -95,6 +96,11 @@ struct vt_event {
     char ifname[16];
     char ifname2[16];
     struct vt_pkt pkt;
+    /* VXLAN (pkt.flags & VT_PKT_VXLAN): the encapsulated frame, decoded as
+     * pkt is, and the VNI. Python reads pkt, inner and vni as one block. */
+    struct vt_pkt inner;
+    u32 vni;
+    u32 pad2;
 };
 
 /* Delivery: one ring buffer for all CPUs keeps events nearly in order and
@@ -269,12 +275,26 @@ static __always_inline void vt_decode_l3(u8 *b, struct vt_pkt *p, char *l3)
  * filter uses: the compiler drops the rest. */
 #define VT_SRC_MAC 1
 #define VT_SRC_NET 2
+
+/* VXLAN: UDP to one of these ports (VT_VXLAN_PORT_OK(port), host order;
+ * filter/plan code may pass the devices' configured ports; default the IANA
+ * port) carrying an 8-byte header with the I flag, then the inner Ethernet
+ * frame. The second read takes the VXLAN header, the inner Ethernet header
+ * and 28 bytes of inner L3 (ARP, or IPv4 + 8 bytes of L4), only for such
+ * datagrams: other traffic pays one comparison. Outer IPv4 with options
+ * (VXLAN senders never set any) or a VLAN tag is not followed. */
+#ifndef VT_VXLAN_PORT_OK
+#define VT_VXLAN_PORT_OK(port) ((port) == 4789)
+#endif
+#define VT_INNER_LEN 50 /* 8 VXLAN + 14 Ethernet + 28 L3 */
 struct vt_frame {
     u64 head;
     u16 protocol;     /* skb->protocol, network order; 0: not a network packet */
     u16 off;          /* f[0] is at head + off */
     u8 src;           /* VT_SRC_MAC, VT_SRC_NET, or 0: no frame read */
+    u8 encap;         /* 1: f is IPv4/UDP to a VXLAN port, g holds what it carries */
     u8 f[46];
+    u8 g[VT_INNER_LEN];
 };
 
 static __always_inline void vt_read_frame(void *skb, struct vt_frame *fr)
@@ -282,6 +302,7 @@ static __always_inline void vt_read_frame(void *skb, struct vt_frame *fr)
     u8 blk[VT_SKB_BLOCK_LEN] __attribute__((aligned(8)));
     fr->src = 0;
     fr->off = 0;
+    fr->encap = 0;
     if (bpf_probe_read_kernel(blk, sizeof(blk), (char *)skb + VT_SKB_BLOCK_OFF) < 0) {
         fr->head = 0;
         fr->protocol = 0;
@@ -304,6 +325,36 @@ static __always_inline void vt_read_frame(void *skb, struct vt_frame *fr)
     }
     /* a failed read leaves f zeroed (the helper clears it) */
     bpf_probe_read_kernel(fr->f, sizeof(fr->f), (char *)fr->head + fr->off);
+    /* VXLAN? IPv4 without options (0x45), not a fragment, UDP, VXLAN port */
+    int l3 = fr->src == VT_SRC_MAC ? 14 : 0;
+    u8 *ip = fr->f + l3;
+    if (fr->src == VT_SRC_MAC && (fr->f[12] != 0x08 || fr->f[13] != 0x00))
+        return;
+    if (fr->src == VT_SRC_NET && fr->protocol != 0x0008) /* htons(ETH_P_IP) */
+        return;
+    if (ip[0] != 0x45 || ip[9] != 17 || (ip[6] & 0x3f) || ip[7])
+        return;
+    u16 dport = ((u16)ip[22] << 8) | ip[23];
+    if (!VT_VXLAN_PORT_OK(dport))
+        return;
+    if (bpf_probe_read_kernel(fr->g, sizeof(fr->g), (char *)fr->head + fr->off + l3 + 28) < 0)
+        return;
+    if (fr->g[0] & 0x08) /* the I flag: the VNI is valid */
+        fr->encap = 1;
+}
+
+/* The frame a VXLAN datagram carries (vt_read_frame found one) into `p`
+ * (zeroed), and its VNI. */
+static __always_inline u32 vt_inner_fields(struct vt_frame *fr, struct vt_pkt *p)
+{
+    u8 *g = fr->g;
+    char *at = (char *)fr->head + fr->off + (fr->src == VT_SRC_MAC ? 14 : 0) + 28 + 8;
+    __builtin_memcpy(p->eth_dst, g + 8, 6);
+    __builtin_memcpy(p->eth_src, g + 14, 6);
+    p->ethertype = ((u16)g[20] << 8) | g[21];
+    p->flags = VT_PKT_ETH | VT_PKT_L3;
+    vt_decode_l3(g + 22, p, at + 14);
+    return ((u32)g[4] << 16) | ((u32)g[5] << 8) | g[6];
 }
 
 /* Ethernet/ARP/IPv4/L4 fields from a frame read by vt_read_frame. `p` must be
@@ -628,6 +679,12 @@ static __always_inline int vt_skb_seen(void *ctx, u16 point, void *skb, void *de
         struct vt_pkt q = {};
         vt_fields(&fr, &q);
         verdict = vt_match(&q) ? 1 : 0;
+        if (!verdict && fr.encap) {
+            /* a VXLAN datagram matches by its outer or its inner headers */
+            struct vt_pkt qi = {};
+            vt_inner_fields(&fr, &qi);
+            verdict = vt_match(&qi) ? 1 : 0;
+        }
 #ifdef VT_DECIDE
         vt_remember(point, skb, verdict);
 #endif
@@ -662,6 +719,12 @@ static __always_inline int vt_skb_seen(void *ctx, u16 point, void *skb, void *de
     VT_READ(cl, (char *)skb + VT_SKB_CLONED_BYTE);
     e->cloned = (cl & VT_SKB_CLONED_MASK) ? 1 : 0;
     __builtin_memcpy(&e->pkt, &p, sizeof(p));
+    if (fr.encap) {
+        struct vt_pkt pi = {};
+        e->vni = vt_inner_fields(&fr, &pi);
+        __builtin_memcpy(&e->inner, &pi, sizeof(pi));
+        e->pkt.flags |= VT_PKT_VXLAN;
+    }
     vt_fill_dev(e, dev, netns);
     vt_submit(ctx, e);
     return 1;

@@ -181,6 +181,10 @@ def _explain_drop(
                            f"-d {hdr.ip_dst} -j ACCEPT   # only if this flow should pass")
         elif bridged:
             fix.append(f"ip netns exec {ns} sysctl -w net.bridge.bridge-nf-call-iptables=0")
+    elif reason.startswith("VXLAN_") and ev.packet is not None and ev.packet.encap is not None:
+        vx = _vxlan_culprit(topo, ev)
+        if vx is not None:
+            culprit, words, fix = vx
     elif reason == "IP_RPFILTER":
         ns = topo.netns_name(ev.netns)
         name = it.name if it else ev.ifname
@@ -230,3 +234,36 @@ def _runtime_words(
     if owner == "docker":
         return "the firewall is docker's (its isolation rules; see DOCKER-USER for exceptions)"
     return f"the firewall is {owner}'s (its isolation rules)"
+
+
+def _vxlan_culprit(
+    topo: Topology, ev: ProbeEvent
+) -> tuple[IfaceKey, str, list[str]] | None:
+    """A datagram dropped by the VXLAN receive path (skb->dev is still the
+    underlay device it came in by): the place is the VXLAN device of that
+    namespace bound to the datagram's port, the one that should have taken it."""
+    en = ev.packet.encap if ev.packet else None
+    ns = topo.netns(ev.netns)
+    if en is None or ns is None:
+        return None
+    devs = [i for i in ns.interfaces if i.vxlan is not None and i.vxlan.port == en.dport]
+    if not devs:
+        return None
+    dev = next((d for d in devs if d.vxlan and d.vxlan.vni == en.vni), devs[0])
+    name, vni = dev.name, dev.vxlan.vni if dev.vxlan else None
+    nsname = topo.netns_name(ev.netns)
+    reason = ev.drop_reason or ""
+    if reason == "VXLAN_VNI_NOT_FOUND":
+        words = (
+            f"it arrived in UDP port {en.dport} with VNI {en.vni}, but {name} in {nsname} "
+            f"(the VXLAN device on that port) has VNI {vni}: the two nodes disagree on the VNI"
+        )
+        fix = [
+            f"ip -n {nsname} link del {name}; ip -n {nsname} link add {name} type vxlan "
+            f"id {en.vni} dstport {en.dport} ...   # same VNI on every node, then its "
+            "addresses, routes, neighbour and FDB entries again"
+        ]
+    else:
+        words = f"{name} in {nsname} dropped the VXLAN datagram ({reason})"
+        fix = [f"ip -d -n {nsname} link show {name}"]
+    return dev.key, words, fix
