@@ -5,11 +5,14 @@ Plain text when piped (rich strips the colours), JSON for scripts."""
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
+from vethtrace.console import prose_width
 from vethtrace.diagnose.path import PathPrediction
 
 MARK = {"ok": "[green]✓[/]", "fail": "[bold red]✗[/]", "unknown": "[yellow]?[/]"}
@@ -43,14 +46,15 @@ def show(console: Console, pred: PathPrediction) -> None:
     fail = pred.first_failure
     if fail is not None:
         console.print(f"\n[bold red]✗ fails at {escape(fail.where)}[/]: {escape(fail.decision)}")
-        if fail.cause:
-            console.print(f"  why  {escape(fail.cause)}", overflow="fold")
-        if fail.source:
-            console.print(f"  from {escape(fail.source)}", overflow="fold")
-        if fail.fix:
-            console.print("  fix")
+        body = prose_width(console) - 7
+        for label, text in (("why  ", fail.cause), ("from ", fail.source)):
+            for i, line in enumerate(textwrap.wrap(text or "", body)):
+                console.print(Text.assemble("  ", (label if i == 0 else "     ", "dim"), line),
+                              soft_wrap=True)
+        if fail.fix:  # whole lines, never folded or cut: they are pasted
+            console.print(Text.assemble("  ", ("fix", "dim")))
             for cmd in fail.fix:
-                console.print(f"    {escape(cmd)}", overflow="fold", soft_wrap=True)
+                console.print(Text("    " + cmd, style="green"), soft_wrap=True)
     elif pred.first_unknown is not None:
         u = pred.first_unknown
         console.print(
