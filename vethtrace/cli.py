@@ -7,6 +7,10 @@ Every number a user types is checked here, at parsing (the validators
 section): finite, in range, one line on stderr and exit 2 — so no command
 ever receives `nan`, `inf` or a negative count. Signals are set up here too
 (vethtrace/signals.py): SIGINT and SIGTERM interrupt alike.
+
+Over 400 lines: one parser for every subcommand, with the examples each
+--help ends with and the validators they share; split by command, the shared
+option helpers would be imported back and forth.
 """
 
 from __future__ import annotations

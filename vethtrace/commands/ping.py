@@ -15,6 +15,10 @@ namespaces on the way come from `topology.discover_between`, the expected
 path from `diagnose.verdict.make_plan`, the verdict from `judge`, the output
 from `render.ping`; `ping_files` writes the recording and the pcapng as the
 run goes (and closes them as valid files when it is interrupted).
+
+Over 400 lines: a live ping starts and stops five collectors (pinger,
+neighbour watch, sniffers, BPF probes, --nftrace) around one send loop; the
+wiring of each stays next to the ExitStack that unwinds it.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ the node's uplink must exist), in file order (host-local hands out addresses in
 that order), recording each attachment in the lab's state before its ADD; then
 the lab's own Docker daemon and its containers (lab/docker.py), recorded before
 dockerd starts; then the TCP listeners (lab/listen.py) start.
+
+Over 400 lines: one function per build step, in the order STEPS runs them,
+plus the netlink calls pyroute2 cannot make (port state); reading it top to
+bottom is reading a build.
 """
 
 from __future__ import annotations

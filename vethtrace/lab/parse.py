@@ -5,6 +5,9 @@ devices referenced but not declared, bad CIDRs, sysctls outside the
 per-namespace net.* tree) is rejected here, before anything is created, with
 one line naming the file and the problem. Format reference:
 vethtrace/lab/scenarios/README.md.
+
+Over 400 lines: one function per table of the format, with the
+cross-references between tables (_Declared) that need them all in one place.
 """
 
 from __future__ import annotations

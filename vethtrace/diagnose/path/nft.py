@@ -12,6 +12,10 @@ concatenation, an xt match we do not know…)
 is *unknown*: the hop shows the rule and says so, and evaluation goes on as
 if that rule did not match, so the prediction is marked uncertain instead of
 guessing silently.
+
+Over 400 lines: the expression evaluator (payload, meta, ct, sets, maps,
+verdicts, NAT statements) is one recursive walk; split, each half would need
+the other's dispatch.
 """
 
 from __future__ import annotations
