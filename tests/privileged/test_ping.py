@@ -38,7 +38,7 @@ PING_WRONG = {
     # overlay (#19): reachability is right, but the probes do not follow a packet
     # through encapsulation yet, so ping says no-reply / names the last place seen
     # (the model names the right culprit: test_check_labs, test_path_labs)
-    "overlay-neigh-missing", "overlay-vni-mismatch", "overlay-port-filtered",
+    "overlay-vni-mismatch", "overlay-port-filtered",
     "overlay-fdb-wrong", "overlay-mtu",
 }  # fmt: skip
 PATH_MODEL = pytest.mark.xfail(strict=True, reason="needs the path model (#15)")
