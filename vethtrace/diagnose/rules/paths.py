@@ -164,8 +164,8 @@ def _uplink_peers(ctx: Context, node: Namespace, pod_domain: int) -> list[tuple[
     of the node that is not the pod's own segment. One per link: linear cost."""
     out: list[tuple[str, str]] = []
     for w in ctx.up_interfaces(node):
-        if ctx.domain_id(w.iface.key) == pod_domain:
-            continue
+        if ctx.domain_id(w.iface.key) == pod_domain or w.iface.kind == "bridge":
+            continue  # a bridge of the node is another pod segment, not its uplink
         mine = ctx.v4(w.iface)
         for a, inode, name in _stacks_of_domain(ctx, ctx.domain_id(w.iface.key), w.iface.key):
             if inode != node.inode and any(a in m.network for m in mine):
@@ -246,13 +246,18 @@ def failures(ctx: Context) -> list[Failure]:
 
 def _deliberate(ctx: Context, src: Namespace, dst: str, hop: Hop) -> bool:
     """A container runtime's isolation dropping what it is meant to drop (an internal
-    network's way out, ICC off): rules/containers.py says so as info, not an error."""
+    network's way out, ICC off, one network to another through the runtime's own
+    isolation chains): rules/containers.py says so as info, not an error."""
     daemon = ctx.topo.netns_by_name(hop.netns)
-    if hop.step != "nft" or daemon is None or not daemon.runtime_networks:
+    if hop.step != "nft" or daemon is None:
         return False
-    from vethtrace.diagnose.rules.containers import isolating_network
+    from vethtrace.diagnose.rules.containers import RUNTIME_CHAINS, isolating_network
 
-    return isolating_network(daemon, src, dst) is not None
+    parts = hop.source.split()
+    chain = parts[3] if len(parts) > 3 and parts[0] == "nft" else ""
+    if chain in RUNTIME_CHAINS and "ISOLATION" in chain:
+        return True  # the runtime's isolation between its networks (Docker, Podman)
+    return bool(daemon.runtime_networks) and isolating_network(daemon, src, dst) is not None
 
 
 def rule_of(hop: Hop, ctx: Context | None = None) -> str:
