@@ -335,9 +335,11 @@ ORACLE_WRONG = {
         strict=False, reason="duplicate address: the winning ARP answer is a race"
     ),
     # the ARP for the wrong VTEP address is flooded by the underlay bridge to every node;
-    # the model's flood walk skips stacks that cannot answer, so node-b is not in its legs
+    # the model's flood walk skips stacks that cannot answer, so node-b is not in its
+    # legs; whether the trace counts that flood in the request's path depends on timing
+    # (it passed in some runs), hence not strict
     "overlay-fdb-wrong": pytest.mark.xfail(
-        strict=True, reason="model: a pruned ARP flood omits the stacks that do not answer"
+        strict=False, reason="model: a pruned ARP flood omits the stacks that do not answer"
     ),
 }
 
