@@ -12,7 +12,9 @@ Why this is not a simple group-by:
   identity is refused when the event contradicts the packet: another IPv4 id,
   or a second crossing of a (point, interface) the packet already crossed (an
   skb is queued, sent and received once per device; a repeat is a new packet
-  in a recycled buffer).
+  in a recycled buffer). An ARP event never joins an IP packet (nor the other
+  way round) whatever links them: the neighbour probe's ARP for a queued
+  encapsulated packet otherwise joined that packet's path.
 * Clones (bridge floods, the neighbour probe's copy of a queued packet, raw
   socket delivery) get a new address but share `head`: an unknown address with
   a live head is the same packet, seen as a copy.
@@ -144,7 +146,12 @@ def contradicts(pkt: Packet, ev: ProbeEvent) -> bool:
     if ev.skb and phase(ev) in ("tx", "rx") and (ev.point, ev.netns, ev.ifindex) in pkt.crossed:
         return True
     a, b = pkt.summary, ev.packet
-    return a is not None and b is not None and None not in (a.ip_id, b.ip_id) and a.ip_id != b.ip_id
+    if a is None or b is None:
+        return False
+    sa, sb = signature(a), signature(b)
+    if sa is not None and sb is not None and sa[0] != sb[0]:
+        return True  # an ARP is never the same skb as an IP packet: a recycled buffer
+    return None not in (a.ip_id, b.ip_id) and a.ip_id != b.ip_id
 
 
 def group(events: Iterable[ProbeEvent]) -> list[Packet]:

@@ -33,23 +33,12 @@ pytestmark = pytest.mark.privileged
 # DOCKER_HOST in test_lab_docker.py (docker:NAME resolves through the daemon's API).
 LABS_WITH_PINGS = [n for n in scenarios() if load(n).expect.pings and not load(n).docker]
 # Where ping still names where the frame was last seen, not the decision that lost
-# it. strict: each flips to a failure once ping gets it right.
-PING_WRONG = {
-    # overlay (#19): the probes follow a packet through VXLAN now (vni-mismatch is
-    # right). port-filtered: dropped in the underlay, but the bridged-netfilter rule
-    # names br0, the lab the ingress port veth-a; fdb-wrong, mtu: no-reply / the last
-    # place seen (the model names the right culprit: test_check_labs, test_path_labs)
-    "overlay-port-filtered",
-    "overlay-fdb-wrong", "overlay-mtu",
-}  # fmt: skip
+# it. strict: each flips to a failure once ping gets it right. None today: the
+# overlay's (#19) are named by the path model where the trace shows only the last
+# place seen (diagnose/verdict/model.py MODEL_CULPRITS).
+PING_WRONG: set[str] = set()
 PATH_MODEL = pytest.mark.xfail(strict=True, reason="needs the path model (#15)")
-# Right in 3 of 4 runs here, wrong (no-reply at the last place seen) in the 4th: which
-# events arrive before the verdict depends on ARP timing through the tunnel.
-PING_FLAKY = {
-    "overlay-neigh-missing": pytest.mark.xfail(
-        strict=False, reason="overlay: the verdict depends on ARP timing through the tunnel"
-    ),
-}
+PING_FLAKY: dict[str, pytest.MarkDecorator] = {}
 
 
 def _marks(name: str) -> list:
@@ -333,13 +322,6 @@ ORACLE_WRONG = {
     # cannot settle (the model names one holder, the kernel may use the other)
     "check-duplicate-ip": pytest.mark.xfail(
         strict=False, reason="duplicate address: the winning ARP answer is a race"
-    ),
-    # the ARP for the wrong VTEP address is flooded by the underlay bridge to every node;
-    # the model's flood walk skips stacks that cannot answer, so node-b is not in its
-    # legs; whether the trace counts that flood in the request's path depends on timing
-    # (it passed in some runs), hence not strict
-    "overlay-fdb-wrong": pytest.mark.xfail(
-        strict=False, reason="model: a pruned ARP flood omits the stacks that do not answer"
     ),
 }
 

@@ -228,3 +228,22 @@ def test_a_queued_echo_sent_once_resolved_is_not_queued() -> None:
     assert path.outcome == "delivered"
     (path,) = correlate(events[:2], seed_topo())  # sent, nothing seen since
     assert path.outcome == "in-flight"
+
+
+def test_an_arp_in_a_recycled_buffer_never_joins_an_echo() -> None:
+    """The neighbour probe for a queued (encapsulated) echo sends an ARP request; when
+    its skb and buffer recycle a key of the echo still live, the ARP is a packet of
+    its own: an ARP and an IP packet are never one skb."""
+    queued = ev(10, "consume_skb", H, 3, "veth0", 0xE01, 0x1E00, ECHO,
+                location="__neigh_event_send", cloned=True)  # fmt: skip
+    probe = arp(1, "192.168.122.101", "192.168.122.9")
+    events = [
+        ev(5, "net_dev_queue", H, 3, "veth0", 0xE00, 0x1E00, ECHO),
+        queued,
+        ev(1_000_000_000, "net_dev_queue", H, 2, "br0", 0xE00, 0x1E00, probe),
+        ev(1_000_000_100, "netif_rx", S, 2, "veth1", 0xE00, 0x1E00, probe),
+    ]
+    paths = correlate(events, seed_topo())
+    assert sorted(p.kind for p in paths) == ["arp-request", "echo"]
+    echo = next(p for p in paths if p.kind == "echo")
+    assert {h.interface for h in echo.hops} == {"veth0"}

@@ -13,6 +13,7 @@ from typing import Any
 from vethtrace.correlate import Packet, correlate_packets
 from vethtrace.diagnose.verdict.plan import PingPlan
 from vethtrace.model import Finding, IfaceKey, Interface, PacketPath, ProbeEvent, Topology
+from vethtrace.topology.query import route_lookup
 
 SETTLE_NS = 30_000_000  # live: evidence this old (and not undone) makes a verdict certain
 
@@ -26,19 +27,38 @@ def _ns_flag(topo: Topology, ns_inode: int) -> str:
     return "" if name == "root" else f"-n {name} "
 
 
-def ours(path: PacketPath, plan: PingPlan) -> bool:
-    """Does this packet belong to our ping (its ARP or its ICMP)?"""
+def ours(path: PacketPath, plan: PingPlan, hops: frozenset[str] = frozenset()) -> bool:
+    """Does this packet belong to our ping (its ARP or its ICMP)? `hops`: the next
+    hops the routers on the way resolve for it (router_hops)."""
     s = path.summary
     if s is None:
         return False
     addrs = {plan.ip, plan.nexthop} | ({plan.src_addr} if plan.src_addr else set())
     if s.arp_op is not None:
-        # our own resolution, a router's asking for the target, the target asking
-        # where to send its reply, and their answers
-        return bool({s.arp_spa, s.arp_tpa} & {plan.ip, plan.nexthop})
+        # our own resolution, a router's asking for the target or for its own next
+        # hop toward it (or back), the target asking where to send its reply, and
+        # their answers
+        return bool({s.arp_spa, s.arp_tpa} & ({plan.ip, plan.nexthop} | hops))
     if s.icmp_type is not None:
         return s.ip_src in addrs and s.ip_dst in addrs
     return False
+
+
+def router_hops(plan: PingPlan, topo: Topology) -> frozenset[str]:
+    """The gateways every forwarding namespace routes the target (and the reply's
+    destination) through: a router resolves its own next hop before it forwards
+    our packet, and when that ARP goes unanswered or is dropped (a VXLAN device
+    with no neighbour entry for the remote VTEP, which cannot carry ARP) it is
+    the evidence of why our packet went no further."""
+    out: set[str] = set()
+    for ns in topo.namespaces:
+        if ns.sysctls.get("net.ipv4.ip_forward") != "1":
+            continue
+        for dst in (plan.ip, plan.src_addr):
+            hit = route_lookup(topo, ns, dst) if dst else None
+            if hit is not None and hit.gateway:
+                out.add(hit.gateway)
+    return frozenset(out - {plan.ip, plan.nexthop})
 
 
 @dataclass
@@ -59,8 +79,11 @@ def analyse(plan: PingPlan, events: list[ProbeEvent], topo: Topology) -> Analysi
     # Packets that began before our first send are someone else's (typically the
     # kernel still retrying ARP for an earlier run): not evidence about this one.
     since = plan.started_ns - 1_000_000 if plan.started_ns else 0
+    hops = router_hops(plan, topo)
     pairs = [
-        (k, p) for k, p in correlate_packets(events, topo) if ours(p, plan) and k.first_ns >= since
+        (k, p)
+        for k, p in correlate_packets(events, topo)
+        if ours(p, plan, hops) and k.first_ns >= since
     ]
     paths = [p for _k, p in pairs]
     timeline = neighbour_timeline(plan, events, topo)

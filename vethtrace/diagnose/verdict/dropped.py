@@ -20,7 +20,15 @@ from vethtrace.diagnose.verdict.analysis import (
     _peer_down_culprit,
 )
 from vethtrace.diagnose.verdict.plan import PingPlan
-from vethtrace.model import Finding, IfaceKey, PacketPath, ProbeEvent, Topology, Verdict
+from vethtrace.model import (
+    Finding,
+    IfaceKey,
+    Interface,
+    PacketPath,
+    ProbeEvent,
+    Topology,
+    Verdict,
+)
 from vethtrace.points import is_benign_drop
 
 # Plain words for kernel drop reasons we meet on veth/bridge/netns paths.
@@ -68,7 +76,7 @@ def _dropped(
         ev = drops[0]
         if not final and now - ev.ts_ns < SETTLE_NS:
             return None
-        return _explain_drop(plan, topo, p, ev, findings)
+        return _explain_drop(plan, topo, p, ev, findings, a)
     return None
 
 
@@ -78,7 +86,12 @@ def _forwarding_off(topo: Topology, inode: int) -> bool:
 
 
 def _explain_drop(
-    plan: PingPlan, topo: Topology, p: PacketPath, ev: ProbeEvent, findings: list[Finding]
+    plan: PingPlan,
+    topo: Topology,
+    p: PacketPath,
+    ev: ProbeEvent,
+    findings: list[Finding],
+    a: Analysis | None = None,
 ) -> Verdict:
     reason = ev.drop_reason or "NOT_SPECIFIED"
     loc = (ev.location or "").split("+")[0]
@@ -159,7 +172,17 @@ def _explain_drop(
         ns = topo.netns_name(ev.netns)
         bridged = bridge is not None and bridge.kind == "bridge"
         words = f"a firewall rule in {ns} dropped it"
-        if bridged and bridge is not None:
+        inport = _ingress_port(topo, _events_of(p, a), ev, bridge) if bridged and a else None
+        if bridged and bridge is not None and inport is not None and _bridge_family(topo, ev):
+            # the bridge family's own hooks: the kernel ran them with indev = the port the
+            # frame came in by (skb->dev is already the egress port in the forward hook)
+            culprit = inport.key
+            words = (
+                f"a bridge-family nftables rule in {ns} dropped it as {bridge.name} forwarded "
+                f"it from {inport.name}"
+                + (f" to {it.name}" if it is not None and it.key != inport.key else "")
+            )
+        elif bridged and bridge is not None:
             # skb->dev is the egress port it never left through: the bridge is the place
             culprit = bridge.key
             words = (
@@ -179,7 +202,7 @@ def _explain_drop(
                 # Docker keeps the user's exceptions in DOCKER-USER, ahead of its own rules
                 fix.append(f"ip netns exec {ns} iptables -I DOCKER-USER -s {hdr.ip_src} "
                            f"-d {hdr.ip_dst} -j ACCEPT   # only if this flow should pass")
-        elif bridged:
+        elif bridged and bridge is not None and culprit == bridge.key:
             fix.append(f"ip netns exec {ns} sysctl -w net.bridge.bridge-nf-call-iptables=0")
     elif reason.startswith("VXLAN_") and ev.packet is not None and ev.packet.encap is not None:
         vx = _vxlan_culprit(topo, ev)
@@ -206,6 +229,42 @@ def _explain_drop(
         ),
         fix=static + [f for f in fix if f not in static],
     )
+
+
+def _ingress_port(
+    topo: Topology, events: list[ProbeEvent], ev: ProbeEvent, bridge: Interface | None
+) -> Interface | None:
+    """The port of `bridge` the dropped frame came in by: the last port of it the
+    packet was received on before the drop (the hook's indev)."""
+    if bridge is None:
+        return None
+    for e in sorted(events, key=lambda x: x.ts_ns, reverse=True):
+        if e.ts_ns > ev.ts_ns or e.netns != ev.netns or phase(e) != "rx":
+            continue
+        port = topo.iface(e.key)
+        if port is not None and port.master == bridge.key.ifindex:
+            return port
+    return None
+
+
+def _bridge_family(topo: Topology, ev: ProbeEvent) -> bool:
+    """Was it the bridge family's own forward/prerouting chains that could drop it
+    here, and not br_netfilter's pass of bridged IP through the ip/inet hooks?
+    Decided from the namespace's ruleset: which of the two has base chains."""
+    from vethtrace.diagnose.path.nft import FAMILIES, Ruleset
+
+    ns = topo.netns(ev.netns)
+    if ns is None or not ns.nft:
+        return False
+    try:
+        rs = Ruleset.parse(ns.nft)
+    except Exception:  # an unreadable ruleset: say nothing about its family
+        return False
+    own = any(rs.base(("bridge",), h) for h in ("prerouting", "forward"))
+    brnf = ns.sysctls.get("net.bridge.bridge-nf-call-iptables") == "1" and any(
+        rs.base(FAMILIES[4], h) for h in ("prerouting", "forward")
+    )
+    return own and not brnf
 
 
 def _runtime_words(

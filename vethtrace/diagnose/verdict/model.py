@@ -25,6 +25,11 @@ MODEL_CULPRITS = {
     # a bridge port the bridge does not send to because it (or its veth peer) is
     # down: the ARP request is flooded to nobody, the sender sees only silence
     "interface-down", "veth-peer-down",
+    # the overlay (#19): the trace shows the inner packet last seen entering vxlan0, a
+    # PKT_TOO_BIG where the node forwarded it, or the outer packet waiting for a
+    # neighbour on the underlay; the decision is the VXLAN device's (its FDB, its
+    # neighbour entries, its MTU against the 50-byte overhead)
+    "vxlan-fdb-missing", "vxlan-fdb-wrong-dst", "vxlan-neigh-missing", "vxlan-mtu",
 }  # fmt: skip
 
 
@@ -39,7 +44,7 @@ def compare(verdict: Verdict | None, plan: PingPlan, topo: Topology) -> ModelChe
     """Predict the plan's ping from the tables and set it beside `verdict`."""
     try:
         from vethtrace.diagnose.path import Flow, predict
-        from vethtrace.diagnose.rules.paths import rule_of
+        from vethtrace.diagnose.rules.overlay import overlay_rule_of as rule_of
 
         src_name = topo.netns_name(plan.source_inode, plan.source)
         pred = predict(topo, Flow(src_name, plan.ip, "icmp", size=plan.size + 28))
