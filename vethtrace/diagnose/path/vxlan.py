@@ -213,9 +213,11 @@ def too_big(w: Walker, ns: Namespace, iface: Interface, pkt: Packet) -> Hop:
     ignores the encapsulation overhead (the usual pod MTU 1500 over a 1500 underlay)."""
     vx = iface.vxlan
     under = ns.iface(vx.link) if vx is not None else None
-    fix = underlay_mtu_fix(w, ns, iface, under, pkt.size + OVERHEAD, pkt.size) if under else []
-    sender = next((n for n in w.topo.namespaces for i in n.interfaces
-                   for a in i.addresses if a.address == pkt.src), None)  # fmt: skip
+    sender, dev = next(((n, i) for n in w.topo.namespaces for i in n.interfaces
+                        for a in i.addresses if a.address == pkt.src), (None, None))  # fmt: skip
+    # room for what the sender's MTU lets it send, not only this packet (a ping's size)
+    inner = max(pkt.size, dev.mtu if dev is not None else 0)
+    fix = underlay_mtu_fix(w, ns, iface, under, inner + OVERHEAD, inner) if under else []
     if fix and sender is not None:  # it cached the smaller path MTU the node told it
         fix.append(w.cmd(sender, "ip route flush cache"))
     return w.hop(
@@ -228,7 +230,7 @@ def too_big(w: Walker, ns: Namespace, iface: Interface, pkt: Packet) -> Hop:
         f"{pkt.src or 'the sender'} sends {pkt.size}-byte packets but {iface.name} carries at "
         f"most {iface.mtu}: the sender's MTU ignores the {OVERHEAD}-byte VXLAN overhead. "
         f"Either lower the MTU of the pods' interfaces to {iface.mtu}, or raise the underlay's "
-        f"to {pkt.size + OVERHEAD} and {iface.name}'s to {pkt.size} (the commands below)",
+        f"to {inner + OVERHEAD} and {iface.name}'s to {inner} (the commands below)",
         fix,
     )
 
