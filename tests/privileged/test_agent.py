@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,14 @@ class Agents:
         return ",".join(f"http://{ip}:{PORT}" for ip in NODES.values())
 
 
-@pytest.fixture(scope="module")
-def agents(overlay: BuiltLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
-    token = tmp_path_factory.mktemp("agent") / "token"
+@contextmanager
+def running_agents(lab: BuiltLab, where: Path) -> Iterator[Agents]:
+    """One agent per node of `lab`, sharing a fresh token written in `where`; all
+    stopped at the end."""
+    token = where / "token"
     token.write_text(secrets.token_hex(24) + "\n")
     token.chmod(0o600)
-    a = Agents(overlay, token)
+    a = Agents(lab, token)
     try:
         for node in NODES:
             a.start(node)
@@ -87,6 +90,12 @@ def agents(overlay: BuiltLab, tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         for node in list(a.procs):
             a.stop(node)
+
+
+@pytest.fixture(scope="module")
+def agents(overlay: BuiltLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
+    with running_agents(overlay, tmp_path_factory.mktemp("agent")) as a:
+        yield a
 
 
 def ping_agents(a: Agents, *extra: str, token: Path | None = None) -> subprocess.Popen[str]:

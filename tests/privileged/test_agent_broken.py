@@ -10,13 +10,12 @@ node-a's vxlan0 (the near node), and node-b's probes never see the echo."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
 import pytest
 
 from tests.labs import built_lab
-from tests.privileged.test_agent import NODES, Agents, finish, ping_agents
+from tests.privileged.test_agent import Agents, finish, ping_agents, running_agents
 
 pytestmark = pytest.mark.privileged
 
@@ -30,18 +29,8 @@ BROKEN = {
 @pytest.fixture(scope="module", params=sorted(BROKEN))
 def broken(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[str, Agents]]:  # fmt: skip
-    with built_lab(request.param) as lab:
-        token = tmp_path_factory.mktemp("agent") / "token"
-        token.write_text(secrets.token_hex(24) + "\n")
-        token.chmod(0o600)
-        a = Agents(lab, token)
-        try:
-            for node in NODES:
-                a.start(node)
-            yield request.param, a
-        finally:
-            for node in list(a.procs):
-                a.stop(node)
+    with built_lab(request.param) as lab, running_agents(lab, tmp_path_factory.mktemp("a")) as a:
+        yield request.param, a
 
 
 def test_the_assembled_verdict_names_the_culprit_on_its_node(broken) -> None:
