@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from vethtrace.diagnose.verdict import PingPlan, decide
+from vethtrace.diagnose.verdict.model import compare
 from vethtrace.lab import load
 from vethtrace.model import ProbeEvent, from_dict
 from vethtrace.record import read
@@ -29,10 +30,13 @@ VERDICT_OVERRIDES = {"check-no-forwarding": "dropped"}
 
 
 def replay(name: str):
+    """The verdict as `report` rebuilds it: decided from the events, then set beside
+    the path model's prediction from the recorded tables (compare)."""
     rec = read(SAMPLES / f"ping-{name}.jsonl")
     plan = from_dict(PingPlan, rec.header["ping"]["plan"])
     assert rec.topology is not None
     verdict = decide(plan, rec.events, rec.topology, rec.findings, final=True)
+    verdict = compare(verdict, plan, rec.topology).verdict
     return rec, plan, verdict
 
 
@@ -70,6 +74,22 @@ def test_drop_reasons_in_plain_words() -> None:
     assert "is down" in v.summary and v.fix == ["ip -n vtrec-peer link set veth1 up"]
     _r, _p, v = replay("mtu-mismatch")
     assert "MTU" in v.summary and "mtu 1000" in v.summary
+
+
+def test_overlay_culprits_follow_the_kernel() -> None:
+    """A bridge-family nft drop: the event stands at the egress port (veth-b), the
+    hook's input device is the port the frame came in by. An encapsulated packet
+    sent where no VTEP is, and a packet over vxlan0's MTU: the model names vxlan0."""
+    _r, _p, v = replay("overlay-port-filtered")
+    assert "veth-b" in v.summary and v.culprit_interface == "veth-a"
+    assert not any("bridge-nf-call-iptables" in c for c in v.fix), v.fix
+    _r, _p, v = replay("overlay-neigh-missing")
+    assert v.summary.startswith("ARP who-has") and "neighbour entry for the remote" in v.summary
+    _r, _p, v = replay("overlay-fdb-wrong")
+    assert "where no VTEP is" in v.summary
+    assert any("fdb append" in c and "dst 10.100.0.2" in c for c in v.fix), v.fix
+    _r, _p, v = replay("overlay-mtu")
+    assert "over vxlan0's MTU 1450" in v.summary and any("mtu 1550" in c for c in v.fix)
 
 
 def test_benign_no_socket_drop_does_not_spoil_delivered() -> None:

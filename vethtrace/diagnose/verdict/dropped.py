@@ -52,6 +52,9 @@ REASON_TEXT = {
     "IP_INADDRERRORS": "the destination address is invalid here",
     "UNHANDLED_PROTO": "no handler for the protocol",
     "CPU_BACKLOG": "the CPU backlog queue was full",
+    "NO_TX_TARGET": "the device had nowhere to send it (on a VXLAN device: no FDB entry for "
+    "its destination MAC, no default 00:00:00:00:00:00 entry, no learning; a broadcast ARP "
+    "request cannot cross it, so the node needs a neighbour entry for the remote VTEP)",
 }
 # Consequences rather than causes: ignored when looking for the drop that matters.
 CONSEQUENCE_DROPS = {"NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD"}
