@@ -1,7 +1,9 @@
 """Cost of tracing, side by side in one run: iperf3 TCP and UDP (64-byte) between
 two namespaces on a bridge (the `bridge-two` lab), under
 
-  untraced | vethtrace, filter matching none of the flow | vethtrace scoped
+  untraced | floor: empty raw-tracepoint programs (return 0) on the tracepoints
+  vethtrace attaches, loaded through our bpf(2) wrapper, the ceiling any
+  program on these hooks can reach | vethtrace, filter matching none of the flow | vethtrace scoped
   (-n) to a namespace the flow does not cross | bpftrace counting on the
   same 7 per-packet tracepoints | tcpdump on br0 | vethtrace, filter matching the flow
 
@@ -54,6 +56,58 @@ BPFTRACE_COUNT = (
     ", ".join(f"tracepoint:{t}" for t in SAME_TRACEPOINTS)
     + " { @n = count(); } interval:ms:200 { print(@n); }"
 )
+
+
+# --- the floor: empty programs on the same hooks, in their own process ---------------
+
+
+def probe_tracepoints() -> list[str]:
+    """The raw tracepoints vethtrace's probes attach to, read from the probe
+    sources themselves (RAW_TRACEPOINT_PROBE(name) in vethtrace/probes/*.c), so
+    the floor follows the probe set as it changes."""
+    import re
+
+    names: list[str] = []
+    for src in sorted((REPO / "vethtrace" / "probes").glob("*.c")):
+        names += re.findall(r"^RAW_TRACEPOINT_PROBE\((\w+)\)", src.read_text(), re.M)
+    return names
+
+
+def floor() -> None:
+    """Load one empty raw-tracepoint program (r0 = 0; exit) and attach it to each
+    of vethtrace's tracepoints, print 'attached', hold them until SIGTERM/SIGINT.
+    What a packet then pays is the tracepoints' own cost: the run time of any
+    program on these hooks is on top of it."""
+    from vethtrace.collect import plan
+    from vethtrace.collect import syscall as sc
+
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    links: list[int] = []
+    skipped: list[str] = []
+    for tp in probe_tracepoints():
+        fd, err = plan._load_noop(sc.BPF_PROG_TYPE_RAW_TRACEPOINT)
+        if fd < 0:
+            raise SystemExit(f"floor: empty program load refused: {os.strerror(err)}")
+        link, err = plan._raw_tp_open(tp.encode(), fd)
+        if link < 0:
+            os.close(fd)
+            skipped.append(f"{tp} ({os.strerror(err)})")
+            continue
+        links += [fd, link]  # the program fd stays open too (prog_stats reads it)
+    if skipped:
+        print(f"# floor: not attached: {', '.join(skipped)}", file=sys.stderr)
+    print("attached", flush=True)
+    while not stop:
+        time.sleep(0.1)
+    for fd in links:
+        os.close(fd)
 
 
 # --- the consumer: runs in its own process, like `vethtrace trace` -------------------
@@ -160,6 +214,12 @@ class Tracer:
                 stderr=subprocess.PIPE,
                 text=True,
             )
+            wait_line(self.proc, "attached")
+        elif self.kind == "floor":
+            self.proc = subprocess.Popen(
+                [PY, __file__, "--floor"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
             wait_line(self.proc, "attached")
         elif self.kind == "bpftrace":
             self.proc = subprocess.Popen(
@@ -282,7 +342,7 @@ def client_cpu_per_packet(a: str, seconds: int, pps: int) -> float:
     return cpu / total["packets"] * 1e9
 
 
-KINDS = ("untraced", "vethtrace-nonmatch", "vethtrace-otherns", "bpftrace", "tcpdump",
+KINDS = ("untraced", "floor", "vethtrace-nonmatch", "vethtrace-otherns", "bpftrace", "tcpdump",
          "vethtrace-match")  # fmt: skip
 
 
@@ -316,8 +376,9 @@ def print_cpu(cpu: dict[str, list[float]], seconds: int, pps: int, reps: int) ->
         print(f"| {k} | {min(runs):.0f} | {statistics.median(runs):.0f} | {added} |")
 
 
-COST_KINDS = ("vethtrace-nonmatch", "vethtrace-otherns", "bpftrace", "vethtrace-match")
-COST_HOOKS = {"bpftrace": f"{len(SAME_TRACEPOINTS)} tracepoints"}
+COST_KINDS = ("floor", "vethtrace-nonmatch", "vethtrace-otherns", "bpftrace", "vethtrace-match")
+COST_HOOKS = {"bpftrace": f"{len(SAME_TRACEPOINTS)} tracepoints",
+              "floor": f"{len(probe_tracepoints())} raw tracepoints, empty programs"}  # fmt: skip
 
 
 def cost_table(lab: dict[str, str], seconds: int, pps: int, reps: int) -> dict[str, dict]:
@@ -454,6 +515,7 @@ def main() -> int:
     ap.add_argument("--pps", type=int, default=10000, help="UDP packets/s for the BPF cost runs")
     ap.add_argument("--cpu-pps", type=int, default=20000, help="UDP packets/s for the CPU runs")
     ap.add_argument("--consumer", metavar="FILTER")
+    ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument(
         "--parts",
         default="throughput,capacity,cost,attach",
@@ -469,6 +531,9 @@ def main() -> int:
     )
     ap.add_argument("-n", action="append", default=[])
     args = ap.parse_args()
+    if args.floor:
+        floor()
+        return 0
     if args.consumer is not None:
         consumer(args.consumer, args.n)
         return 0

@@ -135,6 +135,7 @@ class Recorder:
             "pcap": self._relative(pcap) if pcap else None,
         }
         header.update(extra)
+        self.started: float = header["clock"]["realtime"]  # what readers call its start
         self._write(header, flush=True)
 
     def _relative(self, pcap: str | os.PathLike[str]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -175,7 +176,12 @@ def test_deadline_holds_under_a_flood(prefix: str, tmp_path: Path) -> None:
     """Issue #20: --duration 8 ran 11.5 s under a flood. Every packet event of
     two namespaces on a ping flood, printed: the run ends within 0.2 s of its
     deadline (measured from the "tracing…" line, which is printed when the
-    clock starts, to the summary)."""
+    clock starts, to the summary), not counting the time the kernel kept it
+    waiting for a CPU after the deadline (/proc/PID/schedstat): on a loaded machine the
+    tail after the deadline (a 512-record drain, detaching, the summary) is a
+    few ms of work that took 0.3-1 s of wall time behind other runnable tasks
+    (measured: detaching 13 raw tracepoints takes ~1 ms), while the bug this
+    guards against (printing the flood's backlog) is seconds of running."""
     out_path = tmp_path / "out.txt"
     with built_lab("bridge-two", prefix) as lab:
         a, b = lab.ns("a"), lab.ns("b")
@@ -184,17 +190,26 @@ def test_deadline_holds_under_a_flood(prefix: str, tmp_path: Path) -> None:
                                      "--duration", "3"],
                                     stdout=out, stderr=subprocess.PIPE, text=True)  # fmt: skip
             assert proc.stderr is not None
-            floods = [_flood(a, "10.0.0.2", 8), _flood(b, "10.0.0.1", 8)]
+            floods: list[subprocess.Popen[bytes]] = []
             try:
                 line = ""
                 while "tracing" not in line:
                     line = proc.stderr.readline()
                     assert line or proc.poll() is None
                 ready = time.monotonic()
+                at_deadline: list[float] = []  # its waiting so far, when the deadline passes
+                timer = threading.Timer(3.0, lambda: at_deadline.append(_run_delay(proc.pid)))
+                timer.start()
+                # Flooding from now on, not from the spawn: on a loaded machine
+                # attaching took longer than an 8 s flood started with it (the
+                # trace then saw 4-19 packets and the test said "no flood seen").
+                floods = [_flood(a, "10.0.0.2", 8), _flood(b, "10.0.0.1", 8)]
                 ended = None
                 for line in proc.stderr:
                     if " events in " in line:
                         ended = time.monotonic()
+                        timer.join()  # (a late timer subtracts less: stricter)
+                        waited = _run_delay(proc.pid) - at_deadline[0]
                 proc.wait(timeout=30)
             finally:
                 for f in floods:
@@ -203,7 +218,16 @@ def test_deadline_holds_under_a_flood(prefix: str, tmp_path: Path) -> None:
     assert ended is not None and proc.returncode == 0
     lines = out_path.read_text().count("\n")
     assert lines > 1000, "no flood seen"
-    assert ended - ready < 3.2, f"ran {ended - ready:.2f} s for --duration 3 ({lines} lines)"
+    ran = ended - ready
+    assert ran - waited < 3.2, (
+        f"ran {ran:.2f} s for --duration 3, {waited:.2f} s of it waiting for a CPU ({lines} lines)"
+    )
+
+
+def _run_delay(pid: int) -> float:
+    """Seconds the process's main thread has spent runnable but not running
+    (second field of /proc/PID/schedstat; a zombie keeps it until reaped)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
 def test_pcap_has_every_matching_frame_with_its_interface(prefix: str, tmp_path: Path) -> None:

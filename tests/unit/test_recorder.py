@@ -6,6 +6,7 @@ timeline and into the topology of a moment, and how times and sizes parse.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import time
 from pathlib import Path
@@ -296,3 +297,74 @@ def test_sizes_durations_and_moments() -> None:
             parse_moment(bad, now)
     with pytest.raises(UserError):
         parse_size("lots")
+
+
+# --- the loop: when a namespace is re-read, how its change is dated --------------
+
+
+class _FakeTime:
+    """The loop's clock, moved by hand (so deferral is tested without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1_800_000_000.0 + self.now
+
+
+def test_a_namespace_that_never_stops_changing_is_still_reread(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Notices every 20 ms keep the debounce from ever expiring: without a cap a
+    flapping namespace would never be recorded (and its one late change would
+    be dated by its first notice, long before)."""
+    from vethtrace.collect.monitor import Notice
+    from vethtrace.recorder import loop
+
+    clock = _FakeTime()
+    monkeypatch.setattr(loop, "time", clock)
+    rec = loop.FlightRecorder(
+        loop.Options(str(tmp_path), max_size=1 << 20, max_age=None, min_free=0), lambda s: None
+    )
+    reread: list[tuple[float, float]] = []  # (when, dated)
+    monkeypatch.setattr(rec, "_reread", lambda inode, t: reread.append((clock.now, t)))
+    for _ in range(100):  # 2 s of notices, drained every 20 ms
+        rec._notices.put(Notice("dirty", INODE, "vt-flap", clock.time()))
+        rec._drain_notices()
+        clock.now += 0.02
+    assert len(reread) >= 2000 // int(loop.MAX_DEFER_S * 1000) - 1, reread
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(reread)]
+    assert max(gaps) <= loop.MAX_DEFER_S + 0.05, gaps
+    # each re-read is dated by the first notice after the previous one
+    assert all(w - (d - 1_800_000_000.0) <= loop.MAX_DEFER_S + 0.05 for w, d in reread)
+    # and when the notices stop, the debounce re-reads once more, at once
+    rec._notices.put(Notice("dirty", INODE, "vt-flap", clock.time()))
+    rec._drain_notices()
+    clock.now += loop.DEBOUNCE_S + 0.001
+    n = len(reread)
+    rec._drain_notices()
+    assert len(reread) == n + 1
+
+
+def test_a_change_is_never_dated_before_the_segment_it_is_written_in(tmp_path: Path) -> None:
+    """A change first noticed before a rotation's snapshot but re-read after it
+    goes into the new segment: dated before that segment's start, `topology_at`
+    would skip it and the newest state would be lost."""
+    from vethtrace.recorder.loop import FlightRecorder, Options
+
+    rec = FlightRecorder(Options(str(tmp_path), 1 << 20, None, 0), lambda s: None)
+    rec.store = _store(tmp_path)
+    rec.store.start()
+    started = rec.store.started
+    assert abs(started - time.time()) < 60
+    enslaved = copy.deepcopy(_host())
+    enslaved.iface(5).master = 3  # type: ignore[union-attr]
+    change = {"t": started - 5, "netns": INODE, "name": "vt-host", "action": "changed",
+              "changes": [], "namespace": to_dict(enslaved)}  # fmt: skip
+    rec._write("change", change)
+    rec.store.close()
+    now = read_dir(str(tmp_path)).topology_at(time.time()).netns(INODE)
+    assert now is not None and now.iface(5).master == 3  # type: ignore[union-attr]

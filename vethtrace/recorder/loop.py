@@ -7,8 +7,10 @@ so the store and the per-namespace state need no locks:
   consume_skb left out: it fires for every packet delivered, which is what
   keeps a flow that drops nothing at full speed) go to the DropCounter;
 - notices: a namespace added or "dirty" is re-read (topology.discover of
-  that namespace alone, ~5 ms) once no notice came for DEBOUNCE_S, and the
-  re-read is diffed with the last one (recorder/diff.py); the "change" record
+  that namespace alone, ~5 ms) once no notice came for DEBOUNCE_S, or at
+  the latest MAX_DEFER_S after the first one (a namespace that never stops
+  changing, a flapping link, is still recorded twice a second instead of
+  never), and the re-read is diffed with the last one (recorder/diff.py); the "change" record
   carries the changes in words *and* the namespace as read, so `report --at`
   can rebuild the topology of any moment; removed namespaces get a
   "change" record with action "removed"; neighbours going INCOMPLETE or
@@ -41,6 +43,7 @@ from vethtrace.recorder.store import SegmentStore
 from vethtrace.recorder.when import clock
 
 DEBOUNCE_S = 0.05
+MAX_DEFER_S = 0.5
 TICK_S = 1.0
 GONE_S = 5.0
 NEIGH_STATES = frozenset({"INCOMPLETE", "FAILED", "PERMANENT"})
@@ -69,8 +72,9 @@ class FlightRecorder:
         self._notices: queue.SimpleQueue[Notice] = queue.SimpleQueue()
         self.state: dict[int, Namespace] = {}
         self.names: dict[int, str] = {}
-        # inode -> (wall time of the first notice, monotonic time of the last one)
-        self._dirty: dict[int, tuple[float, float]] = {}
+        # inode -> (wall time of the first notice, monotonic times of the first
+        # and of the last one)
+        self._dirty: dict[int, tuple[float, float, float]] = {}
         self._neigh: dict[tuple[int, int, str], tuple[str, str | None]] = {}
         self.drops = DropCounter(lambda i: self.names.get(i, f"netns:{i}" if i else "?"))
         self._lost_seen = 0
@@ -183,15 +187,21 @@ class FlightRecorder:
             if n.kind == "added" and n.inode in self.state and n.t <= self._snapshot_t:
                 continue  # already in the snapshot
             if n.kind in ("added", "dirty"):
-                first = self._dirty.get(n.inode, (n.t, 0.0))[0]
-                self._dirty[n.inode] = (first, time.monotonic())
+                mono = time.monotonic()
+                first, first_mono, _ = self._dirty.get(n.inode, (n.t, mono, mono))
+                self._dirty[n.inode] = (first, first_mono, mono)
             elif n.kind == "removed":
                 self._removed(n)
             elif n.kind == "neigh":
                 self._neighbour(n)
         now = time.monotonic()
-        for inode in [i for i, (_, t) in self._dirty.items() if now - t >= DEBOUNCE_S]:
-            first, _ = self._dirty.pop(inode)
+        due = [
+            i
+            for i, (_, first_mono, last) in self._dirty.items()
+            if now - last >= DEBOUNCE_S or now - first_mono >= MAX_DEFER_S
+        ]
+        for inode in due:
+            first, _, _ = self._dirty.pop(inode)
             self._reread(inode, first)
 
     def _reread(self, inode: int, t: float) -> None:
@@ -275,6 +285,15 @@ class FlightRecorder:
 
     def _write(self, kind: str, data: dict[str, Any]) -> None:
         """Changes, neighbours and notes are rare and each one matters: flushed
-        at once, so even SIGKILL keeps them. Drop counts go out with the tick."""
+        at once, so even SIGKILL keeps them. Drop counts go out with the tick.
+
+        A change is dated by its first notice, but never before the segment it
+        goes into began: a notice that came while the segment's snapshot was
+        being taken (or a re-read deferred across a rotation) would otherwise
+        be older than the snapshot, and `topology_at` (which replays only the
+        changes after a segment's start onto its snapshot) would drop it, so
+        the newest state of that namespace would be lost from the recording."""
         if self.store is not None:
+            if kind == "change" and self.store.started:
+                data["t"] = max(data["t"], self.store.started)
             self.store.write(kind, data, flush=kind != "drops")

@@ -100,6 +100,7 @@ class SegmentStore:
         self._next_retry = 0.0
         self._enospc = False  # the last failure was a full disk
         self._base = 0  # size of the current segment's opening snapshot
+        self.started = 0.0  # wall time in the current segment's header (its start)
         self._said_big = False
         self.deleted: list[str] = []  # segment names pruned (tests, status)
         self.records = 0
@@ -197,6 +198,7 @@ class SegmentStore:
             self._stall(f"cannot write {path.name}: {getattr(exc, 'strerror', None) or exc}")
             return
         self._opened = time.time()
+        self.started = self.current.started
         try:
             self._base = path.stat().st_size  # the snapshot: not counted for rotation
         except OSError:
