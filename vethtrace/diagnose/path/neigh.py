@@ -35,7 +35,25 @@ def answer(
         level = conf(rns, rif, "arp_ignore")
         mine = [a for a in rif.addresses if a.address == tip]
         src = conf_source(rif, "arp_ignore")
-        if level == 8 or (level in (1, 2, 3) and not mine):
+        # arp.c arp_ignore(): 1 and 2 ask the receiving device (inet_confirm_addr
+        # on its in_dev), 3 asks every device of the namespace (in_dev NULL) for
+        # tip with a scope up to link (route_localnet counts host as link), 8
+        # never answers, 4-7 are reserved and answer
+        if level == 3 and not _confirmed_link_scope(rns, tip):
+            return (
+                False,
+                f"arp_ignore=3: {tip} has scope host",
+                f"{src}=3",
+                [
+                    w.cmd(
+                        rns,
+                        f"sysctl -w net.ipv4.conf.all.arp_ignore=0 "
+                        f"net.ipv4.conf.{rif.name}.arp_ignore=0",
+                    )
+                ],
+                2,
+            )
+        if level == 8 or (level in (1, 2) and not mine):
             return (
                 False,
                 f"arp_ignore={level}: {tip} is not on {rif.name}",
@@ -116,6 +134,16 @@ def answer(
         conf_source(rif, "proxy_arp") + "=0",
         [w.cmd(rns, f"sysctl -w net.ipv4.conf.{rif.name}.proxy_arp=1")],
         1,
+    )
+
+
+def _confirmed_link_scope(rns: Namespace, tip: str) -> bool:
+    """inet_confirm_addr(net, NULL, 0, tip, RT_SCOPE_LINK): some device holds tip
+    with scope global or link (host scope only where route_localnet is on)."""
+    return any(
+        a.address == tip and (a.scope != "host" or conf(rns, i, "route_localnet"))
+        for i in rns.interfaces
+        for a in i.addresses
     )
 
 
