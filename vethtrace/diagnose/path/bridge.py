@@ -245,7 +245,11 @@ def bridge_forward(
         bq = q.bridge_port
         qstate = bq.state if bq else "forwarding"
         hop_src = source
-        if flag and bq is not None and not getattr(bq, flag):
+        # br_flood: bcast_flood off holds back broadcasts that came in on a port,
+        # never the bridge's own (skb->dev == br->dev); flood off holds back
+        # unknown unicast whoever sent it
+        own = ingress is None and flag == "bcast_flood"
+        if flag and bq is not None and not getattr(bq, flag) and not own:
             out.add(
                 dead_end(
                     trail,
