@@ -298,3 +298,23 @@ def test_tcp_needs_a_listener() -> None:
     assert b is not None
     b.sockets.append(Socket("tcp", 4, "0.0.0.0", 80))
     assert predict(topo, Flow("a", "10.2.0.2", "tcp", 80)).ok
+
+
+def test_rule_goto_lands_on_its_exact_priority_or_is_skipped() -> None:
+    """fib_rules_lookup: goto jumps to the rule of exactly that priority; an
+    unresolved goto (no such rule) is skipped, and a backward one cannot loop."""
+    topo = two()
+    a = topo.namespaces[0]
+    a.other_routes = [Route("10.2.0.2/32", None, kind="blackhole", table=100)]
+    base = [Rule(0, table=255), Rule(32766, table=254)]
+    a.rules = [*base, Rule(100, action="goto", goto=200), Rule(150, table=100)]
+    assert lookup(a, "10.2.0.2").kind == "blackhole"  # unresolved: rule 150 decides
+    a.rules = [
+        *base,
+        Rule(100, action="goto", goto=200),
+        Rule(150, table=100),
+        Rule(200, table=254),
+    ]
+    assert lookup(a, "10.2.0.2").kind == "unicast"  # resolved: 150 is jumped over
+    a.rules = [*base, Rule(100, table=100), Rule(120, action="goto", goto=100)]
+    assert lookup(a, "10.9.9.9").kind == "unicast"  # backward: skipped, main answers

@@ -225,7 +225,14 @@ def lookup(
         if rule.action in ("blackhole", "unreachable", "prohibit"):
             return RouteResult(rule.action, None, table=rule.table, rule=rule)
         if rule.action == "goto":
-            i = next((j for j, r in enumerate(rules) if r.priority >= (rule.goto or 0)), len(rules))
+            # fib_rules_lookup: the target is the first rule whose priority is
+            # exactly the goto's; without one the goto is unresolved and skipped
+            # (the kernel refuses a goto backwards: a hand-made one cannot loop here)
+            target = next(
+                (j for j, r in enumerate(rules) if j >= i and r.priority == rule.goto), None
+            )
+            if target is not None:
+                i = target
             continue
         if rule.action != "table":
             continue
