@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from vethtrace.model import Interface, Namespace, Route, Rule
+from vethtrace.model import Address, Interface, Namespace, Route, Rule
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -270,16 +270,65 @@ def local_address(
     return None
 
 
+SCOPE_NUM = {"global": 0, "universe": 0, "site": 200, "link": 253, "host": 254, "nowhere": 255}
+
+
+def primaries(iface: Interface, family: int) -> list[Address]:
+    """iface's primary addresses of a family: an IPv4 address in the subnet (same
+    prefix length) of an earlier one is secondary (__inet_insert_ifa), and
+    source selection never picks it."""
+    out: list[Address] = []
+    for a in iface.addresses:
+        if a.family != family:
+            continue
+        if family == 4 and any(
+            p.prefixlen == a.prefixlen and ip(a.address) in net(p.cidr) for p in out
+        ):
+            continue
+        out.append(a)
+    return out
+
+
 def select_source(ns: Namespace, res: RouteResult, dst: str) -> str | None:
-    """inet_select_addr: the route's prefsrc, else an address of the egress
-    device in the next hop's subnet, else its first global one, else any
-    global address of the namespace."""
-    if res.route is not None and res.route.prefsrc:
-        return res.route.prefsrc
-    target = ip(res.gateway or dst)
-    fam = target.version
+    """The source address the kernel gives a packet it sends along res: the
+    route's prefsrc, else (IPv4) inet_select_addr(egress, gateway, route scope)
+    as fib_info_update_nhc_saddr asks it: the egress device's first primary
+    address whose scope the route's allows, preferring one in the gateway's
+    subnet (a route without gateway asks with 0: simply the first, whatever the
+    destination), else the first primary address of any device with a scope
+    from universe up to the route's but not link. `res.route` None (masquerade,
+    nf_nat_masquerade_ipv4) asks for dst at universe scope. IPv6 (RFC 6724 is
+    not modelled): an egress address in dst's prefix, else its first global one."""
+    route = res.route
+    if route is not None and route.prefsrc:
+        return route.prefsrc
+    fam = ip(dst).version
+    if fam == 6:
+        return _select_source6(ns, res, dst)
+    scope = SCOPE_NUM.get(route.scope, 0) if route is not None else 0
+    target = res.gateway if route is not None else dst
     if res.oif is not None:
-        mine = [a for a in res.oif.addresses if a.family == fam and a.scope != "link"]
+        first = None
+        for a in primaries(res.oif, 4):
+            if min(SCOPE_NUM.get(a.scope, 0), SCOPE_NUM["link"]) > scope:
+                continue
+            if target is None or ip(target) in net(a.cidr):
+                return a.address
+            first = first or a.address
+        if first is not None:
+            return first
+    for iface in ns.interfaces:
+        for a in primaries(iface, 4):
+            s = SCOPE_NUM.get(a.scope, 0)
+            if s != SCOPE_NUM["link"] and s <= scope:
+                return a.address
+    return None
+
+
+def _select_source6(ns: Namespace, res: RouteResult, dst: str) -> str | None:
+    target = ip(res.gateway or dst)
+    if res.oif is not None:
+        mine = [a for a in res.oif.addresses if a.family == 6 and a.scope != "link"]
         for a in mine:
             if target in net(a.cidr):
                 return a.address
@@ -287,6 +336,6 @@ def select_source(ns: Namespace, res: RouteResult, dst: str) -> str | None:
             return mine[0].address
     for iface in ns.interfaces:
         for a in iface.addresses:
-            if a.family == fam and a.scope == "global" and not ip(a.address).is_loopback:
+            if a.family == 6 and a.scope == "global" and not ip(a.address).is_loopback:
                 return a.address
     return None
