@@ -113,3 +113,45 @@ def test_source_of_a_route_without_gateway_is_the_first_primary_address() -> Non
             assert rc == 0, out
             kernel = out.split(" src ")[1].split()[0]
             assert select_source(a, lookup(a, dst), dst) == kernel, out
+
+
+def _counters(ns: str) -> dict[str, int]:
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "nstat", "-asz"], capture_output=True, text=True, check=True
+    ).stdout
+    return {p[0]: int(p[1]) for p in (line.split() for line in out.splitlines()) if len(p) >= 2}
+
+
+def test_forwarding_is_decided_before_the_reverse_path_check() -> None:
+    """ip_route_input_slow refuses to forward (IN_DEV_FORWARD) before
+    __mkroute_input validates the source: with forwarding off and a strict
+    rp_filter that would fail too, the kernel counts InAddrErrors, not
+    IPReversePathFilter, and the model must name forwarding."""
+    with namespaces("a", "r", "b") as ns:
+        veth(ns["a"], "eth0", ns["r"], "ra")
+        veth(ns["b"], "eth0", ns["r"], "rb")
+        sh(ns["a"], "ip addr add 10.41.0.2/24 dev eth0", "ip route add default via 10.41.0.1")
+        sh(ns["b"], "ip addr add 10.42.0.2/24 dev eth0", "ip route add default via 10.42.0.1")
+        sh(
+            ns["r"],
+            "ip addr add 10.41.0.1/24 dev ra",
+            "ip addr add 10.42.0.1/24 dev rb",
+            "ip route add 10.41.0.2/32 via 10.42.0.2",  # the way back leaves by rb
+            "sysctl -qw net.ipv4.ip_forward=0",
+            "sysctl -qw net.ipv4.conf.all.rp_filter=1",
+        )
+        # r's ARP would fail the same rp_filter (arp_process routes the request
+        # as input): a knows r's MAC already, so only the IP decisions remain
+        mac = subprocess.run(
+            ["ip", "-n", ns["r"], "-br", "link", "show", "ra"], capture_output=True, text=True
+        ).stdout.split()[2]
+        sh(ns["a"], f"ip neigh add 10.41.0.1 lladdr {mac} dev eth0 nud permanent")
+        before = _counters(ns["r"])
+        assert _agree(ns, "a", "10.42.0.2") is False
+        after = _counters(ns["r"])
+        grew = {k for k in ("IpInAddrErrors", "TcpExtIPReversePathFilter")
+                if after.get(k, 0) > before.get(k, 0)}  # fmt: skip
+        assert grew == {"IpInAddrErrors"}, grew
+        pred = predict(discover(list(ns.values())), Flow(ns["a"], "10.42.0.2"))
+        fail = pred.first_failure
+        assert fail is not None and fail.step == "forward", _text(pred)

@@ -17,11 +17,19 @@ if TYPE_CHECKING:
     from vethtrace.diagnose.path.walk import Walker
 
 
-def rp_filter(w: Walker, ns: Namespace, iface: Interface, pkt: Packet) -> bool:
+def rp_filter(
+    w: Walker, ns: Namespace, iface: Interface, pkt: Packet, oif: Interface | None = None
+) -> bool:
+    """__fib_validate_source: the route back to the source, looked up as if
+    sent from `oif` (the forward route's egress for a forwarded packet: its
+    rules see that iif; "lo" for one delivered locally)."""
     mode = conf(ns, iface, "rp_filter")
     if not mode or pkt.src is None:
         return True
-    back = lookup(ns, pkt.src, pkt.dst, "lo", pkt.proto, pkt.dport, pkt.sport, memo=w.floods)
+    back = lookup(
+        ns, pkt.src, pkt.dst, oif.name if oif else "lo", pkt.proto, pkt.dport, pkt.sport,
+        memo=w.floods,
+    )  # fmt: skip
     src = conf_source(iface, "rp_filter") + f"={mode}"
     if back.kind not in ("unicast", "local") or (
         mode == 1 and (back.oif is None or back.oif.key != iface.key)

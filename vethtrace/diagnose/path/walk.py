@@ -275,6 +275,22 @@ class Walker:
         if res.kind in ("none", "blackhole", "unreachable", "prohibit", "throw"):
             noroute.no_route(self, ns, iface, pkt, res)
             return End("failed")
+        # ip_route_input_slow: a packet not for us is refused when the input
+        # device does not forward, before __mkroute_input validates its source
+        local = res.kind in ("local", "broadcast")
+        if not local and not conf(ns, iface, "forwarding"):
+            self.add(
+                ns,
+                iface,
+                "forward",
+                "not forwarding",
+                conf_source(iface, "forwarding") + "=0",
+                "fail",
+                f"{ns.name} would route {pkt.dst} via {noroute.name(res.oif)}, but forwarding "
+                f"is off on {iface.name}",
+                [self.cmd(ns, "sysctl -w net.ipv4.ip_forward=1")],
+            )
+            return End("failed")
         if (
             pkt.src
             and local_address(ns, pkt.src, self.floods) is not None
@@ -291,25 +307,12 @@ class Walker:
                 [self.cmd(ns, f"sysctl -w net.ipv4.conf.{iface.name}.accept_local=1")],
             )
             return End("failed")
-        if not deliver.rp_filter(self, ns, iface, pkt):
+        if not deliver.rp_filter(self, ns, iface, pkt, None if local else res.oif):
             return End("failed")
-        if res.kind in ("local", "broadcast"):
+        if local:
             self.add(ns, iface, "route", f"{pkt.dst}: {res.kind}", res.describe())
             self.track(ns, entered, pkt)
             return deliver.deliver(self, ns, iface, pkt, res)
-        if not conf(ns, iface, "forwarding"):
-            self.add(
-                ns,
-                iface,
-                "forward",
-                "not forwarding",
-                conf_source(iface, "forwarding") + "=0",
-                "fail",
-                f"{ns.name} would route {pkt.dst} via {noroute.name(res.oif)}, but forwarding "
-                f"is off on {iface.name}",
-                [self.cmd(ns, "sysctl -w net.ipv4.ip_forward=1")],
-            )
-            return End("failed")
         self.add(
             ns,
             iface,
