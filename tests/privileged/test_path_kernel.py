@@ -155,3 +155,63 @@ def test_forwarding_is_decided_before_the_reverse_path_check() -> None:
         pred = predict(discover(list(ns.values())), Flow(ns["a"], "10.42.0.2"))
         fail = pred.first_failure
         assert fail is not None and fail.step == "forward", _text(pred)
+
+
+def _asymmetric(ns: dict[str, str], addressed: bool) -> None:
+    """a -- (ra) r (rb) -- b; r holds 10.52.0.1 on lo and routes a's subnet back via b."""
+    veth(ns["a"], "eth0", ns["r"], "ra")
+    veth(ns["b"], "eth0", ns["r"], "rb")
+    sh(ns["a"], "ip addr add 10.51.0.2/24 dev eth0", "ip route add 10.52.0.1/32 dev eth0")
+    sh(ns["b"], "ip addr add 10.53.0.2/24 dev eth0")
+    sh(
+        ns["r"],
+        "ip addr add 10.52.0.1/32 dev lo",
+        "ip addr add 10.53.0.1/24 dev rb",
+        "ip route add 10.51.0.0/24 via 10.53.0.2",
+        "sysctl -qw net.ipv4.conf.all.rp_filter=2",
+        *(["ip addr add 10.99.0.1/24 dev ra"] if addressed else []),
+    )
+
+
+def _static_neigh(ns: dict[str, str], frm: str, dev: str, to: str, to_dev: str, ip: str) -> None:
+    mac = subprocess.run(
+        ["ip", "-n", ns[to], "-br", "link", "show", to_dev], capture_output=True, text=True
+    ).stdout.split()[2]
+    sh(ns[frm], f"ip neigh add {ip} lladdr {mac} dev {dev} nud permanent")
+
+
+@pytest.mark.parametrize("addressed", [False, True])
+def test_loose_rp_filter_drops_on_a_device_without_address(addressed: bool) -> None:
+    """__fib_validate_source: loose mode accepts a route back through another
+    device only when the receiving device holds an IPv4 address (no_addr ->
+    last_resort -> e_rpf). The kernel's IPReversePathFilter counter is the oracle."""
+    with namespaces("a", "r", "b") as ns:
+        _asymmetric(ns, addressed)
+        _static_neigh(ns, "a", "eth0", "r", "ra", "10.52.0.1")
+        before = _counters(ns["r"])
+        ping(ns["a"], "10.52.0.1")
+        dropped = _counters(ns["r"]).get("TcpExtIPReversePathFilter", 0) > before.get(
+            "TcpExtIPReversePathFilter", 0
+        )
+        assert dropped is not addressed
+        pred = predict(discover(list(ns.values())), Flow(ns["a"], "10.52.0.1"))
+        fail = pred.first_failure
+        assert (fail is not None and fail.step == "rp_filter") is dropped, _text(pred)
+
+
+def test_arp_request_fails_the_reverse_path_check() -> None:
+    """arp_process routes the request (ip_route_input_noref), so rp_filter
+    judges its sender: with the way back to a leaving by rb, r never answers."""
+    with namespaces("a", "r", "b") as ns:
+        _asymmetric(ns, True)
+        sh(ns["r"], "ip addr add 10.51.0.1/24 dev ra", "ip route add 10.51.0.2/32 via 10.53.0.2")
+        sh(ns["r"], "sysctl -qw net.ipv4.conf.all.rp_filter=1")
+        assert not ping(ns["a"], "10.51.0.1")
+        neigh = subprocess.run(
+            ["ip", "-n", ns["a"], "neigh", "show", "10.51.0.1"], capture_output=True, text=True
+        ).stdout
+        assert "lladdr" not in neigh, neigh  # the kernel: no ARP answer
+        pred = predict(discover(list(ns.values())), Flow(ns["a"], "10.51.0.1"))
+        fail = pred.first_failure
+        assert fail is not None and fail.step == "arp", _text(pred)
+        assert "rp_filter" in fail.source, _text(pred)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vethtrace.diagnose.path import l2
+from vethtrace.diagnose.path import deliver, l2
 from vethtrace.diagnose.path.flow import Hop
 from vethtrace.diagnose.path.route import conf, conf_source, ip, local_address, lookup, net
 from vethtrace.model import Interface, Namespace
@@ -31,6 +31,11 @@ def answer(
         sip = "0.0.0.0"
     res = lookup(rns, tip, sip, iif=rif.name, memo=w.floods)
     if res.kind == "local":
+        # arp_process routes the request as input (ip_route_input_noref): the
+        # sender's address must pass fib_validate_source before anyone answers
+        bad = _invalid_sender(w, rns, rif, sip, tip, None)
+        if bad is not None:
+            return (False, *bad, 2)
         owner = local_address(rns, tip, w.floods)
         level = conf(rns, rif, "arp_ignore")
         mine = [a for a in rif.addresses if a.address == tip]
@@ -118,6 +123,10 @@ def answer(
             [w.cmd(rns, f"sysctl -w net.ipv4.conf.{rif.name}.forwarding=1")],
             1,
         )
+    if proxy_on or pentry:
+        bad = _invalid_sender(w, rns, rif, sip, tip, res.oif)
+        if bad is not None:
+            return (False, *bad, 1)
     if proxy_on:
         return (
             True,
@@ -134,6 +143,30 @@ def answer(
         conf_source(rif, "proxy_arp") + "=0",
         [w.cmd(rns, f"sysctl -w net.ipv4.conf.{rif.name}.proxy_arp=1")],
         1,
+    )
+
+
+def _invalid_sender(
+    w: Walker, rns: Namespace, rif: Interface, sip: str, tip: str, oif: Interface | None
+) -> tuple[str, str, list[str]] | None:
+    """Why ip_route_input refuses an ARP request's sender address on rif (a
+    martian local source, the reverse path filter), as (why, source, fix)."""
+    if sip == "0.0.0.0":  # an address probe: arp_process answers it without routing
+        return None
+    if deliver.martian_local(w, rns, rif, sip):
+        return (
+            f"the sender {sip} is one of {rns.name}'s own addresses",
+            conf_source(rif, "accept_local") + "=0",
+            [],
+        )
+    failed = deliver.rpf_failure(w, rns, rif, sip, tip, oif)
+    if failed is None:
+        return None
+    mode, how = failed
+    return (
+        f"rp_filter={mode} drops the request from {sip}: {how}",
+        conf_source(rif, "rp_filter") + f"={mode}",
+        [w.cmd(rns, f"ip route add {sip} dev {rif.name}")],
     )
 
 

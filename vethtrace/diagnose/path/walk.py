@@ -19,7 +19,6 @@ from vethtrace.diagnose.path.route import (
     RouteResult,
     conf,
     conf_source,
-    local_address,
     lookup,
     select_source,
 )
@@ -291,11 +290,7 @@ class Walker:
                 [self.cmd(ns, "sysctl -w net.ipv4.ip_forward=1")],
             )
             return End("failed")
-        if (
-            pkt.src
-            and local_address(ns, pkt.src, self.floods) is not None
-            and not conf(ns, iface, "accept_local")
-        ):
+        if pkt.src and deliver.martian_local(self, ns, iface, pkt.src):
             self.add(
                 ns,
                 iface,
