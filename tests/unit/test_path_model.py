@@ -5,7 +5,16 @@ from __future__ import annotations
 from vethtrace.diagnose.path import Flow, predict
 from vethtrace.diagnose.path.nft import Ctx, Ruleset, evaluate
 from vethtrace.diagnose.path.route import lookup
-from vethtrace.model import Address, IfaceKey, Interface, Namespace, Route, Rule, Topology
+from vethtrace.model import (
+    Address,
+    IfaceKey,
+    Interface,
+    Namespace,
+    Neighbour,
+    Route,
+    Rule,
+    Topology,
+)
 
 
 def iface(
@@ -85,6 +94,14 @@ def test_rp_filter_strict_with_asymmetric_route() -> None:
     r = topo.netns_by_name("r")
     assert r is not None
     r.routes[0] = Route("10.1.0.0/24", 3, "10.2.0.2")  # the way back leaves via rb
+    # r's ARP answer for 10.1.0.1 is refused first: arp_process routes the
+    # request as input, and the same reverse path check drops it
+    fail = predict(topo, Flow("a", "10.2.0.2")).first_failure
+    assert fail is not None and fail.step == "arp" and "rp_filter" in fail.source
+    a = topo.netns_by_name("a")
+    assert a is not None
+    ra_mac = r.interfaces[0].mac
+    a.neighbours = [Neighbour(2, "10.1.0.1", ra_mac, "PERMANENT")]  # a knows r's MAC
     fail = predict(topo, Flow("a", "10.2.0.2")).first_failure
     assert fail is not None and fail.step == "rp_filter" and fail.netns == "r"
 
