@@ -215,3 +215,37 @@ def test_arp_request_fails_the_reverse_path_check() -> None:
         fail = pred.first_failure
         assert fail is not None and fail.step == "arp", _text(pred)
         assert "rp_filter" in fail.source, _text(pred)
+
+
+def test_a_router_asks_arp_with_its_own_address() -> None:
+    """arp_solicit sends a forwarded packet's ARP request from the router's own
+    address on that link (inet_select_addr), not the packet's foreign source:
+    srv's strict rp_filter, which drops c's echo request, does not judge the ARP."""
+    with namespaces("c", "r", "srv", "gw") as ns:
+        veth(ns["r"], "r-c", ns["c"], "eth0")
+        veth(ns["r"], "r-s", ns["srv"], "eth1")
+        veth(ns["srv"], "eth0", ns["gw"], "gw0")
+        sh(ns["c"], "ip addr add 10.61.3.2/24 dev eth0", "ip route add default via 10.61.3.1")
+        sh(
+            ns["r"],
+            "ip addr add 10.61.3.1/24 dev r-c",
+            "ip addr add 10.61.2.1/24 dev r-s",
+            "sysctl -qw net.ipv4.ip_forward=1",
+        )
+        sh(
+            ns["srv"],
+            "ip addr add 10.61.2.2/24 dev eth1",
+            "ip addr add 10.61.1.2/24 dev eth0",
+            "ip route add default via 10.61.1.1",
+            "sysctl -qw net.ipv4.conf.all.rp_filter=1",
+        )
+        sh(ns["gw"], "ip addr add 10.61.1.1/24 dev gw0")
+        before = _counters(ns["srv"])
+        assert not ping(ns["c"], "10.61.2.2")
+        after = _counters(ns["srv"])
+        key = "TcpExtIPReversePathFilter"
+        assert after.get(key, 0) > before.get(key, 0)  # the echo was dropped by rp_filter
+        pred = predict(discover(list(ns.values())), Flow(ns["c"], "10.61.2.2"))
+        fail = pred.first_failure
+        assert fail is not None and fail.step == "rp_filter", _text(pred)
+        assert fail.netns == ns["srv"] and fail.interface == "eth1", _text(pred)

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from vethtrace.diagnose.path import deliver, l2
 from vethtrace.diagnose.path.flow import Hop
-from vethtrace.diagnose.path.route import conf, conf_source, ip, local_address, lookup, net
+from vethtrace.diagnose.path.route import (
+    SCOPE_NUM,
+    conf,
+    conf_source,
+    inet_select_addr,
+    ip,
+    local_address,
+    lookup,
+    net,
+)
 from vethtrace.model import Interface, Namespace
 
 if TYPE_CHECKING:
@@ -275,12 +284,7 @@ def resolve(
     if learned and (entry is None or entry.state not in STABLE):  # permanent entries stay
         src = f"neigh {nexthop} dev {oif.name} lladdr {learned} (from its ARP request)"
         return learned, [w.hop(ns, oif, "neigh", f"{nexthop} at {learned}", src)]
-    announce = conf(ns, oif, "arp_announce")
-    asker = sip
-    if announce and sip is not None:  # prefer an address of oif in the target's subnet
-        asker = next(
-            (a.address for a in oif.addresses if a.family == 4 and ip(nexthop) in net(a.cidr)), sip
-        )
+    asker = arp_source(w, ns, oif, nexthop, sip)
     if entry is not None and entry.state in STABLE and entry.lladdr:
         src = f"neigh {nexthop} dev {oif.name} lladdr {entry.lladdr} {entry.state}"
         saved = (set(w.l2_seen), {k: dict(v) for k, v in w.learned.items()})
@@ -345,6 +349,28 @@ def resolve(
         )
     mac, more = arp(w, ns, oif, nexthop, asker)
     return mac, hops + more
+
+
+def arp_source(
+    w: Walker, ns: Namespace, oif: Interface, target: str, sip: str | None
+) -> str | None:
+    """arp_solicit's sender address for a request for target out of oif, sent
+    for a packet from sip: sip itself when it is local to ns (arp_announce 0,
+    and values above 2) or also in a subnet of oif holding target (1); else
+    (2, or a forwarded packet's foreign source) inet_select_addr(oif, target,
+    RT_SCOPE_LINK)."""
+    level = conf(ns, oif, "arp_announce")
+    onlink = sip is not None and any(  # inet_addr_onlink: one subnet of oif holds both
+        ip(target) in net(a.cidr) and ip(sip) in net(a.cidr) for a in oif.addresses if a.family == 4
+    )
+    if (
+        sip is not None
+        and level != 2
+        and local_address(ns, sip, w.floods) is not None
+        and (level != 1 or onlink)
+    ):
+        return sip
+    return inet_select_addr(ns, oif, target, SCOPE_NUM["link"]) or sip
 
 
 def _reply_lost(

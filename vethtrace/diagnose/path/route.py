@@ -306,13 +306,22 @@ def select_source(ns: Namespace, res: RouteResult, dst: str) -> str | None:
     if fam == 6:
         return _select_source6(ns, res, dst)
     scope = SCOPE_NUM.get(route.scope, 0) if route is not None else 0
-    target = res.gateway if route is not None else dst
-    if res.oif is not None:
+    return inet_select_addr(ns, res.oif, res.gateway if route is not None else dst, scope)
+
+
+def inet_select_addr(
+    ns: Namespace, dev: Interface | None, dst: str | None, scope: int
+) -> str | None:
+    """devinet.c inet_select_addr for IPv4: dev's first primary address whose
+    scope (host counted as link) is within `scope`, preferring one whose subnet
+    holds dst (None: no preference); else the first primary address of any
+    device with a scope within `scope` that is not link."""
+    if dev is not None:
         first = None
-        for a in primaries(res.oif, 4):
+        for a in primaries(dev, 4):
             if min(SCOPE_NUM.get(a.scope, 0), SCOPE_NUM["link"]) > scope:
                 continue
-            if target is None or ip(target) in net(a.cidr):
+            if dst is None or ip(dst) in net(a.cidr):
                 return a.address
             first = first or a.address
         if first is not None:
