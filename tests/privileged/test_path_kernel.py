@@ -249,3 +249,53 @@ def test_a_router_asks_arp_with_its_own_address() -> None:
         fail = pred.first_failure
         assert fail is not None and fail.step == "rp_filter", _text(pred)
         assert fail.netns == ns["srv"] and fail.interface == "eth1", _text(pred)
+
+
+def _snat_router(ns: dict[str, str], rules: str) -> None:
+    """a (10.71.0.2) -- r -- b (10.72.0.2); b routes nothing beyond its subnet."""
+    veth(ns["a"], "eth0", ns["r"], "ra")
+    veth(ns["b"], "eth0", ns["r"], "rb")
+    sh(ns["a"], "ip addr add 10.71.0.2/24 dev eth0", "ip route add default via 10.71.0.1")
+    sh(ns["b"], "ip addr add 10.72.0.2/24 dev eth0")
+    sh(
+        ns["r"],
+        "ip addr add 10.71.0.1/24 dev ra",
+        "ip addr add 10.72.0.1/24 dev rb",
+        "sysctl -qw net.ipv4.ip_forward=1",
+        f"nft '{rules}'",
+    )
+
+
+def test_the_first_nat_binding_wins() -> None:
+    """nf_nat_inet_fn runs a hook's nat chains in priority order until one binds
+    the flow; later nat chains never see it. The second chain's address is one
+    b cannot answer: only the first binding lets the ping through."""
+    with namespaces("a", "r", "b") as ns:
+        _snat_router(
+            ns,
+            "add table ip n1; add chain ip n1 post { type nat hook postrouting priority 100; }; "
+            "add rule ip n1 post oifname rb snat to 10.72.0.1; "
+            "add table ip n2; add chain ip n2 post { type nat hook postrouting priority 110; }; "
+            "add rule ip n2 post oifname rb snat to 10.99.9.9",
+        )
+        assert _agree(ns, "a", "10.72.0.2") is True
+
+
+def test_nat_chains_run_at_the_nat_core_priority() -> None:
+    """nf_nat_register_fn hangs nat chains off the NAT core's own hook (postrouting:
+    NF_IP_PRI_NAT_SRC = 100), whatever priority they declare, and the packet is
+    rewritten there: a filter chain at 150 sees the new source even when the nat
+    chain says 200 (and drops it here), one at 50 the original."""
+    with namespaces("a", "r", "b") as ns:
+        _snat_router(
+            ns,
+            "add table ip n; add chain ip n post { type nat hook postrouting priority 200; }; "
+            "add rule ip n post oifname rb snat to 10.72.0.1; "
+            "add chain ip n early { type filter hook postrouting priority 50; }; "
+            "add rule ip n early ip saddr 10.72.0.1 icmp type echo-request drop; "
+            "add chain ip n late { type filter hook postrouting priority 150; }; "
+            "add rule ip n late ip saddr 10.71.0.2 icmp type echo-request drop",
+        )
+        assert _agree(ns, "a", "10.72.0.2") is True
+        sh(ns["r"], "nft add rule ip n late ip saddr 10.72.0.1 icmp type echo-request drop")
+        assert _agree(ns, "a", "10.72.0.2") is False

@@ -76,7 +76,9 @@ def run_hook(
         bridged,
         lambda addr: _addrtype(ns, addr),
     )
-    res: HookResult = evaluate(rs, families, hook, ctx)
+    res: HookResult = evaluate(
+        rs, families, hook, ctx, lambda nat: _fields(translated(ns, pkt, nat, iif, oif))
+    )
     hops = []
     iface = ns.iface_by_name(iif or oif or "")
     for st in res.steps:
@@ -105,37 +107,56 @@ def run_hook(
             )
         return "drop", hops
     if res.nat is not None:
-        kind_, addr, port = res.nat
         before = pkt.describe()
-        if kind_ in ("masquerade", "snat"):
-            out = ns.iface_by_name(oif or "")
-            new = addr or (
-                select_source(ns, RouteResult("unicast", None, out), pkt.dst) if out else None
-            )
-            pkt.src = new
-            if port is not None:
-                pkt.sport = port
-        elif kind_ in ("dnat", "redirect"):
-            if kind_ == "redirect":
-                inn = ns.iface_by_name(iif or "")
-                addr = next(
-                    (a.address for a in (inn.addresses if inn else []) if a.family == 4),
-                    "127.0.0.1",
-                )
-            if addr:
-                pkt.dst = addr
-            if port is not None:
-                pkt.dport = port
+        after = translated(ns, pkt, res.nat, iif, oif)
+        pkt.src, pkt.dst, pkt.sport, pkt.dport = after.src, after.dst, after.sport, after.dport
         hops.append(
             w.hop(
                 ns,
                 iface,
                 "nat",
-                f"{hook}: {kind_}: {before} -> {pkt.describe()}",
+                f"{hook}: {res.nat[0]}: {before} -> {pkt.describe()}",
                 next((s.source for s in reversed(res.steps)), "nft"),
             )
         )
     return "accept", hops
+
+
+def translated(
+    ns: Namespace,
+    pkt: Packet,
+    nat: tuple[str, str | None, int | None],
+    iif: str | None,
+    oif: str | None,
+) -> Packet:
+    """pkt as a NAT binding (kind, address, port) rewrites it: masquerade takes
+    the egress device's address for the destination (nf_nat_masquerade_ipv4),
+    redirect the ingress device's first address or 127.0.0.1."""
+    kind, addr, port = nat
+    out = pkt.copy()
+    if kind in ("masquerade", "snat"):
+        dev = ns.iface_by_name(oif or "")
+        out.src = addr or (
+            select_source(ns, RouteResult("unicast", None, dev), pkt.dst) if dev else None
+        )
+        if port is not None:
+            out.sport = port
+    elif kind in ("dnat", "redirect"):
+        if kind == "redirect":
+            inn = ns.iface_by_name(iif or "")
+            addr = next(
+                (a.address for a in (inn.addresses if inn else []) if a.family == 4),
+                "127.0.0.1",
+            )
+        if addr:
+            out.dst = addr
+        if port is not None:
+            out.dport = port
+    return out
+
+
+def _fields(p: Packet) -> tuple[str | None, str, int | None, int | None]:
+    return p.src, p.dst, p.sport, p.dport
 
 
 def _fix(
