@@ -299,3 +299,31 @@ def test_nat_chains_run_at_the_nat_core_priority() -> None:
         assert _agree(ns, "a", "10.72.0.2") is True
         sh(ns["r"], "nft add rule ip n late ip saddr 10.72.0.1 icmp type echo-request drop")
         assert _agree(ns, "a", "10.72.0.2") is False
+
+
+@pytest.mark.parametrize("hook", ["prerouting", "postrouting"])
+def test_br_netfilter_passes_bridged_ip_through_every_ip_hook(hook: str) -> None:
+    """br_netfilter hands a bridged IPv4 packet to the ip hooks prerouting
+    (br_nf_pre_routing), forward and postrouting (br_nf_post_routing), not only
+    forward: a drop in the bridge namespace's ip prerouting/postrouting chain
+    stops a ping between two ports."""
+    with namespaces("sw", "a", "b") as ns:
+        sh(ns["sw"], "ip link add br0 type bridge", "ip link set br0 up")
+        veth(ns["sw"], "veth-a", ns["a"], "eth0")
+        veth(ns["sw"], "veth-b", ns["b"], "eth0")
+        sh(ns["sw"], "ip link set veth-a master br0", "ip link set veth-b master br0")
+        sh(ns["a"], "ip addr add 10.81.0.1/24 dev eth0")
+        sh(ns["b"], "ip addr add 10.81.0.2/24 dev eth0")
+        on = subprocess.run(
+            ["ip", "netns", "exec", ns["sw"], "sysctl", "-n", "net.bridge.bridge-nf-call-iptables"],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
+        if on != "1":
+            pytest.skip("br_netfilter is not active in new namespaces on this host")
+        assert _agree(ns, "a", "10.81.0.2") is True
+        sh(
+            ns["sw"],
+            f"nft 'add table ip t; add chain ip t c {{ type filter hook {hook} priority 0; }}; "
+            "add rule ip t c ip saddr 10.81.0.1 icmp type echo-request drop'",
+        )
+        assert _agree(ns, "a", "10.81.0.2") is False

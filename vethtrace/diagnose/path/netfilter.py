@@ -191,19 +191,50 @@ def _fix(
 
 
 def br_netfilter(w: Walker, ns: Namespace, br: Interface, pkt: Packet) -> tuple[str, list[Hop]]:
+    """A bridged IPv4 packet through the ip hooks br_netfilter hands it to:
+    prerouting (br_nf_pre_routing, in: the bridge), forward (br_nf_forward_ip,
+    in and out: the bridge) and postrouting (br_nf_post_routing, out: the
+    bridge). NAT there is not modelled: br_nf_pre_routing_finish routes a
+    DNATed frame instead of bridging it, and the bridged reply would need
+    conntrack's undoing; such a rewrite ends in an unknown hop."""
     if ns.sysctls.get("net.bridge.bridge-nf-call-iptables") != "1":
         return "accept", []
-    verdict, hops = run_hook(w, ns, "ip", "forward", pkt, br.name, br.name, bridged=True)
-    for h in hops:
-        h.decision = f"br_netfilter {h.decision}"
+    entered = pkt.copy()
+    hops: list[Hop] = []
+    verdict = "accept"
+    for hook, iif, oif in (
+        ("prerouting", br.name, None),
+        ("forward", br.name, br.name),
+        ("postrouting", None, br.name),
+    ):
+        verdict, more = run_hook(w, ns, "ip", hook, pkt, iif, oif, bridged=True)
+        for h in more:
+            h.decision = f"br_netfilter {h.decision}"
+        hops += more
+        if verdict != "accept":
+            break
+        if (pkt.src, pkt.dst, pkt.sport, pkt.dport) != _fields(entered):
+            verdict = "unknown"
+            hops.append(
+                w.hop(
+                    ns,
+                    br,
+                    "nat",
+                    f"br_netfilter {hook}: NAT of a bridged packet",
+                    "sysctl net.bridge.bridge-nf-call-iptables=1",
+                    "unknown",
+                    "NAT on a bridged packet (br_nf_pre_routing_finish may route it "
+                    "instead of bridging it) is not modelled",
+                )
+            )
+            break
     if verdict == "accept":
         # conntrack follows bridged flows too: the reply is ESTABLISHED there
-        w.track(ns, pkt, pkt)
+        w.track(ns, entered, pkt)
     if hops:
         src = "sysctl net.bridge.bridge-nf-call-iptables=1"
         hops.insert(
-            0,
-            w.hop(ns, br, "bridge", "bridged IP passes the ip forward hook (br_netfilter)", src),
+            0, w.hop(ns, br, "bridge", "bridged IP passes the ip hooks (br_netfilter)", src)
         )
     return verdict, hops
 
