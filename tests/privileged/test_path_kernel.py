@@ -327,3 +327,41 @@ def test_br_netfilter_passes_bridged_ip_through_every_ip_hook(hook: str) -> None
             "add rule ip t c ip saddr 10.81.0.1 icmp type echo-request drop'",
         )
         assert _agree(ns, "a", "10.81.0.2") is False
+
+
+def test_veth_mtu_slack_and_fragmented_echo_replies() -> None:
+    """A 1500-byte packet into a veth whose peer has MTU 1496 passes
+    (is_skb_forwardable allows mtu + hard_header_len + VLAN_HLEN), and b's
+    1500-byte echo reply out of its 1496-byte eth0 is fragmented, never refused
+    (the ICMP socket sends with IP_PMTUDISC_DONT): the ping with DF succeeds."""
+    with namespaces("a", "b") as ns:
+        veth(ns["a"], "eth0", ns["b"], "eth0")
+        sh(ns["a"], "ip addr add 10.91.0.1/24 dev eth0")
+        sh(ns["b"], "ip addr add 10.91.0.2/24 dev eth0", "ip link set eth0 mtu 1496")
+        topo = discover(list(ns.values()))
+        pred = predict(topo, Flow(ns["a"], "10.91.0.2", size=1500))
+        real = any(ping(ns["a"], "10.91.0.2", size=1500 - 28) for _ in range(2))
+        assert real is True
+        assert pred.ok is real, _text(pred)
+
+
+def test_bridge_drops_a_frame_over_its_egress_port_mtu() -> None:
+    """br_dev_queue_push_xmit drops a frame longer than the egress port's MTU:
+    the request never reaches b (its IcmpInEchos stays), and the model must
+    fail it there, at the port, on the way out."""
+    with namespaces("sw", "a", "b") as ns:
+        sh(ns["sw"], "ip link add br0 type bridge", "ip link set br0 up")
+        veth(ns["sw"], "veth-a", ns["a"], "eth0")
+        veth(ns["sw"], "veth-b", ns["b"], "eth0")
+        sh(ns["sw"], "ip link set veth-a master br0", "ip link set veth-b master br0")
+        sh(ns["sw"], "ip link set veth-b mtu 1400")
+        sh(ns["a"], "ip addr add 10.92.0.1/24 dev eth0")
+        sh(ns["b"], "ip addr add 10.92.0.2/24 dev eth0")
+        assert ping(ns["a"], "10.92.0.2") or ping(ns["a"], "10.92.0.2")  # ARP settles
+        before = _counters(ns["b"]).get("IcmpInEchos", 0)
+        assert not ping(ns["a"], "10.92.0.2", size=1450 - 28)
+        assert _counters(ns["b"]).get("IcmpInEchos", 0) == before  # lost on the way there
+        pred = predict(discover(list(ns.values())), Flow(ns["a"], "10.92.0.2", size=1450))
+        fail = pred.first_failure
+        assert fail is not None and pred.forward_outcome == "failed", _text(pred)
+        assert fail.netns == ns["sw"] and fail.interface == "veth-b", _text(pred)

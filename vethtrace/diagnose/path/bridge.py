@@ -11,11 +11,12 @@ filtering (this kernel has none) and neigh_suppress are not modelled: an
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from vethtrace.diagnose.path import l2flood, netfilter
 from vethtrace.diagnose.path.flow import Hop
-from vethtrace.diagnose.path.l2 import Dead, Frame, L2Result, dead_end
+from vethtrace.diagnose.path.l2 import VLAN_HLEN, Dead, Frame, L2Result, dead_end
 from vethtrace.model import FdbEntry, Interface, Namespace
 
 if TYPE_CHECKING:
@@ -336,6 +337,12 @@ def bridge_forward(
                 continue
         else:
             hops = []
+        fq = frame
+        if frame.pkt is not None:
+            fq, dead = _egress_mtu(w, ns, br, q, frame, trail + hops)
+            if dead is not None:
+                out.add(dead)
+                continue
         if frame.dst_mac is None and l2flood.bystander(w, q, frame):
             continue
         hop = w.hop(
@@ -347,8 +354,39 @@ def bridge_forward(
             else f"{decision}: {q.name}",
             hop_src,
         )
-        out.add(l2flood.flood_to(w, q, frame, trail + hops + [hop]))
+        out.add(l2flood.flood_to(w, q, fq, trail + hops + [hop]))
     return out
+
+
+def _egress_mtu(
+    w: Walker, ns: Namespace, br: Interface, q: Interface, frame: Frame, trail: list[Hop]
+) -> tuple[Frame, L2Result | None]:
+    """br_dev_queue_push_xmit: a frame longer than port q's MTU is dropped
+    (is_skb_forwardable allows VLAN_HLEN more). With br_netfilter,
+    br_nf_dev_queue_xmit holds IPv4 to q's MTU exactly and fragments what may
+    be fragmented (br_nf_ip_fragment), dropping only DF packets."""
+    pkt = frame.pkt
+    assert pkt is not None
+    brnf = ns.sysctls.get("net.bridge.bridge-nf-call-iptables") == "1"
+    limit = q.mtu if brnf else q.mtu + VLAN_HLEN
+    if frame.size <= limit:
+        return frame, None
+    if brnf and not pkt.df:
+        return replace(frame, size=q.mtu), None
+    return frame, dead_end(
+        trail,
+        w.hop(
+            ns,
+            q,
+            "mtu",
+            f"{frame.size}-byte frame over {q.name}'s MTU {q.mtu}: not sent",
+            f"mtu {q.name} {q.mtu}",
+            "fail",
+            f"{br.name} drops frames longer than the MTU of the port they leave by "
+            f"(br_dev_queue_push_xmit): {q.name} has {q.mtu}",
+            [w.cmd(ns, f"ip link set {q.name} mtu {max(br.mtu, frame.size)}")],
+        ),
+    )
 
 
 def _down_peer(w: Walker, q: Interface) -> tuple[Namespace, Interface] | None:

@@ -167,12 +167,22 @@ class Walker:
                 "a route without an output device is not modelled",
             )
             return End("unknown")
-        if pkt.size > oif.mtu and oif.kind == "vxlan":  # the overlay's MTU budget
+        size = pkt.size
+        if size > oif.mtu and not pkt.df:  # ip_fragment: the pieces fit
+            size = oif.mtu
+            self.add(
+                ns,
+                oif,
+                "mtu",
+                f"{pkt.size} bytes fragmented to {oif.name}'s MTU {oif.mtu} (DF not set)",
+                f"mtu {oif.mtu}",
+            )
+        if size > oif.mtu and oif.kind == "vxlan":  # the overlay's MTU budget
             from vethtrace.diagnose.path import vxlan
 
             self.hops.append(vxlan.too_big(self, ns, oif, pkt))
             return End("failed")
-        if pkt.size > oif.mtu:
+        if size > oif.mtu:
             self.add(
                 ns,
                 oif,
@@ -214,7 +224,7 @@ class Walker:
             unknown = any(h.status == "unknown" for h in hops)
             return End("unknown" if unknown else "failed")
         self.l2_seen = set()
-        result = l2.send(self, oif, l2.Frame(oif.mac, mac, pkt, pkt.size), [])
+        result = l2.send(self, oif, l2.Frame(oif.mac, mac, pkt, size), [])
         for rif, trail in result.reached:
             if rif.key != oif.key and (mac is None or rif.mac == mac or rif.kind == "bridge"):
                 self.hops += trail
