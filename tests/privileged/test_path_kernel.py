@@ -365,3 +365,23 @@ def test_bridge_drops_a_frame_over_its_egress_port_mtu() -> None:
         fail = pred.first_failure
         assert fail is not None and pred.forward_outcome == "failed", _text(pred)
         assert fail.netns == ns["sw"] and fail.interface == "veth-b", _text(pred)
+
+
+@pytest.mark.parametrize("hairpin", [True, False])
+def test_hairpin_floods_back_out_of_the_ingress_port(hairpin: bool) -> None:
+    """should_deliver lets a frame leave by the port it came in on when that
+    port has hairpin on, for floods as for known unicast: two VEPA macvlans on
+    one uplink reach each other only through the bridge's hairpin."""
+    with namespaces("sw", "host", "c1", "c2") as ns:
+        sh(ns["sw"], "ip link add br0 type bridge", "ip link set br0 up")
+        veth(ns["sw"], "p", ns["host"], "uplink")
+        sh(ns["sw"], "ip link set p master br0")
+        sh(ns["sw"], f"bridge link set dev p hairpin {'on' if hairpin else 'off'}")
+        for n, c in ((1, "c1"), (2, "c2")):
+            sh(
+                ns["host"],
+                f"ip link add mv{n} link uplink type macvlan mode vepa",
+                f"ip link set mv{n} netns {ns[c]}",
+            )
+            sh(ns[c], f"ip addr add 10.95.0.{n}/24 dev mv{n}", f"ip link set mv{n} up")
+        assert _agree(ns, "c1", "10.95.0.2") is hairpin
