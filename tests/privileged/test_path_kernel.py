@@ -385,3 +385,44 @@ def test_hairpin_floods_back_out_of_the_ingress_port(hairpin: bool) -> None:
             )
             sh(ns[c], f"ip addr add 10.95.0.{n}/24 dev mv{n}", f"ip link set mv{n} up")
         assert _agree(ns, "c1", "10.95.0.2") is hairpin
+
+
+def _connect_error(ns: str, dst: str, port: int) -> str:
+    """What a TCP connect from ns says: the errno name, or 'connected'."""
+    code = (
+        "import errno, socket\n"
+        "s = socket.socket()\n"
+        "s.settimeout(2)\n"
+        "try:\n"
+        f"    s.connect(({dst!r}, {port}))\n"
+        "    print('connected')\n"
+        "except OSError as e:\n"
+        "    print(errno.errorcode.get(e.errno, 'timeout'))\n"
+    )
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "python3", "-c", code], capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_a_sender_routes_again_with_its_source() -> None:
+    """ip_route_connect looks the route up a second time once the source is
+    chosen, so a `from` rule decides a TCP connection; ping does the same (it
+    connects a UDP probe socket to learn its source, then binds to it). Here
+    the rule blackholes both."""
+    with namespaces("a", "b") as ns:
+        veth(ns["a"], "eth0", ns["b"], "eth0")
+        sh(
+            ns["a"],
+            "ip addr add 10.101.0.1/24 dev eth0",
+            "ip rule add pref 100 from 10.101.0.1 lookup 100",
+            "ip route add blackhole default table 100",
+        )
+        sh(ns["b"], "ip addr add 10.101.0.2/24 dev eth0")
+        assert _connect_error(ns["a"], "10.101.0.2", 8080) == "EINVAL"  # the blackhole
+        topo = discover(list(ns.values()))
+        for flow in (Flow(ns["a"], "10.101.0.2", "tcp", 8080), Flow(ns["a"], "10.101.0.2")):
+            pred = predict(topo, flow)
+            fail = pred.first_failure
+            assert fail is not None and fail.netns == ns["a"], _text(pred)
+            assert fail.step == "route" and "blackhole" in fail.decision, _text(pred)
+        assert _agree(ns, "a", "10.101.0.2") is False

@@ -101,6 +101,16 @@ class Walker:
             return End("failed")
         if pkt.src is None:
             pkt.src = select_source(ns, res, pkt.dst)
+            if pkt.src is not None:
+                # the sender then routes again with that source, where `from`
+                # rules see it: ip_route_connect for TCP (and connected UDP);
+                # ping binds the source its UDP probe socket's connect found
+                res = lookup(
+                    ns, pkt.dst, pkt.src, "lo", pkt.proto, pkt.sport, pkt.dport, memo=self.floods
+                )
+                if res.kind in ("none", "blackhole", "unreachable", "prohibit", "throw"):
+                    noroute.no_route(self, ns, None, pkt, res)
+                    return End("failed")
             if pkt.src is None:
                 self.add(
                     ns,
