@@ -426,3 +426,25 @@ def test_a_sender_routes_again_with_its_source() -> None:
             assert fail is not None and fail.netns == ns["a"], _text(pred)
             assert fail.step == "route" and "blackhole" in fail.decision, _text(pred)
         assert _agree(ns, "a", "10.101.0.2") is False
+
+
+@pytest.mark.parametrize(
+    ("chain", "rules"),
+    [
+        # before conntrack (-200) nft sees no entry: ct state is invalid there
+        ("type filter hook prerouting priority -300", "ct state invalid drop"),
+        ("type filter hook prerouting priority -300", "ct state new accept; add rule ip t c drop"),
+        # a packet to our own address leaves by lo (postrouting) and comes back (prerouting)
+        ("type filter hook prerouting priority 0", "iifname lo icmp type echo-request drop"),
+        ("type filter hook postrouting priority 0", "oifname lo icmp type echo-request drop"),
+    ],
+)
+def test_hooks_a_ping_meets(chain: str, rules: str) -> None:
+    with namespaces("a", "b") as ns:
+        veth(ns["a"], "eth0", ns["b"], "eth0")
+        sh(ns["a"], "ip addr add 10.111.0.1/24 dev eth0")
+        sh(ns["b"], "ip addr add 10.111.0.2/24 dev eth0")
+        table = f"add table ip t; add chain ip t c {{ {chain}; }}"
+        sh(ns["b"], f"nft '{table}; add rule ip t c {rules}'")
+        src = "b" if "lo" in rules else "a"
+        assert _agree(ns, src, "10.111.0.2") is False

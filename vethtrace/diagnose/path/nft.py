@@ -98,7 +98,7 @@ class Ctx:
     dport: int | None
     iif: str | None
     oif: str | None
-    ct_state: str  # new | established
+    ct_state: str  # new | established | invalid (no conntrack entry yet)
     reply: bool
     icmp_type: str | None = None
     bridged: bool = False  # seen by br_netfilter (physdev's question)
@@ -125,6 +125,8 @@ class HookResult:
 # ip/ip6/inet nat chains of a hook run there, in their own priority order
 # (nf_nat_register_fn), whatever priority they declare.
 NAT_CORE = {"prerouting": -100, "output": -100, "input": 100, "postrouting": 100}
+CONNTRACK_PRIO = -200  # NF_IP_PRI_CONNTRACK / NF_IP6_PRI_CONNTRACK
+CT_BEFORE = ("prerouting", "output")  # the hooks where conntrack looks a packet up
 Translate = Callable[
     [tuple[str, str | None, int | None]], tuple[str | None, str, int | None, int | None]
 ]
@@ -154,7 +156,12 @@ def evaluate(
     for chain in ordered(rs, families, hook):
         if chain.type == "nat" and (ctx.ct_state != "new" or res.nat is not None):
             continue
-        verdict = _run_chain(rs, chain, ctx, res, depth=0)
+        here = ctx
+        if hook in CT_BEFORE and chain.prio < CONNTRACK_PRIO and chain.family != "bridge":
+            # conntrack attaches at -200 (nf_conntrack_in): before it, nft_ct_get
+            # sees no entry: `ct state` is invalid, other ct keys do not match
+            here = replace(ctx, ct_state="invalid")
+        verdict = _run_chain(rs, chain, here, res, depth=0)
         if chain.type == "nat" and res.nat is not None and translate is not None:
             src, dst, sport, dport = translate(res.nat)
             ctx = replace(ctx, src=src or ctx.src, dst=dst, sport=sport, dport=dport)
@@ -305,6 +312,8 @@ def _value(left: Any, ctx: Ctx) -> Any:
             key = left["ct"]["key"]
             if key == "state":
                 return ctx.ct_state
+            if ctx.ct_state == "invalid":
+                return None  # no conntrack entry: NFT_BREAK
             if key == "direction":
                 return "reply" if ctx.reply else "original"
             raise Unknown(f"ct {key}")

@@ -155,6 +155,14 @@ class Walker:
                     [self.cmd(ns, "ip link set lo up")],
                 )
                 return End("failed")
+            # a packet to one of our own addresses still goes ip_output ->
+            # postrouting out of lo, and back in through ip_rcv's prerouting
+            lo_name = lo.name if lo is not None else None
+            for hook, iif, oif in (("postrouting", None, lo_name), ("prerouting", lo_name, None)):
+                verdict, hops = netfilter.run_hook(self, ns, "ip", hook, pkt, iif, oif)
+                self.hops += hops
+                if verdict != "accept":
+                    return End("failed")
             self.track(ns, entered, pkt)
             return deliver.deliver(self, ns, lo or res.oif, pkt, res)
         return self.transmit(ns, res, pkt, None, entered)
