@@ -448,3 +448,31 @@ def test_hooks_a_ping_meets(chain: str, rules: str) -> None:
         sh(ns["b"], f"nft '{table}; add rule ip t c {rules}'")
         src = "b" if "lo" in rules else "a"
         assert _agree(ns, src, "10.111.0.2") is False
+
+
+@pytest.mark.parametrize(
+    ("hook", "src", "dst"),
+    [
+        ("prerouting", "a", "10.121.0.2"),  # NF_BR_PRE_ROUTING, before the FDB
+        ("postrouting", "a", "10.121.0.2"),  # NF_BR_POST_ROUTING, per egress port
+        ("input", "a", "10.121.0.254"),  # NF_BR_LOCAL_IN, up to the bridge's stack
+        ("output", "sw", "10.121.0.2"),  # NF_BR_LOCAL_OUT, the bridge's own frames
+    ],
+)
+def test_bridge_family_hooks(hook: str, src: str, dst: str) -> None:
+    """A bridge-family chain drops IPv4 echo requests at each bridge hook."""
+    with namespaces("sw", "a", "b") as ns:
+        sh(ns["sw"], "ip link add br0 type bridge", "ip link set br0 up")
+        sh(ns["sw"], "ip addr add 10.121.0.254/24 dev br0")
+        veth(ns["sw"], "veth-a", ns["a"], "eth0")
+        veth(ns["sw"], "veth-b", ns["b"], "eth0")
+        sh(ns["sw"], "ip link set veth-a master br0", "ip link set veth-b master br0")
+        sh(ns["a"], "ip addr add 10.121.0.1/24 dev eth0")
+        sh(ns["b"], "ip addr add 10.121.0.2/24 dev eth0")
+        assert _agree(ns, src, dst) is True
+        sh(
+            ns["sw"],
+            f"nft 'add table bridge f; add chain bridge f c {{ type filter hook {hook} "
+            "priority 0; }; add rule bridge f c icmp type echo-request drop'",
+        )
+        assert _agree(ns, src, dst) is False

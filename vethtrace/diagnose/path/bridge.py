@@ -134,6 +134,10 @@ def bridge_input(
                 [w.cmd(ns, f"bridge link set dev {port.name} state 3")],
             ),
         )
+    # NF_BR_PRE_ROUTING (nf_hook_bridge_pre) runs before br_handle_frame_finish learns
+    trail, ok = netfilter.bridge_hook(w, ns, "prerouting", frame.pkt, port.name, None, trail)
+    if not ok:
+        return L2Result(dead=[Dead(trail)])
     if bp is not None and bp.learning and frame.src_mac:
         w.learned.setdefault(br.key, {})[frame.src_mac] = port.key.ifindex
     if state == "learning":
@@ -199,13 +203,14 @@ def bridge_forward(
         if kind == "local":
             if ingress is None:
                 out.reached.append((br, trail))
+                return out
+            up = [*trail, w.hop(ns, ingress, "bridge", f"to {br.name}'s own stack", source)]
+            # br_pass_frame_up: NF_BR_LOCAL_IN
+            up, ok = netfilter.bridge_hook(w, ns, "input", frame.pkt, ingress.name, None, up)
+            if ok:
+                out.reached.append((br, up))
             else:
-                out.reached.append(
-                    (
-                        br,
-                        [*trail, w.hop(ns, ingress, "bridge", f"to {br.name}'s own stack", source)],
-                    )
-                )
+                out.dead.append(Dead(up))
             return out
         if kind == "port":
             target = ns.iface(port_index)
@@ -328,15 +333,17 @@ def bridge_forward(
                 )
             )
             continue
-        if frame.pkt is not None and ingress is not None:
-            verdict, hops = netfilter.run_hook(
-                w, ns, "bridge", "forward", frame.pkt, ingress.name, q.name
-            )
-            if verdict != "accept":
-                out.dead.append(Dead(trail + hops))
-                continue
-        else:
-            hops = []
+        # __br_forward: NF_BR_FORWARD (NF_BR_LOCAL_OUT for the bridge's own
+        # frames), then br_forward_finish: NF_BR_POST_ROUTING
+        hops, ok = netfilter.bridge_hook(
+            w, ns, "forward" if ingress else "output", frame.pkt,
+            ingress.name if ingress else None, q.name, [],
+        )  # fmt: skip
+        if ok:
+            hops, ok = netfilter.bridge_hook(w, ns, "postrouting", frame.pkt, None, q.name, hops)
+        if not ok:
+            out.dead.append(Dead(trail + hops))
+            continue
         fq = frame
         if frame.pkt is not None:
             fq, dead = _egress_mtu(w, ns, br, q, frame, trail + hops)

@@ -239,6 +239,23 @@ def br_netfilter(w: Walker, ns: Namespace, br: Interface, pkt: Packet) -> tuple[
     return verdict, hops
 
 
+def bridge_hook(
+    w: Walker,
+    ns: Namespace,
+    hook: str,
+    pkt: Packet | None,
+    iif: str | None,
+    oif: str | None,
+    trail: list[Hop],
+) -> tuple[list[Hop], bool]:
+    """The bridge family's chains at one bridge hook for an IP frame (ARP
+    frames are not evaluated): (the trail with their hops, accepted?)."""
+    if pkt is None:
+        return trail, True
+    verdict, hops = run_hook(w, ns, "bridge", hook, pkt, iif, oif)
+    return trail + hops, verdict == "accept"
+
+
 def tracked(w: Walker, ns: Namespace, pkt: Packet) -> bool:
     """A reply of a flow conntrack saw here: as it left (before the reply is
     un-NATed) or as it entered (after)."""
