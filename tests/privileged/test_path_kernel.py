@@ -23,6 +23,7 @@ from tests.labs import ping
 from tests.privileged.test_path_cases import namespaces, sh, veth
 from vethtrace.diagnose.path import Flow, predict
 from vethtrace.diagnose.path.route import lookup, select_source
+from vethtrace.model import Namespace
 from vethtrace.topology import discover
 
 pytestmark = pytest.mark.privileged
@@ -42,6 +43,25 @@ def _agree(ns: dict[str, str], src: str, dst: str) -> bool:
     real = any(ping(ns[src], dst) for _ in range(2))
     assert pred.ok == real, f"kernel says {real}, model {pred.ok}\n{_text(pred)}"
     return real
+
+
+def _two_ports(ns: dict[str, str], net: str) -> None:
+    """br0 in sw with ports veth-a and veth-b to a (net.1) and b (net.2)."""
+    sh(ns["sw"], "ip link add br0 type bridge", "ip link set br0 up")
+    veth(ns["sw"], "veth-a", ns["a"], "eth0")
+    veth(ns["sw"], "veth-b", ns["b"], "eth0")
+    sh(ns["sw"], "ip link set veth-a master br0", "ip link set veth-b master br0")
+    sh(ns["a"], f"ip addr add {net}.1/24 dev eth0")
+    sh(ns["b"], f"ip addr add {net}.2/24 dev eth0")
+
+
+def _a_r_b(ns: dict[str, str], a: str, ra: str, rb: str, b: str) -> None:
+    """a's eth0 -- ra on r -- rb on r -- b's eth0, with those addresses (CIDR or '')."""
+    veth(ns["a"], "eth0", ns["r"], "ra")
+    veth(ns["b"], "eth0", ns["r"], "rb")
+    for n, dev, addr in (("a", "eth0", a), ("r", "ra", ra), ("r", "rb", rb), ("b", "eth0", b)):
+        if addr:
+            sh(ns[n], f"ip addr add {addr} dev {dev}")
 
 
 @pytest.mark.parametrize(("scope", "answered"), [("global", True), ("host", False)])
@@ -81,11 +101,17 @@ def _route_get(ns: str, dst: str) -> tuple[int, str]:
     return p.returncode, p.stdout + p.stderr
 
 
+def _routing(ns: dict[str, str], *lines: str) -> Namespace:
+    """a (eth0 to b) configured by lines, as discovered."""
+    veth(ns["a"], "eth0", ns["b"], "eth0")
+    sh(ns["a"], *lines)
+    return next(n for n in discover([ns["a"]]).namespaces if n.name == ns["a"])
+
+
 def test_unresolved_rule_goto_is_skipped() -> None:
     with namespaces("a", "b") as ns:
-        veth(ns["a"], "eth0", ns["b"], "eth0")
-        sh(
-            ns["a"],
+        a = _routing(
+            ns,
             "ip addr add 10.33.0.1/24 dev eth0",
             "ip rule add pref 100 goto 200",  # no rule has priority 200: unresolved
             "ip rule add pref 150 lookup 100",
@@ -93,21 +119,18 @@ def test_unresolved_rule_goto_is_skipped() -> None:
         )
         rc, out = _route_get(ns["a"], "10.33.0.2")
         assert rc != 0, f"the kernel routes it: {out}"  # blackhole: EINVAL
-        a = next(n for n in discover([ns["a"]]).namespaces if n.name == ns["a"])
         assert lookup(a, "10.33.0.2").kind == "blackhole"
 
 
 def test_source_of_a_route_without_gateway_is_the_first_primary_address() -> None:
     with namespaces("a", "b") as ns:
-        veth(ns["a"], "eth0", ns["b"], "eth0")
-        sh(
-            ns["a"],
+        a = _routing(
+            ns,
             "ip addr add 10.34.0.1/24 dev eth0",
             "ip addr add 10.35.0.1/24 dev eth0",
             "ip route add 10.35.0.64/26 dev eth0",
             "ip route add 10.36.0.0/24 via 10.35.0.9",
         )
-        a = next(n for n in discover([ns["a"]]).namespaces if n.name == ns["a"])
         for dst in ("10.35.0.77", "10.36.0.5"):
             rc, out = _route_get(ns["a"], dst)
             assert rc == 0, out
@@ -128,14 +151,11 @@ def test_forwarding_is_decided_before_the_reverse_path_check() -> None:
     rp_filter that would fail too, the kernel counts InAddrErrors, not
     IPReversePathFilter, and the model must name forwarding."""
     with namespaces("a", "r", "b") as ns:
-        veth(ns["a"], "eth0", ns["r"], "ra")
-        veth(ns["b"], "eth0", ns["r"], "rb")
-        sh(ns["a"], "ip addr add 10.41.0.2/24 dev eth0", "ip route add default via 10.41.0.1")
-        sh(ns["b"], "ip addr add 10.42.0.2/24 dev eth0", "ip route add default via 10.42.0.1")
+        _a_r_b(ns, "10.41.0.2/24", "10.41.0.1/24", "10.42.0.1/24", "10.42.0.2/24")
+        sh(ns["a"], "ip route add default via 10.41.0.1")
+        sh(ns["b"], "ip route add default via 10.42.0.1")
         sh(
             ns["r"],
-            "ip addr add 10.41.0.1/24 dev ra",
-            "ip addr add 10.42.0.1/24 dev rb",
             "ip route add 10.41.0.2/32 via 10.42.0.2",  # the way back leaves by rb
             "sysctl -qw net.ipv4.ip_forward=0",
             "sysctl -qw net.ipv4.conf.all.rp_filter=1",
@@ -159,17 +179,14 @@ def test_forwarding_is_decided_before_the_reverse_path_check() -> None:
 
 def _asymmetric(ns: dict[str, str], addressed: bool) -> None:
     """a -- (ra) r (rb) -- b; r holds 10.52.0.1 on lo and routes a's subnet back via b."""
-    veth(ns["a"], "eth0", ns["r"], "ra")
-    veth(ns["b"], "eth0", ns["r"], "rb")
-    sh(ns["a"], "ip addr add 10.51.0.2/24 dev eth0", "ip route add 10.52.0.1/32 dev eth0")
-    sh(ns["b"], "ip addr add 10.53.0.2/24 dev eth0")
+    ra = "10.99.0.1/24" if addressed else ""
+    _a_r_b(ns, "10.51.0.2/24", ra, "10.53.0.1/24", "10.53.0.2/24")
+    sh(ns["a"], "ip route add 10.52.0.1/32 dev eth0")
     sh(
         ns["r"],
         "ip addr add 10.52.0.1/32 dev lo",
-        "ip addr add 10.53.0.1/24 dev rb",
         "ip route add 10.51.0.0/24 via 10.53.0.2",
         "sysctl -qw net.ipv4.conf.all.rp_filter=2",
-        *(["ip addr add 10.99.0.1/24 dev ra"] if addressed else []),
     )
 
 
@@ -253,14 +270,10 @@ def test_a_router_asks_arp_with_its_own_address() -> None:
 
 def _snat_router(ns: dict[str, str], rules: str) -> None:
     """a (10.71.0.2) -- r -- b (10.72.0.2); b routes nothing beyond its subnet."""
-    veth(ns["a"], "eth0", ns["r"], "ra")
-    veth(ns["b"], "eth0", ns["r"], "rb")
-    sh(ns["a"], "ip addr add 10.71.0.2/24 dev eth0", "ip route add default via 10.71.0.1")
-    sh(ns["b"], "ip addr add 10.72.0.2/24 dev eth0")
+    _a_r_b(ns, "10.71.0.2/24", "10.71.0.1/24", "10.72.0.1/24", "10.72.0.2/24")
+    sh(ns["a"], "ip route add default via 10.71.0.1")
     sh(
         ns["r"],
-        "ip addr add 10.71.0.1/24 dev ra",
-        "ip addr add 10.72.0.1/24 dev rb",
         "sysctl -qw net.ipv4.ip_forward=1",
         f"nft '{rules}'",
     )
@@ -308,12 +321,7 @@ def test_br_netfilter_passes_bridged_ip_through_every_ip_hook(hook: str) -> None
     forward: a drop in the bridge namespace's ip prerouting/postrouting chain
     stops a ping between two ports."""
     with namespaces("sw", "a", "b") as ns:
-        sh(ns["sw"], "ip link add br0 type bridge", "ip link set br0 up")
-        veth(ns["sw"], "veth-a", ns["a"], "eth0")
-        veth(ns["sw"], "veth-b", ns["b"], "eth0")
-        sh(ns["sw"], "ip link set veth-a master br0", "ip link set veth-b master br0")
-        sh(ns["a"], "ip addr add 10.81.0.1/24 dev eth0")
-        sh(ns["b"], "ip addr add 10.81.0.2/24 dev eth0")
+        _two_ports(ns, "10.81.0")
         on = subprocess.run(
             ["ip", "netns", "exec", ns["sw"], "sysctl", "-n", "net.bridge.bridge-nf-call-iptables"],
             capture_output=True, text=True, check=False,
@@ -350,13 +358,8 @@ def test_bridge_drops_a_frame_over_its_egress_port_mtu() -> None:
     the request never reaches b (its IcmpInEchos stays), and the model must
     fail it there, at the port, on the way out."""
     with namespaces("sw", "a", "b") as ns:
-        sh(ns["sw"], "ip link add br0 type bridge", "ip link set br0 up")
-        veth(ns["sw"], "veth-a", ns["a"], "eth0")
-        veth(ns["sw"], "veth-b", ns["b"], "eth0")
-        sh(ns["sw"], "ip link set veth-a master br0", "ip link set veth-b master br0")
+        _two_ports(ns, "10.92.0")
         sh(ns["sw"], "ip link set veth-b mtu 1400")
-        sh(ns["a"], "ip addr add 10.92.0.1/24 dev eth0")
-        sh(ns["b"], "ip addr add 10.92.0.2/24 dev eth0")
         assert ping(ns["a"], "10.92.0.2") or ping(ns["a"], "10.92.0.2")  # ARP settles
         before = _counters(ns["b"]).get("IcmpInEchos", 0)
         assert not ping(ns["a"], "10.92.0.2", size=1450 - 28)
@@ -462,13 +465,8 @@ def test_hooks_a_ping_meets(chain: str, rules: str) -> None:
 def test_bridge_family_hooks(hook: str, src: str, dst: str) -> None:
     """A bridge-family chain drops IPv4 echo requests at each bridge hook."""
     with namespaces("sw", "a", "b") as ns:
-        sh(ns["sw"], "ip link add br0 type bridge", "ip link set br0 up")
+        _two_ports(ns, "10.121.0")
         sh(ns["sw"], "ip addr add 10.121.0.254/24 dev br0")
-        veth(ns["sw"], "veth-a", ns["a"], "eth0")
-        veth(ns["sw"], "veth-b", ns["b"], "eth0")
-        sh(ns["sw"], "ip link set veth-a master br0", "ip link set veth-b master br0")
-        sh(ns["a"], "ip addr add 10.121.0.1/24 dev eth0")
-        sh(ns["b"], "ip addr add 10.121.0.2/24 dev eth0")
         assert _agree(ns, src, dst) is True
         sh(
             ns["sw"],
