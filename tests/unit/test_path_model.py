@@ -5,7 +5,16 @@ from __future__ import annotations
 from vethtrace.diagnose.path import Flow, predict
 from vethtrace.diagnose.path.nft import Ctx, Ruleset, evaluate
 from vethtrace.diagnose.path.route import lookup
-from vethtrace.model import Address, IfaceKey, Interface, Namespace, Route, Rule, Topology
+from vethtrace.model import (
+    Address,
+    IfaceKey,
+    Interface,
+    Namespace,
+    Neighbour,
+    Route,
+    Rule,
+    Topology,
+)
 
 
 def iface(
@@ -85,6 +94,14 @@ def test_rp_filter_strict_with_asymmetric_route() -> None:
     r = topo.netns_by_name("r")
     assert r is not None
     r.routes[0] = Route("10.1.0.0/24", 3, "10.2.0.2")  # the way back leaves via rb
+    # r's ARP answer for 10.1.0.1 is refused first: arp_process routes the
+    # request as input, and the same reverse path check drops it
+    fail = predict(topo, Flow("a", "10.2.0.2")).first_failure
+    assert fail is not None and fail.step == "arp" and "rp_filter" in fail.source
+    a = topo.netns_by_name("a")
+    assert a is not None
+    ra_mac = r.interfaces[0].mac
+    a.neighbours = [Neighbour(2, "10.1.0.1", ra_mac, "PERMANENT")]  # a knows r's MAC
     fail = predict(topo, Flow("a", "10.2.0.2")).first_failure
     assert fail is not None and fail.step == "rp_filter" and fail.netns == "r"
 
@@ -298,3 +315,23 @@ def test_tcp_needs_a_listener() -> None:
     assert b is not None
     b.sockets.append(Socket("tcp", 4, "0.0.0.0", 80))
     assert predict(topo, Flow("a", "10.2.0.2", "tcp", 80)).ok
+
+
+def test_rule_goto_lands_on_its_exact_priority_or_is_skipped() -> None:
+    """fib_rules_lookup: goto jumps to the rule of exactly that priority; an
+    unresolved goto (no such rule) is skipped, and a backward one cannot loop."""
+    topo = two()
+    a = topo.namespaces[0]
+    a.other_routes = [Route("10.2.0.2/32", None, kind="blackhole", table=100)]
+    base = [Rule(0, table=255), Rule(32766, table=254)]
+    a.rules = [*base, Rule(100, action="goto", goto=200), Rule(150, table=100)]
+    assert lookup(a, "10.2.0.2").kind == "blackhole"  # unresolved: rule 150 decides
+    a.rules = [
+        *base,
+        Rule(100, action="goto", goto=200),
+        Rule(150, table=100),
+        Rule(200, table=254),
+    ]
+    assert lookup(a, "10.2.0.2").kind == "unicast"  # resolved: 150 is jumped over
+    a.rules = [*base, Rule(100, table=100), Rule(120, action="goto", goto=100)]
+    assert lookup(a, "10.9.9.9").kind == "unicast"  # backward: skipped, main answers

@@ -154,3 +154,15 @@ def test_a_match_without_arguments_is_unknown() -> None:
     rs = Ruleset.parse(_items())  # the save tool was not run
     res = evaluate(rs, ("ip",), "prerouting", _ctx(addrtype=lambda a: "LOCAL"))
     assert res.steps[0].status == "unknown" and "addrtype" in res.steps[0].decision
+
+
+def test_ctstate_before_conntrack_is_invalid() -> None:
+    """xt_conntrack without a conntrack entry (a chain before -200 in
+    prerouting) sees INVALID, as nft's ct state does there."""
+    from vethtrace.diagnose.path import xt
+
+    match = {"type": "match", "name": "conntrack", "args": ["--ctstate", "INVALID"]}
+    assert xt.match(match, _ctx(ct_state="invalid"), ValueError)
+    assert not xt.match(match, _ctx(ct_state="new"), ValueError)
+    new = {"type": "match", "name": "conntrack", "args": ["--ctstate", "NEW"]}
+    assert not xt.match(new, _ctx(ct_state="invalid"), ValueError)

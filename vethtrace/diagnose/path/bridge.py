@@ -11,11 +11,12 @@ filtering (this kernel has none) and neigh_suppress are not modelled: an
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from vethtrace.diagnose.path import l2flood, netfilter
 from vethtrace.diagnose.path.flow import Hop
-from vethtrace.diagnose.path.l2 import Dead, Frame, L2Result, dead_end
+from vethtrace.diagnose.path.l2 import VLAN_HLEN, Dead, Frame, L2Result, dead_end
 from vethtrace.model import FdbEntry, Interface, Namespace
 
 if TYPE_CHECKING:
@@ -133,6 +134,10 @@ def bridge_input(
                 [w.cmd(ns, f"bridge link set dev {port.name} state 3")],
             ),
         )
+    # NF_BR_PRE_ROUTING (nf_hook_bridge_pre) runs before br_handle_frame_finish learns
+    trail, ok = netfilter.bridge_hook(w, ns, "prerouting", frame.pkt, port.name, None, trail)
+    if not ok:
+        return L2Result(dead=[Dead(trail)])
     if bp is not None and bp.learning and frame.src_mac:
         w.learned.setdefault(br.key, {})[frame.src_mac] = port.key.ifindex
     if state == "learning":
@@ -198,13 +203,14 @@ def bridge_forward(
         if kind == "local":
             if ingress is None:
                 out.reached.append((br, trail))
+                return out
+            up = [*trail, w.hop(ns, ingress, "bridge", f"to {br.name}'s own stack", source)]
+            # br_pass_frame_up: NF_BR_LOCAL_IN
+            up, ok = netfilter.bridge_hook(w, ns, "input", frame.pkt, ingress.name, None, up)
+            if ok:
+                out.reached.append((br, up))
             else:
-                out.reached.append(
-                    (
-                        br,
-                        [*trail, w.hop(ns, ingress, "bridge", f"to {br.name}'s own stack", source)],
-                    )
-                )
+                out.dead.append(Dead(up))
             return out
         if kind == "port":
             target = ns.iface(port_index)
@@ -245,7 +251,11 @@ def bridge_forward(
         bq = q.bridge_port
         qstate = bq.state if bq else "forwarding"
         hop_src = source
-        if flag and bq is not None and not getattr(bq, flag):
+        # br_flood: bcast_flood off holds back broadcasts that came in on a port,
+        # never the bridge's own (skb->dev == br->dev); flood off holds back
+        # unknown unicast whoever sent it
+        own = ingress is None and flag == "bcast_flood"
+        if flag and bq is not None and not getattr(bq, flag) and not own:
             out.add(
                 dead_end(
                     trail,
@@ -323,15 +333,23 @@ def bridge_forward(
                 )
             )
             continue
-        if frame.pkt is not None and ingress is not None:
-            verdict, hops = netfilter.run_hook(
-                w, ns, "bridge", "forward", frame.pkt, ingress.name, q.name
-            )
-            if verdict != "accept":
-                out.dead.append(Dead(trail + hops))
+        # __br_forward: NF_BR_FORWARD (NF_BR_LOCAL_OUT for the bridge's own
+        # frames), then br_forward_finish: NF_BR_POST_ROUTING
+        hops, ok = netfilter.bridge_hook(
+            w, ns, "forward" if ingress else "output", frame.pkt,
+            ingress.name if ingress else None, q.name, [],
+        )  # fmt: skip
+        if ok:
+            hops, ok = netfilter.bridge_hook(w, ns, "postrouting", frame.pkt, None, q.name, hops)
+        if not ok:
+            out.dead.append(Dead(trail + hops))
+            continue
+        fq = frame
+        if frame.pkt is not None:
+            fq, dead = _egress_mtu(w, ns, br, q, frame, trail + hops)
+            if dead is not None:
+                out.add(dead)
                 continue
-        else:
-            hops = []
         if frame.dst_mac is None and l2flood.bystander(w, q, frame):
             continue
         hop = w.hop(
@@ -343,8 +361,39 @@ def bridge_forward(
             else f"{decision}: {q.name}",
             hop_src,
         )
-        out.add(l2flood.flood_to(w, q, frame, trail + hops + [hop]))
+        out.add(l2flood.flood_to(w, q, fq, trail + hops + [hop]))
     return out
+
+
+def _egress_mtu(
+    w: Walker, ns: Namespace, br: Interface, q: Interface, frame: Frame, trail: list[Hop]
+) -> tuple[Frame, L2Result | None]:
+    """br_dev_queue_push_xmit: a frame longer than port q's MTU is dropped
+    (is_skb_forwardable allows VLAN_HLEN more). With br_netfilter,
+    br_nf_dev_queue_xmit holds IPv4 to q's MTU exactly and fragments what may
+    be fragmented (br_nf_ip_fragment), dropping only DF packets."""
+    pkt = frame.pkt
+    assert pkt is not None
+    brnf = ns.sysctls.get("net.bridge.bridge-nf-call-iptables") == "1"
+    limit = q.mtu if brnf else q.mtu + VLAN_HLEN
+    if frame.size <= limit:
+        return frame, None
+    if brnf and not pkt.df:
+        return replace(frame, size=q.mtu), None
+    return frame, dead_end(
+        trail,
+        w.hop(
+            ns,
+            q,
+            "mtu",
+            f"{frame.size}-byte frame over {q.name}'s MTU {q.mtu}: not sent",
+            f"mtu {q.name} {q.mtu}",
+            "fail",
+            f"{br.name} drops frames longer than the MTU of the port they leave by "
+            f"(br_dev_queue_push_xmit): {q.name} has {q.mtu}",
+            [w.cmd(ns, f"ip link set {q.name} mtu {max(br.mtu, frame.size)}")],
+        ),
+    )
 
 
 def _down_peer(w: Walker, q: Interface) -> tuple[Namespace, Interface] | None:

@@ -10,27 +10,72 @@ from typing import TYPE_CHECKING
 
 from vethtrace.diagnose.path import netfilter, noroute
 from vethtrace.diagnose.path.flow import End, Packet
-from vethtrace.diagnose.path.route import RouteResult, conf, conf_source, ip, lookup
+from vethtrace.diagnose.path.route import (
+    RouteResult,
+    conf,
+    conf_source,
+    ip,
+    local_address,
+    lookup,
+)
 from vethtrace.model import Interface, Namespace
 
 if TYPE_CHECKING:
     from vethtrace.diagnose.path.walk import Walker
 
 
-def rp_filter(w: Walker, ns: Namespace, iface: Interface, pkt: Packet) -> bool:
+def rpf_failure(
+    w: Walker,
+    ns: Namespace,
+    iface: Interface,
+    src: str,
+    dst: str,
+    oif: Interface | None = None,
+    proto: str = "icmp",
+    sport: int | None = None,
+    dport: int | None = None,
+) -> tuple[int, str] | None:
+    """__fib_validate_source's reverse path check for a packet from src to dst
+    arriving on iface: None when it passes, else (rp_filter mode, why not).
+    The route back is looked up as if sent from `oif` (the forward route's
+    egress for a forwarded packet: its rules see that iif; "lo" for one
+    delivered locally). A route back through iface passes in both modes; strict
+    (1) wants nothing else; loose (2) takes any unicast route back, but only
+    when iface holds an IPv4 address (no_addr -> last_resort -> e_rpf)."""
     mode = conf(ns, iface, "rp_filter")
-    if not mode or pkt.src is None:
+    if not mode:
+        return None
+    back = lookup(
+        ns, src, dst, oif.name if oif else "lo", proto, dport, sport, memo=w.floods
+    )  # fmt: skip
+    if back.kind not in ("unicast", "local"):
+        return mode, "no route back"
+    if back.oif is not None and back.oif.key == iface.key:
+        return None
+    via = f"the route back leaves via {noroute.name(back.oif)}, not {iface.name}"
+    if mode == 1:
+        return mode, via
+    if not any(a.family == 4 for a in iface.addresses):
+        return mode, f"{via}, and {iface.name} has no IPv4 address (loose mode then drops)"
+    return None
+
+
+def martian_local(w: Walker, ns: Namespace, iface: Interface, src: str) -> bool:
+    """fib_validate_source: a source that is one of ns's own addresses is a
+    martian unless accept_local is on for iface."""
+    return local_address(ns, src, w.floods) is not None and not conf(ns, iface, "accept_local")
+
+
+def rp_filter(
+    w: Walker, ns: Namespace, iface: Interface, pkt: Packet, oif: Interface | None = None
+) -> bool:
+    """The reverse path check as a hop (see rpf_failure)."""
+    if pkt.src is None:
         return True
-    back = lookup(ns, pkt.src, pkt.dst, "lo", pkt.proto, pkt.dport, pkt.sport, memo=w.floods)
-    src = conf_source(iface, "rp_filter") + f"={mode}"
-    if back.kind not in ("unicast", "local") or (
-        mode == 1 and (back.oif is None or back.oif.key != iface.key)
-    ):
-        how = (
-            "no route back"
-            if back.kind not in ("unicast", "local")
-            else f"the route back leaves via {noroute.name(back.oif)}, not {iface.name}"
-        )
+    failed = rpf_failure(w, ns, iface, pkt.src, pkt.dst, oif, pkt.proto, pkt.sport, pkt.dport)
+    if failed is not None:
+        mode, how = failed
+        src = conf_source(iface, "rp_filter") + f"={mode}"
         w.add(
             ns,
             iface,
@@ -49,10 +94,16 @@ def rp_filter(w: Walker, ns: Namespace, iface: Interface, pkt: Packet) -> bool:
                     if iface.kind == "vxlan"
                     else [w.cmd(ns, f"ip route add {pkt.src} dev {iface.name}")]
                 ),
-                w.cmd(
-                    ns,
-                    "sysctl -w net.ipv4.conf.all.rp_filter=2 "
-                    f"net.ipv4.conf.{iface.name}.rp_filter=2",
+                *(
+                    [
+                        w.cmd(
+                            ns,
+                            "sysctl -w net.ipv4.conf.all.rp_filter=2 "
+                            f"net.ipv4.conf.{iface.name}.rp_filter=2",
+                        )
+                    ]
+                    if mode == 1
+                    else []
                 ),
             ],
         )

@@ -44,6 +44,14 @@ class Packet:
     def copy(self) -> Packet:
         return replace(self)
 
+    @property
+    def df(self) -> bool:
+        """Don't fragment: set on what the walk sends (ping -M do, TCP); an
+        ICMP echo reply leaves without it (the kernel's ICMP socket is
+        IP_PMTUDISC_DONT), so an MTU on its way fragments it instead of
+        dropping it."""
+        return not (self.reply and self.proto == "icmp")
+
     def describe(self) -> str:
         if self.proto in ("tcp", "udp"):
             return f"{self.proto} {self.src}:{self.sport} > {self.dst}:{self.dport}"

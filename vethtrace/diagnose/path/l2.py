@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from vethtrace.diagnose.path.walk import Walker
 
 
+VLAN_HLEN = 4  # is_skb_forwardable's slack over a device's MTU
+
+
 @dataclass
 class Frame:
     src_mac: str | None
@@ -148,7 +151,7 @@ def send(w: Walker, iface: Interface, frame: Frame, trail: list[Hop]) -> L2Resul
         if not peer.admin_up:
             hop.blame = (pns.name, peer.name)  # the end that is down decides
         return dead_end(trail, hop)
-    if frame.size > peer.mtu:
+    if frame.size > peer.mtu + VLAN_HLEN:  # is_skb_forwardable: mtu + header + VLAN_HLEN
         return dead_end(
             trail,
             w.hop(

@@ -38,8 +38,10 @@ def worth_flooding(
     or isolation decide something are always kept (their dead ends are reported).
     Other frames: every port but the ingress."""
     every = ports(w, ns, br)
+    # should_deliver: never back out of the ingress port, unless it has hairpin on
+    back = ingress is not None and ingress.bridge_port is not None and ingress.bridge_port.hairpin
     if w.arp_for is None or frame.pkt is not None or frame.dst_mac is not None:
-        return [q for q in every if q is not ingress]
+        return [q for q in every if q is not ingress or back]
     key = ("split", br.key)
     split = w.floods.get(key)
     if split is None:
@@ -73,7 +75,9 @@ def worth_flooding(
         proxy = by_peer.get(pk)
         if proxy is not None:
             chosen[proxy.key] = proxy
-    if ingress is not None:
+    if ingress is not None and back:
+        chosen[ingress.key] = ingress
+    elif ingress is not None:
         chosen.pop(ingress.key, None)
     return sorted(chosen.values(), key=lambda q: order[q.key])
 

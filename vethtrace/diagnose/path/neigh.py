@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vethtrace.diagnose.path import l2
+from vethtrace.diagnose.path import deliver, l2
 from vethtrace.diagnose.path.flow import Hop
-from vethtrace.diagnose.path.route import conf, conf_source, ip, local_address, lookup, net
+from vethtrace.diagnose.path.route import (
+    SCOPE_NUM,
+    conf,
+    conf_source,
+    inet_select_addr,
+    ip,
+    local_address,
+    lookup,
+    net,
+)
 from vethtrace.model import Interface, Namespace
 
 if TYPE_CHECKING:
@@ -31,11 +40,34 @@ def answer(
         sip = "0.0.0.0"
     res = lookup(rns, tip, sip, iif=rif.name, memo=w.floods)
     if res.kind == "local":
+        # arp_process routes the request as input (ip_route_input_noref): the
+        # sender's address must pass fib_validate_source before anyone answers
+        bad = _invalid_sender(w, rns, rif, sip, tip, None)
+        if bad is not None:
+            return (False, *bad, 2)
         owner = local_address(rns, tip, w.floods)
         level = conf(rns, rif, "arp_ignore")
         mine = [a for a in rif.addresses if a.address == tip]
         src = conf_source(rif, "arp_ignore")
-        if level == 8 or (level in (1, 2, 3) and not mine):
+        # arp.c arp_ignore(): 1 and 2 ask the receiving device (inet_confirm_addr
+        # on its in_dev), 3 asks every device of the namespace (in_dev NULL) for
+        # tip with a scope up to link (route_localnet counts host as link), 8
+        # never answers, 4-7 are reserved and answer
+        if level == 3 and not _confirmed_link_scope(rns, tip):
+            return (
+                False,
+                f"arp_ignore=3: {tip} has scope host",
+                f"{src}=3",
+                [
+                    w.cmd(
+                        rns,
+                        f"sysctl -w net.ipv4.conf.all.arp_ignore=0 "
+                        f"net.ipv4.conf.{rif.name}.arp_ignore=0",
+                    )
+                ],
+                2,
+            )
+        if level == 8 or (level in (1, 2) and not mine):
             return (
                 False,
                 f"arp_ignore={level}: {tip} is not on {rif.name}",
@@ -100,6 +132,10 @@ def answer(
             [w.cmd(rns, f"sysctl -w net.ipv4.conf.{rif.name}.forwarding=1")],
             1,
         )
+    if proxy_on or pentry:
+        bad = _invalid_sender(w, rns, rif, sip, tip, res.oif)
+        if bad is not None:
+            return (False, *bad, 1)
     if proxy_on:
         return (
             True,
@@ -116,6 +152,40 @@ def answer(
         conf_source(rif, "proxy_arp") + "=0",
         [w.cmd(rns, f"sysctl -w net.ipv4.conf.{rif.name}.proxy_arp=1")],
         1,
+    )
+
+
+def _invalid_sender(
+    w: Walker, rns: Namespace, rif: Interface, sip: str, tip: str, oif: Interface | None
+) -> tuple[str, str, list[str]] | None:
+    """Why ip_route_input refuses an ARP request's sender address on rif (a
+    martian local source, the reverse path filter), as (why, source, fix)."""
+    if sip == "0.0.0.0":  # an address probe: arp_process answers it without routing
+        return None
+    if deliver.martian_local(w, rns, rif, sip):
+        return (
+            f"the sender {sip} is one of {rns.name}'s own addresses",
+            conf_source(rif, "accept_local") + "=0",
+            [],
+        )
+    failed = deliver.rpf_failure(w, rns, rif, sip, tip, oif)
+    if failed is None:
+        return None
+    mode, how = failed
+    return (
+        f"rp_filter={mode} drops the request from {sip}: {how}",
+        conf_source(rif, "rp_filter") + f"={mode}",
+        [w.cmd(rns, f"ip route add {sip} dev {rif.name}")],
+    )
+
+
+def _confirmed_link_scope(rns: Namespace, tip: str) -> bool:
+    """inet_confirm_addr(net, NULL, 0, tip, RT_SCOPE_LINK): some device holds tip
+    with scope global or link (host scope only where route_localnet is on)."""
+    return any(
+        a.address == tip and (a.scope != "host" or conf(rns, i, "route_localnet"))
+        for i in rns.interfaces
+        for a in i.addresses
     )
 
 
@@ -214,12 +284,7 @@ def resolve(
     if learned and (entry is None or entry.state not in STABLE):  # permanent entries stay
         src = f"neigh {nexthop} dev {oif.name} lladdr {learned} (from its ARP request)"
         return learned, [w.hop(ns, oif, "neigh", f"{nexthop} at {learned}", src)]
-    announce = conf(ns, oif, "arp_announce")
-    asker = sip
-    if announce and sip is not None:  # prefer an address of oif in the target's subnet
-        asker = next(
-            (a.address for a in oif.addresses if a.family == 4 and ip(nexthop) in net(a.cidr)), sip
-        )
+    asker = arp_source(w, ns, oif, nexthop, sip)
     if entry is not None and entry.state in STABLE and entry.lladdr:
         src = f"neigh {nexthop} dev {oif.name} lladdr {entry.lladdr} {entry.state}"
         saved = (set(w.l2_seen), {k: dict(v) for k, v in w.learned.items()})
@@ -284,6 +349,28 @@ def resolve(
         )
     mac, more = arp(w, ns, oif, nexthop, asker)
     return mac, hops + more
+
+
+def arp_source(
+    w: Walker, ns: Namespace, oif: Interface, target: str, sip: str | None
+) -> str | None:
+    """arp_solicit's sender address for a request for target out of oif, sent
+    for a packet from sip: sip itself when it is local to ns (arp_announce 0,
+    and values above 2) or also in a subnet of oif holding target (1); else
+    (2, or a forwarded packet's foreign source) inet_select_addr(oif, target,
+    RT_SCOPE_LINK)."""
+    level = conf(ns, oif, "arp_announce")
+    onlink = sip is not None and any(  # inet_addr_onlink: one subnet of oif holds both
+        ip(target) in net(a.cidr) and ip(sip) in net(a.cidr) for a in oif.addresses if a.family == 4
+    )
+    if (
+        sip is not None
+        and level != 2
+        and local_address(ns, sip, w.floods) is not None
+        and (level != 1 or onlink)
+    ):
+        return sip
+    return inet_select_addr(ns, oif, target, SCOPE_NUM["link"]) or sip
 
 
 def _reply_lost(

@@ -76,7 +76,9 @@ def run_hook(
         bridged,
         lambda addr: _addrtype(ns, addr),
     )
-    res: HookResult = evaluate(rs, families, hook, ctx)
+    res: HookResult = evaluate(
+        rs, families, hook, ctx, lambda nat: _fields(translated(ns, pkt, nat, iif, oif))
+    )
     hops = []
     iface = ns.iface_by_name(iif or oif or "")
     for st in res.steps:
@@ -105,37 +107,56 @@ def run_hook(
             )
         return "drop", hops
     if res.nat is not None:
-        kind_, addr, port = res.nat
         before = pkt.describe()
-        if kind_ in ("masquerade", "snat"):
-            out = ns.iface_by_name(oif or "")
-            new = addr or (
-                select_source(ns, RouteResult("unicast", None, out), pkt.dst) if out else None
-            )
-            pkt.src = new
-            if port is not None:
-                pkt.sport = port
-        elif kind_ in ("dnat", "redirect"):
-            if kind_ == "redirect":
-                inn = ns.iface_by_name(iif or "")
-                addr = next(
-                    (a.address for a in (inn.addresses if inn else []) if a.family == 4),
-                    "127.0.0.1",
-                )
-            if addr:
-                pkt.dst = addr
-            if port is not None:
-                pkt.dport = port
+        after = translated(ns, pkt, res.nat, iif, oif)
+        pkt.src, pkt.dst, pkt.sport, pkt.dport = after.src, after.dst, after.sport, after.dport
         hops.append(
             w.hop(
                 ns,
                 iface,
                 "nat",
-                f"{hook}: {kind_}: {before} -> {pkt.describe()}",
+                f"{hook}: {res.nat[0]}: {before} -> {pkt.describe()}",
                 next((s.source for s in reversed(res.steps)), "nft"),
             )
         )
     return "accept", hops
+
+
+def translated(
+    ns: Namespace,
+    pkt: Packet,
+    nat: tuple[str, str | None, int | None],
+    iif: str | None,
+    oif: str | None,
+) -> Packet:
+    """pkt as a NAT binding (kind, address, port) rewrites it: masquerade takes
+    the egress device's address for the destination (nf_nat_masquerade_ipv4),
+    redirect the ingress device's first address or 127.0.0.1."""
+    kind, addr, port = nat
+    out = pkt.copy()
+    if kind in ("masquerade", "snat"):
+        dev = ns.iface_by_name(oif or "")
+        out.src = addr or (
+            select_source(ns, RouteResult("unicast", None, dev), pkt.dst) if dev else None
+        )
+        if port is not None:
+            out.sport = port
+    elif kind in ("dnat", "redirect"):
+        if kind == "redirect":
+            inn = ns.iface_by_name(iif or "")
+            addr = next(
+                (a.address for a in (inn.addresses if inn else []) if a.family == 4),
+                "127.0.0.1",
+            )
+        if addr:
+            out.dst = addr
+        if port is not None:
+            out.dport = port
+    return out
+
+
+def _fields(p: Packet) -> tuple[str | None, str, int | None, int | None]:
+    return p.src, p.dst, p.sport, p.dport
 
 
 def _fix(
@@ -170,21 +191,69 @@ def _fix(
 
 
 def br_netfilter(w: Walker, ns: Namespace, br: Interface, pkt: Packet) -> tuple[str, list[Hop]]:
+    """A bridged IPv4 packet through the ip hooks br_netfilter hands it to:
+    prerouting (br_nf_pre_routing, in: the bridge), forward (br_nf_forward_ip,
+    in and out: the bridge) and postrouting (br_nf_post_routing, out: the
+    bridge). NAT there is not modelled: br_nf_pre_routing_finish routes a
+    DNATed frame instead of bridging it, and the bridged reply would need
+    conntrack's undoing; such a rewrite ends in an unknown hop."""
     if ns.sysctls.get("net.bridge.bridge-nf-call-iptables") != "1":
         return "accept", []
-    verdict, hops = run_hook(w, ns, "ip", "forward", pkt, br.name, br.name, bridged=True)
-    for h in hops:
-        h.decision = f"br_netfilter {h.decision}"
+    entered = pkt.copy()
+    hops: list[Hop] = []
+    verdict = "accept"
+    for hook, iif, oif in (
+        ("prerouting", br.name, None),
+        ("forward", br.name, br.name),
+        ("postrouting", None, br.name),
+    ):
+        verdict, more = run_hook(w, ns, "ip", hook, pkt, iif, oif, bridged=True)
+        for h in more:
+            h.decision = f"br_netfilter {h.decision}"
+        hops += more
+        if verdict != "accept":
+            break
+        if (pkt.src, pkt.dst, pkt.sport, pkt.dport) != _fields(entered):
+            verdict = "unknown"
+            hops.append(
+                w.hop(
+                    ns,
+                    br,
+                    "nat",
+                    f"br_netfilter {hook}: NAT of a bridged packet",
+                    "sysctl net.bridge.bridge-nf-call-iptables=1",
+                    "unknown",
+                    "NAT on a bridged packet (br_nf_pre_routing_finish may route it "
+                    "instead of bridging it) is not modelled",
+                )
+            )
+            break
     if verdict == "accept":
         # conntrack follows bridged flows too: the reply is ESTABLISHED there
-        w.track(ns, pkt, pkt)
+        w.track(ns, entered, pkt)
     if hops:
         src = "sysctl net.bridge.bridge-nf-call-iptables=1"
         hops.insert(
-            0,
-            w.hop(ns, br, "bridge", "bridged IP passes the ip forward hook (br_netfilter)", src),
+            0, w.hop(ns, br, "bridge", "bridged IP passes the ip hooks (br_netfilter)", src)
         )
     return verdict, hops
+
+
+def bridge_hook(
+    w: Walker,
+    ns: Namespace,
+    hook: str,
+    pkt: Packet | None,
+    iif: str | None,
+    oif: str | None,
+    trail: list[Hop],
+) -> tuple[list[Hop], bool]:
+    """The bridge family's chains at one bridge hook for an IP frame (ARP
+    frames are not evaluated): (the trail with their hops, accepted?)."""
+    if pkt is None:
+        return trail, True
+    verdict, hops = run_hook(w, ns, "bridge", hook, pkt, iif, oif)
+    return trail + hops, verdict == "accept"
 
 
 def tracked(w: Walker, ns: Namespace, pkt: Packet) -> bool:

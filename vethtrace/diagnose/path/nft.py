@@ -23,7 +23,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vethtrace.diagnose.path import xt
@@ -98,7 +98,7 @@ class Ctx:
     dport: int | None
     iif: str | None
     oif: str | None
-    ct_state: str  # new | established
+    ct_state: str  # new | established | invalid (no conntrack entry yet)
     reply: bool
     icmp_type: str | None = None
     bridged: bool = False  # seen by br_netfilter (physdev's question)
@@ -121,12 +121,50 @@ class HookResult:
     nat: tuple[str, str | None, int | None] | None = None  # (kind, address, port)
 
 
-def evaluate(rs: Ruleset, families: tuple[str, ...], hook: str, ctx: Ctx) -> HookResult:
+# The NAT core's own hook priorities (nf_nat_ipv4_ops/nf_nat_ipv6_ops): the
+# ip/ip6/inet nat chains of a hook run there, in their own priority order
+# (nf_nat_register_fn), whatever priority they declare.
+NAT_CORE = {"prerouting": -100, "output": -100, "input": 100, "postrouting": 100}
+CONNTRACK_PRIO = -200  # NF_IP_PRI_CONNTRACK / NF_IP6_PRI_CONNTRACK
+CT_BEFORE = ("prerouting", "output")  # the hooks where conntrack looks a packet up
+Translate = Callable[
+    [tuple[str, str | None, int | None]], tuple[str | None, str, int | None, int | None]
+]
+
+
+def ordered(rs: Ruleset, families: tuple[str, ...], hook: str) -> list[Chain]:
+    """The hook's base chains in the order the kernel runs them."""
+
+    def at(c: Chain) -> tuple[int, int]:
+        core = c.type == "nat" and c.family != "bridge" and hook in NAT_CORE
+        return (NAT_CORE[hook] if core else c.prio, c.prio)
+
+    return sorted(rs.base(families, hook), key=at)
+
+
+def evaluate(
+    rs: Ruleset,
+    families: tuple[str, ...],
+    hook: str,
+    ctx: Ctx,
+    translate: Translate | None = None,
+) -> HookResult:
+    """The hook's verdict for the packet. nf_nat_inet_fn runs the nat chains
+    only for a new flow and only until one binds it; the chains after see the
+    packet rewritten (`translate` says how: (src, dst, sport, dport))."""
     res = HookResult()
-    for chain in rs.base(families, hook):
-        if chain.type == "nat" and ctx.ct_state != "new":
+    for chain in ordered(rs, families, hook):
+        if chain.type == "nat" and (ctx.ct_state != "new" or res.nat is not None):
             continue
-        verdict = _run_chain(rs, chain, ctx, res, depth=0)
+        here = ctx
+        if hook in CT_BEFORE and chain.prio < CONNTRACK_PRIO and chain.family != "bridge":
+            # conntrack attaches at -200 (nf_conntrack_in): before it, nft_ct_get
+            # sees no entry: `ct state` is invalid, other ct keys do not match
+            here = replace(ctx, ct_state="invalid")
+        verdict = _run_chain(rs, chain, here, res, depth=0)
+        if chain.type == "nat" and res.nat is not None and translate is not None:
+            src, dst, sport, dport = translate(res.nat)
+            ctx = replace(ctx, src=src or ctx.src, dst=dst, sport=sport, dport=dport)
         where = f"nft {chain.family} {chain.table} {chain.name}"
         if verdict is None:  # fell off the end (or returned): the policy decides
             verdict = chain.policy
@@ -274,6 +312,8 @@ def _value(left: Any, ctx: Ctx) -> Any:
             key = left["ct"]["key"]
             if key == "state":
                 return ctx.ct_state
+            if ctx.ct_state == "invalid":
+                return None  # no conntrack entry: NFT_BREAK
             if key == "direction":
                 return "reply" if ctx.reply else "original"
             raise Unknown(f"ct {key}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from vethtrace.model import Interface, Namespace, Route, Rule
+from vethtrace.model import Address, Interface, Namespace, Route, Rule
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -225,7 +225,14 @@ def lookup(
         if rule.action in ("blackhole", "unreachable", "prohibit"):
             return RouteResult(rule.action, None, table=rule.table, rule=rule)
         if rule.action == "goto":
-            i = next((j for j, r in enumerate(rules) if r.priority >= (rule.goto or 0)), len(rules))
+            # fib_rules_lookup: the target is the first rule whose priority is
+            # exactly the goto's; without one the goto is unresolved and skipped
+            # (the kernel refuses a goto backwards: a hand-made one cannot loop here)
+            target = next(
+                (j for j, r in enumerate(rules) if j >= i and r.priority == rule.goto), None
+            )
+            if target is not None:
+                i = target
             continue
         if rule.action != "table":
             continue
@@ -263,16 +270,74 @@ def local_address(
     return None
 
 
+SCOPE_NUM = {"global": 0, "universe": 0, "site": 200, "link": 253, "host": 254, "nowhere": 255}
+
+
+def primaries(iface: Interface, family: int) -> list[Address]:
+    """iface's primary addresses of a family: an IPv4 address in the subnet (same
+    prefix length) of an earlier one is secondary (__inet_insert_ifa), and
+    source selection never picks it."""
+    out: list[Address] = []
+    for a in iface.addresses:
+        if a.family != family:
+            continue
+        if family == 4 and any(
+            p.prefixlen == a.prefixlen and ip(a.address) in net(p.cidr) for p in out
+        ):
+            continue
+        out.append(a)
+    return out
+
+
 def select_source(ns: Namespace, res: RouteResult, dst: str) -> str | None:
-    """inet_select_addr: the route's prefsrc, else an address of the egress
-    device in the next hop's subnet, else its first global one, else any
-    global address of the namespace."""
-    if res.route is not None and res.route.prefsrc:
-        return res.route.prefsrc
+    """The source address the kernel gives a packet it sends along res: the
+    route's prefsrc, else (IPv4) inet_select_addr(egress, gateway, route scope)
+    as fib_info_update_nhc_saddr asks it: the egress device's first primary
+    address whose scope the route's allows, preferring one in the gateway's
+    subnet (a route without gateway asks with 0: simply the first, whatever the
+    destination), else the first primary address of any device with a scope
+    from universe up to the route's but not link. `res.route` None (masquerade,
+    nf_nat_masquerade_ipv4) asks for dst at universe scope. IPv6 (RFC 6724 is
+    not modelled): an egress address in dst's prefix, else its first global one."""
+    route = res.route
+    if route is not None and route.prefsrc:
+        return route.prefsrc
+    fam = ip(dst).version
+    if fam == 6:
+        return _select_source6(ns, res, dst)
+    scope = SCOPE_NUM.get(route.scope, 0) if route is not None else 0
+    return inet_select_addr(ns, res.oif, res.gateway if route is not None else dst, scope)
+
+
+def inet_select_addr(
+    ns: Namespace, dev: Interface | None, dst: str | None, scope: int
+) -> str | None:
+    """devinet.c inet_select_addr for IPv4: dev's first primary address whose
+    scope (host counted as link) is within `scope`, preferring one whose subnet
+    holds dst (None: no preference); else the first primary address of any
+    device with a scope within `scope` that is not link."""
+    if dev is not None:
+        first = None
+        for a in primaries(dev, 4):
+            if min(SCOPE_NUM.get(a.scope, 0), SCOPE_NUM["link"]) > scope:
+                continue
+            if dst is None or ip(dst) in net(a.cidr):
+                return a.address
+            first = first or a.address
+        if first is not None:
+            return first
+    for iface in ns.interfaces:
+        for a in primaries(iface, 4):
+            s = SCOPE_NUM.get(a.scope, 0)
+            if s != SCOPE_NUM["link"] and s <= scope:
+                return a.address
+    return None
+
+
+def _select_source6(ns: Namespace, res: RouteResult, dst: str) -> str | None:
     target = ip(res.gateway or dst)
-    fam = target.version
     if res.oif is not None:
-        mine = [a for a in res.oif.addresses if a.family == fam and a.scope != "link"]
+        mine = [a for a in res.oif.addresses if a.family == 6 and a.scope != "link"]
         for a in mine:
             if target in net(a.cidr):
                 return a.address
@@ -280,6 +345,6 @@ def select_source(ns: Namespace, res: RouteResult, dst: str) -> str | None:
             return mine[0].address
     for iface in ns.interfaces:
         for a in iface.addresses:
-            if a.family == fam and a.scope == "global" and not ip(a.address).is_loopback:
+            if a.family == 6 and a.scope == "global" and not ip(a.address).is_loopback:
                 return a.address
     return None

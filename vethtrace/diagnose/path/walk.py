@@ -19,7 +19,6 @@ from vethtrace.diagnose.path.route import (
     RouteResult,
     conf,
     conf_source,
-    local_address,
     lookup,
     select_source,
 )
@@ -102,6 +101,16 @@ class Walker:
             return End("failed")
         if pkt.src is None:
             pkt.src = select_source(ns, res, pkt.dst)
+            if pkt.src is not None:
+                # the sender then routes again with that source, where `from`
+                # rules see it: ip_route_connect for TCP (and connected UDP);
+                # ping binds the source its UDP probe socket's connect found
+                res = lookup(
+                    ns, pkt.dst, pkt.src, "lo", pkt.proto, pkt.sport, pkt.dport, memo=self.floods
+                )
+                if res.kind in ("none", "blackhole", "unreachable", "prohibit", "throw"):
+                    noroute.no_route(self, ns, None, pkt, res)
+                    return End("failed")
             if pkt.src is None:
                 self.add(
                     ns,
@@ -146,6 +155,14 @@ class Walker:
                     [self.cmd(ns, "ip link set lo up")],
                 )
                 return End("failed")
+            # a packet to one of our own addresses still goes ip_output ->
+            # postrouting out of lo, and back in through ip_rcv's prerouting
+            lo_name = lo.name if lo is not None else None
+            for hook, iif, oif in (("postrouting", None, lo_name), ("prerouting", lo_name, None)):
+                verdict, hops = netfilter.run_hook(self, ns, "ip", hook, pkt, iif, oif)
+                self.hops += hops
+                if verdict != "accept":
+                    return End("failed")
             self.track(ns, entered, pkt)
             return deliver.deliver(self, ns, lo or res.oif, pkt, res)
         return self.transmit(ns, res, pkt, None, entered)
@@ -168,12 +185,22 @@ class Walker:
                 "a route without an output device is not modelled",
             )
             return End("unknown")
-        if pkt.size > oif.mtu and oif.kind == "vxlan":  # the overlay's MTU budget
+        size = pkt.size
+        if size > oif.mtu and not pkt.df:  # ip_fragment: the pieces fit
+            size = oif.mtu
+            self.add(
+                ns,
+                oif,
+                "mtu",
+                f"{pkt.size} bytes fragmented to {oif.name}'s MTU {oif.mtu} (DF not set)",
+                f"mtu {oif.mtu}",
+            )
+        if size > oif.mtu and oif.kind == "vxlan":  # the overlay's MTU budget
             from vethtrace.diagnose.path import vxlan
 
             self.hops.append(vxlan.too_big(self, ns, oif, pkt))
             return End("failed")
-        if pkt.size > oif.mtu:
+        if size > oif.mtu:
             self.add(
                 ns,
                 oif,
@@ -215,7 +242,7 @@ class Walker:
             unknown = any(h.status == "unknown" for h in hops)
             return End("unknown" if unknown else "failed")
         self.l2_seen = set()
-        result = l2.send(self, oif, l2.Frame(oif.mac, mac, pkt, pkt.size), [])
+        result = l2.send(self, oif, l2.Frame(oif.mac, mac, pkt, size), [])
         for rif, trail in result.reached:
             if rif.key != oif.key and (mac is None or rif.mac == mac or rif.kind == "bridge"):
                 self.hops += trail
@@ -275,29 +302,10 @@ class Walker:
         if res.kind in ("none", "blackhole", "unreachable", "prohibit", "throw"):
             noroute.no_route(self, ns, iface, pkt, res)
             return End("failed")
-        if (
-            pkt.src
-            and local_address(ns, pkt.src, self.floods) is not None
-            and not conf(ns, iface, "accept_local")
-        ):
-            self.add(
-                ns,
-                iface,
-                "martian",
-                f"source {pkt.src} is one of {ns.name}'s own addresses",
-                conf_source(iface, "accept_local") + "=0",
-                "fail",
-                "a packet arriving with a local source address is dropped as martian",
-                [self.cmd(ns, f"sysctl -w net.ipv4.conf.{iface.name}.accept_local=1")],
-            )
-            return End("failed")
-        if not deliver.rp_filter(self, ns, iface, pkt):
-            return End("failed")
-        if res.kind in ("local", "broadcast"):
-            self.add(ns, iface, "route", f"{pkt.dst}: {res.kind}", res.describe())
-            self.track(ns, entered, pkt)
-            return deliver.deliver(self, ns, iface, pkt, res)
-        if not conf(ns, iface, "forwarding"):
+        # ip_route_input_slow: a packet not for us is refused when the input
+        # device does not forward, before __mkroute_input validates its source
+        local = res.kind in ("local", "broadcast")
+        if not local and not conf(ns, iface, "forwarding"):
             self.add(
                 ns,
                 iface,
@@ -310,6 +318,24 @@ class Walker:
                 [self.cmd(ns, "sysctl -w net.ipv4.ip_forward=1")],
             )
             return End("failed")
+        if pkt.src and deliver.martian_local(self, ns, iface, pkt.src):
+            self.add(
+                ns,
+                iface,
+                "martian",
+                f"source {pkt.src} is one of {ns.name}'s own addresses",
+                conf_source(iface, "accept_local") + "=0",
+                "fail",
+                "a packet arriving with a local source address is dropped as martian",
+                [self.cmd(ns, f"sysctl -w net.ipv4.conf.{iface.name}.accept_local=1")],
+            )
+            return End("failed")
+        if not deliver.rp_filter(self, ns, iface, pkt, None if local else res.oif):
+            return End("failed")
+        if local:
+            self.add(ns, iface, "route", f"{pkt.dst}: {res.kind}", res.describe())
+            self.track(ns, entered, pkt)
+            return deliver.deliver(self, ns, iface, pkt, res)
         self.add(
             ns,
             iface,

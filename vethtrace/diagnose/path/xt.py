@@ -70,7 +70,7 @@ def _ctstate(opt: str, value: str | None, ctx: _Ctx) -> bool:
     if opt not in ("--ctstate", "--state"):
         raise _NotModelled(f"{opt} is not modelled")
     states = {s.upper() for s in (value or "").split(",")}
-    return ("ESTABLISHED" if ctx.ct_state == "established" else "NEW") in states
+    return ctx.ct_state.upper() in states  # NEW, ESTABLISHED or INVALID (no entry yet)
 
 
 def _addrtype(opt: str, value: str | None, ctx: _Ctx) -> bool:
