@@ -114,6 +114,11 @@ def label_namespaces(held: dict[int, list[int]], notes: list[str]) -> dict[int, 
     wanted = {rt for rt, _ in owners.values()}
     names: dict[str, dict[str, str]] = {}  # runtime -> {container id: label}
     for rt in wanted & set(ENDPOINTS):
+        url = ENDPOINTS[rt].url
+        if url.startswith("unix://") and not os.path.exists(url[len("unix://"):]):
+            # a daemon of its own elsewhere (--host): short, it is only a naming note
+            notes.append(f"{rt}: no API at {url}: its containers are named by cgroup id")
+            continue
         try:
             listing = dockerapi.parse_list(dockerapi.running(Client(ENDPOINTS[rt])))
         except UserError as exc:
