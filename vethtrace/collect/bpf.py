@@ -92,7 +92,7 @@ from typing import Any
 from vethtrace.collect import btf as btfmod
 from vethtrace.collect import headers as headersmod
 from vethtrace.collect import plan as planmod
-from vethtrace.collect import progcache
+from vethtrace.collect import progcache, runcfg
 from vethtrace.collect.events import Decoder, Layout, contract
 from vethtrace.collect.filter import compile_filter
 from vethtrace.collect.kallsyms import Kallsyms
@@ -119,7 +119,7 @@ def compile_only(
     consts = kernel_constants(functions=function_mech is not None)
     src = build_source(areas, function_mech)
     t0 = time.monotonic()
-    b = BPF(text=src.encode(), cflags=cflags(consts, compile_filter(""), None, True, function_mech))
+    b = BPF(text=src.encode(), cflags=cflags(consts, True, function_mech))
     try:
         if function_mech == "kprobe":
             for func in FUNCTION_PARAMS:
@@ -148,13 +148,17 @@ class BpfCollector:
         ringbuf_pages: int = 2048,
         perf_buffer: bool = False,
         without: tuple[str, ...] = (),
+        vxlan_ports: list[int] | None = None,
     ) -> None:
         self.filter = compile_filter(filter_expr)
+        self.filter.program_bytes()  # too long for the probes: fails here, like a bad filter
+        self.vxlan_ports = vxlan_ports
         # Tracepoints of the chosen areas not to attach (the flight recorder wants
         # kfree_skb without consume_skb, which fires for every packet delivered).
         self.without = {f"VT_HAVE_{tp.upper()}" for tp in without}
         contract()  # vethtrace.h read now: without the probes this fails here, like a bad filter
         self.netns_inodes = list(netns_inodes) if netns_inodes is not None else None
+        runcfg.check_scope(self.netns_inodes)
         unknown = [a for a in areas if a not in AREAS]
         if unknown:
             raise UserError(f"unknown probe area(s) {unknown}; choose from {list(AREAS)}")
@@ -170,6 +174,7 @@ class BpfCollector:
         self._decoder: Decoder | None = None  # once start() knows the layout
         self._ring: RingReader | None = None
         self._cached: progcache.Loaded | None = None  # programs loaded from the cache
+        self._maps: runcfg.Maps | None = None  # the run's settings (collect/runcfg.py)
         self.from_cache = False
         self._error: Exception | None = None
         self._lost_kept = 0  # perf buffer losses; after close() also the ring's count
@@ -212,12 +217,18 @@ class BpfCollector:
         # skbs are freed: the free hooks are needed even without drop events
         forget = self.filter.active and "drop" not in self.areas
         src = build_source((*self.areas, "drop") if forget else self.areas, fmech)
-        flags = cflags(consts, self.filter, self.netns_inodes, ringbuf, fmech, self.ringbuf_pages)
+        flags = cflags(consts, ringbuf, fmech, self.ringbuf_pages)
         flags += ["-DVT_FORGET_ONLY"] if forget else []
         t1 = time.monotonic()
-        # the cache holds raw tracepoint programs on a ring buffer: this kernel's plan
-        cache_key = progcache.key(src, [*flags, hdr.label]) if ringbuf and not fmech else None
-        self._cached = progcache.load(cache_key) if cache_key else None
+        # The cache holds raw tracepoint programs on a ring buffer (this kernel's
+        # plan). Its key has no filter or scope (map data) and no ring size
+        # (the map is made at load): one compiled set serves every run.
+        cache_key = None
+        if ringbuf and not fmech:
+            cache_key = progcache.key(src, [*progcache.sizeless(flags), hdr.label])
+        self._cached = (
+            progcache.load(cache_key, self.ringbuf_pages, self._configure) if cache_key else None
+        )
         if self._cached is not None:
             layout = Layout(self._cached.layout)
             events_fd = self._cached.map_fd("vt_events")
@@ -229,6 +240,7 @@ class BpfCollector:
             if cache_key:
                 progcache.store(cache_key, self._bpf, spec)
             events_fd = table.map_fd
+            self._configure({n: self._bpf[n.encode()].map_fd for n in runcfg.MAP_NAMES})
             if not ringbuf:
                 table.open_perf_buffer(self._on_event, page_cnt=256, lost_cb=self._on_lost)
         self._decoder = Decoder(layout, reasons, subsys, self._kallsyms)
@@ -238,6 +250,18 @@ class BpfCollector:
         self.from_cache = self._cached is not None
         self.plan = plan
         return plan
+
+    def _configure(self, fds: dict[str, int]) -> None:
+        """Tell the probes this run's filter, scope and VXLAN ports (map data)."""
+        self._maps = runcfg.Maps.of(fds)
+        runcfg.configure(self._maps, self.filter, self.netns_inodes, self.vxlan_ports)
+
+    def add_netns(self, inodes: list[int]) -> None:
+        """Extend a -n scope while tracing (a namespace that appeared): map
+        data, no recompile. Without a scope everything is traced already."""
+        if self._maps is not None and self.netns_inodes is not None:
+            runcfg.add_scope(self._maps, inodes)
+            self.netns_inodes += [i for i in inodes if i not in self.netns_inodes]
 
     def _compile(
         self,

@@ -13,6 +13,9 @@ static __always_inline int vt_neigh_event(void *ctx, u16 point, void *n, void *d
                                           void *tbl, void *pkey, u8 old_state,
                                           u8 new_state, s32 rc, void *lladdr)
 {
+    struct vt_cfg *c = vt_config();
+    if (!c)
+        return 0;
     u64 ts = bpf_ktime_get_ns();
     if (n) {
         dev = (void *)vt_ptr(n, VT_NEIGH_DEV);
@@ -20,7 +23,7 @@ static __always_inline int vt_neigh_event(void *ctx, u16 point, void *n, void *d
         pkey = (char *)n + VT_NEIGH_KEY;
     }
     u32 netns = dev ? vt_dev_netns(dev) : 0;
-    if (!vt_netns_ok(netns))
+    if (!vt_netns_ok(c, netns))
         return 0;
     int family = 0;
     if (tbl)
@@ -35,7 +38,7 @@ static __always_inline int vt_neigh_event(void *ctx, u16 point, void *n, void *d
         __builtin_memcpy(&p.saddr, key, 4);
         p.daddr = p.saddr;
     }
-    if (!vt_match(&p))
+    if (!vt_match(c, &p))
         return 0;
     struct vt_event *e = vt_reserve();
     if (!e)
