@@ -243,7 +243,8 @@ class BpfCollector:
             self._configure({n: self._bpf[n.encode()].map_fd for n in runcfg.MAP_NAMES})
             if not ringbuf:
                 table.open_perf_buffer(self._on_event, page_cnt=256, lost_cb=self._on_lost)
-        self._decoder = Decoder(layout, reasons, subsys, self._kallsyms)
+        keep = self.filter.keeps_neighbour if self.filter.active else None
+        self._decoder = Decoder(layout, reasons, subsys, self._kallsyms, keep)
         if ringbuf:
             self._ring = RingReader(events_fd, self.ringbuf_pages * mmap.PAGESIZE)
         self.timings["compile_attach"] = time.monotonic() - t1
@@ -281,6 +282,9 @@ class BpfCollector:
             ) from None
         try:
             self._bpf = BPF(text=src.encode(), cflags=flags)  # autoloads + attaches raw tracepoints
+            for name, (array, index) in progcache.TAIL_PROGRAMS.items():
+                fn = self._bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
+                self._bpf[array.encode()][ctypes.c_int(index)] = ctypes.c_int(fn.fd)
             if fmech == "kprobe":
                 self._attach_kprobes(consts, plan)
         except Exception as exc:
@@ -336,7 +340,9 @@ class BpfCollector:
             dec = self._decoder
             assert dec is not None
             buf = ctypes.string_at(data, dec.layout.size)
-            self._pending.append(dec.event((0, *dec.layout.hot(buf)), buf, 0))
+            ev = dec.event((0, *dec.layout.hot(buf)), buf, 0)
+            if ev is not None:
+                self._pending.append(ev)
         except Exception as exc:  # ctypes would print and swallow it; poll() re-raises
             self._error = self._error or exc
 
@@ -373,7 +379,11 @@ class BpfCollector:
             return None  # every program submits a whole struct vt_event
 
         lay = dec.layout
-        self._pending += ring.read(lay.ring, lay.size, budget, dec.event, other)
+        got = ring.read(lay.ring, lay.size, budget, dec.event, other)
+        if dec.dropped:  # neighbour events the filter does not keep (rare)
+            got = [e for e in got if e is not None]
+            dec.dropped = 0
+        self._pending += got  # type: ignore[arg-type]
 
     def _release(self, upto: int | None) -> list[ProbeEvent]:
         """Events up to `upto` ns (all when None), sorted; the rest stay pending.

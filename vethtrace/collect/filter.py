@@ -186,7 +186,7 @@ FIELDS = ("ethertype", "ip_proto", "saddr", "daddr", "sport", "dport", "flags")
 MAX = 64  # instructions; the probes' loop bound (verifier time grows with it)
 ACCEPT, REJECT = 0xFFFE, 0xFFFF
 INSN = struct.Struct("<BBHHHII")  # field, pad, jt, jf, pad, mask, want (struct vt_insn)
-L4_FLAG = 4  # VT_PKT_L4 in vethtrace.h: ports are valid
+L3_FLAG, L4_FLAG = 2, 4  # VT_PKT_L3, VT_PKT_L4 in vethtrace.h: addresses, ports valid
 DEFINES = {"VT_FLT_MAX": MAX, "VT_FLT_ACCEPT": ACCEPT, "VT_FLT_REJECT": REJECT,
            **{f"VT_FLD_{name.upper()}": i for i, name in enumerate(FIELDS)}}  # fmt: skip
 
@@ -377,6 +377,13 @@ class Filter:
         vt_pkt all zero). When not, the probes drop skbs without a protocol
         before any further read."""
         return run(self.program, (0,) * len(FIELDS))
+
+    def keeps_neighbour(self, family: int, key: bytes) -> bool:
+        """A neighbour event is matched as an ARP packet about its address
+        (sender = target = the address; IPv6 entries have none): `arp`,
+        `host A`, `net A/N` keep it, `icmp`, `tcp`, `port N` drop it."""
+        addr = int.from_bytes(key[:4], "little") if family == 2 else 0  # AF_INET
+        return run(self.program, (0x0806, 0, addr, addr, 0, 0, L3_FLAG))
 
     def matches(self, pkt: PacketSummary) -> bool:
         """As the probes decide: a tunnelled frame matches by the frame it

@@ -40,6 +40,8 @@ from vethtrace.collect.kcache import CACHE_DIR, save_json
 
 VERSION = 2
 PREFIX = b"raw_tracepoint__"  # bcc's name for RAW_TRACEPOINT_PROBE(tp) functions
+# programs entered by tail call, not attached: name -> (program array, index)
+TAIL_PROGRAMS = {"vt_decide": ("vt_progs", 0)}
 
 
 def _addr(buf: ctypes.Array[ctypes.c_char]) -> int:
@@ -118,7 +120,8 @@ def store(k: str, bpf: Any, layout: dict[str, Any]) -> None:
 
         count = lib.bpf_num_functions(bpf.module)
         names = [lib.bpf_function_name(bpf.module, i) for i in range(count)]
-        if not names or not all(n.startswith(PREFIX) for n in names):
+        known = [n for n in names if n.startswith(PREFIX) or n.decode() in TAIL_PROGRAMS]
+        if not names or known != names:
             return  # something we would not know how to attach: no cache
         programs = []
         maps: dict[int, _Map] = {}
@@ -126,7 +129,10 @@ def store(k: str, bpf: Any, layout: dict[str, Any]) -> None:
             insns = bpf.dump_func(name)
             for _pos, fd in _map_refs(insns):
                 maps.setdefault(fd, map_info(fd))
-            programs.append({"tp": name[len(PREFIX) :].decode(), "insns": insns.hex()})
+            if name.startswith(PREFIX):
+                programs.append({"tp": name[len(PREFIX) :].decode(), "insns": insns.hex()})
+            else:  # tail-called ones first: the others may enter them at once
+                programs.insert(0, {"tail": name.decode(), "insns": insns.hex()})
         doc = {
             "version": VERSION,
             "programs": programs,
@@ -215,13 +221,18 @@ def load(
         for prog in doc["programs"]:
             code = ctypes.create_string_buffer(_relocate(bytes.fromhex(prog["insns"]), old_to_new))
             count = (len(code) - 1) // 8
-            pname = prog["tp"].encode()[:15]
+            pname = prog.get("tp", prog.get("tail", "")).encode()[:15]
             attr = struct.pack(
                 "<IIQQIIQII16sII", sc.BPF_PROG_TYPE_RAW_TRACEPOINT, count, _addr(code),
                 _addr(license_), 0, 0, 0, 0, 0, pname, 0, 0,
             )  # fmt: skip
             prog_fd = sc.bpf(sc.BPF_PROG_LOAD, attr)
             loaded.fds.append(prog_fd)
+            if "tail" in prog:
+                array, index = TAIL_PROGRAMS[prog["tail"]]
+                sc.map_update(loaded.maps[array].fd, struct.pack("<I", index),
+                              struct.pack("<I", prog_fd))  # fmt: skip
+                continue
             tp = ctypes.create_string_buffer(prog["tp"].encode())
             loaded.fds.append(
                 sc.bpf(sc.BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI4x", _addr(tp), prog_fd))

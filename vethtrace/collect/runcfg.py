@@ -19,7 +19,6 @@ tracing (and forgets the per-CPU out-of-scope memo, which may name them).
 
 from __future__ import annotations
 
-import ctypes
 import struct
 from dataclasses import dataclass
 
@@ -31,7 +30,6 @@ VXLAN_DEFAULT = 4789  # IANA; always watched
 VXLAN_MAX = 8  # VT_VXLAN_MAX in vethtrace.h
 SCOPE_MAX = 4096  # VT_SCOPE_MAX in vethtrace.h
 _HEAD = struct.Struct(f"<5B3x{VXLAN_MAX}H")  # struct vt_cfg up to insn[]
-BPF_MAP_UPDATE_ELEM = 2
 
 
 MAP_NAMES = ("vt_cfg", "vt_scope", "vt_nsout")
@@ -55,13 +53,6 @@ class Maps:
                    possible_cpus())  # fmt: skip
 
 
-def _update(fd: int, key: bytes, value: bytes) -> None:
-    k = ctypes.create_string_buffer(key, len(key))
-    v = ctypes.create_string_buffer(value, len(value))
-    attr = struct.pack("<I4xQQQ", fd, ctypes.addressof(k), ctypes.addressof(v), 0)
-    sc.bpf(BPF_MAP_UPDATE_ELEM, attr)
-
-
 def vxlan_ports(ports: list[int] | None) -> list[int]:
     """The default port first, then the others once each, at most VXLAN_MAX."""
     out = [VXLAN_DEFAULT]
@@ -75,7 +66,7 @@ def cfg_bytes(flt: Filter, scoped: bool, ports: list[int] | None) -> bytes:
     """struct vt_cfg for this run, ready set."""
     vx = vxlan_ports(ports)
     head = _HEAD.pack(1, int(flt.active), int(flt.matches_empty), int(scoped), len(vx),
-                      *(vx + [0] * (VXLAN_MAX - len(vx))))  # fmt: skip
+                      *(vx + vx[:1] * (VXLAN_MAX - len(vx))))  # fmt: skip
     return head + flt.program_bytes()
 
 
@@ -89,8 +80,8 @@ def configure(maps: Maps, flt: Filter, inodes: list[int] | None,
     """Write the scope, then the config with `ready` (the probes start reporting)."""
     check_scope(inodes)
     for ino in sorted(set(inodes or [])):
-        _update(maps.scope, struct.pack("<I", ino), b"\1")
-    _update(maps.cfg, struct.pack("<I", 0), cfg_bytes(flt, inodes is not None, ports))
+        sc.map_update(maps.scope, struct.pack("<I", ino), b"\1")
+    sc.map_update(maps.cfg, struct.pack("<I", 0), cfg_bytes(flt, inodes is not None, ports))
 
 
 def add_scope(maps: Maps, inodes: list[int]) -> None:
@@ -98,6 +89,6 @@ def add_scope(maps: Maps, inodes: list[int]) -> None:
     go in, and the out-of-scope memo is cleared on every CPU (it may hold the
     address of a namespace now in scope)."""
     for ino in sorted(set(inodes)):
-        _update(maps.scope, struct.pack("<I", ino), b"\1")
+        sc.map_update(maps.scope, struct.pack("<I", ino), b"\1")
     step = (maps.nsout_size + 7) & ~7
-    _update(maps.nsout, struct.pack("<I", 0), bytes(step * maps.ncpu))
+    sc.map_update(maps.nsout, struct.pack("<I", 0), bytes(step * maps.ncpu))

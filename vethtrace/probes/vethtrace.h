@@ -159,7 +159,7 @@ struct vt_cfg {
     u8 active;        /* a packet filter is set: run it, decide once per skb */
     u8 empty;         /* the filter accepts a packet with nothing decoded */
     u8 scoped;        /* -n: only namespaces whose inode is in vt_scope */
-    u8 nvxlan;        /* entries used in vxlan[] */
+    u8 nvxlan;        /* ports in vxlan[] (the rest repeat the first) */
     u8 pad[3];
     u16 vxlan[VT_VXLAN_MAX]; /* VXLAN UDP ports, host order */
     struct vt_insn insn[VT_FLT_MAX];
@@ -334,17 +334,20 @@ struct vt_frame {
     u8 g[VT_INNER_LEN];
 };
 
+/* Is port one of vt_cfg.vxlan (unused slots repeat a used port)? Without a
+ * branch per slot: every UDP datagram passes here, and each branch would be
+ * another path for the verifier through the rest of the program. */
 static __always_inline int vt_vxlan_port(struct vt_cfg *c, u16 port)
 {
-    u32 n = c->nvxlan;
+    u64 hit = 0;
 #pragma unroll
     for (int k = 0; k < VT_VXLAN_MAX; k++) {
-        if (k >= n)
-            break;
-        if (c->vxlan[k] == port)
-            return 1;
+        u64 d = c->vxlan[k] ^ port;
+        u64 nd = 0 - d;
+        asm volatile("" : "+r"(nd));
+        hit |= ((d | nd) >> 63) ^ 1; /* 1 when equal */
     }
-    return 0;
+    return hit != 0;
 }
 
 static __always_inline void vt_read_frame(struct vt_cfg *c, void *skb, struct vt_frame *fr)
@@ -450,9 +453,14 @@ static __always_inline void vt_fields(struct vt_frame *fr, struct vt_pkt *p)
 struct vt_work {
     struct vt_frame fr;
     u32 v[2][VT_NFLD];
-    u64 dev;          /* kept here across the filter loop, see vt_skb_seen */
+    /* the event's arguments, for vt_decide (and across the inline loop) */
+    u64 skb;
+    u64 dev;
+    u64 location;
     u32 netns;
-    u32 pad;
+    u32 reason;
+    u16 point;
+    u16 pad[3];
 };
 BPF_PERCPU_ARRAY(vt_work, struct vt_work, 1);
 
@@ -492,17 +500,25 @@ static __always_inline int vt_run(struct vt_cfg *c, u32 *v)
     return pc == VT_FLT_ACCEPT;
 }
 
-/* One packet (a neighbour event as ARP) through the filter. */
-static __always_inline int vt_match(struct vt_cfg *c, struct vt_pkt *p)
+/* The frame in w through the filter: its headers, or for a VXLAN datagram
+ * the outer or the inner ones. Decoding every field the program may test
+ * has many paths (ARP, IPv4, options, VLAN, ...): the barrier after each
+ * level lets them all reach the loop in one verifier state. */
+static __always_inline int vt_filter(struct vt_cfg *c, struct vt_work *w)
 {
-    if (!c->active)
+    struct vt_pkt q = {};
+    vt_fields(&w->fr, &q);
+    vt_fv_put(w->v[0], &q);
+    asm volatile("" ::: "memory");
+    if (vt_run(c, w->v[0]))
         return 1;
-    int zero = 0;
-    struct vt_work *w = vt_work.lookup(&zero);
-    if (!w)
+    if (!w->fr.encap)
         return 0;
-    vt_fv_put(w->v[0], p);
-    return vt_run(c, w->v[0]);
+    struct vt_pkt qi = {};
+    vt_inner_fields(&w->fr, &qi);
+    vt_fv_put(w->v[1], &qi);
+    asm volatile("" ::: "memory");
+    return vt_run(c, w->v[1]);
 }
 
 /* ---- Decide once per skb -------------------------------------------------
@@ -731,13 +747,85 @@ static __always_inline void vt_fill_common(struct vt_event *e, u16 point, u64 ts
     e->new_state = 0xff;
 }
 
+/* The event for an skb that passed the filters: decoded again in full from
+ * the frame already read (no reads), with length, clone bit and device. The
+ * arguments come in w (dev, netns, location, reason; netns 0 when not known
+ * yet, without -n: then read here), written by the caller before a compiler
+ * barrier: all the ways here then reach this code in one verifier state, and
+ * it is verified once per program, not once per way. Returns 1 (reported,
+ * or counted as lost). */
+static __always_inline int vt_emit(void *ctx, u16 point, void *skb, struct vt_work *w)
+{
+    asm volatile("" ::: "memory");
+    struct vt_frame *fr = &w->fr;
+    void *dev = (void *)w->dev;
+    u32 netns = w->netns;
+    u64 location = w->location;
+    u32 reason = w->reason;
+    u64 ts = bpf_ktime_get_ns();
+    struct vt_pkt p = {};
+    vt_fields(fr, &p);
+    if (!dev)
+        dev = (void *)vt_ptr(skb, VT_SKB_DEV);
+    if (!netns)
+        netns = vt_skb_netns(skb, dev);
+    struct vt_event *e = vt_reserve();
+    if (!e)
+        return 1;
+    vt_fill_common(e, point, ts);
+    e->skb = (u64)skb;
+    e->head = fr->head;
+    e->location = location;
+    e->reason = reason;
+    VT_READ(e->len, (char *)skb + VT_SKB_LEN);
+    u8 cl = 0;
+    VT_READ(cl, (char *)skb + VT_SKB_CLONED_BYTE);
+    e->cloned = (cl & VT_SKB_CLONED_MASK) ? 1 : 0;
+    __builtin_memcpy(&e->pkt, &p, sizeof(p));
+    if (fr->encap) {
+        struct vt_pkt pi = {};
+        e->vni = vt_inner_fields(fr, &pi);
+        __builtin_memcpy(&e->inner, &pi, sizeof(pi));
+        e->pkt.flags |= VT_PKT_VXLAN;
+    }
+    vt_fill_dev(e, dev, netns);
+    vt_submit(ctx, e);
+    return 1;
+}
+
+/* net_dev_start_xmit's verdict onto the per-CPU transmit stack (see vt_tx) */
+static __always_inline void vt_tx_push(u64 skb, int ok)
+{
+    int zero = 0;
+    struct vt_txstack *s = vt_tx.lookup(&zero);
+    if (s) {
+        u32 i = s->n & (VT_TXSTACK - 1);
+        s->skb[i] = skb;
+        s->ok[i] = ok;
+        s->n += 1;
+    }
+}
+
+/* The filter's loop runs in one program of its own, vt_decide, entered by a
+ * tail call from every raw tracepoint program: the verifier walks a bounded
+ * loop once per iteration, and inlined into each of the 6 skb programs
+ * (twice: outer and VXLAN inner headers) it cost ~15 ms of verification per
+ * program on every start; tail-called, it is verified once. Function probes
+ * (kprobe/fentry: other program types, which cannot share the program
+ * array) run it inline. */
+BPF_PROG_ARRAY(vt_progs, 1);
+#define VT_PROG_DECIDE 0
+
 /* One skb event: the remembered verdict first (with a filter: see "Decide
  * once per skb"), then the namespace test when there is one (-n), then
  * decode + filter where nothing is remembered, then reserve and fill. `dev`
- * may be 0 (then skb->dev is read). Returns 1 when the skb passed the filters
- * (reported, or counted as lost), else 0. */
+ * may be 0 (then skb->dev is read). `tail`: a raw tracepoint program, which
+ * hands an undecided skb to vt_decide (which then also reports it and, at
+ * net_dev_start_xmit, pushes the verdict: this program does not continue).
+ * Returns 1 when the skb passed the filters (reported, or counted as lost),
+ * else 0. */
 static __always_inline int vt_skb_seen(void *ctx, u16 point, void *skb, void *dev,
-                                       u64 location, u32 reason)
+                                       u64 location, u32 reason, int tail)
 {
     struct vt_cfg *c = vt_config();
     if (!c)
@@ -802,81 +890,82 @@ static __always_inline int vt_skb_seen(void *ctx, u16 point, void *skb, void *de
             if (!dev)
                 return 0;
         }
-        verdict = 1;
         if (active) {
-            struct vt_pkt q = {};
-            vt_fields(fr, &q);
-            vt_fv_put(w->v[0], &q);
-            /* Nothing decoded and no device or netns crosses the loop in a
-             * register (the event decodes again from w->fr, and reloads
-             * dev and netns from w): every kind of packet then reaches it
-             * in the same verifier state, and it is verified once. */
+            w->point = point;
+            w->skb = (u64)skb;
             w->dev = (u64)dev;
             w->netns = netns;
-            asm volatile("" ::: "memory");
-            verdict = vt_run(c, w->v[0]);
-            if (!verdict && fr->encap) {
-                /* a VXLAN datagram matches by its outer or its inner headers */
-                struct vt_pkt qi = {};
-                vt_inner_fields(fr, &qi);
-                vt_fv_put(w->v[1], &qi);
-                verdict = vt_run(c, w->v[1]);
+            w->location = location;
+            w->reason = reason;
+            if (tail) {
+                vt_progs.call(ctx, VT_PROG_DECIDE);
+                return 0; /* vt_decide missing: nothing reported */
             }
+            /* Inline (function probes). Nothing decoded and no device or
+             * netns crosses the loop in a register (the event decodes again
+             * from w): every kind of packet reaches the loop in the same
+             * verifier state, and it is verified once. */
             asm volatile("" ::: "memory");
-            dev = (void *)w->dev;
-            netns = w->netns;
-        }
+            verdict = vt_filter(c, w);
 #ifdef VT_DECIDE
-        if (decide)
             vt_remember(point, skb, verdict);
 #endif
-        if (!verdict)
-            return 0;
+            if (!verdict)
+                return 0;
+            return vt_emit(ctx, point, skb, w);
+        }
     }
 #ifdef VT_DECIDE
     else {
         vt_remember(point, skb, 1);
     }
 #endif
-    /* taken after the cheap exits; still before anything nested can run */
-    u64 ts = bpf_ktime_get_ns();
-    /* decoded again in full for the event (no reads: from fr) */
-    struct vt_pkt p = {};
-    vt_fields(fr, &p);
-    if (!c->scoped) {
-        if (!dev)
-            dev = (void *)vt_ptr(skb, VT_SKB_DEV);
-        netns = vt_skb_netns(skb, dev);
-    }
-    struct vt_event *e = vt_reserve();
-    if (!e)
-        return 1;
-    vt_fill_common(e, point, ts);
-    e->skb = (u64)skb;
-    e->head = fr->head;
-    e->location = location;
-    e->reason = reason;
-    VT_READ(e->len, (char *)skb + VT_SKB_LEN);
-    u8 cl = 0;
-    VT_READ(cl, (char *)skb + VT_SKB_CLONED_BYTE);
-    e->cloned = (cl & VT_SKB_CLONED_MASK) ? 1 : 0;
-    __builtin_memcpy(&e->pkt, &p, sizeof(p));
-    if (fr->encap) {
-        struct vt_pkt pi = {};
-        e->vni = vt_inner_fields(fr, &pi);
-        __builtin_memcpy(&e->inner, &pi, sizeof(pi));
-        e->pkt.flags |= VT_PKT_VXLAN;
-    }
-    vt_fill_dev(e, dev, netns);
-    vt_submit(ctx, e);
-    return 1;
+    w->dev = (u64)dev;
+    w->netns = netns;
+    w->location = location;
+    w->reason = reason;
+    return vt_emit(ctx, point, skb, w);
+}
+
+/* The filter over an skb a raw tracepoint program could not decide from
+ * memory (see vt_progs): the fields and the event's arguments are in
+ * vt_work. Matches by the outer or, for a VXLAN datagram, the inner headers;
+ * remembers the verdict, reports a match, and finishes net_dev_start_xmit's
+ * bookkeeping for it. */
+int vt_decide(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct vt_cfg *c = vt_config();
+    int zero = 0;
+    struct vt_work *w = vt_work.lookup(&zero);
+    if (!c || !w)
+        return 0;
+    u16 point = w->point;
+    void *skb = (void *)w->skb;
+    int verdict = vt_filter(c, w);
+#ifdef VT_DECIDE
+    vt_remember(point, skb, verdict);
+#endif
+    int ok = 0;
+    if (verdict)
+        ok = vt_emit(ctx, point, skb, w);
+    if (point == VT_P_NET_DEV_START_XMIT)
+        vt_tx_push((u64)skb, ok);
+    return 0;
 }
 
 /* fentry programs must return 0; tracepoint and kprobe returns are ignored */
 static __always_inline int vt_skb_event(void *ctx, u16 point, void *skb, void *dev,
                                         u64 location, u32 reason)
 {
-    vt_skb_seen(ctx, point, skb, dev, location, reason);
+    vt_skb_seen(ctx, point, skb, dev, location, reason, 1);
+    return 0;
+}
+
+/* the same from a function probe (kprobe/fentry): the filter inline */
+static __always_inline int vt_fn_event(void *ctx, u16 point, void *skb, void *dev,
+                                       u64 location, u32 reason)
+{
+    vt_skb_seen(ctx, point, skb, dev, location, reason, 0);
     return 0;
 }
 
