@@ -19,7 +19,8 @@ import pytest
 
 from tests.bpf_progs import held_prog_ids, loaded_prog_ids
 from tests.labs import built_lab
-from vethtrace.collect.bpf import BpfCollector, compile_only
+from vethtrace.collect.bpf import BpfCollector
+from vethtrace.collect.prepare import compile_only
 from vethtrace.model import ProbeEvent
 from vethtrace.netns import inode_of
 

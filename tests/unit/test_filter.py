@@ -145,7 +145,8 @@ def _summary(f: tuple[int, ...]) -> PacketSummary:
     r = SimpleNamespace(**{f"pkt_{n}": v for n, v in zip(FIELDS, f, strict=True)},
                         pkt_eth_src=b"\0" * 6, pkt_eth_dst=b"\0" * 6, pkt_arp_op=1,
                         pkt_arp_sha=b"\0" * 6, pkt_arp_tha=b"\0" * 6, pkt_ip_id=0,
-                        pkt_icmp_type=8, pkt_icmp_code=0, pkt_icmp_id=1, pkt_icmp_seq=1)  # fmt: skip
+                        pkt_icmp_type=8, pkt_icmp_code=0, pkt_icmp_id=1,
+                        pkt_icmp_seq=1)  # fmt: skip
     return events._headers(r, "pkt_", c)
 
 

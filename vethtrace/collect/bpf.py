@@ -96,7 +96,7 @@ from vethtrace.collect import progcache, runcfg
 from vethtrace.collect.events import Decoder, Layout, contract
 from vethtrace.collect.filter import compile_filter
 from vethtrace.collect.kallsyms import Kallsyms
-from vethtrace.collect.kfacts import FUNCTION_PARAMS, drop_reason_tables, kernel_constants
+from vethtrace.collect.kfacts import drop_reason_tables, kernel_constants
 from vethtrace.collect.ringbuf import RingReader
 from vethtrace.collect.source import build_source, cflags
 from vethtrace.errors import UserError
@@ -104,30 +104,6 @@ from vethtrace.model import ProbeEvent
 
 AREAS = planmod.AREAS
 _ts = operator.attrgetter("ts_ns")
-
-
-def compile_only(
-    areas: tuple[str, ...] | list[str] = AREAS, function_mech: str | None = None
-) -> float:
-    """Compile (and load nothing beyond what bcc autoloads) for tests/doctor; seconds.
-
-    With function_mech="kprobe" the kprobe programs are compiled and loaded into
-    the kernel as BPF_PROG_TYPE_KPROBE (they attach nowhere)."""
-    headersmod.prepare()
-    from bcc import BPF
-
-    consts = kernel_constants(functions=function_mech is not None)
-    src = build_source(areas, function_mech)
-    t0 = time.monotonic()
-    b = BPF(text=src.encode(), cflags=cflags(consts, True, function_mech))
-    try:
-        if function_mech == "kprobe":
-            for func in FUNCTION_PARAMS:
-                if any(k.startswith(f"VT_KARG_{func.upper()}_") for k in consts):
-                    b.load_func(f"vt_kp_{func}".encode(), BPF.KPROBE)
-        return time.monotonic() - t0
-    finally:
-        b.cleanup()
 
 
 # --- the collector -----------------------------------------------------------------
@@ -176,6 +152,7 @@ class BpfCollector:
         self._cached: progcache.Loaded | None = None  # programs loaded from the cache
         self._maps: runcfg.Maps | None = None  # the run's settings (collect/runcfg.py)
         self.from_cache = False
+        self.cacheable = False  # the plan's programs go in the probe cache (known at start())
         self._error: Exception | None = None
         self._lost_kept = 0  # perf buffer losses; after close() also the ring's count
         self._kallsyms = Kallsyms()
@@ -224,7 +201,8 @@ class BpfCollector:
         # plan). Its key has no filter or scope (map data) and no ring size
         # (the map is made at load): one compiled set serves every run.
         cache_key = None
-        if ringbuf and not fmech:
+        self.cacheable = ringbuf and not fmech
+        if self.cacheable:
             cache_key = progcache.key(src, [*progcache.sizeless(flags), hdr.label])
         self._cached = (
             progcache.load(cache_key, self.ringbuf_pages, self._configure) if cache_key else None

@@ -128,11 +128,12 @@ def _start_kernel(filter_text: str, inodes: list[int] | None) -> tuple[Any, str 
     the master already shows a bridge taking a frame."""
     try:
         from vethtrace.collect.bpf import BpfCollector
+        from vethtrace.collect.prepare import VARIANTS
     except ImportError as exc:
         return None, f"kernel probes unavailable ({exc}); sniffers and netlink only"
     coll = None
     try:
-        coll = BpfCollector(filter_text, inodes, areas=("dev", "drop", "neigh"), functions=False)
+        coll = BpfCollector(filter_text, inodes, **VARIANTS["ping"])  # the set prepared at set-up
         coll.start()
         return coll, None
     except Exception as exc:  # degrade to sniffers + netlink, and say so
