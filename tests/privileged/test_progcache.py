@@ -144,3 +144,21 @@ def test_prepare_caches_every_command_s_probe_set(cache: Path) -> None:
         with BpfCollector("tcp port 443 or arp", [1], **opts) as col:
             col.start()
             assert col.from_cache
+
+
+def test_scope_grows_while_tracing(lab: BuiltLab, cache: Path) -> None:
+    """A namespace added to -n while tracing (watch: re-created under its
+    name) is traced from then on, without a new compile or attach."""
+    _ping(lab)
+    a_ino, b_ino = inode_of(lab.ns("a")), inode_of(lab.ns("b"))
+    with BpfCollector("icmp", [a_ino]) as col:
+        col.start()
+        _ping(lab)
+        time.sleep(0.1)
+        before = {e.netns for e in col.poll(50) + col.drain()}
+        col.add_netns([b_ino])
+        _ping(lab)
+        time.sleep(0.1)
+        after = {e.netns for e in col.poll(50) + col.drain()}
+    assert before == {a_ino}
+    assert after == {a_ino, b_ino}
