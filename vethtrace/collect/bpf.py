@@ -25,6 +25,11 @@ Contract:
   kprobe/fentry trials and programs. `perf_buffer=True` forces the perf
   buffer (the delivery used where the kernel has no BPF ring buffer).
   `without=("consume_skb",)` leaves those tracepoints of the areas unattached.
+  `vxlan_ports`: UDP ports whose datagrams are decoded as VXLAN besides 4789
+  (the topology's devices: `runcfg.vxlan_ports_of`; `set_vxlan_ports` later).
+  The filter, the namespaces and the ports are map data (collect/runcfg.py):
+  a new filter or scope loads the cached programs instead of compiling;
+  `add_netns(inodes)` extends a scope while tracing.
 * `start() -> Plan` compiles (bcc: ~0.5 s on an idle 2-CPU machine, 1-2 s
   when it is busy; BTF facts come from a per-kernel cache) and attaches;
   raises UserError when not root, bcc missing, no headers or the compile
@@ -124,7 +129,7 @@ class BpfCollector:
         ringbuf_pages: int = 2048,
         perf_buffer: bool = False,
         without: tuple[str, ...] = (),
-        vxlan_ports: list[int] | None = None,
+        vxlan_ports: list[int] | None = None,  # UDP ports decoded as VXLAN besides 4789
     ) -> None:
         self.filter = compile_filter(filter_expr)
         self.filter.program_bytes()  # too long for the probes: fails here, like a bad filter
@@ -234,6 +239,13 @@ class BpfCollector:
         """Tell the probes this run's filter, scope and VXLAN ports (map data)."""
         self._maps = runcfg.Maps.of(fds)
         runcfg.configure(self._maps, self.filter, self.netns_inodes, self.vxlan_ports)
+
+    def set_vxlan_ports(self, ports: list[int]) -> None:
+        """The UDP ports VXLAN is decoded on (4789 always), e.g. once the
+        topology's VXLAN devices are known (runcfg.vxlan_ports_of): map data."""
+        self.vxlan_ports = list(ports)
+        if self._maps is not None:
+            runcfg.configure(self._maps, self.filter, self.netns_inodes, self.vxlan_ports)
 
     def add_netns(self, inodes: list[int]) -> None:
         """Extend a -n scope while tracing (a namespace that appeared): map
@@ -379,6 +391,7 @@ class BpfCollector:
 
     def close(self) -> None:
         self._lost_kept += self._ring_lost()  # the count outlives the maps
+        self._maps = None
         if self._ring is not None:
             ring, self._ring = self._ring, None
             ring.close()

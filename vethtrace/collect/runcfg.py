@@ -13,8 +13,10 @@ between runs goes into two maps instead (vethtrace/probes/vethtrace.h):
 * `vt_scope`: the inodes of the namespaces in scope (keys; value 1).
 
 `Maps` holds the fds (from bcc's tables or from the cache's own maps);
-`configure` writes a run's settings, `add_scope` extends the scope while
-tracing (and forgets the per-CPU out-of-scope memo, which may name them).
+`configure` writes a run's settings (again, to change the VXLAN ports while
+tracing), `add_scope` extends the scope while tracing (and forgets the
+per-CPU out-of-scope memo, which may name them). More than VXLAN_MAX ports:
+the first ones are watched (the default first).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from vethtrace.collect import syscall as sc
 from vethtrace.collect.filter import Filter
 from vethtrace.errors import UserError
+from vethtrace.model import Topology
 
 VXLAN_DEFAULT = 4789  # IANA; always watched
 VXLAN_MAX = 8  # VT_VXLAN_MAX in vethtrace.h
@@ -51,6 +54,12 @@ class Maps:
         nsout = fds["vt_nsout"]
         return cls(fds["vt_cfg"], fds["vt_scope"], nsout, map_info(nsout).value_size,
                    possible_cpus())  # fmt: skip
+
+
+def vxlan_ports_of(topo: Topology) -> list[int]:
+    """The UDP ports of the VXLAN devices in a discovered topology (flannel's
+    8472, Cilium's 8472, ...), in discovery order."""
+    return [i.vxlan.port for ns in topo.namespaces for i in ns.interfaces if i.vxlan]
 
 
 def vxlan_ports(ports: list[int] | None) -> list[int]:

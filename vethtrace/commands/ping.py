@@ -274,6 +274,10 @@ def execute(
             stack.callback(_quietly, watch.stop)
             watch.start()
             coll, why = kernel_f.result() if kernel_f is not None else (collector, None)
+            if coll is not None and kernel_f is not None:  # VXLAN on the devices' ports
+                from vethtrace.collect.runcfg import vxlan_ports_of
+
+                coll.set_vxlan_ports(vxlan_ports_of(topo))
             timings["probes"] = time.monotonic() - t0
             if kernel_f is not None:  # our own compile, not a reused collector's
                 for k, v in (getattr(coll, "timings", None) or {}).items():

@@ -172,6 +172,11 @@ class Watch:
             if recreated and self.collector is not None:
                 self.collector.add_netns([ns.inode for ns in recreated])
                 self.inodes.update({ns.name: ns.inode for ns in recreated})
+            from vethtrace.collect.runcfg import vxlan_ports_of
+
+            ports = vxlan_ports_of(topo)  # a VXLAN device that appeared: decode its port
+            if self.collector is not None and set(ports) - set(self.collector.vxlan_ports or []):
+                self.collector.set_vxlan_ports(ports)
             with self.state.lock:
                 self.state.status = (
                     f"{', '.join(ns.name for ns in recreated)} re-created: traced again"
@@ -197,6 +202,7 @@ class Watch:
         from rich.live import Live
 
         from vethtrace.collect.bpf import BpfCollector
+        from vethtrace.collect.runcfg import vxlan_ports_of
 
         console = _screen_console()
         topo, findings = _discover(self.names)
@@ -207,8 +213,9 @@ class Watch:
         # BpfCollector.poll() reads at most POLL_BUDGET events: under a flood it
         # comes back, and what the ring cannot hold is counted as lost (shown).
         collector = self.collector = BpfCollector(
-            self.state.filter_text, netns_inodes=inodes, ringbuf_pages=self.ring_pages
-        )
+            self.state.filter_text, netns_inodes=inodes, ringbuf_pages=self.ring_pages,
+            vxlan_ports=vxlan_ports_of(topo),
+        )  # fmt: skip
         deadline = None if self.duration is None else time.monotonic() + self.duration
         session = self._nftrace_session(collector)
         events = threading.Thread(target=self._events, args=(collector, session), name="events")
