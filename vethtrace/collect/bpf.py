@@ -30,8 +30,11 @@ Contract:
   The filter, the namespaces and the ports are map data (collect/runcfg.py):
   a new filter or scope loads the cached programs instead of compiling;
   `add_netns(inodes)` extends a scope while tracing.
-* `start() -> Plan` compiles (bcc: ~0.5 s on an idle 2-CPU machine, 1-2 s
-  when it is busy; BTF facts come from a per-kernel cache) and attaches;
+* `start() -> Plan` loads the probes from the cache (progcache.py: tens of
+  ms; set-up prepares the commands' sets, collect/prepare.py) or compiles
+  them (bcc: ~1 s on an idle 2-CPU machine, several when it is busy; BTF
+  facts come from a per-kernel cache), writes this run's filter, scope and
+  VXLAN ports (runcfg.py) and attaches;
   raises UserError when not root, bcc missing, no headers or the compile
   fails. Events are only collected after start() returns. start() may run
   in a worker thread: ctypes releases the GIL while clang compiles, so other
