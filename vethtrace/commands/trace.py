@@ -173,11 +173,14 @@ def _nftrace_session(flt: Any, netns: list[str]) -> Any:
 
 def _vxlan_ports_later(collector: BpfCollector, netns: list[str]) -> None:
     """Decode VXLAN on the scope's VXLAN devices' ports too (flannel's 8472...):
-    the topology is discovered in the background, after the probes are
-    attached, and the ports are map data. Until then (or if discovery fails)
-    only 4789 is decoded."""
+    the topology is discovered in the background a second after the probes
+    are attached (its imports and netlink dumps would otherwise compete with
+    the first events for the interpreter: +0.2 s to the first one, measured),
+    and the ports are map data. Until then (or if discovery fails) only 4789
+    is decoded."""
 
     def work() -> None:
+        time.sleep(1.0)
         try:
             from vethtrace.collect.runcfg import VXLAN_DEFAULT, vxlan_ports_of
             from vethtrace.topology import discover

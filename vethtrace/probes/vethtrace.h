@@ -312,8 +312,8 @@ static __always_inline void vt_decode_l3(u8 *b, struct vt_pkt *p, char *l3)
  * then 46 bytes of frame from the MAC header when set (TX after
  * dev_queue_xmit, RX after eth_type_trans), else from the network header
  * (skbs dropped before getting one, e.g. from the ARP queue). Decoding
- * (vt_fields) is separate so the no-match exit computes only the fields the
- * filter uses: the compiler drops the rest. */
+ * (vt_fields) is separate: the filter's program (vt_decide) decodes the
+ * fields it may test, the event everything, both from the frame read once. */
 #define VT_SRC_MAC 1
 #define VT_SRC_NET 2
 
