@@ -1,5 +1,7 @@
 """The eBPF collector: compile the probes with bcc, attach per the plan, stream ProbeEvents.
 
+(A little over the ~400-line guide: about a third of it is this contract.)
+
 Usage (what `trace`, `ping` and `watch` build on)::
 
     with BpfCollector("arp or icmp", netns_inodes=[ino1, ino2]) as col:

@@ -26,7 +26,8 @@ The probes run the same program on each level (vethtrace.h, vt_skb_seen).
 
 The tree also evaluates in Python (`Filter.matches(PacketSummary)`), which
 sniffers reuse, and the program runs in Python too (`run`): the tests check
-the two agree.
+the two agree. (A little over the ~400-line guide: parser, program compiler
+and both evaluators stay together, since each must follow the others.)
 """
 
 from __future__ import annotations
