@@ -37,8 +37,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -190,6 +192,11 @@ VETHTRACE_RUNS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "vethtrace-otherns": ("", ("other",)),
     "vethtrace-match": (None, ()),
 }
+# --before DIR: a checkout of another revision (e.g. `git archive main`), whose
+# own consumer (its Python and its probes, which go together) runs the
+# "... (before)" conditions of the cost part
+BEFORE: list[Path] = []
+BEFORE_SUFFIX = " (before)"
 
 
 class Tracer:
@@ -204,12 +211,14 @@ class Tracer:
         if self.kind == "untraced":
             return
         if self.kind.startswith("vethtrace"):
-            flt, scope = VETHTRACE_RUNS[self.kind]
+            base = self.kind.removesuffix(BEFORE_SUFFIX)
+            script = BEFORE[0] / "bench" / "trace_bench.py" if base != self.kind else __file__
+            flt, scope = VETHTRACE_RUNS[base]
             if flt is None:
                 flt = f"{self.proto} port 5201"
             scope_args = [arg for key in scope for arg in ("-n", self.lab[key])]
             self.proc = subprocess.Popen(
-                [PY, __file__, "--consumer", flt, *scope_args],
+                [PY, str(script), "--consumer", flt, *scope_args],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -382,12 +391,16 @@ COST_HOOKS = {"bpftrace": f"{len(SAME_TRACEPOINTS)} tracepoints",
 
 
 def cost_table(lab: dict[str, str], seconds: int, pps: int, reps: int) -> dict[str, dict]:
-    """Medians over `reps` alternations of cost_per_packet, with the stats on."""
-    runs: dict[str, list[dict[str, float]]] = {k: [] for k in COST_KINDS}
+    """Medians over `reps` alternations of cost_per_packet, with the stats on
+    (with --before, its no-match conditions alternate with ours)."""
+    kinds = list(COST_KINDS)
+    if BEFORE:
+        kinds[2:2] = [k + BEFORE_SUFFIX for k in ("vethtrace-nonmatch", "vethtrace-otherns")]
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     stats_fd = enable_bpf_stats()
     try:
         for _ in range(reps):
-            for k in COST_KINDS:
+            for k in kinds:
                 runs[k].append(cost_per_packet(k, lab, seconds, pps))
                 print(f"# cost {k}: {runs[k][-1]}", file=sys.stderr)
     finally:
@@ -468,37 +481,74 @@ def header(args: argparse.Namespace) -> str:
     )
 
 
-def attach_time(kind: str, a: str, cache: str) -> float:
-    """Spawn -> first event for a sentinel ping from a (pings every 50 ms).
-    vethtrace keeps compiled probes and BTF facts in `cache` (VETHTRACE_CACHE):
-    empty on the first run, so that one compiles."""
+def _stamp_lines(proc: subprocess.Popen, t0: float, marks: dict[str, float]) -> None:
+    """Record when vethtrace says its probes are attached (stderr: the
+    "tracing…" line `trace` prints right after attaching) and its first event
+    (stdout: the first JSON line), relative to t0 (the spawn)."""
+
+    def pump(pipe: Any, key: str, test: Any) -> None:
+        for line in pipe:
+            if key not in marks and test(line):
+                marks[key] = time.monotonic() - t0
+        pipe.close()
+
+    threading.Thread(target=pump, args=(proc.stderr, "attached", lambda ln: "tracing" in ln),
+                     daemon=True).start()  # fmt: skip
+    threading.Thread(target=pump, args=(proc.stdout, "event", lambda ln: ln.startswith("{")),
+                     daemon=True).start()  # fmt: skip
+
+
+def vethtrace_cmd(before: bool) -> list[str]:
+    """The CLI of this checkout, or of --before's (its own code on sys.path first)."""
+    if not before:
+        return [VETHTRACE]
+    code = (f"import sys; sys.path.insert(0, {str(BEFORE[0])!r}); "
+            "from vethtrace.cli import main; sys.exit(main())")  # fmt: skip
+    return [PY, "-c", code]
+
+
+def attach_time(
+    kind: str, a: str, cache: str, args: list[str] | None = None, before: bool = False
+) -> tuple[float, float]:
+    """(spawn -> attached, spawn -> first event) for a sentinel ping from a
+    (pings every 50 ms); bpftrace: (nan, first event). vethtrace keeps compiled
+    probes and BTF facts in `cache` (VETHTRACE_CACHE)."""
     env = {**os.environ, "VETHTRACE_CACHE": cache}
     if kind == "vethtrace":
-        cmd = [VETHTRACE, "trace", "icmp", "-n", a, "--json"]
+        cmd = [*vethtrace_cmd(before), "trace", *(args or ["icmp", "-n", a]), "--json"]
     else:
         cmd = [
             "bpftrace",
             "-e",
             "tracepoint:net:net_dev_queue, tracepoint:net:netif_receive_skb, "
-            'tracepoint:skb:consume_skb /comm == "ping"/ { printf("event\\n"); exit(); }',
+            'tracepoint:skb:consume_skb /comm == "ping"/ { printf("{event\\n"); exit(); }',
         ]
+    marks: dict[str, float] = {}
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
+    _stamp_lines(proc, t0, marks)
     pinger = subprocess.Popen(
         ["ip", "netns", "exec", a, "ping", "-q", "-i", "0.05", "-W", "1", SERVER_IP],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        assert proc.stdout is not None
-        while True:
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{kind} exited without an event")
-            if line.startswith("{") or "event" in line:
-                return time.monotonic() - t0
+        deadline = time.monotonic() + 60
+        while "event" not in marks:
+            if proc.poll() is not None and "event" not in marks:
+                time.sleep(0.2)
+                if "event" not in marks:
+                    raise RuntimeError(f"{kind} exited without an event")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{kind}: no event within 60 s")
+            time.sleep(0.005)
+        if kind == "vethtrace":  # the stderr reader may lag the stdout one
+            wait_until = time.monotonic() + 2
+            while "attached" not in marks and time.monotonic() < wait_until:
+                time.sleep(0.005)
+        return marks.get("attached", float("nan")), marks["event"]
     finally:
         pinger.terminate()
         proc.send_signal(signal.SIGINT)
@@ -506,6 +556,58 @@ def attach_time(kind: str, a: str, cache: str) -> float:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def attach_table(names: dict[str, str], reps: int) -> dict[str, list[list[tuple[float, float]]]]:
+    """Per tracer, per condition, `reps` alternations of (attached, first event):
+    cold cache (compiles); after `doctor --prepare` on an empty cache, what
+    set-up leaves (a filter and scope that were never compiled); the same with
+    another filter and scope; that one again. With --before, its CLI alike,
+    except that it has no --prepare (its first run compiles)."""
+    a = names["a"]
+    runs = [
+        ["icmp", "-n", a],
+        ["icmp and host 10.0.0.2", "-n", a, "-n", names["b"]],
+        ["icmp and host 10.0.0.2", "-n", a, "-n", names["b"]],
+    ]
+    tracers = ["vethtrace"] + (["vethtrace (before)"] if BEFORE else []) + ["bpftrace"]
+    out: dict[str, list[list[tuple[float, float]]]] = {t: [[] for _ in range(4)] for t in tracers}
+    for _ in range(reps):
+        for t in tracers:
+            before = t.endswith(BEFORE_SUFFIX)
+            kind = t.removesuffix(BEFORE_SUFFIX)
+            with tempfile.TemporaryDirectory(prefix="vethtrace-cache-") as cold:
+                out[t][0].append(attach_time(kind, a, cold, runs[0], before))
+            with tempfile.TemporaryDirectory(prefix="vethtrace-cache-") as cache:
+                if kind == "vethtrace" and not before:
+                    sh(*vethtrace_cmd(False), "doctor", "--prepare",
+                       env={**os.environ, "VETHTRACE_CACHE": cache})  # fmt: skip
+                elif kind == "vethtrace":  # before: no --prepare; its first run compiles
+                    attach_time(kind, a, cache, ["icmp", "-n", names["b"]], before)
+                for i, args in enumerate(runs):
+                    out[t][i + 1].append(attach_time(kind, a, cache, args, before))
+            print(f"# attach {t}: {[c[-1] for c in out[t]]}", file=sys.stderr)
+    return out
+
+
+def print_attach(attach: dict[str, list[list[tuple[float, float]]]], reps: int) -> None:
+    print(
+        f"\n| tracer, median of {reps} | cold cache (compiles) | first run after set-up "
+        "(`doctor --prepare`), a new filter and scope | another filter and scope | "
+        "that one again |"
+    )
+    print("|---|---|---|---|---|")
+
+    def cell(xs: list[tuple[float, float]]) -> str:
+        att = statistics.median(x[0] for x in xs)
+        ev = statistics.median(x[1] for x in xs)
+        return (f"{att:.2f} s / " if att == att else "") + f"{ev:.2f} s"
+
+    for t, conds in attach.items():
+        print(f"| {t} | " + " | ".join(cell(c) for c in conds) + " |")
+    print("\n(vethtrace: spawn -> probes attached / spawn -> first event; bpftrace: "
+          "first event. --before's first column is its every new filter's cost, "
+          "its second: after a run with another filter, as set-up cannot prepare it)")
 
 
 def main() -> int:
@@ -530,10 +632,17 @@ def main() -> int:
         help="UDP packets/s for the lossless-capacity runs",
     )
     ap.add_argument("-n", action="append", default=[])
+    ap.add_argument("--attach-reps", type=int, default=3, help="alternations of the attach part")
+    ap.add_argument("--before", type=Path, metavar="DIR",
+                    help="a checkout of another revision: its probes and CLI run beside "
+                    "ours in the cost and attach parts (e.g. git archive main | tar -x -C DIR)")
     args = ap.parse_args()
     if args.floor:
         floor()
         return 0
+    if args.before:
+        BEFORE.append(args.before.resolve())
+    print(f"# load average at the start: {os.getloadavg()}", file=sys.stderr)
     if args.consumer is not None:
         consumer(args.consumer, args.n)
         return 0
@@ -557,7 +666,7 @@ def main() -> int:
     results: dict[tuple[str, str], list[float]] = {}
     extra: dict[tuple[str, str], list[dict[str, float]]] = {}
     capacity: list[tuple[int, float, float, int]] = []
-    attach: dict[str, list[float]] = {}
+    attach: dict[str, list[list[tuple[float, float]]]] = {}
     try:
         if "throughput" in parts:
             for proto in ("tcp", "udp"):
@@ -592,11 +701,7 @@ def main() -> int:
         if "maps" in parts:
             maps = map_table(names, args.seconds, args.pps, args.reps)
         if "attach" in parts:
-            with tempfile.TemporaryDirectory(prefix="vethtrace-cache-") as cache:
-                attach = {
-                    k: [attach_time(k, names["a"], cache) for _ in range(3)]
-                    for k in ("vethtrace", "bpftrace")
-                }
+            attach = attach_table(names, args.attach_reps)
     finally:
         server.terminate()
         server.wait()
@@ -616,10 +721,7 @@ def main() -> int:
     if "maps" in parts:
         print_maps(maps, args.seconds, args.pps, args.reps)
     if attach:
-        print("\n| tracer | start -> first event, 1st run (empty cache) | 2nd (cached) | 3rd |")
-        print("|---|---|---|---|")
-        for k, times in attach.items():
-            print(f"| {k} | " + " | ".join(f"{t:.2f} s" for t in times) + " |")
+        print_attach(attach, args.attach_reps)
     return 0
 
 

@@ -111,3 +111,11 @@ if [ ! -e "$stamp" ]; then
     rm -f "$VENV"/.installed-*; touch "$stamp"
 fi
 ln -sf "$VENV/bin/vethtrace" /usr/local/bin/vethtrace
+
+# The probe sets trace/watch, ping and record use, compiled once into the probe
+# cache (/var/cache/vethtrace): the filter and the -n scope are map data, so the
+# first command starts without bcc's ~1 s compile whatever its filter.
+# Idempotent: a set already cached only loads (well under a second).
+if ! "$VENV/bin/vethtrace" doctor --prepare >&2; then
+    say "probe sets not prepared (vethtrace doctor --prepare failed): commands compile on first use"
+fi

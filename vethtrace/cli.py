@@ -124,7 +124,8 @@ EXAMPLES = {
   vethtrace nftrace cleanup --all-namespaces   look in every namespace""",
     "doctor": """\
   vethtrace doctor                        the checks and the probe plan, as a table
-  vethtrace doctor --json | jq .tracing_possible""",
+  vethtrace doctor --json | jq .tracing_possible
+  vethtrace doctor --prepare              compile the probe sets into the cache (set-up)""",
 }
 
 LAB_UP_HELP = """\
@@ -383,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "doctor", "what this machine lets vethtrace see")
     _json_opt(p, "the checks and the probe plan as JSON")
+    p.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only compile the probe sets the commands use into the cache (set-up runs it)",
+    )
     return parser
 
 

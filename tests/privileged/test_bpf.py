@@ -19,7 +19,8 @@ import pytest
 
 from tests.bpf_progs import held_prog_ids, loaded_prog_ids
 from tests.labs import built_lab
-from vethtrace.collect.bpf import BpfCollector, compile_only
+from vethtrace.collect.bpf import BpfCollector
+from vethtrace.collect.prepare import compile_only
 from vethtrace.model import ProbeEvent
 from vethtrace.netns import inode_of
 
@@ -206,7 +207,6 @@ def test_programs_compile_for_older_kernels() -> None:
     location before 6.3, neighbour tracepoints, a bridge module's BTF), the
     programs still compile and load: such tracepoints are left out, not fatal."""
     from vethtrace.collect import headers, kfacts, source
-    from vethtrace.collect.filter import compile_filter
 
     headers.prepare()
     from bcc import BPF
@@ -217,7 +217,7 @@ def test_programs_compile_for_older_kernels() -> None:
     old = {k: v for k, v in consts.items() if not k.startswith(optional)}
     assert len(old) < len(consts) and "VT_HAVE_KFREE_SKB" in old
     src = source.build_source(source.AREAS, None)
-    b = BPF(text=src.encode(), cflags=source.cflags(old, compile_filter("arp"), None, True))
+    b = BPF(text=src.encode(), cflags=source.cflags(old, True))
     try:
         assert b.num_open_kprobes() == 0  # nothing but raw tracepoints
     finally:

@@ -94,3 +94,52 @@ def test_inner_icmp_seen_in_the_tunnel_with_vni(prefix: str, flt: str) -> None:
     first_vx = order.index("vxlan0")
     assert hops.index(marked[0]) > first_vx  # encapsulated after node-a's vxlan0
     assert any(h.interface == "vxlan0" for h in hops[hops.index(marked[-1]):])  # decapsulated
+
+
+def _trace_ping_ports(lab, flt: str, src: str, dst_ip: str, ports: list[int]) -> list[ProbeEvent]:
+    inodes = [inode_of(ns) for ns in lab.namespaces]
+    events: list[ProbeEvent] = []
+    with BpfCollector(flt, netns_inodes=inodes, vxlan_ports=ports) as col:
+        col.start()
+        subprocess.run(["ip", "netns", "exec", src, "ping", "-n", "-q", "-c1", "-W2",
+                        dst_ip], capture_output=True, check=False)  # fmt: skip
+        time.sleep(0.3)
+        events += col.poll(100) + col.drain()
+    return events
+
+
+def test_vxlan_on_a_non_default_port(prefix: str, tmp_path) -> None:
+    """The overlay on flannel's UDP 8472: the VXLAN ports are map data filled
+    from the discovered devices, so the inner ping is decoded there and the
+    inner filter selects the tunnelled datagrams; with only the default port
+    they stay plain UDP to 8472, which `icmp` does not select."""
+    from vethtrace.collect.runcfg import vxlan_ports_of
+    from vethtrace.lab.scenario import shipped_dir
+    from vethtrace.topology import discover
+
+    text = (shipped_dir() / "overlay-vxlan.toml").read_text()
+    assert text.count("dstport = 4789") == 2
+    variant = tmp_path / "overlay-vxlan-8472.toml"
+    variant.write_text(text.replace('name = "overlay-vxlan"', 'name = "overlay-vxlan-8472"')
+                       .replace("dstport = 4789", "dstport = 8472"))  # fmt: skip
+    with built_lab(str(variant), prefix) as lab:
+        pod_a, node_a, node_b = (lab.ns(n) for n in ("pod-a", "node-a", "node-b"))
+        assert _vxlan(node_a)["port"] == 8472
+        pod_b_ip = _addr(lab.ns("pod-b"), "eth0")
+        ports = vxlan_ports_of(discover(list(lab.namespaces)))
+        assert ports == [8472, 8472]
+        decoded = _trace_ping_ports(lab, "icmp", pod_a, pod_b_ip, ports)
+        default_only = _trace_ping_ports(lab, "icmp", pod_a, pod_b_ip, [])
+        underlay = {inode_of(node_a), inode_of(node_b), inode_of(lab.ns("underlay"))}
+        node_b_ino = inode_of(node_b)
+        vteps = {_addr(node_a, "eth0"), _addr(node_b, "eth0")}
+
+    enc = [e for e in decoded if e.packet and e.packet.encap]
+    assert enc and all(e.packet.encap.dport == 8472 and e.packet.encap.dst in vteps  # type: ignore[union-attr]
+                       and e.packet.icmp_type in (0, 8) for e in enc)  # fmt: skip
+    assert {e.netns for e in enc} <= underlay
+    assert any(e.ifname == "eth0" and e.netns == node_b_ino for e in enc)
+    # the default port alone: no VXLAN decoded, and `icmp` sees no tunnelled datagram
+    assert not [e for e in default_only if e.packet and e.packet.encap]
+    assert not [e for e in default_only if e.packet and e.packet.ip_proto == 17]
+    assert [e for e in default_only if e.packet and e.packet.icmp_type == 8]  # the plain hops

@@ -1,5 +1,7 @@
 """The eBPF collector: compile the probes with bcc, attach per the plan, stream ProbeEvents.
 
+(A little over the ~400-line guide: about a third of it is this contract.)
+
 Usage (what `trace`, `ping` and `watch` build on)::
 
     with BpfCollector("arp or icmp", netns_inodes=[ino1, ino2]) as col:
@@ -25,8 +27,16 @@ Contract:
   kprobe/fentry trials and programs. `perf_buffer=True` forces the perf
   buffer (the delivery used where the kernel has no BPF ring buffer).
   `without=("consume_skb",)` leaves those tracepoints of the areas unattached.
-* `start() -> Plan` compiles (bcc: ~0.5 s on an idle 2-CPU machine, 1-2 s
-  when it is busy; BTF facts come from a per-kernel cache) and attaches;
+  `vxlan_ports`: UDP ports whose datagrams are decoded as VXLAN besides 4789
+  (the topology's devices: `runcfg.vxlan_ports_of`; `set_vxlan_ports` later).
+  The filter, the namespaces and the ports are map data (collect/runcfg.py):
+  a new filter or scope loads the cached programs instead of compiling;
+  `add_netns(inodes)` extends a scope while tracing.
+* `start() -> Plan` loads the probes from the cache (progcache.py: tens of
+  ms; set-up prepares the commands' sets, collect/prepare.py) or compiles
+  them (bcc: ~1 s on an idle 2-CPU machine, several when it is busy; BTF
+  facts come from a per-kernel cache), writes this run's filter, scope and
+  VXLAN ports (runcfg.py) and attaches;
   raises UserError when not root, bcc missing, no headers or the compile
   fails. Events are only collected after start() returns. start() may run
   in a worker thread: ctypes releases the GIL while clang compiles, so other
@@ -92,11 +102,11 @@ from typing import Any
 from vethtrace.collect import btf as btfmod
 from vethtrace.collect import headers as headersmod
 from vethtrace.collect import plan as planmod
-from vethtrace.collect import progcache
+from vethtrace.collect import progcache, runcfg
 from vethtrace.collect.events import Decoder, Layout, contract
 from vethtrace.collect.filter import compile_filter
 from vethtrace.collect.kallsyms import Kallsyms
-from vethtrace.collect.kfacts import FUNCTION_PARAMS, drop_reason_tables, kernel_constants
+from vethtrace.collect.kfacts import drop_reason_tables, kernel_constants
 from vethtrace.collect.ringbuf import RingReader
 from vethtrace.collect.source import build_source, cflags
 from vethtrace.errors import UserError
@@ -104,30 +114,6 @@ from vethtrace.model import ProbeEvent
 
 AREAS = planmod.AREAS
 _ts = operator.attrgetter("ts_ns")
-
-
-def compile_only(
-    areas: tuple[str, ...] | list[str] = AREAS, function_mech: str | None = None
-) -> float:
-    """Compile (and load nothing beyond what bcc autoloads) for tests/doctor; seconds.
-
-    With function_mech="kprobe" the kprobe programs are compiled and loaded into
-    the kernel as BPF_PROG_TYPE_KPROBE (they attach nowhere)."""
-    headersmod.prepare()
-    from bcc import BPF
-
-    consts = kernel_constants(functions=function_mech is not None)
-    src = build_source(areas, function_mech)
-    t0 = time.monotonic()
-    b = BPF(text=src.encode(), cflags=cflags(consts, compile_filter(""), None, True, function_mech))
-    try:
-        if function_mech == "kprobe":
-            for func in FUNCTION_PARAMS:
-                if any(k.startswith(f"VT_KARG_{func.upper()}_") for k in consts):
-                    b.load_func(f"vt_kp_{func}".encode(), BPF.KPROBE)
-        return time.monotonic() - t0
-    finally:
-        b.cleanup()
 
 
 # --- the collector -----------------------------------------------------------------
@@ -148,13 +134,17 @@ class BpfCollector:
         ringbuf_pages: int = 2048,
         perf_buffer: bool = False,
         without: tuple[str, ...] = (),
+        vxlan_ports: list[int] | None = None,  # UDP ports decoded as VXLAN besides 4789
     ) -> None:
         self.filter = compile_filter(filter_expr)
+        self.filter.program_bytes()  # too long for the probes: fails here, like a bad filter
+        self.vxlan_ports = vxlan_ports
         # Tracepoints of the chosen areas not to attach (the flight recorder wants
         # kfree_skb without consume_skb, which fires for every packet delivered).
         self.without = {f"VT_HAVE_{tp.upper()}" for tp in without}
         contract()  # vethtrace.h read now: without the probes this fails here, like a bad filter
         self.netns_inodes = list(netns_inodes) if netns_inodes is not None else None
+        runcfg.check_scope(self.netns_inodes)
         unknown = [a for a in areas if a not in AREAS]
         if unknown:
             raise UserError(f"unknown probe area(s) {unknown}; choose from {list(AREAS)}")
@@ -170,7 +160,9 @@ class BpfCollector:
         self._decoder: Decoder | None = None  # once start() knows the layout
         self._ring: RingReader | None = None
         self._cached: progcache.Loaded | None = None  # programs loaded from the cache
+        self._maps: runcfg.Maps | None = None  # the run's settings (collect/runcfg.py)
         self.from_cache = False
+        self.cacheable = False  # the plan's programs go in the probe cache (known at start())
         self._error: Exception | None = None
         self._lost_kept = 0  # perf buffer losses; after close() also the ring's count
         self._kallsyms = Kallsyms()
@@ -212,12 +204,19 @@ class BpfCollector:
         # skbs are freed: the free hooks are needed even without drop events
         forget = self.filter.active and "drop" not in self.areas
         src = build_source((*self.areas, "drop") if forget else self.areas, fmech)
-        flags = cflags(consts, self.filter, self.netns_inodes, ringbuf, fmech, self.ringbuf_pages)
+        flags = cflags(consts, ringbuf, fmech, self.ringbuf_pages)
         flags += ["-DVT_FORGET_ONLY"] if forget else []
         t1 = time.monotonic()
-        # the cache holds raw tracepoint programs on a ring buffer: this kernel's plan
-        cache_key = progcache.key(src, [*flags, hdr.label]) if ringbuf and not fmech else None
-        self._cached = progcache.load(cache_key) if cache_key else None
+        # The cache holds raw tracepoint programs on a ring buffer (this kernel's
+        # plan). Its key has no filter or scope (map data) and no ring size
+        # (the map is made at load): one compiled set serves every run.
+        cache_key = None
+        self.cacheable = ringbuf and not fmech
+        if self.cacheable:
+            cache_key = progcache.key(src, [*progcache.sizeless(flags), hdr.label])
+        self._cached = (
+            progcache.load(cache_key, self.ringbuf_pages, self._configure) if cache_key else None
+        )
         if self._cached is not None:
             layout = Layout(self._cached.layout)
             events_fd = self._cached.map_fd("vt_events")
@@ -229,15 +228,36 @@ class BpfCollector:
             if cache_key:
                 progcache.store(cache_key, self._bpf, spec)
             events_fd = table.map_fd
+            self._configure({n: self._bpf[n.encode()].map_fd for n in runcfg.MAP_NAMES})
             if not ringbuf:
                 table.open_perf_buffer(self._on_event, page_cnt=256, lost_cb=self._on_lost)
-        self._decoder = Decoder(layout, reasons, subsys, self._kallsyms)
+        keep = self.filter.keeps_neighbour if self.filter.active else None
+        self._decoder = Decoder(layout, reasons, subsys, self._kallsyms, keep)
         if ringbuf:
             self._ring = RingReader(events_fd, self.ringbuf_pages * mmap.PAGESIZE)
         self.timings["compile_attach"] = time.monotonic() - t1
         self.from_cache = self._cached is not None
         self.plan = plan
         return plan
+
+    def _configure(self, fds: dict[str, int]) -> None:
+        """Tell the probes this run's filter, scope and VXLAN ports (map data)."""
+        self._maps = runcfg.Maps.of(fds)
+        runcfg.configure(self._maps, self.filter, self.netns_inodes, self.vxlan_ports)
+
+    def set_vxlan_ports(self, ports: list[int]) -> None:
+        """The UDP ports VXLAN is decoded on (4789 always), e.g. once the
+        topology's VXLAN devices are known (runcfg.vxlan_ports_of): map data."""
+        self.vxlan_ports = list(ports)
+        if self._maps is not None:
+            runcfg.configure(self._maps, self.filter, self.netns_inodes, self.vxlan_ports)
+
+    def add_netns(self, inodes: list[int]) -> None:
+        """Extend a -n scope while tracing (a namespace that appeared): map
+        data, no recompile. Without a scope everything is traced already."""
+        if self._maps is not None and self.netns_inodes is not None:
+            runcfg.add_scope(self._maps, inodes)
+            self.netns_inodes += [i for i in inodes if i not in self.netns_inodes]
 
     def _compile(
         self,
@@ -257,6 +277,9 @@ class BpfCollector:
             ) from None
         try:
             self._bpf = BPF(text=src.encode(), cflags=flags)  # autoloads + attaches raw tracepoints
+            for name, (array, index) in progcache.TAIL_PROGRAMS.items():
+                fn = self._bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
+                self._bpf[array.encode()][ctypes.c_int(index)] = ctypes.c_int(fn.fd)
             if fmech == "kprobe":
                 self._attach_kprobes(consts, plan)
         except Exception as exc:
@@ -312,7 +335,9 @@ class BpfCollector:
             dec = self._decoder
             assert dec is not None
             buf = ctypes.string_at(data, dec.layout.size)
-            self._pending.append(dec.event((0, *dec.layout.hot(buf)), buf, 0))
+            ev = dec.event((0, *dec.layout.hot(buf)), buf, 0)
+            if ev is not None:
+                self._pending.append(ev)
         except Exception as exc:  # ctypes would print and swallow it; poll() re-raises
             self._error = self._error or exc
 
@@ -349,7 +374,11 @@ class BpfCollector:
             return None  # every program submits a whole struct vt_event
 
         lay = dec.layout
-        self._pending += ring.read(lay.ring, lay.size, budget, dec.event, other)
+        got = ring.read(lay.ring, lay.size, budget, dec.event, other)
+        if dec.dropped:  # neighbour events the filter does not keep (rare)
+            got = [e for e in got if e is not None]
+            dec.dropped = 0
+        self._pending += got  # type: ignore[arg-type]
 
     def _release(self, upto: int | None) -> list[ProbeEvent]:
         """Events up to `upto` ns (all when None), sorted; the rest stay pending.
@@ -367,6 +396,7 @@ class BpfCollector:
 
     def close(self) -> None:
         self._lost_kept += self._ring_lost()  # the count outlives the maps
+        self._maps = None
         if self._ring is not None:
             ring, self._ring = self._ring, None
             ring.close()

@@ -20,6 +20,7 @@ import functools
 import re
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from vethtrace.collect.kallsyms import Kallsyms
@@ -215,7 +216,13 @@ _MISSING: Any = object()
 
 class Decoder:
     """Records of one compiled layout -> ProbeEvents. Interface names, packet
-    headers and drop reason names are decoded once and looked up after."""
+    headers and drop reason names are decoded once and looked up after.
+
+    `keep_neigh(family, key)`: whether the packet filter keeps a neighbour
+    event (the probes report them all: they are rare, and the filter's loop
+    in each of the five neighbour programs cost more verification time than
+    every other probe together); `event` returns None for one it does not
+    keep and counts it in `dropped`."""
 
     def __init__(
         self,
@@ -223,7 +230,10 @@ class Decoder:
         reasons: dict[int, str],
         subsys: dict[int, str],
         kallsyms: Kallsyms,
+        keep_neigh: Callable[[int, bytes], bool] | None = None,
     ) -> None:
+        self.keep_neigh = keep_neigh
+        self.dropped = 0
         self.layout = layout
         self.contract = contract()
         self._reasons = reasons
@@ -251,7 +261,7 @@ class Decoder:
         pkt = cache[raw] = _packet(r, self.contract) if r.pkt_flags else None
         return pkt
 
-    def event(self, row: Any, buf: Any, off: int) -> ProbeEvent:
+    def event(self, row: Any, buf: Any, off: int) -> ProbeEvent | None:
         """One event from a ring record's row (header, then the `Layout.HOT`
         fields); `buf` at `off` holds the whole record, read only for neighbour
         and fdb events. The hot path of a flood: every name is a local, every
@@ -295,6 +305,9 @@ class Decoder:
         r = self.layout.full(buf, off)
         if point in c.neigh:
             key = r.key
+            if self.keep_neigh is not None and not self.keep_neigh(r.family, key):
+                self.dropped += 1
+                return None
             addr = (
                 socket.inet_ntop(socket.AF_INET6, key)
                 if r.family == socket.AF_INET6

@@ -1,32 +1,40 @@
-"""A pcap-filter subset compiled to a C expression evaluated inside the BPF probes.
+"""A pcap-filter subset compiled to a small jump program the BPF probes interpret.
 
 Why not libpcap's BPF bytecode: our probes see an sk_buff, not a linear
 packet buffer at a fixed offset, and decode the headers once into a small
-struct (vethtrace/probes/vethtrace.h `struct vt_pkt`). Filtering over that struct is a
-handful of comparisons, so traffic that does not match costs almost nothing.
+struct (vethtrace/probes/vethtrace.h `struct vt_pkt`). The program tests
+that struct's fields, libpcap-style: each instruction `(field & mask) ==
+want`, then jump (forward only) to the next test or to ACCEPT/REJECT, in the
+order the expression's short-circuits take, so traffic that does not match
+costs a few steps. Why a program in a map and not C compiled in: the
+probes are compiled once (at set-up, cached) and serve every filter; a new
+filter is a map write, not a 1 s compile (`Filter.program_bytes`, written by
+collect/bpf.py before anything is reported).
 
 Supported (as tcpdump): `arp`, `ip`, `icmp`, `tcp`, `udp`, `[src|dst] host A`,
 `[src|dst] net A/N`, `[src|dst] port N`, a bare address (= host), `tcp port N`
 style protocol qualifiers, value lists inheriting the last qualifier
 (`port 80 or 443`), `and`/`&&`, `or`/`||`, `not`/`!`, parentheses. `host`
 matches ARP sender/target addresses too, like tcpdump. Anything else is a
-UserError naming the unsupported part.
+UserError naming the unsupported part; so is a filter longer than MAX tests.
 
-Tunnels: a VXLAN datagram (IPv4/UDP to port 4789 with a VXLAN header)
+Tunnels: a VXLAN datagram (IPv4/UDP to a VXLAN port with a VXLAN header)
 matches when its outer headers OR the frame it carries match, so
 `icmp and host 10.244.1.2` follows a pod's ping into the tunnel and across
 the underlay, and `udp port 4789` still selects the tunnel traffic itself.
-The probes evaluate the same expression on each level (vethtrace.h,
-vt_skb_seen).
+The probes run the same program on each level (vethtrace.h, vt_skb_seen).
 
-The same tree also evaluates in Python (`Filter.matches(PacketSummary)`), which
-the tests use to check the C against, and which sniffers may reuse.
+The tree also evaluates in Python (`Filter.matches(PacketSummary)`), which
+sniffers reuse, and the program runs in Python too (`run`): the tests check
+the two agree. (A little over the ~400-line guide: parser, program compiler
+and both evaluators stay together, since each must follow the others.)
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import struct
 from dataclasses import dataclass
 
 from vethtrace.errors import UserError
@@ -167,57 +175,133 @@ def _le32(addr: str) -> int:
     return int.from_bytes(ipaddress.IPv4Address(addr).packed, "little")
 
 
-def _c(node: Node) -> str:
+# --- the filter as a jump program (what the probes run) -------------------------
+#
+# One instruction: take field `field` of struct vt_pkt, test
+# (value & mask) == want, go to jt when true, jf when false. Targets are
+# instruction indexes, always forward, or ACCEPT/REJECT, so the probes' loop
+# over at most MAX steps ends. The field ids, ACCEPT/REJECT and MAX reach the C
+# as -D flags (DEFINES): this module is their one home.
+
+FIELDS = ("ethertype", "ip_proto", "saddr", "daddr", "sport", "dport", "flags")
+MAX = 64  # instructions; the probes' loop bound (verifier time grows with it)
+ACCEPT, REJECT = 0xFFFE, 0xFFFF
+INSN = struct.Struct("<BBHHHII")  # field, pad, jt, jf, pad, mask, want (struct vt_insn)
+L3_FLAG, L4_FLAG = 2, 4  # VT_PKT_L3, VT_PKT_L4 in vethtrace.h: addresses, ports valid
+DEFINES = {"VT_FLT_MAX": MAX, "VT_FLT_ACCEPT": ACCEPT, "VT_FLT_REJECT": REJECT,
+           **{f"VT_FLD_{name.upper()}": i for i, name in enumerate(FIELDS)}}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Insn:
+    field: int
+    jt: int
+    jf: int
+    mask: int
+    want: int
+
+
+def _eq(field: str, want: int, mask: int = 0xFFFFFFFF) -> Node:
+    return Node("test", (FIELDS.index(field), mask, want & mask))
+
+
+def _any(*nodes: Node) -> Node:
+    out = nodes[0]
+    for n in nodes[1:]:
+        out = Node("or", (out, n))
+    return out
+
+
+def _all(*nodes: Node) -> Node:
+    out = nodes[0]
+    for n in nodes[1:]:
+        out = Node("and", (out, n))
+    return out
+
+
+def _lower(node: Node) -> Node:
+    """The parse tree in terms of field tests, in the order (and so with the
+    short-circuits) the C expression had: ethertype first, then the rest."""
     op, a = node.op, node.args
     if op == "true":
-        return "1"
-    if op == "and":
-        return f"({_c(a[0])} && {_c(a[1])})"
-    if op == "or":
-        return f"({_c(a[0])} || {_c(a[1])})"
+        return Node("test", (0, 0, 0))  # (x & 0) == 0: always
+    if op in ("and", "or"):
+        return Node(op, (_lower(a[0]), _lower(a[1])))
     if op == "not":
-        return f"(!{_c(a[0])})"
-    ip = "(p)->ethertype == 0x0800"
-    addr_ok = "((p)->ethertype == 0x0800 || (p)->ethertype == 0x0806)"
+        return Node("not", (_lower(a[0]),))
+    ip = _eq("ethertype", 0x0800)
     if op == "proto":
-        return {
-            "arp": "((p)->ethertype == 0x0806)",
-            "ip": f"({ip})",
-            "icmp": f"({ip} && (p)->ip_proto == 1)",
-            "tcp": f"({ip} && (p)->ip_proto == 6)",
-            "udp": f"({ip} && (p)->ip_proto == 17)",
-        }[a[0]]
+        if a[0] == "arp":
+            return _eq("ethertype", 0x0806)
+        if a[0] == "ip":
+            return ip
+        return _all(ip, _eq("ip_proto", {"icmp": 1, "tcp": 6, "udp": 17}[a[0]]))
     direction = a[0]
-    fields = {"src": ["saddr"], "dst": ["daddr"], None: ["saddr", "daddr"]}[direction]
+    if op == "port":
+        names = {"src": ["sport"], "dst": ["dport"], None: ["sport", "dport"]}[direction]
+        l4 = _eq("flags", L4_FLAG, L4_FLAG)
+        tcp_udp = _any(_eq("ip_proto", 6), _eq("ip_proto", 17))
+        return _all(ip, l4, tcp_udp, _any(*(_eq(f, a[1]) for f in names)))
+    names = {"src": ["saddr"], "dst": ["daddr"], None: ["saddr", "daddr"]}[direction]
+    addr_ok = _any(ip, _eq("ethertype", 0x0806))
     if op == "host":
-        v = _le32(a[1])
-        tests = " || ".join(f"(p)->{f} == {v:#x}u" for f in fields)
-        return f"({addr_ok} && ({tests}))"
+        return _all(addr_ok, _any(*(_eq(f, _le32(a[1])) for f in names)))
     if op == "net":
         mask = _le32(str(ipaddress.IPv4Network(f"0.0.0.0/{a[2]}").netmask))
-        v = _le32(a[1]) & mask
-        tests = " || ".join(f"((p)->{f} & {mask:#x}u) == {v:#x}u" for f in fields)
-        return f"({addr_ok} && ({tests}))"
-    if op == "port":
-        pfields = {"src": ["sport"], "dst": ["dport"], None: ["sport", "dport"]}[direction]
-        tests = " || ".join(f"(p)->{f} == {a[1]}" for f in pfields)
-        l4 = "((p)->flags & VT_PKT_L4) && ((p)->ip_proto == 6 || (p)->ip_proto == 17)"
-        return f"({ip} && {l4} && ({tests}))"
+        return _all(addr_ok, _any(*(_eq(f, _le32(a[1]), mask) for f in names)))
     raise AssertionError(op)
 
 
-def _empty(node: Node) -> bool:
-    """The filter's value when every primitive is false (see Filter.matches_empty)."""
-    op, a = node.op, node.args
-    if op == "true":
-        return True
-    if op == "and":
-        return _empty(a[0]) and _empty(a[1])
-    if op == "or":
-        return _empty(a[0]) or _empty(a[1])
-    if op == "not":
-        return not _empty(a[0])
-    return False  # proto, host, net, port all need an ethertype
+class _Emitter:
+    """Code for a lowered tree: `emit(node, t, f)` appends instructions that go
+    to t when node is true, f when false. The second operand of and/or starts
+    at a label (a negative number until resolved); everything it jumps to comes
+    later, so every jump is forward."""
+
+    def __init__(self) -> None:
+        self.code: list[list[int]] = []
+        self.at: dict[int, int] = {}
+
+    def emit(self, node: Node, t: int, f: int) -> None:
+        op, a = node.op, node.args
+        if op == "test":
+            field, mask, want = a
+            self.code.append([field, t, f, mask, want])
+        elif op == "not":
+            self.emit(a[0], f, t)
+        else:
+            label = -len(self.at) - 1
+            self.at[label] = -1
+            self.emit(a[0], *((label, f) if op == "and" else (t, label)))
+            self.at[label] = len(self.code)
+            self.emit(a[1], t, f)
+
+    def resolved(self) -> tuple[Insn, ...]:
+        out = []
+        for i, (field, t, f, mask, want) in enumerate(self.code):
+            t, f = self.at.get(t, t), self.at.get(f, f)
+            assert t > i and f > i, "jumps go forward"
+            out.append(Insn(field, t, f, mask, want))
+        return tuple(out)
+
+
+def program(tree: Node) -> tuple[Insn, ...]:
+    """The jump program for a parse tree (see Filter.program)."""
+    em = _Emitter()
+    em.emit(_lower(tree), ACCEPT, REJECT)
+    return em.resolved()
+
+
+def run(prog: tuple[Insn, ...], fields: tuple[int, ...]) -> bool:
+    """The probes' interpreter (vethtrace.h, vt_run) in Python: `fields` are
+    struct vt_pkt's values in FIELDS order."""
+    pc = 0
+    for _ in range(MAX):
+        if pc >= len(prog):
+            break
+        ins = prog[pc]
+        pc = ins.jt if fields[ins.field] & ins.mask == ins.want else ins.jf
+    return pc == ACCEPT
 
 
 def _ethertype(pkt: PacketSummary) -> int | None:
@@ -270,17 +354,37 @@ class Filter:
     def active(self) -> bool:
         return self.tree.op != "true"
 
-    def to_c(self) -> str:
-        """C expression over `p` (struct vt_pkt *), for `#define VT_FILTER(p)`."""
-        return _c(self.tree)
+    @property
+    def program(self) -> tuple[Insn, ...]:
+        """The jump program the probes run (vethtrace.h, vt_run); a filter
+        longer than MAX instructions is a UserError."""
+        prog = program(self.tree)
+        if len(prog) > MAX:
+            raise UserError(
+                f"filter {self.text!r} is too long for the probes: {len(prog)} tests, "
+                f"at most {MAX}"
+            )
+        return prog
+
+    def program_bytes(self) -> bytes:
+        """The program as the probes' map holds it (struct vt_insn[MAX])."""
+        prog = self.program
+        raw = b"".join(INSN.pack(i.field, 0, i.jt, i.jf, 0, i.mask, i.want) for i in prog)
+        return raw + bytes(INSN.size * (MAX - len(prog)))
 
     @property
     def matches_empty(self) -> bool:
-        """Whether the C expression is true for a packet with nothing decoded
-        (struct vt_pkt all zero: no ethertype, so every primitive is false).
-        When not, the probes drop skbs without a protocol before any further
-        read (VT_FILTER_EMPTY=0)."""
-        return _empty(self.tree)
+        """Whether the program accepts a packet with nothing decoded (struct
+        vt_pkt all zero). When not, the probes drop skbs without a protocol
+        before any further read."""
+        return run(self.program, (0,) * len(FIELDS))
+
+    def keeps_neighbour(self, family: int, key: bytes) -> bool:
+        """A neighbour event is matched as an ARP packet about its address
+        (sender = target = the address; IPv6 entries have none): `arp`,
+        `host A`, `net A/N` keep it, `icmp`, `tcp`, `port N` drop it."""
+        addr = int.from_bytes(key[:4], "little") if family == 2 else 0  # AF_INET
+        return run(self.program, (0x0806, 0, addr, addr, 0, 0, L3_FLAG))
 
     def matches(self, pkt: PacketSummary) -> bool:
         """As the probes decide: a tunnelled frame matches by the frame it

@@ -2,9 +2,14 @@
 
 bcc runs clang on every start (about 0.5 s on an idle machine, 1-4 s on a busy
 one) and keeps nothing. What it produces depends only on the source text, the
--D flags (BTF offsets, the compiled filter, the namespaces) and the kernel and
-compiler, so after a compile we save the program bytes, the maps they refer
-to and the event layout under a hash of those. The next start with the same
+-D flags (BTF offsets, delivery) and the kernel and compiler, so after a
+compile we save the program bytes, the maps they refer to and the event
+layout under a hash of those. The packet filter, the -n namespaces and the
+VXLAN ports are map data written before the programs attach
+(collect/runcfg.py), and the ring buffer's size is set when its map is made
+here: none of them is in the key, so the few sets trace, ping, watch and
+record use are compiled once (`vethtrace doctor --prepare`, run by
+scripts/setup.sh) and every later run loads them. The next start with the same
 key creates the maps, loads the programs and attaches them itself through
 bpf(2), in milliseconds. The kernel's verifier checks the programs again on
 every load, exactly as when bcc loads them.
@@ -22,9 +27,10 @@ import ctypes
 import hashlib
 import importlib.util
 import json
+import mmap
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +38,10 @@ from typing import Any
 from vethtrace.collect import syscall as sc
 from vethtrace.collect.kcache import CACHE_DIR, save_json
 
-VERSION = 1
+VERSION = 2
 PREFIX = b"raw_tracepoint__"  # bcc's name for RAW_TRACEPOINT_PROBE(tp) functions
+# programs entered by tail call, not attached: name -> (program array, index)
+TAIL_PROGRAMS = {"vt_decide": ("vt_progs", 0)}
 
 
 def _addr(buf: ctypes.Array[ctypes.c_char]) -> int:
@@ -50,6 +58,11 @@ def key(source: str, cflags: list[str]) -> str:
     for flag in cflags:
         h.update(flag.encode() + b"\0")
     return h.hexdigest()[:20]
+
+
+def sizeless(flags: list[str]) -> list[str]:
+    """The flags without the ring buffer's size, which `load` sets."""
+    return [f for f in flags if not f.startswith("-DVT_RINGBUF_PAGES=")]
 
 
 def _compiler() -> str:
@@ -78,7 +91,7 @@ class _Map:
     fd: int  # in the saved bytes: the fd bcc had; once loaded: ours
 
 
-def _map_info(fd: int) -> _Map:
+def map_info(fd: int) -> _Map:
     info = ctypes.create_string_buffer(88)
     sc.bpf(sc.BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, len(info), _addr(info)))
     mtype, _id, ksize, vsize, entries, flags, name = struct.unpack_from("<6I16s", info.raw)
@@ -107,15 +120,19 @@ def store(k: str, bpf: Any, layout: dict[str, Any]) -> None:
 
         count = lib.bpf_num_functions(bpf.module)
         names = [lib.bpf_function_name(bpf.module, i) for i in range(count)]
-        if not names or not all(n.startswith(PREFIX) for n in names):
+        known = [n for n in names if n.startswith(PREFIX) or n.decode() in TAIL_PROGRAMS]
+        if not names or known != names:
             return  # something we would not know how to attach: no cache
         programs = []
         maps: dict[int, _Map] = {}
         for name in names:
             insns = bpf.dump_func(name)
             for _pos, fd in _map_refs(insns):
-                maps.setdefault(fd, _map_info(fd))
-            programs.append({"tp": name[len(PREFIX) :].decode(), "insns": insns.hex()})
+                maps.setdefault(fd, map_info(fd))
+            if name.startswith(PREFIX):
+                programs.append({"tp": name[len(PREFIX) :].decode(), "insns": insns.hex()})
+            else:  # tail-called ones first: the others may enter them at once
+                programs.insert(0, {"tail": name.decode(), "insns": insns.hex()})
         doc = {
             "version": VERSION,
             "programs": programs,
@@ -172,9 +189,13 @@ def possible_cpus() -> int:
     return count
 
 
-def load(k: str) -> Loaded | None:
-    """Create, load and attach what `store` saved under key `k`; None when there
-    is nothing usable (then compile as usual)."""
+def load(
+    k: str, ring_pages: int, configure: Callable[[dict[str, int]], None]
+) -> Loaded | None:
+    """Create, load and attach what `store` saved under key `k`, with a ring
+    buffer of `ring_pages` pages; `configure(map fds by name)` runs after the
+    maps exist and before any program loads. None when there is nothing
+    usable (then compile as usual)."""
     try:
         doc = json.loads(_path(k).read_text())
     except (OSError, ValueError):
@@ -186,24 +207,32 @@ def load(k: str) -> Loaded | None:
         old_to_new: dict[int, int] = {}
         for spec in doc["maps"]:
             m = _Map(**spec)
+            if m.type == sc.BPF_MAP_TYPE_RINGBUF:
+                m.max_entries = ring_pages * mmap.PAGESIZE
             attr = struct.pack(
                 "<7I16s", m.type, m.key_size, m.value_size, m.max_entries, m.flags, 0, 0,
                 m.name.encode()[:15],
             )  # fmt: skip
             new = sc.bpf(sc.BPF_MAP_CREATE, attr)
             old_to_new[m.fd] = new
-            loaded.maps[m.name] = _Map(**{**spec, "fd": new})
+            loaded.maps[m.name] = _Map(**{**spec, "max_entries": m.max_entries, "fd": new})
+        configure({name: m.fd for name, m in loaded.maps.items()})
         license_ = ctypes.create_string_buffer(b"GPL")
         for prog in doc["programs"]:
             code = ctypes.create_string_buffer(_relocate(bytes.fromhex(prog["insns"]), old_to_new))
             count = (len(code) - 1) // 8
-            pname = prog["tp"].encode()[:15]
+            pname = prog.get("tp", prog.get("tail", "")).encode()[:15]
             attr = struct.pack(
                 "<IIQQIIQII16sII", sc.BPF_PROG_TYPE_RAW_TRACEPOINT, count, _addr(code),
                 _addr(license_), 0, 0, 0, 0, 0, pname, 0, 0,
             )  # fmt: skip
             prog_fd = sc.bpf(sc.BPF_PROG_LOAD, attr)
             loaded.fds.append(prog_fd)
+            if "tail" in prog:
+                array, index = TAIL_PROGRAMS[prog["tail"]]
+                sc.map_update(loaded.maps[array].fd, struct.pack("<I", index),
+                              struct.pack("<I", prog_fd))  # fmt: skip
+                continue
             tp = ctypes.create_string_buffer(prog["tp"].encode())
             loaded.fds.append(
                 sc.bpf(sc.BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI4x", _addr(tp), prog_fd))

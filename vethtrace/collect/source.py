@@ -2,11 +2,13 @@
 
 vethtrace/probes/ (package data) holds the C: vethtrace.h (the event struct and the shared helpers)
 and one file of programs per area. `PROBES_DIR` is the one place that says
-where those files are found. `cflags` turns everything decided at run time
-(kernel facts from BTF, the compiled filter, the namespaces in scope, the
-delivery and the function-probe mechanism) into -D flags, so the text itself
+where those files are found. `cflags` turns everything decided per kernel
+(facts from BTF, the delivery and the function-probe mechanism) and the
+filter program's encoding (collect/filter.py) into -D flags, so the text itself
 never changes between kernels: the probe cache (collect/progcache.py) keys
-on the text and the flags together.
+on the text and the flags together. What changes between runs (the packet
+filter, the -n namespaces, the VXLAN ports) is not a flag but map data
+(collect/runcfg.py), so one compiled set serves every run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vethtrace.collect.filter import Filter
+from vethtrace.collect import filter as filtermod
 from vethtrace.collect.plan import AREAS
 from vethtrace.packaged import packaged
 
@@ -39,27 +41,20 @@ def build_source(areas: tuple[str, ...] | list[str], function_mech: str | None) 
 
 def cflags(
     constants: dict[str, int],
-    flt: Filter,
-    netns_inodes: list[int] | None,
     ringbuf: bool,
     function_mech: str | None = None,
     ringbuf_pages: int = 512,
 ) -> list[str]:
     flags = ["-Wno-macro-redefined"]
     flags += [f"-D{k}={v}" for k, v in constants.items()]
+    flags += [f"-D{k}={v}" for k, v in filtermod.DEFINES.items()]
     if ringbuf:
         flags += ["-DVT_RINGBUF", f"-DVT_RINGBUF_PAGES={ringbuf_pages}"]
-    if flt.active:
-        flags += [f"-DVT_FILTER(p)={flt.to_c()}", f"-DVT_FILTER_EMPTY={int(flt.matches_empty)}",
-                  "-DVT_FILTER_ACTIVE"]  # fmt: skip
-        dec_map = os.environ.get("VETHTRACE_DECIDE_MAP", "")  # bench: compare the maps
-        if dec_map == "off":
-            flags.append("-DVT_NO_DECIDE")
-        elif dec_map.isdigit():
-            flags.append(f"-DVT_DEC_MAP={int(dec_map)}")
-    if netns_inodes is not None:
-        test = " || ".join(f"(n) == {int(i)}u" for i in sorted(set(netns_inodes))) or "0"
-        flags += ["-DVT_NETNS_FILTER", f"-DVT_NETNS_OK(n)=({test})"]
+    dec_map = os.environ.get("VETHTRACE_DECIDE_MAP", "")  # bench: compare the maps
+    if dec_map == "off":
+        flags.append("-DVT_NO_DECIDE")
+    elif dec_map.isdigit():
+        flags.append(f"-DVT_DEC_MAP={int(dec_map)}")
     if function_mech == "kprobe":
         flags.append("-DVT_KPROBE")
     elif function_mech == "fentry":

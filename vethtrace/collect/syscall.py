@@ -13,13 +13,14 @@ import ctypes
 import errno
 import os
 import platform
+import struct
 
 _MACHINE = platform.machine()
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(_MACHINE)
 SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}.get(_MACHINE)
 
 # bpf(2) commands (enum bpf_cmd, uapi/linux/bpf.h)
-BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_PROG_LOAD = 0, 1, 5
+BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD = 0, 1, 2, 5
 BPF_OBJ_GET_INFO_BY_FD, BPF_RAW_TRACEPOINT_OPEN, BPF_ENABLE_STATS = 15, 17, 32
 # program, attach and map types (enum bpf_prog_type, bpf_attach_type, bpf_map_type)
 BPF_PROG_TYPE_KPROBE, BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_PROG_TYPE_TRACING = 2, 17, 26
@@ -56,3 +57,12 @@ def perf_event_open(attr: bytes, pid: int, cpu: int, group_fd: int, flags: int) 
     """perf_event_open(2) with `attr` (struct perf_event_attr, padded to 128 bytes): an fd."""
     buf = ctypes.create_string_buffer(attr, max(len(attr), 128))
     return _syscall(SYS_PERF_EVENT_OPEN, "perf_event_open", buf, pid, cpu, group_fd, flags)
+
+
+
+def map_update(fd: int, key: bytes, value: bytes) -> None:
+    """map[key] = value (BPF_ANY) on the map `fd`; OSError when refused."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    bpf(BPF_MAP_UPDATE_ELEM,
+        struct.pack("<I4xQQQ", fd, ctypes.addressof(k), ctypes.addressof(v), 0))  # fmt: skip

@@ -1,9 +1,14 @@
-"""`vethtrace doctor [--json]`: what this machine lets vethtrace see, and why.
+"""`vethtrace doctor [--json] [--prepare]`: what this machine lets vethtrace see, and why.
 
 Every answer comes from trying (a no-op BPF load, a perf kprobe event, a real
 bcc compile), not from config files: configs lie about lockdown, missing
 capabilities and refused fentry. Exit 0 when tracing is possible at all,
 1 when it is not.
+
+The bcc check compiles the probe sets trace/watch, ping and record use into
+the probe cache (collect/prepare.py), or loads them from it: after a first
+`doctor` (or set-up, which runs `doctor --prepare`: only that step, one line
+per set, exit 0, or 2 with the reason) every command starts without bcc.
 """
 
 from __future__ import annotations
@@ -47,19 +52,44 @@ def _caps() -> tuple[bool, str]:
 
 
 def _bcc_compile() -> tuple[bool, str, float | None]:
+    """Prepare the commands' probe sets (compiled, or loaded from the cache);
+    seconds: compile time spent now (0.0 when everything came from the cache)."""
     try:
         import bcc  # noqa: F401
     except ImportError as exc:
         return False, f"import failed: {exc} (apt install python3-bpfcc)", None
     if os.geteuid() != 0:
         return False, "imported; trial compile needs root", None
-    from vethtrace.collect.bpf import compile_only
+    from vethtrace.collect.prepare import prepare
 
     try:
-        seconds = compile_only()
+        done = prepare()
     except Exception as exc:
         return False, f"trial compile failed: {str(exc).splitlines()[0]}", None
-    return True, f"imported; all probe programs compiled and loaded in {seconds:.2f} s", seconds
+    compiled = [p for p in done if not p.from_cache]
+    seconds = sum(p.seconds for p in compiled)
+    if not compiled:
+        what = f"probe sets ({', '.join(p.variant for p in done)}) load from the cache"
+    else:
+        what = (f"probe sets {', '.join(p.variant for p in compiled)} compiled and loaded "
+                f"in {seconds:.2f} s")  # fmt: skip
+        if all(p.cacheable for p in compiled):
+            what += ", cached for the next start"
+    return True, f"imported; {what}", seconds
+
+
+def _prepare_only() -> int:
+    """`doctor --prepare` (set-up): compile the probe sets into the cache."""
+    from vethtrace.collect.prepare import prepare
+    from vethtrace.errors import UserError
+
+    if os.geteuid() != 0:
+        raise UserError("doctor --prepare needs root (it loads the probes to cache them)")
+    for p in prepare():
+        how = "loaded from the cache" if p.from_cache else "compiled"
+        where = "" if p.cacheable else " (this plan is not cacheable: compiled at every start)"
+        print(f"probes for {p.variant}: {how} in {p.seconds:.2f} s{where}")
+    return int(ExitStatus.OK)
 
 
 def gather() -> dict[str, Any]:
@@ -125,7 +155,9 @@ def gather() -> dict[str, Any]:
     }
 
 
-def run(as_json: bool = False, **_: object) -> int:
+def run(as_json: bool = False, prepare: bool = False, **_: object) -> int:
+    if prepare:
+        return _prepare_only()
     started = time.monotonic()
     report = gather()
     status = ExitStatus.OK if report["tracing_possible"] else ExitStatus.FINDINGS

@@ -128,11 +128,12 @@ def _start_kernel(filter_text: str, inodes: list[int] | None) -> tuple[Any, str 
     the master already shows a bridge taking a frame."""
     try:
         from vethtrace.collect.bpf import BpfCollector
+        from vethtrace.collect.prepare import VARIANTS
     except ImportError as exc:
         return None, f"kernel probes unavailable ({exc}); sniffers and netlink only"
     coll = None
     try:
-        coll = BpfCollector(filter_text, inodes, areas=("dev", "drop", "neigh"), functions=False)
+        coll = BpfCollector(filter_text, inodes, **VARIANTS["ping"])  # the set prepared at set-up
         coll.start()
         return coll, None
     except Exception as exc:  # degrade to sniffers + netlink, and say so
@@ -273,6 +274,10 @@ def execute(
             stack.callback(_quietly, watch.stop)
             watch.start()
             coll, why = kernel_f.result() if kernel_f is not None else (collector, None)
+            if coll is not None and kernel_f is not None:  # VXLAN on the devices' ports
+                from vethtrace.collect.runcfg import vxlan_ports_of
+
+                coll.set_vxlan_ports(vxlan_ports_of(topo))
             timings["probes"] = time.monotonic() - t0
             if kernel_f is not None:  # our own compile, not a reused collector's
                 for k, v in (getattr(coll, "timings", None) or {}).items():

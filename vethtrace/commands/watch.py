@@ -114,7 +114,8 @@ class Watch:
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.frames: list[tuple[float, float, float]] = []  # (start, total, paths) s
-        self.inodes: dict[str, int] = {}  # namespace name -> inode when tracing started
+        self.inodes: dict[str, int] = {}  # namespace name -> inode traced
+        self.collector: Any = None  # the BpfCollector, once made (the scope grows)
         self.timing = bool(os.environ.get(FRAMES_ENV))  # keep frame times only for bench/
 
     # --- threads -----------------------------------------------------------------
@@ -161,16 +162,24 @@ class Watch:
                     self.state.status = f"discovery failed: {exc}"
                 continue
             self.state.set_topology(topo, findings)
-            # The kernel filter holds the inodes of the start: a namespace deleted
-            # and re-created under the same name is a new one it does not trace.
+            # A namespace deleted and re-created under the same name is a new
+            # one (another inode): the probes' scope is map data, so it joins it.
             recreated = [
-                ns.name
+                ns
                 for ns in topo.namespaces
                 if self.names and self.inodes.get(ns.name, ns.inode) != ns.inode
             ]
+            if recreated and self.collector is not None:
+                self.collector.add_netns([ns.inode for ns in recreated])
+                self.inodes.update({ns.name: ns.inode for ns in recreated})
+            from vethtrace.collect.runcfg import vxlan_ports_of
+
+            ports = vxlan_ports_of(topo)  # a VXLAN device that appeared: decode its port
+            if self.collector is not None and set(ports) - set(self.collector.vxlan_ports or []):
+                self.collector.set_vxlan_ports(ports)
             with self.state.lock:
                 self.state.status = (
-                    f"{', '.join(recreated)} re-created: restart watch to trace it"
+                    f"{', '.join(ns.name for ns in recreated)} re-created: traced again"
                     if recreated
                     else "tracing"
                 )
@@ -193,6 +202,7 @@ class Watch:
         from rich.live import Live
 
         from vethtrace.collect.bpf import BpfCollector
+        from vethtrace.collect.runcfg import vxlan_ports_of
 
         console = _screen_console()
         topo, findings = _discover(self.names)
@@ -202,9 +212,10 @@ class Watch:
         # Built before the screen opens: a bad filter is a one-line error, not a flash.
         # BpfCollector.poll() reads at most POLL_BUDGET events: under a flood it
         # comes back, and what the ring cannot hold is counted as lost (shown).
-        collector = BpfCollector(
-            self.state.filter_text, netns_inodes=inodes, ringbuf_pages=self.ring_pages
-        )
+        collector = self.collector = BpfCollector(
+            self.state.filter_text, netns_inodes=inodes, ringbuf_pages=self.ring_pages,
+            vxlan_ports=vxlan_ports_of(topo),
+        )  # fmt: skip
         deadline = None if self.duration is None else time.monotonic() + self.duration
         session = self._nftrace_session(collector)
         events = threading.Thread(target=self._events, args=(collector, session), name="events")

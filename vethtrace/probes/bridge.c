@@ -7,12 +7,15 @@
 #ifdef VT_HAVE_BR_FDB_UPDATE
 RAW_TRACEPOINT_PROBE(br_fdb_update)
 {
+    struct vt_cfg *c = vt_config();
+    if (!c)
+        return 0;
     u64 ts = bpf_ktime_get_ns();
     void *br = (void *)ctx->args[VT_ARG_FDB_BR];
     void *port = (void *)ctx->args[VT_ARG_FDB_PORT];
     void *brdev = (void *)vt_ptr(br, VT_BR_DEV);
     u32 netns = vt_dev_netns(brdev);
-    if (!vt_netns_ok(netns))
+    if (!vt_netns_ok(c, netns))
         return 0;
     struct vt_event *e = vt_reserve();
     if (!e)

@@ -14,16 +14,10 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
 {
     void *skb = (void *)ctx->args[0];
+    /* an undecided skb goes on to vt_decide, which pushes its verdict */
     int ok = vt_skb_seen(ctx, VT_P_NET_DEV_START_XMIT, skb,
-                         (void *)ctx->args[VT_ARG_START_XMIT_DEV], 0, 0);
-    int zero = 0;
-    struct vt_txstack *s = vt_tx.lookup(&zero);
-    if (s) {
-        u32 i = s->n & (VT_TXSTACK - 1);
-        s->skb[i] = (u64)skb;
-        s->ok[i] = ok;
-        s->n += 1;
-    }
+                         (void *)ctx->args[VT_ARG_START_XMIT_DEV], 0, 0, 1);
+    vt_tx_push((u64)skb, ok);
     return 0;
 }
 #endif

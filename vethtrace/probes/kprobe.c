@@ -16,7 +16,7 @@
 #ifdef VT_KARG_VETH_XMIT_SKB
 int vt_kp_veth_xmit(void *ctx)
 {
-    return vt_skb_event(ctx, VT_P_VETH_XMIT, (void *)VT_PARM(ctx, VT_KARG_VETH_XMIT_SKB),
+    return vt_fn_event(ctx, VT_P_VETH_XMIT, (void *)VT_PARM(ctx, VT_KARG_VETH_XMIT_SKB),
                         (void *)VT_PARM(ctx, VT_KARG_VETH_XMIT_DEV), 0, 0);
 }
 #endif
@@ -25,7 +25,7 @@ int vt_kp_veth_xmit(void *ctx)
 int vt_kp_br_handle_frame(void *ctx)
 {
     void *skb = (void *)vt_ptr((void *)VT_PARM(ctx, VT_KARG_BR_HANDLE_FRAME_PSKB), 0);
-    return vt_skb_event(ctx, VT_P_BR_HANDLE_FRAME, skb, 0, 0, 0);
+    return vt_fn_event(ctx, VT_P_BR_HANDLE_FRAME, skb, 0, 0, 0);
 }
 #endif
 
@@ -34,7 +34,7 @@ int vt_kp_br_handle_frame(void *ctx)
 int vt_kp_br_forward(void *ctx)
 {
     void *to = (void *)VT_PARM(ctx, VT_KARG_BR_FORWARD_TO);
-    return vt_skb_event(ctx, VT_P_BR_FORWARD, (void *)VT_PARM(ctx, VT_KARG_BR_FORWARD_SKB),
+    return vt_fn_event(ctx, VT_P_BR_FORWARD, (void *)VT_PARM(ctx, VT_KARG_BR_FORWARD_SKB),
                         (void *)vt_ptr(to, VT_BRPORT_DEV), 0, 0);
 }
 #endif
@@ -42,7 +42,7 @@ int vt_kp_br_forward(void *ctx)
 #ifdef VT_KARG_BR_PASS_FRAME_UP_SKB
 int vt_kp_br_pass_frame_up(void *ctx)
 {
-    return vt_skb_event(ctx, VT_P_BR_PASS_FRAME_UP,
+    return vt_fn_event(ctx, VT_P_BR_PASS_FRAME_UP,
                         (void *)VT_PARM(ctx, VT_KARG_BR_PASS_FRAME_UP_SKB), 0, 0, 0);
 }
 #endif
@@ -53,28 +53,28 @@ int vt_kp_br_pass_frame_up(void *ctx)
 #ifdef VT_VMLINUX_VETH_XMIT
 KFUNC_PROBE(veth_xmit, void *skb, void *dev)
 {
-    return vt_skb_event(ctx, VT_P_VETH_XMIT, skb, dev, 0, 0);
+    return vt_fn_event(ctx, VT_P_VETH_XMIT, skb, dev, 0, 0);
 }
 #endif
 
 #ifdef VT_VMLINUX_BR_HANDLE_FRAME
 KFUNC_PROBE(br_handle_frame, void *pskb)
 {
-    return vt_skb_event(ctx, VT_P_BR_HANDLE_FRAME, (void *)vt_ptr(pskb, 0), 0, 0, 0);
+    return vt_fn_event(ctx, VT_P_BR_HANDLE_FRAME, (void *)vt_ptr(pskb, 0), 0, 0, 0);
 }
 #endif
 
 #ifdef VT_VMLINUX_BR_FORWARD
 KFUNC_PROBE(br_forward, void *to, void *skb)
 {
-    return vt_skb_event(ctx, VT_P_BR_FORWARD, skb, (void *)vt_ptr(to, VT_BRPORT_DEV), 0, 0);
+    return vt_fn_event(ctx, VT_P_BR_FORWARD, skb, (void *)vt_ptr(to, VT_BRPORT_DEV), 0, 0);
 }
 #endif
 
 #ifdef VT_VMLINUX_BR_PASS_FRAME_UP
 KFUNC_PROBE(br_pass_frame_up, void *skb)
 {
-    return vt_skb_event(ctx, VT_P_BR_PASS_FRAME_UP, skb, 0, 0, 0);
+    return vt_fn_event(ctx, VT_P_BR_PASS_FRAME_UP, skb, 0, 0, 0);
 }
 #endif
 #endif

@@ -2,9 +2,11 @@
  * each event carries the device's netns and ifindex (classic records only
  * name the device, and names repeat across namespaces).
  *
- * Filtering: a neighbour event is matched as if it were an ARP packet about
- * its address (saddr = daddr = the address): `arp`, `host A`, `net A/N` keep
- * it, `icmp`, `tcp`, `port N` drop it. */
+ * Filtering: only the namespace scope here. The packet filter (a neighbour
+ * event matches as an ARP packet about its address) is applied by Python
+ * (collect/filter.py, keeps_neighbour): these events are rare, and the
+ * filter's loop in each of these five programs cost more verification time
+ * on every start than all the other probes together. */
 #include "vethtrace.h"
 
 #ifdef VT_NEIGH_DEV /* struct neighbour known from BTF */
@@ -13,6 +15,9 @@ static __always_inline int vt_neigh_event(void *ctx, u16 point, void *n, void *d
                                           void *tbl, void *pkey, u8 old_state,
                                           u8 new_state, s32 rc, void *lladdr)
 {
+    struct vt_cfg *c = vt_config();
+    if (!c)
+        return 0;
     u64 ts = bpf_ktime_get_ns();
     if (n) {
         dev = (void *)vt_ptr(n, VT_NEIGH_DEV);
@@ -20,23 +25,14 @@ static __always_inline int vt_neigh_event(void *ctx, u16 point, void *n, void *d
         pkey = (char *)n + VT_NEIGH_KEY;
     }
     u32 netns = dev ? vt_dev_netns(dev) : 0;
-    if (!vt_netns_ok(netns))
+    if (!vt_netns_ok(c, netns))
         return 0;
     int family = 0;
     if (tbl)
         VT_READ(family, (char *)tbl + VT_NTBL_FAMILY);
-    struct vt_pkt p = {};
-    p.ethertype = 0x0806;
-    p.flags = VT_PKT_L3;
     u8 key[16] = {};
     if (pkey)
         bpf_probe_read_kernel(key, family == 10 ? 16 : 4, pkey);
-    if (family == 2) {
-        __builtin_memcpy(&p.saddr, key, 4);
-        p.daddr = p.saddr;
-    }
-    if (!vt_match(&p))
-        return 0;
     struct vt_event *e = vt_reserve();
     if (!e)
         return 0;

@@ -13,6 +13,11 @@
  * classic record), their positions (VT_ARG_*) again from BTF; VT_HAVE_<TP>
  * says which tracepoints this kernel has.
  *
+ * Nothing about one run is compiled in: the packet filter, the -n namespaces
+ * and the VXLAN ports are map data (vt_cfg, vt_scope below), written by
+ * Python before anything is reported, so one compiled set (cached by
+ * collect/progcache.py, prepared at set-up) serves every filter and scope.
+ *
  * Longer than the project's ~400-line guide: the shared helpers build on one
  * another in order (frame decoding, the per-skb verdict memory, then the skb
  * event that uses both), and collect/source.py inlines this one file ahead
@@ -132,6 +137,44 @@ struct vt_txstack {
 };
 BPF_PERCPU_ARRAY(vt_tx, struct vt_txstack, 1);
 
+/* ---- What Python sets per run --------------------------------------------
+ * One entry, written by collect/runcfg.py: the packet filter as a jump
+ * program (collect/filter.py compiles it, and is the home of VT_FLT_* and
+ * VT_FLD_*, passed as -D flags), whether -n limits the namespaces (their
+ * inodes are the keys of vt_scope), and the VXLAN ports. bcc attaches
+ * programs as it loads them, before Python can write the entry: until
+ * `ready` is set every probe ignores everything. */
+struct vt_insn {
+    u8 field;         /* VT_FLD_*: which struct vt_pkt field */
+    u8 pad;
+    u16 jt;           /* next instruction when (field & mask) == want */
+    u16 jf;           /* ... when not; VT_FLT_ACCEPT / VT_FLT_REJECT end */
+    u16 pad2;
+    u32 mask;
+    u32 want;
+};
+#define VT_VXLAN_MAX 8
+struct vt_cfg {
+    u8 ready;
+    u8 active;        /* a packet filter is set: run it, decide once per skb */
+    u8 empty;         /* the filter accepts a packet with nothing decoded */
+    u8 scoped;        /* -n: only namespaces whose inode is in vt_scope */
+    u8 nvxlan;        /* ports in vxlan[] (the rest repeat the first) */
+    u8 pad[3];
+    u16 vxlan[VT_VXLAN_MAX]; /* VXLAN UDP ports, host order */
+    struct vt_insn insn[VT_FLT_MAX];
+};
+BPF_ARRAY(vt_cfg, struct vt_cfg, 1);
+#define VT_SCOPE_MAX 4096
+BPF_HASH(vt_scope, u32, u8, VT_SCOPE_MAX);
+
+static __always_inline struct vt_cfg *vt_config(void)
+{
+    int zero = 0;
+    struct vt_cfg *c = vt_cfg.lookup(&zero);
+    return c && c->ready ? c : 0;
+}
+
 #define VT_READ(dst, src) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(src))
 
 static __always_inline u64 vt_ptr(void *base, int off)
@@ -169,18 +212,15 @@ static __always_inline u32 vt_skb_netns(void *skb, void *dev)
 #endif
 }
 
-/* The cheap first test: is this namespace one the user asked for?
- * VT_NETNS_OK(n) is compiled in as `(n) == ino1 || ...` (no map lookup). */
-#ifndef VT_NETNS_OK
-#define VT_NETNS_OK(n) 1
-#endif
-
-static __always_inline int vt_netns_ok(u32 inum)
+/* Is this namespace one the user asked for (-n)? A hash lookup; the per-CPU
+ * memo below keeps most out-of-scope skbs from getting here. */
+static __always_inline int vt_netns_ok(struct vt_cfg *c, u32 inum)
 {
-    return VT_NETNS_OK(inum);
+    if (!c->scoped)
+        return 1;
+    return vt_scope.lookup(&inum) != 0;
 }
 
-#ifdef VT_NETNS_FILTER
 /* -n: a per-CPU memo of `struct net` addresses found outside the scope, so
  * the next skb there is rejected after reading dev->nd_net, without reading
  * the inode. Only "outside" is remembered: an address names one live
@@ -188,7 +228,9 @@ static __always_inline int vt_netns_ok(u32 inum)
  * of them can take an address remembered for another (after a namespace is
  * freed its address may go to a new one, which is out of scope unless it
  * reuses the inode of a scoped namespace that is gone: nothing the user
- * named is hidden). 4 slots: a bridged path crosses 3 namespaces. */
+ * named is hidden). Namespaces added to the scope while tracing would make
+ * the memo wrong: whoever adds one clears vt_nsout too. 4 slots: a bridged
+ * path crosses 3 namespaces. */
 #define VT_NSMEMO 4
 struct vt_nsmemo {
     u64 net[VT_NSMEMO];
@@ -201,7 +243,7 @@ static __always_inline int vt_nsmemo_slot(u64 net)
 }
 
 /* netns inode of dev when in scope, else 0 (also for no device) */
-static __always_inline u32 vt_dev_netns_scoped(void *dev)
+static __always_inline u32 vt_dev_netns_scoped(struct vt_cfg *c, void *dev)
 {
     if (!dev)
         return 0;
@@ -215,13 +257,12 @@ static __always_inline u32 vt_dev_netns_scoped(void *dev)
         return 0;
     u32 inum = 0;
     VT_READ(inum, (char *)net + VT_NET_INUM);
-    if (vt_netns_ok(inum))
+    if (vt_netns_ok(c, inum))
         return inum;
     if (m)
         m->net[slot] = net;
     return 0;
 }
-#endif
 
 static __always_inline u16 vt_ntohs(u16 v) { return (v >> 8) | (v << 8); }
 
@@ -271,21 +312,17 @@ static __always_inline void vt_decode_l3(u8 *b, struct vt_pkt *p, char *l3)
  * then 46 bytes of frame from the MAC header when set (TX after
  * dev_queue_xmit, RX after eth_type_trans), else from the network header
  * (skbs dropped before getting one, e.g. from the ARP queue). Decoding
- * (vt_fields) is separate so the no-match exit computes only the fields the
- * filter uses: the compiler drops the rest. */
+ * (vt_fields) is separate: the filter's program (vt_decide) decodes the
+ * fields it may test, the event everything, both from the frame read once. */
 #define VT_SRC_MAC 1
 #define VT_SRC_NET 2
 
-/* VXLAN: UDP to one of these ports (VT_VXLAN_PORT_OK(port), host order;
- * filter/plan code may pass the devices' configured ports; default the IANA
- * port) carrying an 8-byte header with the I flag, then the inner Ethernet
+/* VXLAN: UDP to one of the ports in vt_cfg.vxlan (the IANA port 4789 and
+ * those of the VXLAN devices in scope, from collect/runcfg.py) carrying an 8-byte header with the I flag, then the inner Ethernet
  * frame. The second read takes the VXLAN header, the inner Ethernet header
  * and 28 bytes of inner L3 (ARP, or IPv4 + 8 bytes of L4), only for such
  * datagrams: other traffic pays one comparison. Outer IPv4 with options
  * (VXLAN senders never set any) or a VLAN tag is not followed. */
-#ifndef VT_VXLAN_PORT_OK
-#define VT_VXLAN_PORT_OK(port) ((port) == 4789)
-#endif
 #define VT_INNER_LEN 50 /* 8 VXLAN + 14 Ethernet + 28 L3 */
 struct vt_frame {
     u64 head;
@@ -297,7 +334,23 @@ struct vt_frame {
     u8 g[VT_INNER_LEN];
 };
 
-static __always_inline void vt_read_frame(void *skb, struct vt_frame *fr)
+/* Is port one of vt_cfg.vxlan (unused slots repeat a used port)? Without a
+ * branch per slot: every UDP datagram passes here, and each branch would be
+ * another path for the verifier through the rest of the program. */
+static __always_inline int vt_vxlan_port(struct vt_cfg *c, u16 port)
+{
+    u64 hit = 0;
+#pragma unroll
+    for (int k = 0; k < VT_VXLAN_MAX; k++) {
+        u64 d = c->vxlan[k] ^ port;
+        u64 nd = 0 - d;
+        asm volatile("" : "+r"(nd));
+        hit |= ((d | nd) >> 63) ^ 1; /* 1 when equal */
+    }
+    return hit != 0;
+}
+
+static __always_inline void vt_read_frame(struct vt_cfg *c, void *skb, struct vt_frame *fr)
 {
     u8 blk[VT_SKB_BLOCK_LEN] __attribute__((aligned(8)));
     fr->src = 0;
@@ -335,7 +388,7 @@ static __always_inline void vt_read_frame(void *skb, struct vt_frame *fr)
     if (ip[0] != 0x45 || ip[9] != 17 || (ip[6] & 0x3f) || ip[7])
         return;
     u16 dport = ((u16)ip[22] << 8) | ip[23];
-    if (!VT_VXLAN_PORT_OK(dport))
+    if (!vt_vxlan_port(c, dport))
         return;
     if (bpf_probe_read_kernel(fr->g, sizeof(fr->g), (char *)fr->head + fr->off + l3 + 28) < 0)
         return;
@@ -381,22 +434,91 @@ static __always_inline void vt_fields(struct vt_frame *fr, struct vt_pkt *p)
     }
 }
 
-/* The user's pcap-filter, compiled by vethtrace/collect/filter.py into a C
- * expression over `p` (a struct vt_pkt *). */
-#ifndef VT_FILTER
-#define VT_FILTER(p) 1
-#endif
+/* The user's pcap-filter as a jump program (collect/filter.py): each step
+ * tests (field & mask) == want and goes to jt or jf. Jumps only go forward,
+ * so at most VT_FLT_MAX steps run per level (a bounded loop the verifier
+ * accepts on 5.10); a packet that fails the first test (the ethertype,
+ * mostly) costs one step. The fields are copied into a per-CPU map value,
+ * where the step picks one by index: older kernels (5.10) refuse
+ * variable-offset stack reads, and a switch per step made verification
+ * much slower. v[1] holds the frame a VXLAN datagram carries (matched
+ * when its outer headers, v[0], are not). */
+#define VT_NFLD 8 /* power of 2, > the VT_FLD_* ids */
+/* Per-CPU work space of one skb event: the frame as read, and the fields
+ * the filter tests. In a map value rather than on the stack: the verifier
+ * tracks stack contents, and every decoding path (ARP, IPv4, VXLAN, ...)
+ * would reach the filter loop with a different stack and have the whole
+ * loop verified again (10 times per program, ~60 ms per load); it does not
+ * track map contents. */
+struct vt_work {
+    struct vt_frame fr;
+    u32 v[2][VT_NFLD];
+    /* the event's arguments, for vt_decide (and across the inline loop) */
+    u64 skb;
+    u64 dev;
+    u64 location;
+    u32 netns;
+    u32 reason;
+    u16 point;
+    u16 pad[3];
+};
+BPF_PERCPU_ARRAY(vt_work, struct vt_work, 1);
 
-/* 0 when the filter cannot match a packet with nothing decoded (all fields
- * zero, as for skbs with no protocol): such skbs then leave before any other
- * read. filter.py decides it from the expression; 1 is always safe. */
-#ifndef VT_FILTER_EMPTY
-#define VT_FILTER_EMPTY 1
-#endif
-
-static __always_inline int vt_match(struct vt_pkt *p)
+static __always_inline void vt_fv_put(u32 *v, struct vt_pkt *p)
 {
-    return VT_FILTER(p);
+    v[VT_FLD_ETHERTYPE] = p->ethertype;
+    v[VT_FLD_IP_PROTO] = p->ip_proto;
+    v[VT_FLD_SADDR] = p->saddr;
+    v[VT_FLD_DADDR] = p->daddr;
+    v[VT_FLD_SPORT] = p->sport;
+    v[VT_FLD_DPORT] = p->dport;
+    v[VT_FLD_FLAGS] = p->flags;
+}
+
+/* 1 when the program accepts the fields in v */
+static __always_inline int vt_run(struct vt_cfg *c, u32 *v)
+{
+    u32 pc = 0;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < VT_FLT_MAX; i++) {
+        if (pc >= VT_FLT_MAX)
+            break;
+        /* the mask on the very register that indexes: the compiler would
+         * otherwise index with an unbounded copy of pc */
+        u32 k = pc;
+        asm volatile("" : "+r"(k));
+        struct vt_insn *in = &c->insn[k & (VT_FLT_MAX - 1)];
+        u32 x = v[in->field & (VT_NFLD - 1)];
+        /* pc = test ? jt : jf without a branch: one verifier path per step */
+        u64 d = (u64)((x & in->mask) ^ in->want);
+        u64 nd = 0 - d;
+        asm volatile("" : "+r"(nd)); /* else the compiler makes it a branch again */
+        u64 ne = (d | nd) >> 63; /* 1 when the test fails */
+        u32 jt = in->jt, jf = in->jf;
+        pc = jt ^ ((jt ^ jf) & (u32)(0 - ne));
+    }
+    return pc == VT_FLT_ACCEPT;
+}
+
+/* The frame in w through the filter: its headers, or for a VXLAN datagram
+ * the outer or the inner ones. Decoding every field the program may test
+ * has many paths (ARP, IPv4, options, VLAN, ...): the barrier after each
+ * level lets them all reach the loop in one verifier state. */
+static __always_inline int vt_filter(struct vt_cfg *c, struct vt_work *w)
+{
+    struct vt_pkt q = {};
+    vt_fields(&w->fr, &q);
+    vt_fv_put(w->v[0], &q);
+    asm volatile("" ::: "memory");
+    if (vt_run(c, w->v[0]))
+        return 1;
+    if (!w->fr.encap)
+        return 0;
+    struct vt_pkt qi = {};
+    vt_inner_fields(&w->fr, &qi);
+    vt_fv_put(w->v[1], &qi);
+    asm volatile("" ::: "memory");
+    return vt_run(c, w->v[1]);
 }
 
 /* ---- Decide once per skb -------------------------------------------------
@@ -436,6 +558,9 @@ static __always_inline int vt_match(struct vt_pkt *p)
  * tracepoint, or from a device program rewriting headers between its
  * transmit and the peer's netif_rx (netkit).
  *
+ * Used only when a filter is set (vt_cfg.active): without one every skb
+ * matches and there is nothing to remember.
+ *
  * Memory: VT_DEC_MAP picks the map (0: one shared direct-mapped array, the
  * default, measured in bench/README.md; 1: per-CPU array; 2: hash; 3: LRU
  * hash). Array entries are one u64, skb | stage << 1 | verdict (sk_buffs are
@@ -443,7 +568,7 @@ static __always_inline int vt_match(struct vt_pkt *p)
  * lose an entry (then the skb is read again), never mix two. Shared, not
  * per-CPU: an skb queued on one CPU may be transmitted or freed on another,
  * and a per-CPU entry left behind there would outlive the skb. */
-#if defined(VT_FILTER_ACTIVE) && !defined(VT_NO_DECIDE)
+#ifndef VT_NO_DECIDE /* bench: the memory compiled out */
 #define VT_DECIDE 1
 #endif
 
@@ -622,96 +747,34 @@ static __always_inline void vt_fill_common(struct vt_event *e, u16 point, u64 ts
     e->new_state = 0xff;
 }
 
-/* One skb event: the remembered verdict first (with a filter: see "Decide
- * once per skb"), then the namespace test when there is one (-n), then
- * decode + filter where nothing is remembered, then reserve and fill. `dev`
- * may be 0 (then skb->dev is read). Returns 1 when the skb passed the filters
- * (reported, or counted as lost), else 0. */
-static __always_inline int vt_skb_seen(void *ctx, u16 point, void *skb, void *dev,
-                                       u64 location, u32 reason)
+/* The event for an skb that passed the filters: decoded again in full from
+ * the frame already read (no reads), with length, clone bit and device. The
+ * arguments come in w (dev, netns, location, reason; netns 0 when not known
+ * yet, without -n: then read here), written by the caller before a compiler
+ * barrier: all the ways here then reach this code in one verifier state, and
+ * it is verified once per program, not once per way. Returns 1 (reported,
+ * or counted as lost). */
+static __always_inline int vt_emit(void *ctx, u16 point, void *skb, struct vt_work *w)
 {
-    int verdict = -1;
-#ifdef VT_DECIDE
-    verdict = vt_recall(point, skb);
-    if (point == VT_P_KFREE_SKB || point == VT_P_CONSUME_SKB)
-        vt_dec_forget((u64)skb);
-    if (verdict == 0) {
-        vt_remember(point, skb, 0);
-        return 0;
-    }
-#endif
-    u32 netns = 0;
-#ifdef VT_NETNS_FILTER
-    if (!dev)
-        dev = (void *)vt_ptr(skb, VT_SKB_DEV);
-    if (dev)
-        netns = vt_dev_netns_scoped(dev);
-    else
-        netns = vt_skb_netns(skb, 0); /* no device: the socket's netns */
-    if (!netns || !vt_netns_ok(netns)) {
-#ifdef VT_DECIDE
-        if (verdict == 1)
-            vt_remember(point, skb, 1);
-        else
-            vt_dec_forget((u64)skb); /* seen here, not decided: no stale stage */
-#endif
-        return 0;
-    }
-#endif
-    struct vt_frame fr;
-    vt_read_frame(skb, &fr);
-    if (verdict < 0) {
-        /* No protocol: nothing decoded. With no device either, not a network
-         * packet (netlink and other socket-only skbs, freed by the thousand on
-         * a busy host). */
-        if (!fr.protocol) {
-            if (!VT_FILTER_EMPTY) {
-#ifdef VT_DECIDE
-                vt_remember(point, skb, 0);
-#endif
-                return 0;
-            }
-            if (!dev)
-                dev = (void *)vt_ptr(skb, VT_SKB_DEV);
-            if (!dev)
-                return 0;
-        }
-        struct vt_pkt q = {};
-        vt_fields(&fr, &q);
-        verdict = vt_match(&q) ? 1 : 0;
-        if (!verdict && fr.encap) {
-            /* a VXLAN datagram matches by its outer or its inner headers */
-            struct vt_pkt qi = {};
-            vt_inner_fields(&fr, &qi);
-            verdict = vt_match(&qi) ? 1 : 0;
-        }
-#ifdef VT_DECIDE
-        vt_remember(point, skb, verdict);
-#endif
-        if (!verdict)
-            return 0;
-    }
-#ifdef VT_DECIDE
-    else {
-        vt_remember(point, skb, 1);
-    }
-#endif
-    /* taken after the cheap exits; still before anything nested can run */
+    asm volatile("" ::: "memory");
+    struct vt_frame *fr = &w->fr;
+    void *dev = (void *)w->dev;
+    u32 netns = w->netns;
+    u64 location = w->location;
+    u32 reason = w->reason;
     u64 ts = bpf_ktime_get_ns();
-    /* decoded again in full for the event (no reads: from fr) */
     struct vt_pkt p = {};
-    vt_fields(&fr, &p);
-#ifndef VT_NETNS_FILTER
+    vt_fields(fr, &p);
     if (!dev)
         dev = (void *)vt_ptr(skb, VT_SKB_DEV);
-    netns = vt_skb_netns(skb, dev);
-#endif
+    if (!netns)
+        netns = vt_skb_netns(skb, dev);
     struct vt_event *e = vt_reserve();
     if (!e)
         return 1;
     vt_fill_common(e, point, ts);
     e->skb = (u64)skb;
-    e->head = fr.head;
+    e->head = fr->head;
     e->location = location;
     e->reason = reason;
     VT_READ(e->len, (char *)skb + VT_SKB_LEN);
@@ -719,9 +782,9 @@ static __always_inline int vt_skb_seen(void *ctx, u16 point, void *skb, void *de
     VT_READ(cl, (char *)skb + VT_SKB_CLONED_BYTE);
     e->cloned = (cl & VT_SKB_CLONED_MASK) ? 1 : 0;
     __builtin_memcpy(&e->pkt, &p, sizeof(p));
-    if (fr.encap) {
+    if (fr->encap) {
         struct vt_pkt pi = {};
-        e->vni = vt_inner_fields(&fr, &pi);
+        e->vni = vt_inner_fields(fr, &pi);
         __builtin_memcpy(&e->inner, &pi, sizeof(pi));
         e->pkt.flags |= VT_PKT_VXLAN;
     }
@@ -730,11 +793,179 @@ static __always_inline int vt_skb_seen(void *ctx, u16 point, void *skb, void *de
     return 1;
 }
 
+/* net_dev_start_xmit's verdict onto the per-CPU transmit stack (see vt_tx) */
+static __always_inline void vt_tx_push(u64 skb, int ok)
+{
+    int zero = 0;
+    struct vt_txstack *s = vt_tx.lookup(&zero);
+    if (s) {
+        u32 i = s->n & (VT_TXSTACK - 1);
+        s->skb[i] = skb;
+        s->ok[i] = ok;
+        s->n += 1;
+    }
+}
+
+/* The filter's loop runs in one program of its own, vt_decide, entered by a
+ * tail call from every raw tracepoint program: the verifier walks a bounded
+ * loop once per iteration, and inlined into each of the 6 skb programs
+ * (twice: outer and VXLAN inner headers) it cost ~15 ms of verification per
+ * program on every start; tail-called, it is verified once. Function probes
+ * (kprobe/fentry: other program types, which cannot share the program
+ * array) run it inline. */
+BPF_PROG_ARRAY(vt_progs, 1);
+#define VT_PROG_DECIDE 0
+
+/* One skb event: the remembered verdict first (with a filter: see "Decide
+ * once per skb"), then the namespace test when there is one (-n), then
+ * decode + filter where nothing is remembered, then reserve and fill. `dev`
+ * may be 0 (then skb->dev is read). `tail`: a raw tracepoint program, which
+ * hands an undecided skb to vt_decide (which then also reports it and, at
+ * net_dev_start_xmit, pushes the verdict: this program does not continue).
+ * Returns 1 when the skb passed the filters (reported, or counted as lost),
+ * else 0. */
+static __always_inline int vt_skb_seen(void *ctx, u16 point, void *skb, void *dev,
+                                       u64 location, u32 reason, int tail)
+{
+    struct vt_cfg *c = vt_config();
+    if (!c)
+        return 0;
+    int verdict = -1;
+    int active = c->active; /* read once: the verifier then knows it below */
+#ifdef VT_DECIDE
+    int decide = active;
+    if (decide) {
+        verdict = vt_recall(point, skb);
+        if (point == VT_P_KFREE_SKB || point == VT_P_CONSUME_SKB)
+            vt_dec_forget((u64)skb);
+        if (verdict == 0) {
+            vt_remember(point, skb, 0);
+            return 0;
+        }
+    }
+#endif
+    u32 netns = 0;
+    if (c->scoped) {
+        if (!dev)
+            dev = (void *)vt_ptr(skb, VT_SKB_DEV);
+        if (dev) {
+            netns = vt_dev_netns_scoped(c, dev);
+        } else {
+            netns = vt_skb_netns(skb, 0); /* no device: the socket's netns */
+            if (netns && !vt_netns_ok(c, netns))
+                netns = 0;
+        }
+        if (!netns) {
+#ifdef VT_DECIDE
+            if (decide) {
+                if (verdict == 1)
+                    vt_remember(point, skb, 1);
+                else
+                    vt_dec_forget((u64)skb); /* seen here, not decided: no stale stage */
+            }
+#endif
+            return 0;
+        }
+    }
+    int zero = 0;
+    struct vt_work *w = vt_work.lookup(&zero);
+    if (!w)
+        return 0;
+    struct vt_frame *fr = &w->fr;
+    vt_read_frame(c, skb, fr);
+    if (verdict < 0) {
+        /* No protocol: nothing decoded. With no device either, not a network
+         * packet (netlink and other socket-only skbs, freed by the thousand on
+         * a busy host). */
+        if (!fr->protocol) {
+            if (!c->empty) {
+#ifdef VT_DECIDE
+                if (decide)
+                    vt_remember(point, skb, 0);
+#endif
+                return 0;
+            }
+            if (!dev)
+                dev = (void *)vt_ptr(skb, VT_SKB_DEV);
+            if (!dev)
+                return 0;
+        }
+        if (active) {
+            w->point = point;
+            w->skb = (u64)skb;
+            w->dev = (u64)dev;
+            w->netns = netns;
+            w->location = location;
+            w->reason = reason;
+            if (tail) {
+                vt_progs.call(ctx, VT_PROG_DECIDE);
+                return 0; /* vt_decide missing: nothing reported */
+            }
+            /* Inline (function probes). Nothing decoded and no device or
+             * netns crosses the loop in a register (the event decodes again
+             * from w): every kind of packet reaches the loop in the same
+             * verifier state, and it is verified once. */
+            asm volatile("" ::: "memory");
+            verdict = vt_filter(c, w);
+#ifdef VT_DECIDE
+            vt_remember(point, skb, verdict);
+#endif
+            if (!verdict)
+                return 0;
+            return vt_emit(ctx, point, skb, w);
+        }
+    }
+#ifdef VT_DECIDE
+    else {
+        vt_remember(point, skb, 1);
+    }
+#endif
+    w->dev = (u64)dev;
+    w->netns = netns;
+    w->location = location;
+    w->reason = reason;
+    return vt_emit(ctx, point, skb, w);
+}
+
+/* The filter over an skb a raw tracepoint program could not decide from
+ * memory (see vt_progs): the fields and the event's arguments are in
+ * vt_work. Matches by the outer or, for a VXLAN datagram, the inner headers;
+ * remembers the verdict, reports a match, and finishes net_dev_start_xmit's
+ * bookkeeping for it. */
+int vt_decide(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct vt_cfg *c = vt_config();
+    int zero = 0;
+    struct vt_work *w = vt_work.lookup(&zero);
+    if (!c || !w)
+        return 0;
+    u16 point = w->point;
+    void *skb = (void *)w->skb;
+    int verdict = vt_filter(c, w);
+#ifdef VT_DECIDE
+    vt_remember(point, skb, verdict);
+#endif
+    int ok = 0;
+    if (verdict)
+        ok = vt_emit(ctx, point, skb, w);
+    if (point == VT_P_NET_DEV_START_XMIT)
+        vt_tx_push((u64)skb, ok);
+    return 0;
+}
+
 /* fentry programs must return 0; tracepoint and kprobe returns are ignored */
 static __always_inline int vt_skb_event(void *ctx, u16 point, void *skb, void *dev,
                                         u64 location, u32 reason)
 {
-    vt_skb_seen(ctx, point, skb, dev, location, reason);
+    vt_skb_seen(ctx, point, skb, dev, location, reason, 1);
+    return 0;
+}
+
+/* the same from a function probe (kprobe/fentry): the filter inline */
+static __always_inline int vt_fn_event(void *ctx, u16 point, void *skb, void *dev,
+                                       u64 location, u32 reason)
+{
+    vt_skb_seen(ctx, point, skb, dev, location, reason, 0);
     return 0;
 }
 

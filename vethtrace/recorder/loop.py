@@ -89,8 +89,10 @@ class FlightRecorder:
         collector = None
         if self.o.drops:
             from vethtrace.collect.bpf import BpfCollector
+            from vethtrace.collect.prepare import VARIANTS
 
-            collector = BpfCollector(areas=("drop",), functions=False, without=("consume_skb",))
+            # drops only, without consume_skb (fires for every packet delivered)
+            collector = BpfCollector(**VARIANTS["record"])
         monitor = NetlinkMonitor(self._notices.put)
         old = {s: signal.signal(s, self.stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
