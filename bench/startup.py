@@ -1,0 +1,206 @@
+"""Where `vethtrace trace icmp -n NS --json` spends its time from exec to
+"probes attached" (issue #18, part 1), with a warm program cache.
+
+A parent stamps CLOCK_MONOTONIC (system-wide, so comparable across
+processes) just before it spawns a child interpreter; the child wraps the
+functions on the start path with timers, runs the real `cli.main()`, and
+stops at the event loop (everything before it is start-up). Per phase: the
+median over the runs of the time spent inside it. "interpreter" is spawn to
+the child's first statement (Python's own start, `site`); "imports" is
+`vethtrace.cli` and the trace command's module with what they import; the
+rest is time inside run() (lazy imports count where they happen); "other"
+is what no wrapper covered. The loads are timed per bpf(2) command.
+
+    .venv/bin/python bench/startup.py [--runs 15] [--netns NS]
+
+Needs root; makes (and removes) a namespace of its own unless --netns names
+one. The first run is untimed: it fills the program cache if it is empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+CHILD = r"""
+import sys, time
+T = {"first": time.monotonic()}
+S = {}
+import vethtrace.cli, vethtrace.commands.trace
+T["imported"] = time.monotonic()
+from vethtrace.collect import bpf, progcache, syscall
+from vethtrace.commands import trace
+
+def wrap(mod, attr, phase):
+    fn = getattr(mod, attr)
+    def timed(*a, **k):
+        t = time.monotonic()
+        try:
+            return fn(*a, **k)
+        finally:
+            S[phase] = S.get(phase, 0.0) + time.monotonic() - t
+    setattr(mod, attr, timed)
+
+BPF_CMDS = {0: "bpf(2) map create", 5: "bpf(2) program load + verify",
+            17: "bpf(2) raw tracepoint attach"}
+real_bpf = syscall.bpf
+IN_LOAD = []
+def bpf_timed(cmd, attr):
+    t = time.monotonic()
+    try:
+        return real_bpf(cmd, attr)
+    finally:
+        if IN_LOAD:  # the plan's trials make bpf(2) calls too: counted there
+            phase = BPF_CMDS.get(cmd, "bpf(2) other")
+            S[phase] = S.get(phase, 0.0) + time.monotonic() - t
+syscall.bpf = bpf_timed
+real_load = progcache.load
+def load(k):
+    IN_LOAD.append(1)
+    t = time.monotonic()
+    try:
+        return real_load(k)
+    finally:
+        IN_LOAD.clear()
+        S["program cache: read + load (all)"] = time.monotonic() - t
+bpf.progcache.load = load
+for mod, attr, phase in [
+    (trace.netnsmod, "inode_of", "-n names to inodes"),
+    (trace, "make_console", "consoles"),
+    (bpf, "compile_filter", "filter compile"),
+    (bpf, "contract", "probe contract (vethtrace.h)"),
+    (trace._Sink, "__init__", "namespace names (trace's NetnsNames)"),
+    (bpf.planmod, "decide", "plan: kernel trials"),
+    (bpf.headersmod, "prepare", "headers"),
+    (bpf, "kernel_constants", "BTF facts (kcache)"),
+    (bpf, "drop_reason_tables", "BTF facts (kcache)"),
+    (bpf, "build_source", "probe source + flags"),
+    (bpf, "cflags", "probe source + flags"),
+    (bpf.progcache, "key", "program cache key"),
+    (bpf, "Decoder", "decoder + ring buffer mmap"),
+    (bpf, "RingReader", "decoder + ring buffer mmap"),
+    (trace, "_scope", "scope watch (-n)"),
+]:
+    wrap(mod, attr, phase)
+real_start = bpf.BpfCollector.start
+def start(self):
+    t = time.monotonic()
+    try:
+        return real_start(self)
+    finally:
+        T["attached"] = time.monotonic()
+        S["collector.start() total"] = T["attached"] - t
+bpf.BpfCollector.start = start
+class Done(Exception):
+    pass
+def loop(*a, **k):
+    T["loop"] = time.monotonic()
+    raise Done
+trace._loop = loop
+real_status = None
+sys.argv = ["vethtrace", "trace", "icmp", "-n", sys.argv[1], "--json"]
+try:
+    vethtrace.cli.main(sys.argv[1:])
+except Done:
+    pass
+print(json.dumps({"T": T, "S": S}), file=sys.__stderr__)
+""".replace("import sys, time", "import sys, time, json")
+
+
+# Phases in the order the start path meets them.
+ORDER = [
+    "-n names to inodes",
+    "consoles",
+    "filter compile",
+    "probe contract (vethtrace.h)",
+    "namespace names (trace's NetnsNames)",
+    "collector.start() total",  # the rows from here to the scope watch are its parts
+    "plan: kernel trials",
+    "headers",
+    "BTF facts (kcache)",
+    "probe source + flags",
+    "program cache key",
+    "program cache: read + load (all)",
+    "bpf(2) map create",
+    "bpf(2) program load + verify",
+    "bpf(2) raw tracepoint attach",
+    "decoder + ring buffer mmap",
+    "scope watch (-n)",
+]
+PARTS = set(ORDER[ORDER.index("plan: kernel trials") : ORDER.index("scope watch (-n)")])
+
+
+def one(python: str, netns: str, env: dict[str, str]) -> dict[str, dict[str, float]]:
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [python, "-c", CHILD, netns],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        check=False,
+    )
+    last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+    if not last.startswith("{"):
+        raise RuntimeError(f"child failed: {proc.stderr[-2000:]}")
+    doc = json.loads(last)
+    doc["T"] = {k: v - t0 for k, v in doc["T"].items()}
+    return doc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--netns", help="an existing namespace (default: one made for the run)")
+    ap.add_argument("--python", default=sys.executable)
+    args = ap.parse_args()
+    made = None
+    if not args.netns:
+        made = args.netns = f"vtbs{os.getpid()}-a"
+        subprocess.run(["ip", "netns", "add", made], check=True)
+    env = dict(os.environ)
+    try:
+        one(args.python, args.netns, env)  # fills the program cache, untimed
+        runs = [one(args.python, args.netns, env) for _ in range(args.runs)]
+    finally:
+        if made:
+            subprocess.run(["ip", "netns", "del", made], check=False)
+    med = statistics.median
+    first = med(r["T"]["first"] for r in runs)
+    imported = med(r["T"]["imported"] - r["T"]["first"] for r in runs)
+    attached = med(r["T"]["attached"] for r in runs)
+    loop = med(r["T"]["loop"] for r in runs)
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"`.venv/bin/python bench/startup.py --runs {args.runs}` — "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, kernel {os.uname().release}, "
+        f"{os.cpu_count()} CPUs, load average at the end {load}\n"
+    )
+    print("| phase (median of runs) | ms |")
+    print("|---|---:|")
+    print(f"| interpreter start (spawn -> first statement) | {first * 1e3:.1f} |")
+    print(f"| imports (cli + commands.trace) | {imported * 1e3:.1f} |")
+    seen = {p for r in runs for p in r["S"]}
+    covered = []
+    for p in [*ORDER, *sorted(seen - set(ORDER))]:
+        if p not in seen:
+            continue
+        v = med(r["S"].get(p, 0.0) for r in runs)
+        part = p in PARTS
+        if not part:
+            covered.append(v)
+        print(f"| {'- ' if part else ''}{p} | {v * 1e3:.1f} |")
+    print(f"| **spawn -> attached** (end of collector.start()) | **{attached * 1e3:.1f}** |")
+    print(f"| spawn -> event loop (status lines printed) | {loop * 1e3:.1f} |")
+    other = loop - first - imported - sum(covered)
+    print(f"| other (not covered by a phase above, to the loop) | {other * 1e3:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
