@@ -99,7 +99,17 @@ def loop(*a, **k):
     T["loop"] = time.monotonic()
     raise Done
 trace._loop = loop
-real_status = None
+class Tap:
+    # stderr, noting when the "tracing…" line is written
+    def __init__(self, stream):
+        self.stream = stream
+    def write(self, text):
+        if "tracing…" in text and "line" not in T:
+            T["line"] = time.monotonic()
+        return self.stream.write(text)
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+sys.stderr = Tap(sys.stderr)
 sys.argv = ["vethtrace", "trace", "icmp", "-n", sys.argv[1], "--json"]
 try:
     vethtrace.cli.main(sys.argv[1:])
@@ -194,6 +204,8 @@ def main() -> int:
     print(f"| other (not covered by a phase above, to attached) | {other * 1e3:.1f} |")
     after = med(r["T"]["loop"] - r["T"]["attached"] for r in runs)
     print(f"| attached -> event loop (output, scope watch, status lines) | {after * 1e3:.1f} |")
+    line = med(r["T"]["line"] - r["T"]["attached"] for r in runs)
+    print(f"| - of which attached -> \"tracing…\" line on stderr | {line * 1e3:.1f} |")
     print(f"| spawn -> event loop | {loop * 1e3:.1f} |")
     return 0
 

@@ -105,29 +105,24 @@ def run(
             with _spinner(as_json, "compiling and attaching probes…"):
                 plan = collector.start()
             attached = since_exec()
-            # after attaching: rich and the namespace names (~25 ms), see the docstring
-            from vethtrace.commands.trace_sink import Sink
-
-            sink = Sink(as_json)
-            status = sink.status
-            scope = _scope(netns)
+            # after attaching: the line saying so, then rich, the namespace names
+            # and the scope watch (see the docstring)
             pcap_notes: list[str] = []
             if pcap:  # capturing before "tracing…" is said
                 from vethtrace.commands.trace_pcap import PcapTap
 
                 sniffers = PcapTap(pcap, netns, collector.filter)
                 pcap_notes = sniffers.start()
-            t = collector.timings
-            ready = t.get("btf", 0) + t.get("compile_attach", 0)
-            how = "cached programs" if collector.from_cache else "compiled"
-            status.print(
-                f"tracing… ({plan.one_line()}; headers {plan.headers}; "
-                f"{how}, ready in {ready:.2f} s; attached {attached:.2f} s after start)"
-                + (f" filter: {collector.filter.text}" if collector.filter.text else "")
-                + ("  Ctrl-C to stop" if duration is None else ""),
-                style="dim",
-                highlight=False,
-            )
+            line = _tracing_line(collector, plan, attached, duration)
+            on_terminal = _status_on_terminal(as_json)
+            if not on_terminal:
+                sys.stderr.write(line + "\n")  # as rich would (no styles in a pipe), before it
+            from vethtrace.commands.trace_sink import Sink
+
+            sink = Sink(as_json)
+            status = sink.status
+            if on_terminal:
+                status.print(line, style="dim", highlight=False)
             if plan.blind_line():
                 status.print(f"cannot see: {plan.blind_line()}", style="dim", highlight=False)
             for why in pcap_notes:
@@ -138,7 +133,8 @@ def run(
                     status.print(f"note: {note}", style="dim", highlight=False)
             if write:
                 sink.rec = _recorder(write, plan, netns, collector.filter.text, pcap)
-            sink.header()
+            scope = _scope(netns)
+            sink.begin()  # the namespace names, the column header
             started = time.monotonic()
             deadline = started + duration if duration else None
             try:
@@ -172,16 +168,34 @@ def run(
     return int(code)
 
 
+def _status_on_terminal(as_json: bool) -> bool:
+    """Whether status lines go to a terminal: stdout's when it is one and no
+    --json, else stderr's (trace_sink.Sink.status is that console)."""
+    return (not as_json and sys.stdout.isatty()) or sys.stderr.isatty()
+
+
 def _spinner(as_json: bool, text: str) -> Any:
-    """rich's spinner while the probes compile and attach, where the status
-    lines go to a terminal (stderr with --json or when stdout is not one).
-    Elsewhere it would show nothing, and rich is not imported before attaching."""
-    stream = sys.stderr if as_json or not sys.stdout.isatty() else sys.stdout
-    if not stream.isatty():
+    """rich's spinner while the probes compile and attach, where status lines go
+    to a terminal. Elsewhere it would show nothing, and rich is not imported
+    before the probes are attached."""
+    if not _status_on_terminal(as_json):
         return contextlib.nullcontext()
     from vethtrace.console import make_console
 
-    return make_console(stderr=stream is sys.stderr).status(text, spinner="dots")
+    return make_console(stderr=as_json or not sys.stdout.isatty()).status(text, spinner="dots")
+
+
+def _tracing_line(collector: BpfCollector, plan: Any, attached: float, duration: Any) -> str:
+    """The status line said once the probes are attached (tests and the bench wait for it)."""
+    t = collector.timings
+    ready = t.get("btf", 0) + t.get("compile_attach", 0)
+    how = "cached programs" if collector.from_cache else "compiled"
+    return (
+        f"tracing… ({plan.one_line()}; headers {plan.headers}; "
+        f"{how}, ready in {ready:.2f} s; attached {attached:.2f} s after start)"
+        + (f" filter: {collector.filter.text}" if collector.filter.text else "")
+        + ("  Ctrl-C to stop" if duration is None else "")
+    )
 
 
 def since_exec() -> float:

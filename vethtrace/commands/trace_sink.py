@@ -30,7 +30,7 @@ class Sink:
         self.out = make_console()
         self.status = make_console(stderr=True) if as_json or not self.out.is_terminal else self.out
         self.as_json, self.clock = as_json, Clock()
-        self.names = render.NetnsNames()
+        self.names: render.NetnsNames  # by begin(), once "tracing…" is said
         self.summary = render.Summary()
         self.rec: Any = None
         self.t0: int | None = None
@@ -40,7 +40,10 @@ class Sink:
         self._lost_notice_at = 0.0
         self.width = render.line_width(self.out)
 
-    def header(self) -> None:
+    def begin(self) -> None:
+        """Before the first event (events need it): the namespace names (~15 ms:
+        every namespace enumerated, container runtimes asked), the column header."""
+        self.names = render.NetnsNames()
         if not self.as_json:
             self.out.print(render.header(self.width), style="bold", highlight=False)
 
