@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -407,8 +408,10 @@ def header(args: argparse.Namespace) -> str:
     )
 
 
-def attach_time(kind: str, a: str, cache: str) -> float:
-    """Spawn -> first event for a sentinel ping from a (pings every 50 ms).
+def attach_time(kind: str, a: str, cache: str) -> tuple[float, float]:
+    """(spawn -> attached, spawn -> first event) for a sentinel ping from a
+    (pings every 50 ms). Attached: vethtrace's "tracing…" line on stderr
+    (written as the probes are attached), bpftrace's "Attaching N probes".
     vethtrace keeps compiled probes and BTF facts in `cache` (VETHTRACE_CACHE):
     empty on the first run, so that one compiles."""
     env = {**os.environ, "VETHTRACE_CACHE": cache}
@@ -422,9 +425,16 @@ def attach_time(kind: str, a: str, cache: str) -> float:
             'tracepoint:skb:consume_skb /comm == "ping"/ { printf("event\\n"); exit(); }',
         ]
     t0 = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    attached: list[float] = []
+
+    def watch_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith("tracing…") and not attached:
+                attached.append(time.monotonic() - t0)
+
+    threading.Thread(target=watch_stderr, daemon=True).start()
     pinger = subprocess.Popen(
         ["ip", "netns", "exec", a, "ping", "-q", "-i", "0.05", "-W", "1", SERVER_IP],
         stdout=subprocess.DEVNULL,
@@ -436,8 +446,11 @@ def attach_time(kind: str, a: str, cache: str) -> float:
             line = proc.stdout.readline()
             if not line:
                 raise RuntimeError(f"{kind} exited without an event")
+            if line.startswith("Attaching") and not attached:
+                attached.append(time.monotonic() - t0)
             if line.startswith("{") or "event" in line:
-                return time.monotonic() - t0
+                first = time.monotonic() - t0
+                return (attached[0] if attached else float("nan")), first
     finally:
         pinger.terminate()
         proc.send_signal(signal.SIGINT)
@@ -492,7 +505,7 @@ def main() -> int:
     results: dict[tuple[str, str], list[float]] = {}
     extra: dict[tuple[str, str], list[dict[str, float]]] = {}
     capacity: list[tuple[int, float, float, int]] = []
-    attach: dict[str, list[float]] = {}
+    attach: dict[str, list[tuple[float, float]]] = {}
     try:
         if "throughput" in parts:
             for proto in ("tcp", "udp"):
@@ -551,10 +564,13 @@ def main() -> int:
     if "maps" in parts:
         print_maps(maps, args.seconds, args.pps, args.reps)
     if attach:
-        print("\n| tracer | start -> first event, 1st run (empty cache) | 2nd (cached) | 3rd |")
+        print(
+            "\n| tracer | start -> attached / -> first event, 1st run (empty cache) "
+            "| 2nd (cached) | 3rd |"
+        )
         print("|---|---|---|---|")
         for k, times in attach.items():
-            print(f"| {k} | " + " | ".join(f"{t:.2f} s" for t in times) + " |")
+            print(f"| {k} | " + " | ".join(f"{a:.3f} / {f:.2f} s" for a, f in times) + " |")
     return 0
 
 

@@ -114,6 +114,7 @@ def run(
                 sniffers = PcapTap(pcap, netns, collector.filter)
                 pcap_notes = sniffers.start()
             line = _tracing_line(collector, plan, attached, duration)
+            started = time.monotonic()  # --duration counts from this line
             on_terminal = _status_on_terminal(as_json)
             if not on_terminal:
                 sys.stderr.write(line + "\n")  # as rich would (no styles in a pipe), before it
@@ -133,9 +134,8 @@ def run(
                     status.print(f"note: {note}", style="dim", highlight=False)
             if write:
                 sink.rec = _recorder(write, plan, netns, collector.filter.text, pcap)
-            scope = _scope(netns)
+            scope = _scope(netns, inodes)
             sink.begin()  # the namespace names, the column header
-            started = time.monotonic()
             deadline = started + duration if duration else None
             try:
                 code = _loop(collector, sink, scope, sniffers, session, stop, deadline, wait)
@@ -216,12 +216,12 @@ def _nftrace_session(flt: Any, netns: list[str]) -> Any:
     return NftraceSession(flt, scopes_named(netns))
 
 
-def _scope(netns: list[str]) -> Any:
+def _scope(netns: list[str], inodes: list[int] | None) -> Any:
     if not netns:
         return None  # every namespace: there is no scope to lose
     from vethtrace.topology.scope import ScopeWatch
 
-    return ScopeWatch(netns)
+    return ScopeWatch(netns, inodes)  # the inodes the probes hold
 
 
 def _loop(
