@@ -33,6 +33,7 @@ T = {"first": time.monotonic()}
 S = {}
 import vethtrace.cli, vethtrace.commands.trace
 T["imported"] = time.monotonic()
+T["package"] = vethtrace.__file__
 from vethtrace.collect import bpf, progcache, syscall
 from vethtrace.commands import trace
 
@@ -143,6 +144,7 @@ def one(python: str, netns: str, env: dict[str, str]) -> dict[str, dict[str, flo
     t0 = time.monotonic()
     proc = subprocess.run(
         [python, "-c", CHILD, netns],
+        cwd="/",  # `-c` puts the working directory first on sys.path: not a checkout
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -153,8 +155,36 @@ def one(python: str, netns: str, env: dict[str, str]) -> dict[str, dict[str, flo
     if not last.startswith("{"):
         raise RuntimeError(f"child failed: {proc.stderr[-2000:]}")
     doc = json.loads(last)
+    doc["package"] = doc["T"].pop("package")
     doc["T"] = {k: v - t0 for k, v in doc["T"].items()}
     return doc
+
+
+def table(runs: list[dict[str, dict[str, float]]]) -> list[tuple[str, float]]:
+    """(row, median ms) for one code base's runs."""
+    med = statistics.median
+    T = {k: med(r["T"][k] for r in runs) for k in ("first", "attached", "loop")}
+    imported = med(r["T"]["imported"] - r["T"]["first"] for r in runs)
+    rows = [
+        ("interpreter start (spawn -> first statement)", T["first"]),
+        ("imports (cli + commands.trace)", imported),
+    ]
+    seen = {p for r in runs for p in r["S"]}
+    covered = 0.0
+    for p in [*ORDER, *sorted(seen - set(ORDER))]:
+        v = med(r["S"].get(p, 0.0) for r in runs)
+        covered += 0.0 if p in PARTS else v
+        rows.append((f"- {p}" if p in PARTS else p, v))
+    rows.append(("**spawn -> attached** (end of collector.start())", T["attached"]))
+    rows.append(
+        ("other (not covered above, to attached)", T["attached"] - T["first"] - imported - covered)
+    )
+    after = med(r["T"]["loop"] - r["T"]["attached"] for r in runs)
+    rows.append(("attached -> event loop (output, names, scope watch)", after))
+    line = med(r["T"].get("line", r["T"]["loop"]) - r["T"]["attached"] for r in runs)
+    rows.append(('- of which attached -> "tracing…" line on stderr', line))
+    rows.append(("spawn -> event loop", T["loop"]))
+    return [(name, v * 1e3) for name, v in rows]
 
 
 def main() -> int:
@@ -162,51 +192,47 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--netns", help="an existing namespace (default: one made for the run)")
     ap.add_argument("--python", default=sys.executable)
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run the vethtrace package in DIR (e.g. `git archive main vethtrace | "
+        "tar -x -C DIR`), alternating with this one, as a second column",
+    )
     args = ap.parse_args()
     made = None
     if not args.netns:
         made = args.netns = f"vtbs{os.getpid()}-a"
         subprocess.run(["ip", "netns", "add", made], check=True)
-    env = dict(os.environ)
+    envs = {"this": dict(os.environ)}
+    if args.baseline:
+        envs["baseline"] = {**os.environ, "PYTHONPATH": args.baseline}
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in envs}
     try:
-        one(args.python, args.netns, env)  # fills the program cache, untimed
-        runs = [one(args.python, args.netns, env) for _ in range(args.runs)]
+        for env in envs.values():
+            one(args.python, args.netns, env)  # fills the program cache, untimed
+        for _ in range(args.runs):
+            for k, env in envs.items():  # alternating: load changes hit both
+                runs[k].append(one(args.python, args.netns, env))
     finally:
         if made:
             subprocess.run(["ip", "netns", "del", made], check=False)
-    med = statistics.median
-    first = med(r["T"]["first"] for r in runs)
-    imported = med(r["T"]["imported"] - r["T"]["first"] for r in runs)
-    attached = med(r["T"]["attached"] for r in runs)
-    loop = med(r["T"]["loop"] for r in runs)
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    cmd = " ".join(a for a in sys.argv[1:] if a)
     print(
-        f"`.venv/bin/python bench/startup.py --runs {args.runs}` — "
+        f"`.venv/bin/python bench/startup.py {cmd}` — "
         f"{time.strftime('%Y-%m-%d %H:%M')}, kernel {os.uname().release}, "
         f"{os.cpu_count()} CPUs, load average at the end {load}\n"
     )
-    print("| phase (median of runs) | ms |")
-    print("|---|---:|")
-    print(f"| interpreter start (spawn -> first statement) | {first * 1e3:.1f} |")
-    print(f"| imports (cli + commands.trace) | {imported * 1e3:.1f} |")
-    seen = {p for r in runs for p in r["S"]}
-    covered = []
-    for p in [*ORDER, *sorted(seen - set(ORDER))]:
-        if p not in seen:
-            continue
-        v = med(r["S"].get(p, 0.0) for r in runs)
-        part = p in PARTS
-        if not part:
-            covered.append(v)
-        print(f"| {'- ' if part else ''}{p} | {v * 1e3:.1f} |")
-    print(f"| **spawn -> attached** (end of collector.start()) | **{attached * 1e3:.1f}** |")
-    other = attached - first - imported - sum(covered)
-    print(f"| other (not covered by a phase above, to attached) | {other * 1e3:.1f} |")
-    after = med(r["T"]["loop"] - r["T"]["attached"] for r in runs)
-    print(f"| attached -> event loop (output, scope watch, status lines) | {after * 1e3:.1f} |")
-    line = med(r["T"]["line"] - r["T"]["attached"] for r in runs)
-    print(f"| - of which attached -> \"tracing…\" line on stderr | {line * 1e3:.1f} |")
-    print(f"| spawn -> event loop | {loop * 1e3:.1f} |")
+    for k, v in runs.items():
+        print(f"{k}: {v[0]['package']}")
+    print()
+    tables = {k: dict(table(v)) for k, v in runs.items()}
+    names = list(dict.fromkeys(n for t in tables.values() for n in t))
+    print("| phase (median of runs), ms | " + " | ".join(tables) + " |")
+    print("|---|" + "---:|" * len(tables))
+    for n in names:
+        cells = " | ".join(f"{t[n]:.1f}" if n in t else "-" for t in tables.values())
+        print(f"| {n} | {cells} |")
     return 0
 
 
