@@ -203,6 +203,7 @@ class BpfCollector:
             reasons, subsys = drop_reason_tables()
         except btfmod.BtfError as exc:
             raise UserError(f"kernel layout not understood from BTF: {exc}") from None
+        self._kallsyms.preload()
         if self.force_perf:
             plan.delivery = "perf buffer"
         ringbuf = plan.delivery == "ring buffer"
@@ -221,7 +222,6 @@ class BpfCollector:
             layout = Layout(self._cached.layout)
             events_fd = self._cached.map_fd("vt_events")
         else:
-            self._kallsyms.preload()  # beside bcc's compile, which gives the GIL up
             self._compile(src, flags, consts, plan, fmech)
             table = self._bpf[b"vt_events"]
             spec = Layout.spec(self._bpf[b"vt_layout"].Leaf)  # as compiled
@@ -235,10 +235,6 @@ class BpfCollector:
         if ringbuf:
             self._ring = RingReader(events_fd, self.ringbuf_pages * mmap.PAGESIZE)
         self.timings["compile_attach"] = time.monotonic() - t1
-        if self._cached is not None:
-            # Only now: the symbol load holds the GIL for ~0.1-0.2 s, and beside
-            # the bpf(2) loads (each gives the GIL up) it doubled the time to attach.
-            self._kallsyms.preload()
         self.from_cache = self._cached is not None
         self.plan = plan
         return plan
