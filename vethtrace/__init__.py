@@ -10,9 +10,12 @@ if _sys.argv and _sys.argv[0].rsplit("/", 1)[-1] == "vethtrace":
     # KeyboardInterrupt traceback; cli.main installs the real handlers
     # (vethtrace/signals.py). Only for the command: importing vethtrace as a
     # library changes no signal handling. `_signal` is built in: no import cost.
-    import _signal
+    try:
+        import _signal
 
-    def _starting(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        def _starting(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)
 
-    _signal.signal(_signal.SIGINT, _starting)
+        _signal.signal(_signal.SIGINT, _starting)
+    except KeyboardInterrupt:  # it landed while this very handler was being installed
+        raise SystemExit(130) from None

@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, cast
 
 from vethtrace import __version__
 from vethtrace import signals as sigs
@@ -246,6 +246,8 @@ def _sub(
 ) -> argparse.ArgumentParser:
     """A subcommand whose --help ends with its examples (EXAMPLES["parent name"])."""
     key = f"{parent} {name}".strip()
+    if _ONLY[0] and not parent and name != _ONLY[0]:
+        return cast(argparse.ArgumentParser, _Unused())
     extra = f"\n\n{FILTER_HELP}" if key in ("trace", "watch") else ""
     return sub.add_parser(
         name,
@@ -256,7 +258,46 @@ def _sub(
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Unused:
+    """Takes the place of the parser of a subcommand this run does not parse:
+    every add_argument and the like is a no-op returning itself."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Unused]:
+        return lambda *_a, **_k: self
+
+
+# The one subcommand build_parser builds in full ("": every one), see build_parser.
+_ONLY = [""]
+GLOBAL_VALUED = ("--docker-host", "--podman-host")  # top-level options taking a value
+
+
+def command_of(argv: Sequence[str]) -> str:
+    """The subcommand an argument list names ("" if none): the first argument
+    that is neither an option nor the value of a top-level option."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in GLOBAL_VALUED:
+            skip = True
+        elif arg[:1] != "-":
+            return arg
+    return ""
+
+
+def build_parser(only: str = "") -> argparse.ArgumentParser:
+    """The parser; with `only` (a subcommand's name, see command_of) the other
+    subcommands are left out: building every one costs ~5 ms of each start
+    (issue #18), and the one named is all an argument list naming it can reach.
+    Any other value builds them all (--help, a misspelt command)."""
+    _ONLY[0] = only if only in EXAMPLES and " " not in only else ""  # "lab up": a nested one
+    try:
+        return _build_parser()
+    finally:
+        _ONLY[0] = ""
+
+
+def _build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="vethtrace",
         description="Find where packets go missing across veth pairs, bridges and namespaces.",
@@ -400,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore: Callable[[], None] | None = None
     try:
         restore = sigs.install(command)  # inside the try: a signal may land at once
-        args = build_parser().parse_args(argv)
+        args = build_parser(command_of(sys.argv[1:] if argv is None else argv)).parse_args(argv)
         options = vars(args)
         command = options.pop("command")
         for runtime, env in (("docker", "DOCKER_HOST"), ("podman", "CONTAINER_HOST")):

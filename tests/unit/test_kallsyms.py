@@ -45,3 +45,20 @@ def test_lookups_while_loading_in_the_background(tmp_path: Path) -> None:
         for t in threads:
             t.join()
     assert not errors, errors[0]
+
+
+def test_a_kept_table_answers_as_the_file_did(tmp_path: Path) -> None:
+    """The parsed table is kept on disk (root only: kernel addresses) and read
+    back in milliseconds by the next start; a damaged copy is read again."""
+    _table(tmp_path / "kallsyms", 1000)
+    first = Kallsyms(str(tmp_path / "kallsyms"), cache_dir=tmp_path / "cache")
+    assert first.name(0xFFFF0000 + 16 * 7 + 3) == "fn7"
+    (kept,) = (tmp_path / "cache").glob("kallsyms-*.bin")
+    assert kept.stat().st_mode & 0o777 == 0o600
+    (tmp_path / "kallsyms").write_text("")  # from now on only the kept copy knows
+    again = Kallsyms(str(tmp_path / "kallsyms"), cache_dir=tmp_path / "cache")
+    assert [again.name(0xFFFF0000 + 16 * i) for i in (0, 999)] == ["fn0", "fn999"]
+    kept.write_bytes(kept.read_bytes()[:-3])  # truncated: not trusted
+    _table(tmp_path / "kallsyms", 10)
+    third = Kallsyms(str(tmp_path / "kallsyms"), cache_dir=tmp_path / "cache")
+    assert third.name(0xFFFF0000 + 16 * 999) == "fn9"  # read from the file again

@@ -12,10 +12,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
-_MACHINE = platform.machine()
+_MACHINE = os.uname().machine  # what platform.machine() reads, without its ~1 ms import
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(_MACHINE)
 SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}.get(_MACHINE)
 

@@ -5,6 +5,12 @@ Streams kernel packet events (see collect/bpf.py for what each carries).
 Status (spinner, the "tracing…" line with the plan, the summary) goes to
 stderr when --json is given, so stdout stays one JSON object per line.
 
+Start to attached is kept short (issue #18): before the probes are attached
+only what attaching needs runs (the filter, the -n inodes, the collector);
+the output's set-up (rich, the namespace names: trace_sink.py) and the scope
+watch come after, while events already wait in the ring buffer. The
+"tracing…" line says when the probes were attached, counted from exec.
+
 What must never be silent while it runs (issue #20): events the kernel could
 not deliver (a `lost` notice as it happens, rate-limited on stderr, a record
 in --json and in the recording), and the scope vanishing under it (a `scope`
@@ -16,25 +22,24 @@ emptied; what was read and not shown by then is counted in the summary.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import mmap
+import os
 import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vethtrace import netns as netnsmod
-from vethtrace.clock import Clock
 from vethtrace.collect.bpf import BpfCollector
-from vethtrace.console import make_console
 from vethtrace.errors import ExitStatus, UserError, require_root
-from vethtrace.render import trace as render
+
+if TYPE_CHECKING:
+    from vethtrace.commands.trace_sink import Sink
 
 LOST_CHECK_S = 0.1  # read the kernel's loss counter this often
-LOST_NOTICE_S = 1.0  # at most one loss notice (stderr, --json, recording) this often
 SCOPE_CHECK_S = 0.5
-SLICE = 64  # events shown between two looks at the clock (~10 ms on a busy machine)
 DRAIN_BUDGET = 512  # records read at the deadline (a few ms of decoding)
 DRAIN_GRACE_S = 0.02  # and shown for at most this long
 DEFAULT_BUFFER_KIB = 8192
@@ -86,11 +91,8 @@ def run(
     pages = ring_pages_of(buffer)
     require_root("tracing")
     inodes = [netnsmod.inode_of(n) for n in netns] or None
-    out = make_console()
-    status = make_console(stderr=True) if as_json or not out.is_terminal else out
     collector = BpfCollector(filter or "", inodes, ringbuf_pages=pages)  # bad filter fails here
     session = _nftrace_session(collector.filter, netns) if nftrace else None
-    sink = _Sink(out, status, as_json, Clock())
     started = time.monotonic()
     # Ctrl-C only sets a flag: the loop then drains, detaches and summarises,
     # wherever the signal lands (compiling, printing, polling).
@@ -100,27 +102,29 @@ def run(
     sniffers = None
     try:
         with collector:
-            with status.status("compiling and attaching probes…", spinner="dots"):
+            with _spinner(as_json, "compiling and attaching probes…"):
                 plan = collector.start()
+            attached = since_exec()
+            # after attaching: the line saying so, then rich, the namespace names
+            # and the scope watch (see the docstring)
             _vxlan_ports_later(collector, netns)
-            scope = _scope(netns)
             pcap_notes: list[str] = []
             if pcap:  # capturing before "tracing…" is said
                 from vethtrace.commands.trace_pcap import PcapTap
 
                 sniffers = PcapTap(pcap, netns, collector.filter)
                 pcap_notes = sniffers.start()
-            t = collector.timings
-            ready = t.get("btf", 0) + t.get("compile_attach", 0)
-            how = "cached programs" if collector.from_cache else "compiled"
-            status.print(
-                f"tracing… ({plan.one_line()}; headers {plan.headers}; "
-                f"{how}, ready in {ready:.2f} s)"
-                + (f" filter: {collector.filter.text}" if collector.filter.text else "")
-                + ("  Ctrl-C to stop" if duration is None else ""),
-                style="dim",
-                highlight=False,
-            )
+            line = _tracing_line(collector, plan, attached, duration)
+            started = time.monotonic()  # --duration counts from this line
+            on_terminal = _status_on_terminal(as_json)
+            if not on_terminal:
+                sys.stderr.write(line + "\n")  # as rich would (no styles in a pipe), before it
+            from vethtrace.commands.trace_sink import Sink
+
+            sink = Sink(as_json)
+            status = sink.status
+            if on_terminal:
+                status.print(line, style="dim", highlight=False)
             if plan.blind_line():
                 status.print(f"cannot see: {plan.blind_line()}", style="dim", highlight=False)
             for why in pcap_notes:
@@ -131,8 +135,8 @@ def run(
                     status.print(f"note: {note}", style="dim", highlight=False)
             if write:
                 sink.rec = _recorder(write, plan, netns, collector.filter.text, pcap)
-            sink.header()
-            started = time.monotonic()
+            scope = _scope(netns, inodes)
+            sink.begin()  # the namespace names, the column header
             deadline = started + duration if duration else None
             try:
                 code = _loop(collector, sink, scope, sniffers, session, stop, deadline, wait)
@@ -165,6 +169,48 @@ def run(
     return int(code)
 
 
+def _status_on_terminal(as_json: bool) -> bool:
+    """Whether status lines go to a terminal: stdout's when it is one and no
+    --json, else stderr's (trace_sink.Sink.status is that console)."""
+    return (not as_json and sys.stdout.isatty()) or sys.stderr.isatty()
+
+
+def _spinner(as_json: bool, text: str) -> Any:
+    """rich's spinner while the probes compile and attach, where status lines go
+    to a terminal. Elsewhere it would show nothing, and rich is not imported
+    before the probes are attached."""
+    if not _status_on_terminal(as_json):
+        return contextlib.nullcontext()
+    from vethtrace.console import make_console
+
+    return make_console(stderr=as_json or not sys.stdout.isatty()).status(text, spinner="dots")
+
+
+def _tracing_line(collector: BpfCollector, plan: Any, attached: float, duration: Any) -> str:
+    """The status line said once the probes are attached (tests and the bench wait for it)."""
+    t = collector.timings
+    ready = t.get("btf", 0) + t.get("compile_attach", 0)
+    how = "cached programs" if collector.from_cache else "compiled"
+    return (
+        f"tracing… ({plan.one_line()}; headers {plan.headers}; "
+        f"{how}, ready in {ready:.2f} s; attached {attached:.2f} s after start)"
+        + (f" filter: {collector.filter.text}" if collector.filter.text else "")
+        + ("  Ctrl-C to stop" if duration is None else "")
+    )
+
+
+def since_exec() -> float:
+    """Seconds since this process was started (the kernel's start time, in
+    clock ticks since boot: 10 ms steps), for the "attached … after start" note."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        ticks = int(fields[19])  # field 22, counted from the state (field 3)
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _nftrace_session(flt: Any, netns: list[str]) -> Any:
     from vethtrace.collect.nftrace import NftraceSession, scopes_named
 
@@ -194,17 +240,17 @@ def _vxlan_ports_later(collector: BpfCollector, netns: list[str]) -> None:
     threading.Thread(target=work, name="vxlan-ports", daemon=True).start()
 
 
-def _scope(netns: list[str]) -> Any:
+def _scope(netns: list[str], inodes: list[int] | None) -> Any:
     if not netns:
         return None  # every namespace: there is no scope to lose
     from vethtrace.topology.scope import ScopeWatch
 
-    return ScopeWatch(netns)
+    return ScopeWatch(netns, inodes)  # the inodes the probes hold
 
 
 def _loop(
     collector: BpfCollector,
-    sink: _Sink,
+    sink: Sink,
     scope: Any,
     sniffers: Any,
     session: Any,
@@ -241,104 +287,3 @@ def _loop(
                 )
                 return ExitStatus.FINDINGS  # 1: ended early, the scope is gone
     return ExitStatus.OK
-
-
-class _Sink:
-    """Where everything trace says goes: lines or JSON on stdout, notices on
-    stderr, the recording. Counts what the summary reports."""
-
-    def __init__(self, out: Any, status: Any, as_json: bool, clock: Clock) -> None:
-        self.out, self.status, self.as_json, self.clock = out, status, as_json, clock
-        self.names = render.NetnsNames()
-        self.summary = render.Summary()
-        self.rec: Any = None
-        self.t0: int | None = None
-        self.lost = 0
-        self.unshown = 0  # read after the deadline, not shown
-        self._lost_reported = 0
-        self._lost_notice_at = 0.0
-        self.width = render.line_width(out)
-
-    def header(self) -> None:
-        if not self.as_json:
-            self.out.print(render.header(self.width), style="bold", highlight=False)
-
-    def events(self, events: list[Any], deadline: float | None) -> None:
-        for start in range(0, len(events), SLICE):
-            if deadline is not None and time.monotonic() >= deadline:
-                self.unshown += len(events) - start
-                return
-            for ev in events[start : start + SLICE]:
-                self._event(ev)
-            if self.as_json or self.width is None:
-                sys.stdout.flush()
-
-    def _event(self, ev: Any) -> None:
-        if self.t0 is None:
-            self.t0 = ev.ts_ns
-        self.summary.add(ev)
-        if self.rec is not None:
-            self.rec.event(ev)
-        if self.as_json:
-            print(render.json_line(ev, self.names, self.clock), flush=False)
-        elif self.width is None:  # piped: no styles to render, ~10x faster than rich
-            sys.stdout.write(render.line(ev, self.t0, self.names).plain + "\n")
-        else:
-            self.out.print(render.line(ev, self.t0, self.names, self.width), soft_wrap=True)
-
-    def nft(self, events: list[Any]) -> None:
-        """Rule verdicts from the kernel's nftables trace, as lines among the events."""
-        if not events:
-            return
-        from vethtrace.render import nftrace as nftrender
-
-        for ev in events:
-            if self.t0 is None:
-                self.t0 = ev.ts_ns
-            if self.rec is not None:
-                self.rec.nftrace(ev)
-            name = self.names.name(ev.netns)
-            if self.as_json:
-                print(json.dumps(nftrender.json_obj(ev, name), separators=(",", ":")))
-            else:
-                self.out.print(nftrender.line(ev, self.t0, self.names.name), soft_wrap=True)
-
-    def _notice(self, kind: str, data: dict[str, Any], text: str, style: str) -> None:
-        ts = time.monotonic_ns()
-        record = {"ts_ns": ts, "time": self.clock.rfc3339(ts), **data}
-        if self.rec is not None:
-            self.rec.notice(kind, record)
-        if self.as_json:
-            print(render.notice_line(kind, record), flush=True)
-        self.status.print(f"vethtrace trace: {text}", style=style, highlight=False)
-
-    def check_lost(self, total: int, force: bool = False) -> None:
-        """A `lost` notice when the kernel's count grew, at most once a second
-        (the rest is added to the next one), and always at the end."""
-        self.lost = total
-        new = total - self._lost_reported
-        now = time.monotonic()
-        if new <= 0 or (not force and now - self._lost_notice_at < LOST_NOTICE_S):
-            return
-        self._lost_reported, self._lost_notice_at = total, now
-        self._notice(
-            "lost",
-            {"lost": new, "total": total},
-            f"{new:,} events lost ({total:,} so far): the ring buffer was full; "
-            "narrow FILTER or -n, or raise --buffer",
-            "bold red",
-        )
-
-    def scope(self, change: Any) -> None:
-        data = {
-            "change": change.change,
-            "netns": change.netns,
-            "inode": change.inode,
-            "interface": change.interface,
-            "left": change.left,
-        }
-        style = "yellow" if change.change in ("netns-gone", "iface-gone") else "dim"
-        extra = ""
-        if change.change == "netns-back":
-            extra = ": not traced (the probes hold the old inode); restart trace to trace it"
-        self._notice("scope", data, change.text() + extra, style)

@@ -43,11 +43,17 @@ class ScopeChange:
 
 
 class ScopeWatch:
-    """The namespaces named by -n (their inodes at start) and their interfaces."""
+    """The namespaces named by -n (their inodes at start) and their interfaces.
 
-    def __init__(self, names: list[str]) -> None:
+    `inodes`: those the probes were given, one per name; without them the names
+    are resolved now. Given, a namespace that vanished between the probes' start
+    and this watch's is the first change check() reports, not an error."""
+
+    def __init__(self, names: list[str], inodes: list[int] | None = None) -> None:
         self.names = list(names)
-        self.inodes = {n: netns_mod.inode_of(n) for n in self.names}  # at start: traced
+        if inodes is None:
+            inodes = [netns_mod.inode_of(n) for n in self.names]
+        self.inodes = dict(zip(self.names, inodes, strict=True))  # at start: traced
         self.gone: set[str] = set()
         self.current: dict[str, int] = dict(self.inodes)  # what each name holds now
         self.ifaces: dict[str, dict[IfaceKey, str]] = {}

@@ -15,13 +15,17 @@ carrying one line that names the runtime and the address.
 
 from __future__ import annotations
 
-import http.client
+import functools
 import json
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import http.client
 
 from vethtrace.errors import UserError
 
@@ -56,20 +60,29 @@ class NotFound(Exception):
     pass
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+@functools.cache
+def _unix_connection() -> Callable[[str, float], http.client.HTTPConnection]:
+    """An HTTPConnection over a unix socket. http.client is imported when a
+    runtime is first asked, here and in Client: it imports email and ssl
+    (~25 ms), which every command naming namespaces would pay otherwise."""
+    import http.client
 
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self._path)
-        except OSError:
-            s.close()
-            raise
-        self.sock = s
+    class UnixConnection(http.client.HTTPConnection):
+        def __init__(self, path: str, timeout: float) -> None:
+            super().__init__("localhost", timeout=timeout)
+            self._path = path
+
+        def connect(self) -> None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(self.timeout)
+            try:
+                s.connect(self._path)
+            except OSError:
+                s.close()
+                raise
+            self.sock = s
+
+    return UnixConnection
 
 
 class Client:
@@ -81,9 +94,11 @@ class Client:
         self.timeout = timeout
 
     def _connection(self) -> http.client.HTTPConnection:
+        import http.client  # on first use (see _unix_connection)
+
         url = self.url
         if url.startswith("unix://"):
-            return _UnixConnection(url[len("unix://"):], self.timeout)
+            return _unix_connection()(url[len("unix://"):], self.timeout)
         if url.startswith("tcp://") or url.startswith("http://"):
             hostport = url.split("://", 1)[1].rstrip("/")
             return http.client.HTTPConnection(hostport, timeout=self.timeout)
@@ -98,6 +113,8 @@ class Client:
 
     def get(self, path: str) -> Any:
         """The decoded JSON answer; NotFound on 404, RuntimeUnreachable otherwise."""
+        import http.client  # on first use (see _unix_connection)
+
         conn = self._connection()
         try:
             conn.request("GET", path, headers={"Host": "localhost"})
