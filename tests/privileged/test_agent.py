@@ -229,3 +229,50 @@ def test_sigterm_stops_an_agent_with_an_open_stream(agents: Agents) -> None:
     assert "Traceback" not in agents.log("node-a")
     agents.procs.pop("node-a")
     agents.start("node-a")
+
+
+def test_an_agent_decodes_vxlan_on_its_devices_port(tmp_path: Path) -> None:
+    """An agent's event stream follows the node's own VXLAN port (flannel's 8472
+    here): the inner ping is decoded and selected by `icmp` on the underlay. With
+    only the default port the tunnel would be plain UDP to 8472, not `icmp`."""
+    from tests.labs import built_lab
+    from vethtrace import netns
+    from vethtrace.lab.scenario import shipped_dir
+
+    text = (shipped_dir() / "overlay-vxlan.toml").read_text()
+    variant = tmp_path / "overlay-vxlan-8472.toml"
+    variant.write_text(text.replace('name = "overlay-vxlan"', 'name = "overlay-vxlan-8472"')
+                       .replace("dstport = 4789", "dstport = 8472"))  # fmt: skip
+    with built_lab(str(variant)) as lab, running_agents(lab, tmp_path) as a:
+        token = a.token.read_text().strip()
+        got: dict[str, Any] = {}
+
+        def stream() -> None:
+            conn = http.client.HTTPConnection(NODES["node-a"], PORT, timeout=120)
+            conn.request("GET", "/v1/events?filter=icmp&duration=6&areas=dev&functions=0",
+                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            got["lines"] = lines = []
+            for raw in conn.getresponse():
+                lines.append(json.loads(raw))
+                got["ready"] = got.get("ready") or lines[-1].get("type") == "ready"
+            conn.close()
+
+        import threading
+
+        t = threading.Thread(target=lambda: netns.run_in(lab.ns("node-b"), stream), daemon=True)
+        t.start()
+        deadline = time.monotonic() + 60
+        while not got.get("ready") and t.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pod_b = subprocess.run(["ip", "-n", lab.ns("pod-b"), "-j", "-4", "addr", "show", "eth0"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        ip_b = json.loads(pod_b.stdout)[0]["addr_info"][0]["local"]
+        time.sleep(1.0)
+        subprocess.run(["ip", "netns", "exec", lab.ns("pod-a"), "ping", "-c", "3", "-i", "0.3",
+                        "-W", "2", ip_b], capture_output=True, check=False)  # fmt: skip
+        t.join(60)
+    events = [ln for ln in got.get("lines", []) if "type" not in ln]
+    enc = [e for e in events if (e.get("packet") or {}).get("encap")]
+    assert enc, [ln.get("type") for ln in got.get("lines", [])]
+    assert all(e["packet"]["encap"]["dport"] == 8472 for e in enc)
+    assert all(e["packet"]["icmp_type"] in (0, 8) for e in enc)

@@ -175,6 +175,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _events(self, q: dict[str, str]) -> None:
         from vethtrace.collect.bpf import AREAS, BpfCollector
+        from vethtrace.collect.runcfg import vxlan_ports_of
         from vethtrace.render.trace import NetnsNames, json_line
 
         agent = self.server.agent
@@ -182,7 +183,9 @@ class Handler(BaseHTTPRequestHandler):
         areas = tuple(a for a in q.get("areas", ",".join(AREAS)).split(",") if a)
         functions = q.get("functions", "1") != "0"
         # a bad filter or area fails here, before the 200: one 400 line says why
-        coll = BpfCollector(q.get("filter", ""), agent.inodes(), areas=areas, functions=functions)
+        ports = vxlan_ports_of(agent.topology())  # the node's VXLAN devices' ports, decoded too
+        coll = BpfCollector(q.get("filter", ""), agent.inodes(), areas=areas, functions=functions,
+                            vxlan_ports=ports)  # fmt: skip
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.end_headers()
