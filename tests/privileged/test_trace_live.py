@@ -134,6 +134,12 @@ def test_wait_keeps_tracing_when_the_scope_is_gone(prefix: str) -> None:
     assert f"namespace {x} vanished" in err and "nothing left" not in err
 
 
+def netns_inode(name: str) -> int:
+    import os
+
+    return os.stat(f"/run/netns/{name}").st_ino
+
+
 def _flood(ns: str, ip: str, seconds: float) -> subprocess.Popen[bytes]:
     """ping -f between our own namespaces, bounded in time (-w)."""
     return subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-f", "-q", "-w",
@@ -282,3 +288,33 @@ def test_trace_lines_fit_the_terminal(prefix: str, width: int) -> None:
         assert row.split()[0].replace(".", "").isdigit(), f"wrapped or cut row: {row!r}"
     assert any("echo req" in r for r in events), screen
     assert ("echo req id" in screen) is (width >= 90), screen  # ids where they fit
+
+
+def test_wait_traces_a_namespace_recreated_under_its_name(prefix: str) -> None:
+    """--wait over a namespace deleted and re-created: the new one (another inode:
+    a filler namespace takes the freed number first) joins the probes' scope (map
+    data), so a ping inside it is traced."""
+    x, filler = f"{prefix}r", f"{prefix}f"
+    try:
+        subprocess.run(["ip", "netns", "add", x], check=True)
+        with tracing("-n", x, "--wait", "--duration", "8", "--json", "icmp") as proc:
+            old = netns_inode(x)
+            subprocess.run(["ip", "netns", "del", x], check=True)
+            time.sleep(1.2)  # the scope watch looks every 0.5 s: "vanished" first
+            subprocess.run(["ip", "netns", "add", filler], check=True)
+            subprocess.run(["ip", "netns", "add", x], check=True)
+            subprocess.run(["ip", "-n", x, "link", "set", "lo", "up"], check=True)
+            time.sleep(1.2)  # ... then "back", and traced
+            netns_exec(x, "ping", "-c", "3", "-i", "0.2", "127.0.0.1")
+            out, err = proc.communicate(timeout=30)
+        new_inode = netns_inode(x)
+    finally:
+        for ns in (x, filler):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+    assert proc.returncode == 0, err
+    assert new_inode != old  # else the probes' scope held it already
+    events, notices = read_json_lines(out)
+    back = [n for n in notices if n.get("change") == "netns-back"]
+    assert back and back[0]["traced"] is True and back[0]["inode"] == new_inode, notices
+    assert "traced" in err
+    assert any(e["netns"] == new_inode for e in events), f"{len(events)} events, none in {x}"

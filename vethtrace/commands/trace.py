@@ -277,6 +277,9 @@ def _loop(
         if scope is not None and now >= next_scope:
             next_scope = now + SCOPE_CHECK_S
             for change in scope.check(now):
+                if change.change == "netns-back":  # re-created: the scope is map data
+                    collector.add_netns([change.inode])
+                    scope.adopt(change)
                 sink.scope(change)
             if not scope.traced and not wait:
                 sink.status.print(

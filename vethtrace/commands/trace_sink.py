@@ -122,7 +122,6 @@ class Sink:
             "left": change.left,
         }
         style = "yellow" if change.change in ("netns-gone", "iface-gone") else "dim"
-        extra = ""
         if change.change == "netns-back":
-            extra = ": not traced (the probes hold the old inode); restart trace to trace it"
-        self._notice("scope", data, change.text() + extra, style)
+            data["traced"] = change.adopted
+        self._notice("scope", data, change.text(), style)

@@ -4,9 +4,10 @@
 (or an interface in it), the probes see nothing more from it, and nothing
 said so: a trace that looks quiet but traces nothing. `ScopeWatch.check()`
 is asked every ~0.5 s by the command and returns what changed since the last
-call: a namespace gone (its name no longer there, or naming another inode: a
-namespace deleted and re-created is a new one the probes do not trace), a
-namespace back under its name, an interface gone or new.
+call: a namespace gone (its name no longer there, or naming another inode), a
+namespace back under its name (deleted and re-created: a new namespace, whose
+inode number may be the old one's, freed and reused; the command adds it to
+the probes' scope, map data, and `adopt`s it here), an interface gone or new.
 
 Namespace presence is a stat of /run/netns/NAME (microseconds); interfaces
 need a link dump in each namespace, so they are read at most once a second.
@@ -31,11 +32,13 @@ class ScopeChange:
     inode: int
     interface: str | None = None
     left: list[str] = field(default_factory=list)  # namespaces of the scope still traced
+    adopted: bool = False  # netns-back: the new namespace joined the probes' scope
 
     def text(self) -> str:
         what = {
             "netns-gone": f"namespace {self.netns} vanished",
-            "netns-back": f"namespace {self.netns} is back (a new one, inode {self.inode})",
+            "netns-back": f"namespace {self.netns} is back (a new one, inode {self.inode})"
+            + ("; traced" if self.adopted else ""),
             "iface-gone": f"interface {self.netns}/{self.interface} vanished",
             "iface-new": f"interface {self.netns}/{self.interface} appeared",
         }[self.change]
@@ -76,7 +79,8 @@ class ScopeWatch:
                 self.gone.add(name)
                 self.ifaces.pop(name, None)
                 out.append(ScopeChange("netns-gone", name, self.inodes[name]))
-            if inode and inode != self.inodes[name]:
+            # back: another inode, or the same number (the kernel reuses freed ones)
+            if inode and (inode != self.inodes[name] or name in self.gone):
                 out.append(ScopeChange("netns-back", name, inode))
             self.current[name] = inode
         if self.traced and now - self._ifaces_at >= IFACES_EVERY_S:
@@ -84,6 +88,16 @@ class ScopeWatch:
         for c in out:
             c.left = self.traced
         return out
+
+    def adopt(self, change: ScopeChange) -> None:
+        """A namespace back under its name is traced from now on (the caller added
+        its inode to the probes' scope): its interfaces are watched as before."""
+        name = change.netns
+        self.inodes[name] = self.current[name] = change.inode
+        self.gone.discard(name)
+        self.ifaces.update(self._read_ifaces([name]))
+        change.adopted = True
+        change.left = self.traced
 
     def _inode(self, name: str) -> int:
         try:
