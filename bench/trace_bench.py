@@ -443,10 +443,14 @@ KINDS = ("untraced", "floor", "vethtrace-nonmatch", "vethtrace-otherns", "bpftra
 
 
 def cpu_table(lab: dict[str, str], seconds: int, pps: int, reps: int) -> dict[str, list[float]]:
-    """Client CPU ns per packet per condition, each run, alternating conditions."""
-    runs: dict[str, list[float]] = {k: [] for k in KINDS}
+    """Client CPU ns per packet per condition, each run, alternating conditions
+    (with --before, its no-match conditions too)."""
+    kinds = list(KINDS)
+    if BEFORE:
+        kinds[3:3] = [k + BEFORE_SUFFIX for k in ("vethtrace-nonmatch", "vethtrace-otherns")]
+    runs: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(reps):
-        for k in KINDS:
+        for k in kinds:
             tracer = Tracer(k, lab, "udp")
             tracer.start()
             try:
