@@ -293,6 +293,12 @@ def enable_bpf_stats() -> int:
 
 def prog_stats(pid: int) -> tuple[int, int]:
     """(run_time_ns, run_cnt) summed over the BPF programs process `pid` holds."""
+    seen = prog_runs(pid)
+    return sum(t for t, _ in seen.values()), sum(c for _, c in seen.values())
+
+
+def prog_runs(pid: int) -> dict[int, tuple[int, int]]:
+    """(run_time_ns, run_cnt) per id of the BPF programs process `pid` holds."""
     seen: dict[int, tuple[int, int]] = {}
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -306,7 +312,16 @@ def prog_stats(pid: int) -> tuple[int, int]:
         except OSError:
             continue
         seen[int(info["prog_id"])] = (int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0)))
-    return sum(t for t, _ in seen.values()), sum(c for _, c in seen.values())
+    return seen
+
+
+def prog_names() -> dict[int, str]:
+    """Program id -> hook name. bcc names a program it compiles after the
+    tracepoint, cut to 15 characters; one loaded from the probe cache keeps
+    bcc's function name (raw_tracepoint__<tp>): both become the first."""
+    out = sh("bpftool", "-j", "prog", "show").stdout
+    return {p["id"]: p.get("name", "").removeprefix("raw_tracepoint__")[:15]
+            for p in json.loads(out or "[]")}  # fmt: skip
 
 
 def cost_per_packet(kind: str, lab: dict[str, str], seconds: int, pps: int) -> dict[str, float]:
@@ -338,6 +353,78 @@ def cost_per_packet(kind: str, lab: dict[str, str], seconds: int, pps: int) -> d
     }
 
 
+def hook_cost(
+    kind: str, lab: dict[str, str], seconds: int, pps: int
+) -> dict[str, tuple[float, float]]:
+    """cost_per_packet split by hook: {hook: (ns per packet, runs per packet)},
+    background subtracted per program. A tail-called program (vt_decide) runs
+    inside its caller's run and is counted there, which is what places the
+    filter's cost on the hooks that read the skb."""
+    tracer = Tracer(kind, lab, "udp")
+    tracer.start()
+    assert tracer.proc is not None
+    pid = tracer.proc.pid
+    try:
+        names = prog_names()
+        r0 = prog_runs(pid)
+        time.sleep(1.0)
+        r1 = prog_runs(pid)
+        start = time.monotonic()
+        kpps = iperf(lab["a"], "udp", seconds, pps)
+        r2 = prog_runs(pid)
+        flow_s = time.monotonic() - start
+    finally:
+        tracer.stop()
+    packets = kpps * 1e3 * seconds
+    out: dict[str, tuple[float, float]] = {}
+    for i, (t2, c2) in r2.items():
+        (t0, c0), (t1, c1) = r0.get(i, (0, 0)), r1.get(i, (0, 0))
+        ns = max(0.0, (t2 - t1) - (t1 - t0) * flow_s) / packets
+        runs = max(0.0, (c2 - c1) - (c1 - c0) * flow_s) / packets
+        if runs >= 0.05:
+            out[names.get(i, str(i))] = (ns, runs)
+    return out
+
+
+def hooks_table(lab: dict[str, str], seconds: int, pps: int, reps: int) -> dict[str, dict]:
+    """vethtrace-nonmatch by hook, medians over `reps` (alternating with
+    --before's probes when given): where a non-matching packet's ns go."""
+    kinds = ["vethtrace-nonmatch"] + (["vethtrace-nonmatch" + BEFORE_SUFFIX] if BEFORE else [])
+    runs: dict[str, list[dict[str, tuple[float, float]]]] = {k: [] for k in kinds}
+    stats_fd = enable_bpf_stats()
+    try:
+        for _ in range(reps):
+            for k in kinds:
+                runs[k].append(hook_cost(k, lab, seconds, pps))
+                total = sum(ns for ns, _ in runs[k][-1].values())
+                print(f"# hooks {k}: {total:.0f} ns/packet {runs[k][-1]}", file=sys.stderr)
+    finally:
+        os.close(stats_fd)
+    table: dict[str, dict] = {}
+    for k, rs in runs.items():
+        hooks = sorted({h for r in rs for h in r})
+        table[k] = {h: (statistics.median(r.get(h, (0.0, 0.0))[0] for r in rs),
+                        statistics.median(r.get(h, (0.0, 0.0))[1] for r in rs))
+                    for h in hooks}  # fmt: skip
+        table[k]["total"] = (statistics.median(sum(ns for ns, _ in r.values()) for r in rs), 0.0)
+    return table
+
+
+def print_hooks(table: dict[str, dict], seconds: int, pps: int, reps: int) -> None:
+    kinds = list(table)
+    print(f"\n| hook, UDP 64 B at {pps // 1000} kpkt/s, {seconds} s x {reps} | "
+          + " | ".join(f"{k}: runs/packet, ns/run, ns/packet" for k in kinds) + " |")  # fmt: skip
+    print("|---|" + "---|" * len(kinds))
+    hooks = sorted({h for k in kinds for h in table[k] if h != "total"})
+    for h in [*hooks, "total"]:
+        cells = []
+        for k in kinds:
+            ns, runs = table[k].get(h, (0.0, 0.0))
+            per_run = f"{ns / runs:.0f}" if runs else "-"
+            cells.append(f"{runs:.1f}, {per_run}, {ns:.0f}" if h != "total" else f"{ns:.0f}")
+        print(f"| {h} | " + " | ".join(cells) + " |")
+
+
 def client_cpu_per_packet(a: str, seconds: int, pps: int) -> float:
     """CPU ns per packet of the iperf3 client sending UDP 64 B at a fixed rate,
     pinned to one CPU: veth delivers synchronously and the receive softirqs
@@ -356,10 +443,14 @@ KINDS = ("untraced", "floor", "vethtrace-nonmatch", "vethtrace-otherns", "bpftra
 
 
 def cpu_table(lab: dict[str, str], seconds: int, pps: int, reps: int) -> dict[str, list[float]]:
-    """Client CPU ns per packet per condition, each run, alternating conditions."""
-    runs: dict[str, list[float]] = {k: [] for k in KINDS}
+    """Client CPU ns per packet per condition, each run, alternating conditions
+    (with --before, its no-match conditions too)."""
+    kinds = list(KINDS)
+    if BEFORE:
+        kinds[3:3] = [k + BEFORE_SUFFIX for k in ("vethtrace-nonmatch", "vethtrace-otherns")]
+    runs: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(reps):
-        for k in KINDS:
+        for k in kinds:
             tracer = Tracer(k, lab, "udp")
             tracer.start()
             try:
@@ -621,7 +712,8 @@ def main() -> int:
     ap.add_argument(
         "--parts",
         default="throughput,capacity,cost,attach",
-        help="comma-separated: throughput, capacity, cost, attach, maps (default: all but maps)",
+        help="comma-separated: throughput, capacity, cost, attach, maps, hooks "
+        "(default: all but maps and hooks)",
     )
     ap.add_argument("--cost-only", action="store_true", help="same as --parts cost")
     ap.add_argument(
@@ -660,7 +752,7 @@ def main() -> int:
     )
     time.sleep(0.5)
     parts = {"cost"} if args.cost_only else set(args.parts.split(","))
-    unknown = parts - {"throughput", "capacity", "cost", "attach", "maps"}
+    unknown = parts - {"throughput", "capacity", "cost", "attach", "maps", "hooks"}
     if unknown:
         ap.error(f"unknown part(s) {sorted(unknown)}")
     results: dict[tuple[str, str], list[float]] = {}
@@ -698,6 +790,8 @@ def main() -> int:
         if "cost" in parts:
             cost = cost_table(names, args.seconds, args.pps, args.reps)
             cpu = cpu_table(names, args.seconds, args.cpu_pps, args.reps)
+        if "hooks" in parts:
+            hooks = hooks_table(names, args.seconds, args.pps, args.reps)
         if "maps" in parts:
             maps = map_table(names, args.seconds, args.pps, args.reps)
         if "attach" in parts:
@@ -718,6 +812,8 @@ def main() -> int:
     if "cost" in parts:
         print_cost(cost, args.seconds, args.pps, args.reps)
         print_cpu(cpu, args.seconds, args.cpu_pps, args.reps)
+    if "hooks" in parts:
+        print_hooks(hooks, args.seconds, args.pps, args.reps)
     if "maps" in parts:
         print_maps(maps, args.seconds, args.pps, args.reps)
     if attach:

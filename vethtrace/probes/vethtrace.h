@@ -599,18 +599,48 @@ static __always_inline u32 vt_dec_slot(u64 skb)
 }
 #endif
 
-/* (stage << 1 | verdict) remembered for skb, or -1 */
-static __always_inline int vt_dec_get(u64 skb)
+/* (stage << 1 | verdict) remembered for skb, or -1; *at: where it is kept
+ * (0 for none), so that a hook answering from memory writes its stage back
+ * with vt_dec_set without a second lookup. */
+static __always_inline int vt_dec_get(u64 skb, u64 **at)
 {
 #if VT_DEC_MAP <= 1
     u32 k = vt_dec_slot(skb);
     u64 *v = vt_dec.lookup(&k);
+    *at = v;
     if (v && (*v & ~7ULL) == skb)
         return *v & 7;
     return -1;
 #else
     u64 *v = vt_dec.lookup(&skb);
+    *at = v;
     return v ? (int)*v : -1;
+#endif
+}
+
+/* Remember (stage, verdict) for skb in the slot vt_dec_get found for it. */
+static __always_inline void vt_dec_set(u64 skb, u64 *at, int stage, int verdict)
+{
+    u64 val = (u64)(stage << 1 | verdict);
+#if VT_DEC_MAP <= 1
+    if (at)
+        *at = skb | val;
+#else
+    if (at)
+        *at = val;
+    else
+        vt_dec.update(&skb, &val);
+#endif
+}
+
+/* Forget skb's entry, found by vt_dec_get (which returned >= 0). */
+static __always_inline void vt_dec_clear(u64 skb, u64 *at)
+{
+#if VT_DEC_MAP <= 1
+    if (at)
+        *at = 0;
+#else
+    vt_dec.delete(&skb);
 #endif
 }
 
@@ -657,10 +687,10 @@ static __always_inline int vt_in_xmit(u64 skb)
     return 0;
 }
 
-/* The remembered verdict where this hook may trust it (see above), else -1. */
-static __always_inline int vt_recall(u16 point, void *skb)
+/* The remembered verdict m (from vt_dec_get) where this hook may trust it
+ * (see above), else -1. */
+static __always_inline int vt_recall(u16 point, void *skb, int m)
 {
-    int m = vt_dec_get((u64)skb);
     if (m < 0)
         return -1;
     int st = m >> 1;
@@ -680,19 +710,27 @@ static __always_inline int vt_recall(u16 point, void *skb)
     return -1;
 }
 
+/* The stage an skb is in after this hook, or -1 (frees: forgotten in
+ * vt_skb_seen). */
+static __always_inline int vt_stage_after(u16 point)
+{
+    if (point == VT_P_NET_DEV_QUEUE)
+        return VT_ST_QUEUED;
+    if (point == VT_P_NET_DEV_START_XMIT)
+        return VT_ST_XMIT;
+    if (point == VT_P_NETIF_RX)
+        return VT_ST_RXQ;
+    if (point == VT_P_NETIF_RECEIVE_SKB)
+        return VT_ST_RCVD;
+    return -1;
+}
+
 /* Remember the verdict after this hook. */
 static __always_inline void vt_remember(u16 point, void *skb, int verdict)
 {
-    int st = VT_ST_QUEUED; /* frees: forgotten in vt_skb_seen */
-    if (point == VT_P_NET_DEV_START_XMIT)
-        st = VT_ST_XMIT;
-    else if (point == VT_P_NETIF_RX)
-        st = VT_ST_RXQ;
-    else if (point == VT_P_NETIF_RECEIVE_SKB)
-        st = VT_ST_RCVD;
-    else if (point != VT_P_NET_DEV_QUEUE)
-        return;
-    vt_dec_put((u64)skb, st, verdict);
+    int st = vt_stage_after(point);
+    if (st >= 0)
+        vt_dec_put((u64)skb, st, verdict);
 }
 #endif /* VT_DECIDE */
 
@@ -834,12 +872,21 @@ static __always_inline int vt_skb_seen(void *ctx, u16 point, void *skb, void *de
     int active = c->active; /* read once: the verifier then knows it below */
 #ifdef VT_DECIDE
     int decide = active;
-    if (decide) {
-        verdict = vt_recall(point, skb);
-        if (point == VT_P_KFREE_SKB || point == VT_P_CONSUME_SKB)
-            vt_dec_forget((u64)skb);
+    /* net_dev_queue trusts no memory (an skb's first hook): no lookup there.
+     * Elsewhere one lookup serves the recall, the forgetting at a free and the
+     * new stage (an entry's slot is read once and written in place). */
+    if (decide && point != VT_P_NET_DEV_QUEUE) {
+        u64 *at = 0;
+        int m = vt_dec_get((u64)skb, &at);
+        verdict = vt_recall(point, skb, m);
+        if (point == VT_P_KFREE_SKB || point == VT_P_CONSUME_SKB) {
+            if (m >= 0)
+                vt_dec_clear((u64)skb, at);
+        }
         if (verdict == 0) {
-            vt_remember(point, skb, 0);
+            int st = vt_stage_after(point);
+            if (st >= 0)
+                vt_dec_set((u64)skb, at, st, 0);
             return 0;
         }
     }
