@@ -216,13 +216,9 @@ def main() -> int:
     finally:
         if made:
             subprocess.run(["ip", "netns", "del", made], check=False)
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    cmd = " ".join(a for a in sys.argv[1:] if a)
-    print(
-        f"`.venv/bin/python bench/startup.py {cmd}` — "
-        f"{time.strftime('%Y-%m-%d %H:%M')}, kernel {os.uname().release}, "
-        f"{os.cpu_count()} CPUs, load average at the end {load}\n"
-    )
+    from trace_bench import header  # beside this file (sys.path[0])
+
+    print(header(".venv/bin/python"))
     for k, v in runs.items():
         print(f"{k}: {v[0]['package']}")
     print()

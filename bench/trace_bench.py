@@ -562,11 +562,15 @@ def print_maps(maps: dict[str, dict], seconds: int, pps: int, reps: int) -> None
               f"| {c['cpu_pkt']:.0f} |")  # fmt: skip
 
 
-def header(args: argparse.Namespace) -> str:
+def header(invocation: str = "flock /tmp/vethtrace-bench.lock .venv/bin/python") -> str:
+    """The line above a run's tables: the command as typed (this script and its
+    arguments after `invocation`), when, which kernel, how loaded (bench/startup.py
+    uses it too)."""
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    script = Path(sys.argv[0]).resolve().relative_to(REPO)
     cmd = " ".join(a for a in sys.argv[1:] if a)
     return (
-        f"`flock /tmp/vethtrace-bench.lock .venv/bin/python bench/trace_bench.py {cmd}`"
+        f"`{invocation} {script} {cmd}`"
         f" — {time.strftime('%Y-%m-%d %H:%M')}, kernel {os.uname().release}, "
         f"{os.cpu_count()} CPUs, load average at the end {load}\n"
     )
@@ -801,7 +805,7 @@ def main() -> int:
         server.wait()
         sh("ip", "netns", "del", names["other"])
         down("bridge-two", prefix)
-    print(header(args))
+    print(header())
     if results:
         print_throughput(KINDS, results, extra)
     if capacity:

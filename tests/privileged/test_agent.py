@@ -195,6 +195,21 @@ def test_an_agent_killed_mid_ping_is_named(agents: Agents) -> None:
     assert doc["ping"]["replies"] >= 1 and code == 0
 
 
+def read_events(token: str, query: str, got: dict[str, Any], timeout: float) -> None:
+    """GET node-a's /v1/events?QUERY (run inside a namespace that reaches it):
+    the status, then each JSON line into got["lines"] as it comes; got["ready"]
+    once the agent said its probes are attached."""
+    conn = http.client.HTTPConnection(NODES["node-a"], PORT, timeout=timeout)
+    conn.request("GET", f"/v1/events?{query}", headers={"Authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    got["status"] = resp.status
+    got["lines"] = lines = []
+    for raw in resp:
+        lines.append(json.loads(raw))
+        got["ready"] = got.get("ready") or lines[-1].get("type") == "ready"
+    conn.close()
+
+
 def test_sigterm_stops_an_agent_with_an_open_stream(agents: Agents) -> None:
     from vethtrace import netns
 
@@ -203,13 +218,7 @@ def test_sigterm_stops_an_agent_with_an_open_stream(agents: Agents) -> None:
     got: dict[str, Any] = {}
 
     def stream() -> None:
-        conn = http.client.HTTPConnection(NODES["node-a"], PORT, timeout=200)
-        conn.request("GET", "/v1/events?filter=icmp&duration=600&areas=dev&functions=0",
-                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-        resp = conn.getresponse()
-        got["status"] = resp.status
-        got["lines"] = [json.loads(raw) for raw in resp]
-        conn.close()
+        read_events(token, "filter=icmp&duration=600&areas=dev&functions=0", got, 200)
 
     import threading
 
@@ -248,14 +257,7 @@ def test_an_agent_decodes_vxlan_on_its_devices_port(tmp_path: Path) -> None:
         got: dict[str, Any] = {}
 
         def stream() -> None:
-            conn = http.client.HTTPConnection(NODES["node-a"], PORT, timeout=120)
-            conn.request("GET", "/v1/events?filter=icmp&duration=6&areas=dev&functions=0",
-                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-            got["lines"] = lines = []
-            for raw in conn.getresponse():
-                lines.append(json.loads(raw))
-                got["ready"] = got.get("ready") or lines[-1].get("type") == "ready"
-            conn.close()
+            read_events(token, "filter=icmp&duration=6&areas=dev&functions=0", got, 120)
 
         import threading
 
