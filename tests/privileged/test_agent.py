@@ -195,35 +195,36 @@ def test_an_agent_killed_mid_ping_is_named(agents: Agents) -> None:
     assert doc["ping"]["replies"] >= 1 and code == 0
 
 
-def read_events(token: str, query: str, got: dict[str, Any], timeout: float) -> None:
-    """GET node-a's /v1/events?QUERY (run inside a namespace that reaches it):
-    the status, then each JSON line into got["lines"] as it comes; got["ready"]
-    once the agent said its probes are attached."""
-    conn = http.client.HTTPConnection(NODES["node-a"], PORT, timeout=timeout)
-    conn.request("GET", f"/v1/events?{query}", headers={"Authorization": f"Bearer {token}"})
-    resp = conn.getresponse()
-    got["status"] = resp.status
-    got["lines"] = lines = []
-    for raw in resp:
-        lines.append(json.loads(raw))
-        got["ready"] = got.get("ready") or lines[-1].get("type") == "ready"
-    conn.close()
+def stream_events(lab: BuiltLab, token: str, query: str, timeout: float) -> tuple[Any, dict]:
+    """GET node-a's /v1/events?QUERY from node-b's namespace, in a thread: (the
+    thread, what it got: the status, each JSON line into "lines" as it comes,
+    "ready" once the agent said its probes are attached)."""
+    import threading
+
+    from vethtrace import netns
+
+    got: dict[str, Any] = {}
+
+    def read() -> None:
+        conn = http.client.HTTPConnection(NODES["node-a"], PORT, timeout=timeout)
+        conn.request("GET", f"/v1/events?{query}", headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        got["status"] = resp.status
+        got["lines"] = lines = []
+        for raw in resp:
+            lines.append(json.loads(raw))
+            got["ready"] = got.get("ready") or lines[-1].get("type") == "ready"
+        conn.close()
+
+    t = threading.Thread(target=lambda: netns.run_in(lab.ns("node-b"), read), daemon=True)
+    t.start()
+    return t, got
 
 
 def test_sigterm_stops_an_agent_with_an_open_stream(agents: Agents) -> None:
-    from vethtrace import netns
-
-    lab = agents.lab
     token = agents.token.read_text().strip()
-    got: dict[str, Any] = {}
-
-    def stream() -> None:
-        read_events(token, "filter=icmp&duration=600&areas=dev&functions=0", got, 200)
-
-    import threading
-
-    t = threading.Thread(target=lambda: netns.run_in(lab.ns("node-b"), stream), daemon=True)
-    t.start()
+    query = "filter=icmp&duration=600&areas=dev&functions=0"
+    t, got = stream_events(agents.lab, token, query, 200)
     proc = agents.procs["node-a"]
     deadline = time.monotonic() + 200
     while time.monotonic() < deadline and not got.get("status"):
@@ -245,7 +246,6 @@ def test_an_agent_decodes_vxlan_on_its_devices_port(tmp_path: Path) -> None:
     here): the inner ping is decoded and selected by `icmp` on the underlay. With
     only the default port the tunnel would be plain UDP to 8472, not `icmp`."""
     from tests.labs import built_lab
-    from vethtrace import netns
     from vethtrace.lab.scenario import shipped_dir
 
     text = (shipped_dir() / "overlay-vxlan.toml").read_text()
@@ -254,15 +254,7 @@ def test_an_agent_decodes_vxlan_on_its_devices_port(tmp_path: Path) -> None:
                        .replace("dstport = 4789", "dstport = 8472"))  # fmt: skip
     with built_lab(str(variant)) as lab, running_agents(lab, tmp_path) as a:
         token = a.token.read_text().strip()
-        got: dict[str, Any] = {}
-
-        def stream() -> None:
-            read_events(token, "filter=icmp&duration=6&areas=dev&functions=0", got, 120)
-
-        import threading
-
-        t = threading.Thread(target=lambda: netns.run_in(lab.ns("node-b"), stream), daemon=True)
-        t.start()
+        t, got = stream_events(lab, token, "filter=icmp&duration=6&areas=dev&functions=0", 120)
         deadline = time.monotonic() + 60
         while not got.get("ready") and t.is_alive() and time.monotonic() < deadline:
             time.sleep(0.1)
