@@ -7,6 +7,10 @@ isolation), br_netfilter (bridged IP through the ip/inet forward hook when
 bridge-nf-call-iptables=1) and nft bridge-family forward chains. VLAN
 filtering (this kernel has none) and neigh_suppress are not modelled: an
 *unknown* hop says so. Frames move between devices through l2.py.
+
+A little over the ~400-line guide: the bridge's decision is one sequence
+(ingress, FDB, flood flags, delivery, bridge-family chains at each hook) read
+best in one file; its frame moves live in l2.py already.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ address (unless arp_ignore or arp_filter tell it not to), a forwarding
 interface with proxy_arp or a proxy entry whose route to the address leaves
 through another device, or no one. The answer must also travel back to the
 asker (a port that neither learns nor receives floods loses it).
+
+A little over the ~400-line guide: arp_process's checks (input routing of the
+request, arp_ignore, arp_filter, proxies) and arp_solicit's sender follow the
+kernel's order, and a split would cut that order in two.
 """
 
 from __future__ import annotations
