@@ -279,7 +279,7 @@ def bridge_forward(
                             else f", and with learning off on {q.name} its hosts' "
                             "addresses are never in the FDB"
                         ),
-                        [w.cmd(ns, f"bridge link set dev {q.name} {flag.replace('_', '_')} on")],
+                        [w.cmd(ns, f"bridge link set dev {q.name} {flag} on")],
                     ),
                 )
             )

@@ -114,13 +114,13 @@ def label_namespaces(held: dict[int, list[int]], notes: list[str]) -> dict[int, 
     wanted = {rt for rt, _ in owners.values()}
     names: dict[str, dict[str, str]] = {}  # runtime -> {container id: label}
     for rt in wanted & set(ENDPOINTS):
-        url = ENDPOINTS[rt].url
-        if url.startswith("unix://") and not os.path.exists(url[len("unix://"):]):
+        endpoint = ENDPOINTS[rt]
+        if endpoint.socket_absent:
             # a daemon of its own elsewhere (--host): short, it is only a naming note
-            notes.append(f"{rt}: no API at {url}: its containers are named by cgroup id")
+            notes.append(f"{rt}: no API at {endpoint.url}: its containers are named by cgroup id")
             continue
         try:
-            listing = dockerapi.parse_list(dockerapi.running(Client(ENDPOINTS[rt])))
+            listing = dockerapi.parse_list(dockerapi.running(Client(endpoint)))
         except UserError as exc:
             notes.append(f"{exc}: {rt} containers are named by their cgroup id")
             continue
@@ -153,7 +153,7 @@ def annotate(topo: Topology) -> None:
     topology stays useful without it."""
     for rt, endpoint in ENDPOINTS.items():
         url = endpoint.url
-        if url.startswith("unix://") and not os.path.exists(url[len("unix://"):]):
+        if endpoint.socket_absent:
             if endpoint.explicit:
                 topo.notes.append(f"{rt}: no API socket at {url}")
             continue

@@ -43,6 +43,12 @@ class Endpoint:
         return os.environ.get(self.env) or self.default
 
     @property
+    def socket_absent(self) -> bool:
+        """A unix socket address with nothing at that path (no daemon there)."""
+        url = self.url
+        return url.startswith("unix://") and not os.path.exists(url[len("unix://"):])
+
+    @property
     def explicit(self) -> bool:
         """Set by the user (environment or flag), not our guess."""
         return bool(os.environ.get(self.env))
