@@ -14,10 +14,12 @@ vethtrace's code).
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,3 +103,23 @@ def check_tcp(lab: BuiltLab, tries: int = 3) -> list[tuple[TcpExpect, bool]]:
         return any(connect(lab.path(t.source), t.to, t.port) for _ in range(tries if t.ok else 1))
 
     return [(t, one(t)) for t in lab.scenario.expect.tcp]
+
+
+def ipv4_of(ns: str, dev: str) -> str:
+    """The first IPv4 address of `dev` in namespace `ns`, as `ip -j` reports it."""
+    out = subprocess.run(["ip", "-j", "-4", "-n", ns, "addr", "show", "dev", dev],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return str(json.loads(out)[0]["addr_info"][0]["local"])
+
+
+def overlay_on_port(where: Path, port: int) -> Path:
+    """The shipped `overlay-vxlan` lab with both VXLAN devices on UDP `port`
+    (flannel's 8472...), written into `where`: its path, for built_lab."""
+    from vethtrace.lab.scenario import shipped_dir
+
+    text = (shipped_dir() / "overlay-vxlan.toml").read_text()
+    assert text.count("dstport = 4789") == 2
+    variant = where / f"overlay-vxlan-{port}.toml"
+    variant.write_text(text.replace('name = "overlay-vxlan"', f'name = "overlay-vxlan-{port}"')
+                       .replace("dstport = 4789", f"dstport = {port}"))  # fmt: skip
+    return variant

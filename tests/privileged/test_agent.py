@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.labs import lab_fixture
+from tests.labs import built_lab, ipv4_of, lab_fixture, overlay_on_port
 from vethtrace.lab import BuiltLab
 
 pytestmark = pytest.mark.privileged
@@ -245,22 +245,13 @@ def test_an_agent_decodes_vxlan_on_its_devices_port(tmp_path: Path) -> None:
     """An agent's event stream follows the node's own VXLAN port (flannel's 8472
     here): the inner ping is decoded and selected by `icmp` on the underlay. With
     only the default port the tunnel would be plain UDP to 8472, not `icmp`."""
-    from tests.labs import built_lab
-    from vethtrace.lab.scenario import shipped_dir
-
-    text = (shipped_dir() / "overlay-vxlan.toml").read_text()
-    variant = tmp_path / "overlay-vxlan-8472.toml"
-    variant.write_text(text.replace('name = "overlay-vxlan"', 'name = "overlay-vxlan-8472"')
-                       .replace("dstport = 4789", "dstport = 8472"))  # fmt: skip
-    with built_lab(str(variant)) as lab, running_agents(lab, tmp_path) as a:
+    with built_lab(str(overlay_on_port(tmp_path, 8472))) as lab, running_agents(lab, tmp_path) as a:
         token = a.token.read_text().strip()
         t, got = stream_events(lab, token, "filter=icmp&duration=6&areas=dev&functions=0", 120)
         deadline = time.monotonic() + 60
         while not got.get("ready") and t.is_alive() and time.monotonic() < deadline:
             time.sleep(0.1)
-        pod_b = subprocess.run(["ip", "-n", lab.ns("pod-b"), "-j", "-4", "addr", "show", "eth0"],
-                               capture_output=True, text=True, check=True)  # fmt: skip
-        ip_b = json.loads(pod_b.stdout)[0]["addr_info"][0]["local"]
+        ip_b = ipv4_of(lab.ns("pod-b"), "eth0")
         time.sleep(1.0)
         subprocess.run(["ip", "netns", "exec", lab.ns("pod-a"), "ping", "-c", "3", "-i", "0.3",
                         "-W", "2", ip_b], capture_output=True, check=False)  # fmt: skip

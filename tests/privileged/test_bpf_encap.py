@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.labs import built_lab
+from tests.labs import built_lab, ipv4_of, overlay_on_port
 from vethtrace.collect.bpf import BpfCollector
 from vethtrace.correlate import correlate
 from vethtrace.model import ProbeEvent
@@ -27,12 +27,6 @@ def _vxlan(ns: str) -> dict:
     out = subprocess.run(["ip", "-d", "-j", "-n", ns, "link", "show", "vxlan0"],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     return json.loads(out)[0]["linkinfo"]["info_data"]
-
-
-def _addr(ns: str, dev: str) -> str:
-    out = subprocess.run(["ip", "-j", "-4", "-n", ns, "addr", "show", "dev", dev],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    return str(json.loads(out)[0]["addr_info"][0]["local"])
 
 
 def _trace_ping(lab, flt: str, src: str, dst_ip: str) -> list[ProbeEvent]:
@@ -59,8 +53,8 @@ def test_inner_icmp_seen_in_the_tunnel_with_vni(prefix: str, flt: str) -> None:
                                                                 "underlay"))  # fmt: skip
         vx = _vxlan(node_a)
         vni, port = vx["id"], vx["port"]
-        vtep_a, vtep_b = _addr(node_a, "eth0"), _addr(node_b, "eth0")
-        pod_b_ip = _addr(lab.ns("pod-b"), "eth0")
+        vtep_a, vtep_b = ipv4_of(node_a, "eth0"), ipv4_of(node_b, "eth0")
+        pod_b_ip = ipv4_of(lab.ns("pod-b"), "eth0")
         ns_of = {inode_of(underlay): "underlay", inode_of(node_a): "node-a",
                  inode_of(node_b): "node-b"}  # fmt: skip
         events = _trace_ping(lab, flt, pod_a, pod_b_ip)
@@ -114,25 +108,19 @@ def test_vxlan_on_a_non_default_port(prefix: str, tmp_path) -> None:
     inner filter selects the tunnelled datagrams; with only the default port
     they stay plain UDP to 8472, which `icmp` does not select."""
     from vethtrace.collect.runcfg import vxlan_ports_of
-    from vethtrace.lab.scenario import shipped_dir
     from vethtrace.topology import discover
 
-    text = (shipped_dir() / "overlay-vxlan.toml").read_text()
-    assert text.count("dstport = 4789") == 2
-    variant = tmp_path / "overlay-vxlan-8472.toml"
-    variant.write_text(text.replace('name = "overlay-vxlan"', 'name = "overlay-vxlan-8472"')
-                       .replace("dstport = 4789", "dstport = 8472"))  # fmt: skip
-    with built_lab(str(variant), prefix) as lab:
+    with built_lab(str(overlay_on_port(tmp_path, 8472)), prefix) as lab:
         pod_a, node_a, node_b = (lab.ns(n) for n in ("pod-a", "node-a", "node-b"))
         assert _vxlan(node_a)["port"] == 8472
-        pod_b_ip = _addr(lab.ns("pod-b"), "eth0")
+        pod_b_ip = ipv4_of(lab.ns("pod-b"), "eth0")
         ports = vxlan_ports_of(discover(list(lab.namespaces)))
         assert ports == [8472, 8472]
         decoded = _trace_ping_ports(lab, "icmp", pod_a, pod_b_ip, ports)
         default_only = _trace_ping_ports(lab, "icmp", pod_a, pod_b_ip, [])
         underlay = {inode_of(node_a), inode_of(node_b), inode_of(lab.ns("underlay"))}
         node_b_ino = inode_of(node_b)
-        vteps = {_addr(node_a, "eth0"), _addr(node_b, "eth0")}
+        vteps = {ipv4_of(node_a, "eth0"), ipv4_of(node_b, "eth0")}
 
     enc = [e for e in decoded if e.packet and e.packet.encap]
     assert enc and all(e.packet.encap.dport == 8472 and e.packet.encap.dst in vteps  # type: ignore[union-attr]

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import VENV_BIN
 from tests.labs import built_lab
+from vethtrace.netns import inode_of
 
 pytestmark = pytest.mark.privileged
 
@@ -132,12 +133,6 @@ def test_wait_keeps_tracing_when_the_scope_is_gone(prefix: str) -> None:
     assert proc.returncode == 0, err
     assert time.monotonic() - started > 3.0  # ran to its duration
     assert f"namespace {x} vanished" in err and "nothing left" not in err
-
-
-def netns_inode(name: str) -> int:
-    import os
-
-    return os.stat(f"/run/netns/{name}").st_ino
 
 
 def _flood(ns: str, ip: str, seconds: float) -> subprocess.Popen[bytes]:
@@ -298,7 +293,7 @@ def test_wait_traces_a_namespace_recreated_under_its_name(prefix: str) -> None:
     try:
         subprocess.run(["ip", "netns", "add", x], check=True)
         with tracing("-n", x, "--wait", "--duration", "8", "--json", "icmp") as proc:
-            old = netns_inode(x)
+            old = inode_of(x)
             subprocess.run(["ip", "netns", "del", x], check=True)
             time.sleep(1.2)  # the scope watch looks every 0.5 s: "vanished" first
             subprocess.run(["ip", "netns", "add", filler], check=True)
@@ -307,7 +302,7 @@ def test_wait_traces_a_namespace_recreated_under_its_name(prefix: str) -> None:
             time.sleep(1.2)  # ... then "back", and traced
             netns_exec(x, "ping", "-c", "3", "-i", "0.2", "127.0.0.1")
             out, err = proc.communicate(timeout=30)
-        new_inode = netns_inode(x)
+        new_inode = inode_of(x)
     finally:
         for ns in (x, filler):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
